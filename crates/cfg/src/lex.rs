@@ -1,0 +1,751 @@
+//! Lexer and preprocessor in one pass.
+//!
+//! Kamailio's preprocessor is not textual: `#!define` names are replaced where
+//! they appear as identifiers, `#!subst` rewrites string literals, and
+//! `include_file` splices another file's tokens. Doing this while lexing keeps
+//! every token's span pointing at the file and line the user wrote, so errors
+//! in included files and in `#!define` uses are reported where they are.
+
+use crate::diag::Diagnostic;
+use crate::pv::{parse_pv, PvSyntax};
+use crate::source::{FileId, Loader, SourceMap, Span};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Punctuation and operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Punct {
+    LParen,
+    RParen,
+    LBrace,
+    RBrace,
+    LBracket,
+    RBracket,
+    Comma,
+    Semi,
+    Colon,
+    Assign,
+    ColonAssign,
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+    Le,
+    Ge,
+    Match,
+    NoMatch,
+    And,
+    Or,
+    Not,
+    Plus,
+    Minus,
+    Star,
+    Slash,
+    Percent,
+    BitAnd,
+    BitOr,
+    Dot,
+    At,
+}
+
+impl Punct {
+    /// The symbol as written.
+    pub fn as_str(self) -> &'static str {
+        use Punct::*;
+        match self {
+            LParen => "(",
+            RParen => ")",
+            LBrace => "{",
+            RBrace => "}",
+            LBracket => "[",
+            RBracket => "]",
+            Comma => ",",
+            Semi => ";",
+            Colon => ":",
+            Assign => "=",
+            ColonAssign => ":=",
+            Eq => "==",
+            Ne => "!=",
+            Lt => "<",
+            Gt => ">",
+            Le => "<=",
+            Ge => ">=",
+            Match => "=~",
+            NoMatch => "!~",
+            And => "&&",
+            Or => "||",
+            Not => "!",
+            Plus => "+",
+            Minus => "-",
+            Star => "*",
+            Slash => "/",
+            Percent => "%",
+            BitAnd => "&",
+            BitOr => "|",
+            Dot => ".",
+            At => "@",
+        }
+    }
+}
+
+/// What a token is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tok {
+    /// A name: keyword, function, module parameter word, define use.
+    Ident(String),
+    /// A decimal or hex integer.
+    Int(i64),
+    /// A string literal with escapes processed.
+    Str(String),
+    /// A pseudo-variable.
+    Pv(PvSyntax),
+    /// A dotted IPv4 address (`src_ip == 127.0.0.1`).
+    Ip(String),
+    /// An operator or bracket.
+    Punct(Punct),
+    /// End of input.
+    Eof,
+}
+
+/// A token with its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    /// The token.
+    pub tok: Tok,
+    /// Where it was written (the use site for tokens produced by a `#!define`).
+    pub span: Span,
+    /// The source text of the token (the define's text for expansions).
+    pub raw: String,
+    /// A line break separates it from the previous token.
+    pub newline_before: bool,
+    /// White space separates it from the previous token.
+    pub space_before: bool,
+}
+
+impl Token {
+    /// True for the given punctuation.
+    pub fn is(&self, p: Punct) -> bool {
+        self.tok == Tok::Punct(p)
+    }
+    /// The identifier text, if an identifier.
+    pub fn ident(&self) -> Option<&str> {
+        match &self.tok {
+            Tok::Ident(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// A short description for "expected X, found Y" messages.
+    pub fn describe(&self) -> String {
+        match &self.tok {
+            Tok::Ident(s) => format!("`{s}`"),
+            Tok::Int(_) => format!("number `{}`", self.raw),
+            Tok::Str(_) => "a string".into(),
+            Tok::Pv(p) => format!("`{}`", p.text),
+            Tok::Ip(s) => format!("address `{s}`"),
+            Tok::Punct(p) => format!("`{}`", p.as_str()),
+            Tok::Eof => "the end of the file".into(),
+        }
+    }
+}
+
+/// Options that shape preprocessing.
+#[derive(Debug, Clone, Default)]
+pub struct PreOptions {
+    /// Names defined before the file is read (`-A NAME[=VALUE]`).
+    pub defines: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone)]
+struct Define {
+    value: String,
+}
+
+#[derive(Debug)]
+struct Subst {
+    re: regex::Regex,
+    repl: String,
+    global: bool,
+}
+
+struct Cond {
+    /// This branch's tokens are used.
+    active: bool,
+    /// Any enclosing branch was inactive.
+    parent_active: bool,
+    seen_else: bool,
+    span: Span,
+}
+
+const MAX_INCLUDE_DEPTH: usize = 32;
+const MAX_DEFINE_DEPTH: usize = 16;
+
+/// The result of lexing a configuration with its includes.
+#[derive(Debug)]
+pub struct Lexed {
+    /// All tokens, ending in [`Tok::Eof`].
+    pub tokens: Vec<Token>,
+    /// Errors and warnings found while lexing.
+    pub diags: Vec<Diagnostic>,
+}
+
+/// Lexes and preprocesses `root` and everything it includes.
+pub fn lex_config(root: PathBuf, loader: &dyn Loader, sources: &mut SourceMap, opts: &PreOptions) -> Lexed {
+    let mut pre = Pre { loader, sources, defines: HashMap::new(), substs: vec![], diags: vec![], stack: vec![] };
+    for (name, value) in &opts.defines {
+        pre.defines.insert(name.clone(), Define { value: value.clone().unwrap_or_default() });
+    }
+    let mut tokens = Vec::new();
+    match loader.read(&root) {
+        Ok(text) => {
+            let id = loader.identity(&root);
+            let file = pre.sources.add(root, text);
+            pre.stack.push(id);
+            pre.lex_file(file, &mut tokens);
+        }
+        Err(e) => pre.diags.push(Diagnostic::global(format!("cannot read {}: {e}", root.display()))),
+    }
+    let end = tokens.last().map(|t: &Token| Span { lo: t.span.hi, ..t.span }).unwrap_or_default();
+    tokens.push(Token { tok: Tok::Eof, span: end, raw: String::new(), newline_before: true, space_before: true });
+    Lexed { tokens, diags: pre.diags }
+}
+
+struct Pre<'a> {
+    loader: &'a dyn Loader,
+    sources: &'a mut SourceMap,
+    defines: HashMap<String, Define>,
+    substs: Vec<Subst>,
+    diags: Vec<Diagnostic>,
+    /// Identities of the files being read, for cycle detection.
+    stack: Vec<PathBuf>,
+}
+
+impl Pre<'_> {
+    fn lex_file(&mut self, file: FileId, out: &mut Vec<Token>) {
+        let text = self.sources.file(file).text.clone();
+        let b = text.as_bytes();
+        let mut pos = 0usize;
+        let mut conds: Vec<Cond> = Vec::new();
+        let mut at_line_start = true;
+        let mut newline_before = true;
+        let mut space_before = true;
+        let span = |lo: usize, hi: usize| Span { file, lo: lo as u32, hi: hi as u32 };
+        let active = |conds: &Vec<Cond>| conds.last().is_none_or(|c| c.active);
+        // Tokens of this file, before include splicing and define expansion.
+        while pos < b.len() {
+            let c = b[pos];
+            if c == b'\n' {
+                pos += 1;
+                at_line_start = true;
+                newline_before = true;
+                space_before = true;
+                continue;
+            }
+            if c == b' ' || c == b'\t' || c == b'\r' {
+                pos += 1;
+                space_before = true;
+                continue;
+            }
+            // Directives: `#!name` or `!!name` first on a line.
+            if at_line_start && (b[pos..].starts_with(b"#!") || b[pos..].starts_with(b"!!")) && b.get(pos + 2).is_some_and(|c| c.is_ascii_alphabetic()) {
+                let line_end = memchr_nl(b, pos);
+                let name_end = (pos + 2..line_end).find(|&i| !(b[i].is_ascii_alphanumeric() || b[i] == b'_')).unwrap_or(line_end);
+                let name = &text[pos + 2..name_end];
+                let dspan = span(pos, name_end);
+                match name {
+                    "KAMAILIO" | "OPENSIPS" | "SER" | "MAXCOMPAT" | "ALL" => {
+                        // Dialect markers: the rest of the line is ordinary config.
+                        pos = name_end;
+                        at_line_start = false;
+                        continue;
+                    }
+                    "ifdef" | "ifndef" => {
+                        let arg = text[name_end..line_end].trim();
+                        let parent_active = active(&conds);
+                        let defined = self.defines.contains_key(arg);
+                        if arg.is_empty() {
+                            self.diags.push(Diagnostic::error(dspan, format!("expected a name after `#!{name}`")));
+                        }
+                        conds.push(Cond { active: parent_active && (defined == (name == "ifdef")), parent_active, seen_else: false, span: dspan });
+                    }
+                    "else" => match conds.last_mut() {
+                        Some(c) if !c.seen_else => {
+                            c.seen_else = true;
+                            c.active = c.parent_active && !c.active;
+                        }
+                        Some(_) => self.diags.push(Diagnostic::error(dspan, "`#!else` after `#!else` in the same `#!ifdef`")),
+                        None => self.diags.push(Diagnostic::error(dspan, "`#!else` without `#!ifdef` or `#!ifndef`")),
+                    },
+                    "endif" => {
+                        if conds.pop().is_none() {
+                            self.diags.push(Diagnostic::error(dspan, "`#!endif` without `#!ifdef` or `#!ifndef`"));
+                        }
+                    }
+                    _ if !active(&conds) => {}
+                    "define" | "trydef" | "redefine" => {
+                        let (line_end2, rest) = continued_line(&text, name_end, line_end);
+                        let rest = rest.trim();
+                        let (dname, value) = match rest.find(|c: char| c.is_whitespace()) {
+                            Some(i) => (&rest[..i], rest[i..].trim().to_string()),
+                            None => (rest, String::new()),
+                        };
+                        if dname.is_empty() || !dname.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+                            self.diags.push(Diagnostic::error(dspan, format!("expected a name after `#!{name}`")));
+                        } else if name == "define" && self.defines.contains_key(dname) {
+                            self.diags.push(
+                                Diagnostic::error(span(name_end, line_end), format!("`{dname}` is already defined"))
+                                    .help("use `#!redefine` to change it, or `#!trydef` to define it only if it is not"),
+                            );
+                        } else if !(name == "trydef" && self.defines.contains_key(dname)) {
+                            self.defines.insert(dname.to_string(), Define { value });
+                        }
+                        pos = line_end2;
+                        continue;
+                    }
+                    "undef" => {
+                        self.defines.remove(text[name_end..line_end].trim());
+                    }
+                    "subst" | "substdef" | "substdefs" => {
+                        let arg = text[name_end..line_end].trim();
+                        let arg = arg.trim_matches('"');
+                        match parse_subst(arg) {
+                            Ok((re, repl, global)) => {
+                                if name != "subst" {
+                                    let value = if name == "substdefs" { format!("\"{repl}\"") } else { repl.clone() };
+                                    self.defines.insert(re_literal(&re), Define { value });
+                                }
+                                match regex::RegexBuilder::new(&re).case_insensitive(global.1).build() {
+                                    Ok(re) => self.substs.push(Subst { re, repl: backrefs(&repl), global: global.0 }),
+                                    Err(e) => self.diags.push(Diagnostic::error(span(name_end, line_end), format!("bad regular expression in `#!{name}`: {e}"))),
+                                }
+                            }
+                            Err(m) => self.diags.push(Diagnostic::error(span(name_end, line_end), m)),
+                        }
+                    }
+                    "include_file" | "import_file" => {
+                        let arg = text[name_end..line_end].trim().trim_matches('"').to_string();
+                        self.include(&arg, name == "import_file", span(name_end, line_end), file, out);
+                    }
+                    _ => {
+                        self.diags.push(
+                            Diagnostic::error(dspan, format!("unknown preprocessor directive `#!{name}`"))
+                                .help("known: define, trydef, redefine, undef, ifdef, ifndef, else, endif, subst, substdef, substdefs, include_file, import_file"),
+                        );
+                    }
+                }
+                pos = line_end;
+                continue;
+            }
+            if !active(&conds) {
+                pos = memchr_nl(b, pos);
+                continue;
+            }
+            at_line_start = false;
+            // Comments.
+            if c == b'#' || b[pos..].starts_with(b"//") {
+                pos = memchr_nl(b, pos);
+                continue;
+            }
+            if b[pos..].starts_with(b"/*") {
+                match text[pos + 2..].find("*/") {
+                    Some(i) => {
+                        let end = pos + 2 + i + 2;
+                        if text[pos..end].contains('\n') {
+                            newline_before = true;
+                        }
+                        pos = end;
+                    }
+                    None => {
+                        self.diags.push(Diagnostic::error(span(pos, pos + 2), "unterminated comment: expected `*/`"));
+                        pos = b.len();
+                    }
+                }
+                space_before = true;
+                continue;
+            }
+            let start = pos;
+            let tok = match c {
+                b'"' | b'\'' => {
+                    let (s, end, ok) = lex_string(&text, pos);
+                    pos = end;
+                    if !ok {
+                        self.diags.push(Diagnostic::error(span(start, start + 1), "unterminated string: expected a closing quote"));
+                    }
+                    Tok::Str(self.apply_substs(s))
+                }
+                b'$' => match parse_pv(&text[pos..], true) {
+                    Ok((pv, n)) => {
+                        pos += n;
+                        Tok::Pv(pv)
+                    }
+                    Err(e) => {
+                        self.diags.push(Diagnostic::error(span(pos + e.offset, pos + e.offset + 1), e.message));
+                        // Skip the rest of the PV-looking text.
+                        pos += 1;
+                        while pos < b.len() && (b[pos].is_ascii_alphanumeric() || b[pos] == b'_') {
+                            pos += 1;
+                        }
+                        continue;
+                    }
+                },
+                b'0'..=b'9' => {
+                    let (tok, end) = lex_number(&text, pos);
+                    pos = end;
+                    match tok {
+                        Some(t) => t,
+                        None => {
+                            self.diags.push(Diagnostic::error(span(start, end), format!("number `{}` is too large", &text[start..end])));
+                            Tok::Int(0)
+                        }
+                    }
+                }
+                c if c.is_ascii_alphabetic() || c == b'_' => {
+                    while pos < b.len() && (b[pos].is_ascii_alphanumeric() || b[pos] == b'_') {
+                        pos += 1;
+                    }
+                    Tok::Ident(text[start..pos].to_string())
+                }
+                _ => {
+                    let two = b.get(pos + 1).copied().unwrap_or(0);
+                    let (p, n) = match (c, two) {
+                        (b'=', b'=') => (Punct::Eq, 2),
+                        (b'!', b'=') => (Punct::Ne, 2),
+                        (b'<', b'=') => (Punct::Le, 2),
+                        (b'>', b'=') => (Punct::Ge, 2),
+                        (b'=', b'~') => (Punct::Match, 2),
+                        (b'!', b'~') => (Punct::NoMatch, 2),
+                        (b'&', b'&') => (Punct::And, 2),
+                        (b'|', b'|') => (Punct::Or, 2),
+                        (b':', b'=') => (Punct::ColonAssign, 2),
+                        (b'(', _) => (Punct::LParen, 1),
+                        (b')', _) => (Punct::RParen, 1),
+                        (b'{', _) => (Punct::LBrace, 1),
+                        (b'}', _) => (Punct::RBrace, 1),
+                        (b'[', _) => (Punct::LBracket, 1),
+                        (b']', _) => (Punct::RBracket, 1),
+                        (b',', _) => (Punct::Comma, 1),
+                        (b';', _) => (Punct::Semi, 1),
+                        (b':', _) => (Punct::Colon, 1),
+                        (b'=', _) => (Punct::Assign, 1),
+                        (b'<', _) => (Punct::Lt, 1),
+                        (b'>', _) => (Punct::Gt, 1),
+                        (b'!', _) => (Punct::Not, 1),
+                        (b'+', _) => (Punct::Plus, 1),
+                        (b'-', _) => (Punct::Minus, 1),
+                        (b'*', _) => (Punct::Star, 1),
+                        (b'/', _) => (Punct::Slash, 1),
+                        (b'%', _) => (Punct::Percent, 1),
+                        (b'&', _) => (Punct::BitAnd, 1),
+                        (b'|', _) => (Punct::BitOr, 1),
+                        (b'.', _) => (Punct::Dot, 1),
+                        (b'@', _) => (Punct::At, 1),
+                        _ => {
+                            let ch = text[pos..].chars().next().unwrap_or('?');
+                            self.diags.push(Diagnostic::error(span(pos, pos + ch.len_utf8()), format!("unexpected character `{ch}`")));
+                            pos += ch.len_utf8();
+                            continue;
+                        }
+                    };
+                    pos += n;
+                    Tok::Punct(p)
+                }
+            };
+            let token = Token { tok, span: span(start, pos), raw: text[start..pos].to_string(), newline_before, space_before };
+            newline_before = false;
+            space_before = false;
+            // include_file "x" / import_file "x" as statements.
+            if let Some(prev) = out.last() {
+                if let (Some(kw @ ("include_file" | "import_file")), Tok::Str(name)) = (prev.ident(), &token.tok) {
+                    let optional = kw == "import_file";
+                    let name = name.clone();
+                    let sp = prev.span.to(token.span);
+                    out.pop();
+                    self.include(&name, optional, sp, file, out);
+                    continue;
+                }
+            }
+            self.push_expanded(token, out, 0);
+        }
+        for c in conds {
+            self.diags.push(Diagnostic::error(c.span, "this `#!ifdef`/`#!ifndef` has no `#!endif`"));
+        }
+    }
+
+    /// Pushes a token, replacing a defined identifier by its value's tokens.
+    fn push_expanded(&mut self, token: Token, out: &mut Vec<Token>, depth: usize) {
+        let Some(name) = token.ident() else {
+            out.push(token);
+            return;
+        };
+        let Some(def) = self.defines.get(name).cloned() else {
+            out.push(token);
+            return;
+        };
+        if depth >= MAX_DEFINE_DEPTH {
+            self.diags.push(Diagnostic::error(token.span, format!("`#!define` of `{name}` expands into itself")));
+            return;
+        }
+        let toks = self.lex_snippet(&def.value, token.span);
+        for (i, mut t) in toks.into_iter().enumerate() {
+            if i == 0 {
+                t.newline_before = token.newline_before;
+                t.space_before = token.space_before;
+            }
+            self.push_expanded(t, out, depth + 1);
+        }
+    }
+
+    /// Lexes a define's value; every token gets the span of the use site.
+    fn lex_snippet(&mut self, text: &str, at: Span) -> Vec<Token> {
+        let mut sm = SourceMap::default();
+        let loader = crate::source::MemLoader::new().with("<define>", text);
+        let mut inner = Pre { loader: &loader, sources: &mut sm, defines: HashMap::new(), substs: vec![], diags: vec![], stack: vec![] };
+        let id = inner.sources.add("<define>".into(), text.to_string());
+        let mut toks = Vec::new();
+        inner.lex_file(id, &mut toks);
+        if let Some(d) = inner.diags.into_iter().next() {
+            self.diags.push(Diagnostic::error(at, format!("in the value of this define: {}", d.message)));
+        }
+        for t in &mut toks {
+            t.span = at;
+            if let Tok::Str(s) = &t.tok {
+                t.tok = Tok::Str(self.apply_substs(s.clone()));
+            }
+        }
+        toks
+    }
+
+    fn include(&mut self, name: &str, optional: bool, at: Span, from: FileId, out: &mut Vec<Token>) {
+        let from_path = self.sources.file(from).path.clone();
+        let path = self.loader.resolve(name, Some(&from_path));
+        let id = self.loader.identity(&path);
+        if self.stack.contains(&id) {
+            let chain: Vec<String> = self.stack.iter().chain(std::iter::once(&id)).map(|p| p.display().to_string()).collect();
+            self.diags.push(Diagnostic::error(at, format!("include cycle: {}", chain.join(" -> "))));
+            return;
+        }
+        if self.stack.len() >= MAX_INCLUDE_DEPTH {
+            self.diags.push(Diagnostic::error(at, format!("includes nested deeper than {MAX_INCLUDE_DEPTH}")));
+            return;
+        }
+        match self.loader.read(&path) {
+            Ok(text) => {
+                let fid = self.sources.add(path, text);
+                self.stack.push(id);
+                self.lex_file(fid, out);
+                self.stack.pop();
+            }
+            Err(_) if optional => {}
+            Err(e) => self.diags.push(Diagnostic::error(at, format!("cannot include `{}`: {e}", path.display()))),
+        }
+    }
+
+    fn apply_substs(&self, s: String) -> String {
+        let mut s = s;
+        for sub in &self.substs {
+            s = if sub.global { sub.re.replace_all(&s, sub.repl.as_str()).into_owned() } else { sub.re.replace(&s, sub.repl.as_str()).into_owned() };
+        }
+        s
+    }
+}
+
+fn memchr_nl(b: &[u8], from: usize) -> usize {
+    b[from..].iter().position(|&c| c == b'\n').map_or(b.len(), |i| from + i)
+}
+
+/// The text of a directive line with `\` continuations joined; returns the end offset too.
+fn continued_line(text: &str, from: usize, mut line_end: usize) -> (usize, String) {
+    let b = text.as_bytes();
+    let mut out = String::new();
+    let mut start = from;
+    loop {
+        let line = text[start..line_end].trim_end_matches('\r');
+        if let Some(stripped) = line.strip_suffix('\\') {
+            out.push_str(stripped);
+            out.push(' ');
+            if line_end >= b.len() {
+                return (line_end, out);
+            }
+            start = line_end + 1;
+            line_end = memchr_nl(b, start);
+        } else {
+            out.push_str(line);
+            return (line_end, out);
+        }
+    }
+}
+
+/// `/re/repl/flags` with any delimiter; flags `g` (all), `i` (ignore case).
+fn parse_subst(arg: &str) -> Result<(String, String, (bool, bool)), String> {
+    let mut chars = arg.chars();
+    let delim = chars.next().ok_or("expected `/regex/replacement/` after the directive")?;
+    let parts: Vec<&str> = arg[delim.len_utf8()..].split(delim).collect();
+    if parts.len() < 3 {
+        return Err(format!("expected `{delim}regex{delim}replacement{delim}[flags]`"));
+    }
+    let flags = parts[2];
+    Ok((parts[0].to_string(), parts[1].to_string(), (flags.contains('g'), flags.contains('i'))))
+}
+
+fn re_literal(re: &str) -> String {
+    re.trim_start_matches('^').trim_end_matches('$').to_string()
+}
+
+fn backrefs(repl: &str) -> String {
+    let mut out = String::new();
+    let mut it = repl.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\\' if it.peek().is_some_and(char::is_ascii_digit) => {
+                out.push_str("${");
+                out.push(it.next().unwrap_or('0'));
+                out.push('}');
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reads a quoted string at `pos`; returns the value, the end offset and whether it was closed.
+fn lex_string(text: &str, pos: usize) -> (String, usize, bool) {
+    let b = text.as_bytes();
+    let quote = b[pos];
+    let mut out = String::new();
+    let mut i = pos + 1;
+    let mut lit_start = i;
+    while i < b.len() {
+        match b[i] {
+            c if c == quote => {
+                out.push_str(&text[lit_start..i]);
+                return (out, i + 1, true);
+            }
+            b'\\' if i + 1 < b.len() => {
+                out.push_str(&text[lit_start..i]);
+                match b[i + 1] {
+                    b'n' => out.push('\n'),
+                    b'r' => out.push('\r'),
+                    b't' => out.push('\t'),
+                    b'\\' => out.push('\\'),
+                    b'"' => out.push('"'),
+                    b'\'' => out.push('\''),
+                    // Unknown escapes keep the backslash, so regexes like "\+1" survive.
+                    _ => {
+                        out.push('\\');
+                        lit_start = i + 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+                i += 2;
+                lit_start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&text[lit_start..]);
+    (out, b.len(), false)
+}
+
+/// A number or a dotted IPv4 address at `pos`.
+fn lex_number(text: &str, pos: usize) -> (Option<Tok>, usize) {
+    let b = text.as_bytes();
+    if b[pos..].starts_with(b"0x") || b[pos..].starts_with(b"0X") {
+        let mut end = pos + 2;
+        while end < b.len() && b[end].is_ascii_hexdigit() {
+            end += 1;
+        }
+        return (i64::from_str_radix(&text[pos + 2..end], 16).ok().map(Tok::Int), end);
+    }
+    let mut end = pos;
+    while end < b.len() && b[end].is_ascii_digit() {
+        end += 1;
+    }
+    // a.b.c.d
+    let mut e = end;
+    let mut dots = 0;
+    while dots < 3 && e + 1 < b.len() && b[e] == b'.' && b[e + 1].is_ascii_digit() {
+        e += 1;
+        while e < b.len() && b[e].is_ascii_digit() {
+            e += 1;
+        }
+        dots += 1;
+    }
+    if dots == 3 {
+        return (Some(Tok::Ip(text[pos..e].to_string())), e);
+    }
+    (text[pos..end].parse::<i64>().ok().map(Tok::Int), end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::MemLoader;
+
+    fn lex(files: &[(&str, &str)], defines: &[(&str, Option<&str>)]) -> (Vec<Tok>, Vec<Diagnostic>) {
+        let mut l = MemLoader::new();
+        for (p, t) in files {
+            l = l.with(*p, *t);
+        }
+        let mut sm = SourceMap::default();
+        let opts = PreOptions { defines: defines.iter().map(|(a, b)| (a.to_string(), b.map(str::to_string))).collect() };
+        let r = lex_config(files[0].0.into(), &l, &mut sm, &opts);
+        (r.tokens.into_iter().map(|t| t.tok).filter(|t| *t != Tok::Eof).collect(), r.diags)
+    }
+
+    fn idents(t: &[Tok]) -> Vec<String> {
+        t.iter().filter_map(|t| if let Tok::Ident(s) = t { Some(s.clone()) } else { None }).collect()
+    }
+
+    #[test]
+    fn nested_ifdef_else() {
+        let cfg = "#!define A\n#!ifdef A\na1\n#!ifdef B\nb1\n#!else\nnb\n#!endif\n#!else\nna\n#!endif\nend\n";
+        let (t, d) = lex(&[("m.cfg", cfg)], &[]);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(idents(&t), ["a1", "nb", "end"]);
+        let (t, _) = lex(&[("m.cfg", cfg)], &[("B", None)]);
+        assert_eq!(idents(&t), ["a1", "b1", "end"]);
+    }
+
+    #[test]
+    fn define_values_and_command_line_defines() {
+        let (t, d) = lex(&[("m.cfg", "#!define PORT 5060\n#!define WITH_X\nx = PORT\n#!ifndef WITH_X\nno\n#!endif\ny=V\n")], &[("V", Some("\"v\""))]);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(t[2], Tok::Int(5060));
+        assert_eq!(t[5], Tok::Str("v".into()));
+    }
+
+    #[test]
+    fn include_relative_and_cycle() {
+        let (t, d) = lex(&[("dir/a.cfg", "include_file \"b.cfg\"\nafter\n"), ("dir/b.cfg", "inb\n")], &[]);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(idents(&t), ["inb", "after"]);
+        let (_, d) = lex(&[("a.cfg", "include_file \"b.cfg\"\n"), ("b.cfg", "#!include_file \"a.cfg\"\n")], &[]);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].message.contains("include cycle: a.cfg -> b.cfg -> a.cfg"), "{}", d[0].message);
+        let (_, d) = lex(&[("a.cfg", "import_file \"missing.cfg\"\n")], &[]);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn strings_ips_comments_and_subst() {
+        let (t, d) = lex(&[("m.cfg", "#!substdef \"!MYIP!127.0.0.2!g\"\n/* c\n */ \"a\\n\\+\" 'b' 127.0.0.1 // x\n# y\n\"ip=MYIP\" MYIP\n")], &[]);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(t[0], Tok::Str("a\n\\+".into()));
+        assert_eq!(t[1], Tok::Str("b".into()));
+        assert_eq!(t[2], Tok::Ip("127.0.0.1".into()));
+        assert_eq!(t[3], Tok::Str("ip=127.0.0.2".into()));
+        assert_eq!(t[4], Tok::Ip("127.0.0.2".into()));
+    }
+
+    #[test]
+    fn errors_are_reported_and_lexing_goes_on() {
+        let (t, d) = lex(&[("m.cfg", "#!ifdef X\n#!bogus\nx ` y\n\"open\n")], &[]);
+        assert!(d.iter().any(|d| d.message.contains("no `#!endif`")));
+        assert!(t.is_empty());
+        let (t, d) = lex(&[("m.cfg", "#!bogus\nx ` y\n")], &[]);
+        assert_eq!(d.len(), 2);
+        assert_eq!(idents(&t), ["x", "y"]);
+    }
+}
