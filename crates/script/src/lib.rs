@@ -1,1 +1,289 @@
+//! siphon's route engine.
+//!
+//! A configuration parsed by `siphon-cfg` is compiled once, against the
+//! modules it loads, into an immutable [`Program`]; the core and the modules
+//! then run its routes over a [`Ctx`] as SIP messages and events arrive.
+//! Running a route is synchronous and never blocks: a function that needs an
+//! external application suspends the transaction ([`api::FnResult::Suspend`])
+//! and the host resumes it later in a named route.
+//!
+//! The module API ([`api`]) lives here so that each module crate depends on
+//! this crate only, never on the core or on another module.
 
+#![warn(missing_docs)]
+
+pub mod api;
+mod compile;
+pub mod core;
+pub mod ctx;
+pub mod interp;
+pub mod pv;
+pub mod value;
+
+pub use api::{Args, ArgKind, FnResult, FunctionSpec, Module, ModuleConfig, ModuleDef, ParamSpec, PvClassSpec, RouteTable};
+pub use ctx::{Ctx, RouteType};
+pub use interp::{Exec, Outcome};
+pub use value::Value;
+
+use siphon_cfg::ast::RouteKind;
+use siphon_cfg::{Diagnostic, Loader, PreOptions, SourceMap};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+/// Index of a route in a [`Program`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteId(pub u32);
+
+/// Callbacks the core gives the compiler.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Whether a URI or address is one of ours (`uri == myself`).
+    pub myself: Option<Arc<dyn Fn(&[u8]) -> bool + Send + Sync>>,
+}
+
+/// The modules, functions and PV classes a configuration can use.
+#[derive(Clone)]
+pub struct Registry {
+    defs: Vec<ModuleDef>,
+    /// Functions available without `loadmodule` (core, sl, tm, textops…).
+    pub core_functions: Vec<FunctionSpec>,
+    /// PV classes available without `loadmodule`.
+    pub core_pvs: Vec<PvClassSpec>,
+    /// Event routes the core raises (`core:worker-one-init`…).
+    pub core_events: Vec<String>,
+    /// Core callbacks.
+    pub hooks: Hooks,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// The core alone: core functions and the modules kept in the core.
+    pub fn new() -> Self {
+        Registry { defs: core::core_modules(), core_functions: core::core_functions(), core_pvs: vec![], core_events: vec![], hooks: Hooks::default() }
+    }
+    /// Adds (or replaces) a module definition.
+    pub fn add(&mut self, def: ModuleDef) {
+        self.defs.retain(|d| d.name != def.name);
+        self.defs.push(def);
+    }
+    /// The definition of a module.
+    pub fn def(&self, name: &str) -> Option<&ModuleDef> {
+        self.defs.iter().find(|d| d.name == name)
+    }
+    /// All module definitions.
+    pub fn defs(&self) -> &[ModuleDef] {
+        &self.defs
+    }
+    /// Module names, sorted.
+    pub fn module_names(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = self.defs.iter().map(|d| d.name).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Process-wide `$shv` values, shared by all workers.
+#[derive(Debug)]
+pub struct SharedVars {
+    names: Vec<String>,
+    slots: Vec<Mutex<Value>>,
+}
+
+impl SharedVars {
+    fn new(names: Vec<String>) -> Self {
+        let slots = names.iter().map(|_| Mutex::new(Value::Null)).collect();
+        SharedVars { names, slots }
+    }
+    fn get(&self, slot: usize) -> Value {
+        self.slots[slot].lock().map(|v| v.clone()).unwrap_or_default()
+    }
+    fn set(&self, slot: usize, v: Value) {
+        if let Ok(mut g) = self.slots[slot].lock() {
+            *g = v;
+        }
+    }
+    /// Reads a `$shv` by name (`None` if the script never names it).
+    pub fn get_by_name(&self, name: &str) -> Option<Value> {
+        self.names.iter().position(|n| n == name).map(|i| self.get(i))
+    }
+    /// Writes a `$shv` by name; false if the script never names it.
+    pub fn set_by_name(&self, name: &str, v: Value) -> bool {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => {
+                self.set(i, v);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Counters of the route engine.
+#[derive(Debug, Default)]
+pub struct ScriptStats {
+    /// `while` loops stopped by `max_while_loops`.
+    pub while_limit_hits: AtomicU64,
+}
+
+pub(crate) struct RouteCode {
+    name: String,
+    display: String,
+    kind: RouteKind,
+    body: Vec<interp::Stmt>,
+}
+
+/// A compiled configuration: immutable, shared by all workers.
+pub struct Program {
+    routes: Vec<RouteCode>,
+    tables: HashMap<RouteTable, HashMap<String, RouteId>>,
+    events: HashMap<String, RouteId>,
+    request: Option<RouteId>,
+    reply: Option<RouteId>,
+    startup: Option<RouteId>,
+    var_names: Vec<Arc<str>>,
+    var_init: Vec<Value>,
+    shared: SharedVars,
+    /// The core parameters.
+    pub core: core::CoreParams,
+    hooks: Hooks,
+    modules: Vec<(String, Arc<dyn Module>)>,
+    log_prefix: Option<pv::Fmt>,
+    regex_cache: Mutex<HashMap<String, Arc<regex::bytes::Regex>>>,
+    /// Engine counters.
+    pub stats: ScriptStats,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program").field("routes", &self.routes.len()).field("modules", &self.module_names()).finish()
+    }
+}
+
+const REGEX_CACHE_MAX: usize = 256;
+
+impl Program {
+    /// A fresh context for a run of the given kind.
+    pub fn new_ctx(&self, route_type: RouteType) -> Ctx {
+        let mut c = Ctx::new(route_type, 0);
+        c.vars = self.var_init.clone();
+        c
+    }
+
+    /// Runs a route over `ctx` as the top of a script run.
+    pub fn run(&self, route: RouteId, ctx: &mut Ctx) -> Outcome {
+        if ctx.vars.len() < self.var_init.len() {
+            ctx.vars.resize(self.var_init.len(), Value::Int(0));
+        }
+        Exec::new(self, ctx).run_top(route)
+    }
+
+    /// `request_route` (or OpenSIPS' `route { }`).
+    pub fn request_route(&self) -> Option<RouteId> {
+        self.request
+    }
+    /// `reply_route` / unnamed `onreply_route`.
+    pub fn reply_route(&self) -> Option<RouteId> {
+        self.reply
+    }
+    /// `startup_route`.
+    pub fn startup_route(&self) -> Option<RouteId> {
+        self.startup
+    }
+    /// `event_route[name]`.
+    pub fn event_route(&self, name: &str) -> Option<RouteId> {
+        self.events.get(name).copied()
+    }
+    /// A route of a table by name.
+    pub fn route_by_name(&self, table: RouteTable, name: &str) -> Option<RouteId> {
+        self.tables.get(&table)?.get(name).copied()
+    }
+    /// A route's name (`RESPONSE`, `request_route`, `evapi:message-received`).
+    pub fn route_name(&self, id: RouteId) -> &str {
+        &self.routes[id.0 as usize].name
+    }
+    /// The `$var` names, by slot.
+    pub fn var_names(&self) -> &[Arc<str>] {
+        &self.var_names
+    }
+    /// The slot of `$var(name)`, if the script names it.
+    pub fn var_slot(&self, name: &str) -> Option<usize> {
+        self.var_names.iter().position(|n| &**n == name)
+    }
+    /// `$shv` storage.
+    pub fn shared(&self) -> &SharedVars {
+        &self.shared
+    }
+    /// Names of the loaded modules, in load order.
+    pub fn module_names(&self) -> Vec<&str> {
+        self.modules.iter().map(|(n, _)| n.as_str()).collect()
+    }
+    /// The loaded modules.
+    pub fn modules(&self) -> &[(String, Arc<dyn Module>)] {
+        &self.modules
+    }
+    /// A loaded module by its concrete type.
+    pub fn module<T: Module>(&self) -> Option<&T> {
+        self.modules.iter().find_map(|(_, m)| m.as_any().downcast_ref::<T>())
+    }
+
+    fn dynamic_regex(&self, pat: &str) -> Option<Arc<regex::bytes::Regex>> {
+        let mut cache = self.regex_cache.lock().ok()?;
+        if let Some(re) = cache.get(pat) {
+            return Some(re.clone());
+        }
+        let re = Arc::new(compile::build_regex(pat).ok()?);
+        if cache.len() >= REGEX_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(pat.to_string(), re.clone());
+        Some(re)
+    }
+}
+
+/// What [`load`] produced.
+pub struct Loaded {
+    /// The program, when there was no error.
+    pub program: Option<Program>,
+    /// The files read (to render diagnostics).
+    pub sources: SourceMap,
+    /// Errors and warnings, in the order found.
+    pub diags: Vec<Diagnostic>,
+}
+
+/// Reads, parses and compiles a configuration.
+pub fn load(root: impl Into<PathBuf>, loader: &dyn Loader, opts: &PreOptions, registry: &Registry) -> Loaded {
+    let parsed = siphon_cfg::parse_config(root, loader, opts);
+    finish_load(parsed, registry)
+}
+
+/// Parses and compiles a configuration held in a string.
+pub fn load_str(name: &str, text: &str, opts: &PreOptions, registry: &Registry) -> Loaded {
+    finish_load(siphon_cfg::parse_str(name, text, opts), registry)
+}
+
+fn finish_load(parsed: siphon_cfg::Parsed, registry: &Registry) -> Loaded {
+    let mut diags = parsed.diags;
+    if diags.iter().any(Diagnostic::is_error) {
+        return Loaded { program: None, sources: parsed.sources, diags };
+    }
+    match compile::compile(&parsed.config, registry) {
+        Ok((p, mut warnings)) => {
+            diags.append(&mut warnings);
+            Loaded { program: Some(p), sources: parsed.sources, diags }
+        }
+        Err(mut d) => {
+            diags.append(&mut d);
+            Loaded { program: None, sources: parsed.sources, diags }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

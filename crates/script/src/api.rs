@@ -1,0 +1,482 @@
+//! The module API: how the core and each seed module plug into the route engine.
+//!
+//! A module is described by a [`ModuleDef`] (its name and typed parameters).
+//! Once the configuration's `modparam`s are known, the definition's
+//! `instantiate` builds the [`Module`], which lists its script functions
+//! ([`FunctionSpec`]), pseudo-variable classes ([`PvClassSpec`]) and event
+//! routes, and starts its I/O tasks after the program is compiled.
+//!
+//! Script functions are bound once at load ("fixup"): arguments are parsed,
+//! PVs resolved, constant strings kept, route names checked. At run time a
+//! function returns a Kamailio code (>0 true, <0 false, 0 stops the script)
+//! or asks to suspend the transaction ([`FnResult::Suspend`]).
+
+use crate::ctx::{Ctx, RouteType};
+use crate::interp::Exec;
+use crate::pv::Pv;
+use crate::value::Value;
+use crate::{Program, RouteId};
+use bytes::Bytes;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+// ---------- module definitions and parameters ----------
+
+/// The type of a module parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// An integer (`yes`/`no` are 1/0).
+    Int,
+    /// A string.
+    Str,
+    /// Either (Kamailio's "int or str", e.g. `fifo_user`).
+    IntOrStr,
+}
+
+/// One declared module parameter.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    /// The name used in `modparam`.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: ParamKind,
+    /// Whether it may be given several times (each value is kept).
+    pub multi: bool,
+    /// Accepted for compatibility but has no effect in siphon (a warning says so).
+    pub no_effect: bool,
+}
+
+impl ParamSpec {
+    /// An integer parameter.
+    pub const fn int(name: &'static str) -> Self {
+        ParamSpec { name, kind: ParamKind::Int, multi: false, no_effect: false }
+    }
+    /// A string parameter.
+    pub const fn str(name: &'static str) -> Self {
+        ParamSpec { name, kind: ParamKind::Str, multi: false, no_effect: false }
+    }
+    /// An int-or-string parameter.
+    pub const fn int_or_str(name: &'static str) -> Self {
+        ParamSpec { name, kind: ParamKind::IntOrStr, multi: false, no_effect: false }
+    }
+    /// May be given several times.
+    pub const fn multi(mut self) -> Self {
+        self.multi = true;
+        self
+    }
+    /// Accepted, with a warning that it has no effect.
+    pub const fn no_effect(mut self) -> Self {
+        self.no_effect = true;
+        self
+    }
+}
+
+/// A module parameter value as given in `modparam`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamValue {
+    /// An integer.
+    Int(i64),
+    /// A string.
+    Str(String),
+}
+
+/// The `modparam` values given for one module, plus the core parameters.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleConfig {
+    /// Values by parameter name, in the order given.
+    pub params: HashMap<String, Vec<ParamValue>>,
+    /// The core (global) parameters.
+    pub core: crate::core::CoreParams,
+}
+
+impl ModuleConfig {
+    /// The last value given for an integer parameter.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.params.get(name)?.last()? {
+            ParamValue::Int(n) => Some(*n),
+            ParamValue::Str(s) => s.trim().parse().ok(),
+        }
+    }
+    /// The last value given for a string parameter.
+    pub fn str(&self, name: &str) -> Option<String> {
+        match self.params.get(name)?.last()? {
+            ParamValue::Int(n) => Some(n.to_string()),
+            ParamValue::Str(s) => Some(s.clone()),
+        }
+    }
+    /// Every value given for a parameter.
+    pub fn all(&self, name: &str) -> &[ParamValue] {
+        self.params.get(name).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Builds a module from its configuration; an error is reported at `loadmodule`.
+pub type Instantiate = Arc<dyn Fn(&ModuleConfig) -> Result<Arc<dyn Module>, String> + Send + Sync>;
+
+/// What `loadmodule "name"` finds.
+#[derive(Clone)]
+pub struct ModuleDef {
+    /// The module name (`jsonrpcc`).
+    pub name: &'static str,
+    /// Its parameters.
+    pub params: Vec<ParamSpec>,
+    /// Builds the module.
+    pub instantiate: Instantiate,
+}
+
+impl std::fmt::Debug for ModuleDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleDef").field("name", &self.name).finish()
+    }
+}
+
+/// Context handed to [`Module::start`] once the program exists.
+#[non_exhaustive]
+pub struct StartCx {
+    /// The compiled program: event routes to run, route ids to resume in.
+    pub program: Arc<Program>,
+}
+
+impl StartCx {
+    /// A start context for `program`.
+    pub fn new(program: Arc<Program>) -> Self {
+        StartCx { program }
+    }
+}
+
+/// A loaded module.
+pub trait Module: Send + Sync + Any {
+    /// Script functions it exports.
+    fn functions(&self) -> Vec<FunctionSpec> {
+        Vec::new()
+    }
+    /// Pseudo-variable classes it exports.
+    fn pv_classes(&self) -> Vec<PvClassSpec> {
+        Vec::new()
+    }
+    /// Event routes it may run (`evapi:message-received`), to check `event_route[…]` names.
+    fn event_routes(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Starts the module's tasks; called inside the runtime after compilation.
+    fn start(&self, _cx: &StartCx) -> Result<(), String> {
+        Ok(())
+    }
+    /// For downcasting by code that knows the module.
+    fn as_any(&self) -> &dyn Any;
+}
+
+// ---------- functions ----------
+
+/// Which routing table a route-name argument refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteTable {
+    /// `route[NAME]`.
+    Named,
+    /// `failure_route[NAME]`.
+    Failure,
+    /// `onreply_route[NAME]`.
+    OnReply,
+    /// `branch_route[NAME]`.
+    Branch,
+}
+
+/// How a function argument is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgKind {
+    /// A string; string literals are format strings (PVs expanded at run time).
+    Str,
+    /// An integer; a literal string must be a number.
+    Int,
+    /// Any value.
+    Any,
+    /// A pseudo-variable to read, written bare or as a string (`"$var(x)"`).
+    Pv,
+    /// A pseudo-variable to write (`result_var`).
+    PvWritable,
+    /// A route name; checked at load when constant.
+    Route(RouteTable),
+}
+
+/// A compiled argument.
+#[derive(Debug)]
+pub enum Arg {
+    /// An expression (kinds `Str`, `Int`, `Any`).
+    Expr(crate::interp::CExpr),
+    /// A pseudo-variable.
+    Pv(Pv),
+    /// A route resolved at load.
+    Route(RouteId),
+    /// A route name with PVs, resolved at run time.
+    DynRoute(RouteTable, crate::pv::Fmt),
+}
+
+/// The compiled arguments of one call.
+#[derive(Debug)]
+pub struct Args {
+    /// The arguments in order.
+    pub items: Vec<Arg>,
+}
+
+impl Args {
+    /// Number of arguments given.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    /// Whether none were given.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    /// Argument `i` as a value.
+    pub fn value(&self, i: usize, ex: &mut Exec<'_>) -> Value {
+        match self.items.get(i) {
+            Some(Arg::Expr(e)) => ex.eval_value(e),
+            Some(Arg::Pv(pv)) => ex.get_pv(pv),
+            Some(Arg::Route(r)) => Value::from_str_copy(ex.prog.route_name(*r)),
+            Some(Arg::DynRoute(_, f)) => Value::Str(ex.fmt(f)),
+            None => Value::Null,
+        }
+    }
+    /// Argument `i` as bytes.
+    pub fn bytes(&self, i: usize, ex: &mut Exec<'_>) -> Bytes {
+        self.value(i, ex).to_bytes()
+    }
+    /// Argument `i` as text.
+    pub fn text(&self, i: usize, ex: &mut Exec<'_>) -> String {
+        self.value(i, ex).to_text().into_owned()
+    }
+    /// Argument `i` as an integer.
+    pub fn int(&self, i: usize, ex: &mut Exec<'_>) -> Option<i64> {
+        self.value(i, ex).to_int()
+    }
+    /// Argument `i` if it is a constant (for checks at bind time).
+    pub fn const_value(&self, i: usize) -> Option<&Value> {
+        match self.items.get(i) {
+            Some(Arg::Expr(crate::interp::CExpr::Const(v))) => Some(v),
+            _ => None,
+        }
+    }
+    /// Argument `i` as a pseudo-variable (kinds `Pv`, `PvWritable`).
+    pub fn pv(&self, i: usize) -> Option<&Pv> {
+        match self.items.get(i) {
+            Some(Arg::Pv(p)) => Some(p),
+            _ => None,
+        }
+    }
+    /// Argument `i` as a route id (kind `Route`); dynamic names are looked up now.
+    pub fn route(&self, i: usize, ex: &mut Exec<'_>) -> Option<RouteId> {
+        match self.items.get(i) {
+            Some(Arg::Route(r)) => Some(*r),
+            Some(Arg::DynRoute(t, f)) => {
+                let name = ex.fmt(f);
+                ex.prog.route_by_name(*t, &String::from_utf8_lossy(&name))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a function asks the engine to do.
+pub enum FnResult {
+    /// A Kamailio return code: >0 true, <0 false, 0 stops the script.
+    Code(i32),
+    /// Stop the script and suspend the transaction (see [`Suspend`]).
+    Suspend(Suspend),
+}
+
+impl From<i32> for FnResult {
+    fn from(c: i32) -> Self {
+        FnResult::Code(c)
+    }
+}
+
+impl std::fmt::Debug for FnResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FnResult::Code(c) => write!(f, "Code({c})"),
+            FnResult::Suspend(_) => f.write_str("Suspend"),
+        }
+    }
+}
+
+/// A request to park the current transaction and resume it later.
+///
+/// The engine stops the script (as `exit` does) and returns
+/// [`crate::Outcome::Suspended`]. The host (tm in the core) then creates or
+/// finds the transaction, gives it its `(index, label)`, attaches what
+/// `$T(id_index)`/`$T(id_label)` read, and calls `start` with the context and a
+/// [`Resumer`]. `start` runs before the transaction is parked, so the module can
+/// use `$T(...)` in what it sends; whatever it spawns resumes through the
+/// resumer, exactly once, from any thread.
+pub struct Suspend {
+    /// Called by the host once the transaction is suspended.
+    pub start: Box<dyn FnOnce(&mut Ctx, Box<dyn Resumer>) + Send>,
+}
+
+impl std::fmt::Debug for Suspend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Suspend")
+    }
+}
+
+/// Continues a suspended transaction (implemented by the host's tm).
+pub trait Resumer: Send + Sync {
+    /// Runs `route` for the suspended transaction after `fill` has written the
+    /// results into its context. Returns false when the transaction is gone or
+    /// was already resumed (the host counts it).
+    fn resume(self: Box<Self>, route: RouteId, fill: Box<dyn FnOnce(&mut Ctx) + Send>) -> bool;
+}
+
+/// A bound call: the function with its fixed-up arguments.
+pub trait Call: Send + Sync {
+    /// Runs the function.
+    fn call(&self, ex: &mut Exec<'_>) -> FnResult;
+}
+
+impl std::fmt::Debug for dyn Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Call")
+    }
+}
+
+/// Binds a call's arguments at load; the error text is reported at the call.
+pub type Bind = Arc<dyn Fn(Args) -> Result<Box<dyn Call>, String> + Send + Sync>;
+
+/// A script function.
+#[derive(Clone)]
+pub struct FunctionSpec {
+    /// The name used in the script.
+    pub name: &'static str,
+    /// Argument kinds; the number of arguments is at most their count.
+    pub params: Vec<ArgKind>,
+    /// The fewest arguments accepted.
+    pub min_args: usize,
+    /// Where the function may be used.
+    pub routes: RouteType,
+    /// Binds one call.
+    pub bind: Bind,
+}
+
+impl std::fmt::Debug for FunctionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionSpec").field("name", &self.name).field("params", &self.params).finish()
+    }
+}
+
+struct SimpleCall<F> {
+    args: Args,
+    f: Arc<F>,
+}
+
+impl<F: Fn(&mut Exec<'_>, &Args) -> FnResult + Send + Sync> Call for SimpleCall<F> {
+    fn call(&self, ex: &mut Exec<'_>) -> FnResult {
+        (self.f)(ex, &self.args)
+    }
+}
+
+impl FunctionSpec {
+    /// A function taking exactly `params`, usable in any route, run by `f`.
+    pub fn new<F>(name: &'static str, params: &[ArgKind], f: F) -> Self
+    where
+        F: Fn(&mut Exec<'_>, &Args) -> FnResult + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let bind: Bind = Arc::new(move |args| Ok(Box::new(SimpleCall { args, f: f.clone() }) as Box<dyn Call>));
+        FunctionSpec { name, params: params.to_vec(), min_args: params.len(), routes: RouteType::ANY, bind }
+    }
+    /// A function with its own bind step (checks or precomputes at load).
+    pub fn with_bind(name: &'static str, params: &[ArgKind], bind: Bind) -> Self {
+        FunctionSpec { name, params: params.to_vec(), min_args: params.len(), routes: RouteType::ANY, bind }
+    }
+    /// Accepts fewer arguments (the rest are optional).
+    pub fn min_args(mut self, n: usize) -> Self {
+        self.min_args = n;
+        self
+    }
+    /// Restricts where the function may be used.
+    pub fn routes(mut self, r: RouteType) -> Self {
+        self.routes = r;
+        self
+    }
+}
+
+// ---------- pseudo-variables ----------
+
+/// Whether a PV class takes a name in parentheses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PvInner {
+    /// `$ru`: none allowed.
+    None,
+    /// `$var(x)`: required.
+    Required,
+    /// Either.
+    Optional,
+}
+
+/// Which value(s) of a PV with several values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PvIdx {
+    /// No index written: the default (usually the first/newest).
+    Default,
+    /// `[n]`.
+    At(i64),
+    /// `[*]`.
+    All,
+}
+
+/// Reads and writes one bound PV (a class plus its inner name).
+pub trait PvAccess: Send + Sync {
+    /// Reads the value.
+    fn get(&self, ex: &mut Exec<'_>, idx: PvIdx) -> Value;
+    /// Writes the value; the default refuses (read-only).
+    fn set(&self, _ex: &mut Exec<'_>, _idx: PvIdx, _v: Value) -> Result<(), String> {
+        Err("is read-only".into())
+    }
+    /// Whether [`PvAccess::set`] works; checked at load for assignments.
+    fn writable(&self) -> bool {
+        false
+    }
+}
+
+/// Binds a PV class with its inner name at load.
+pub type PvBind = Arc<dyn Fn(Option<&str>) -> Result<Arc<dyn PvAccess>, String> + Send + Sync>;
+
+/// A pseudo-variable class.
+#[derive(Clone)]
+pub struct PvClassSpec {
+    /// The class name (`ru`, `hdr`, `evapi`, `T`).
+    pub name: &'static str,
+    /// Whether it takes `(name)`.
+    pub inner: PvInner,
+    /// Binds one use.
+    pub bind: PvBind,
+}
+
+impl PvClassSpec {
+    /// A class bound by `bind`.
+    pub fn new(name: &'static str, inner: PvInner, bind: PvBind) -> Self {
+        PvClassSpec { name, inner, bind }
+    }
+
+    /// A read-only class with no inner name, computed by `f`.
+    pub fn read_only<F>(name: &'static str, f: F) -> Self
+    where
+        F: Fn(&mut Exec<'_>) -> Value + Send + Sync + 'static,
+    {
+        struct R<F>(F);
+        impl<F: Fn(&mut Exec<'_>) -> Value + Send + Sync> PvAccess for R<F> {
+            fn get(&self, ex: &mut Exec<'_>, _idx: PvIdx) -> Value {
+                (self.0)(ex)
+            }
+        }
+        let acc: Arc<dyn PvAccess> = Arc::new(R(f));
+        PvClassSpec { name, inner: PvInner::None, bind: Arc::new(move |_| Ok(acc.clone())) }
+    }
+}
+
+impl std::fmt::Debug for PvClassSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PvClassSpec").field("name", &self.name).finish()
+    }
+}
