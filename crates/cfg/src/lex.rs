@@ -191,7 +191,7 @@ pub struct Lexed {
 
 /// Lexes and preprocesses `root` and everything it includes.
 pub fn lex_config(root: PathBuf, loader: &dyn Loader, sources: &mut SourceMap, opts: &PreOptions) -> Lexed {
-    let mut pre = Pre { loader, sources, defines: HashMap::new(), substs: vec![], diags: vec![], stack: vec![] };
+    let mut pre = Pre { loader, sources, defines: HashMap::new(), substs: vec![], diags: vec![], stack: vec![], names: vec![] };
     for (name, value) in &opts.defines {
         pre.defines.insert(name.clone(), Define { value: value.clone().unwrap_or_default() });
     }
@@ -199,6 +199,7 @@ pub fn lex_config(root: PathBuf, loader: &dyn Loader, sources: &mut SourceMap, o
     match loader.read(&root) {
         Ok(text) => {
             let id = loader.identity(&root);
+            pre.names.push(root.clone());
             let file = pre.sources.add(root, text);
             pre.stack.push(id);
             pre.lex_file(file, &mut tokens);
@@ -218,6 +219,8 @@ struct Pre<'a> {
     diags: Vec<Diagnostic>,
     /// Identities of the files being read, for cycle detection.
     stack: Vec<PathBuf>,
+    /// The same files as named, for messages.
+    names: Vec<PathBuf>,
 }
 
 impl Pre<'_> {
@@ -499,7 +502,7 @@ impl Pre<'_> {
     fn lex_snippet(&mut self, text: &str, at: Span) -> Vec<Token> {
         let mut sm = SourceMap::default();
         let loader = crate::source::MemLoader::new().with("<define>", text);
-        let mut inner = Pre { loader: &loader, sources: &mut sm, defines: HashMap::new(), substs: vec![], diags: vec![], stack: vec![] };
+        let mut inner = Pre { loader: &loader, sources: &mut sm, defines: HashMap::new(), substs: vec![], diags: vec![], stack: vec![], names: vec![] };
         let id = inner.sources.add("<define>".into(), text.to_string());
         let mut toks = Vec::new();
         inner.lex_file(id, &mut toks);
@@ -520,7 +523,7 @@ impl Pre<'_> {
         let path = self.loader.resolve(name, Some(&from_path));
         let id = self.loader.identity(&path);
         if self.stack.contains(&id) {
-            let chain: Vec<String> = self.stack.iter().chain(std::iter::once(&id)).map(|p| p.display().to_string()).collect();
+            let chain: Vec<String> = self.names.iter().chain(std::iter::once(&path)).map(|p| p.display().to_string()).collect();
             self.diags.push(Diagnostic::error(at, format!("include cycle: {}", chain.join(" -> "))));
             return;
         }
@@ -530,10 +533,12 @@ impl Pre<'_> {
         }
         match self.loader.read(&path) {
             Ok(text) => {
+                self.names.push(path.clone());
                 let fid = self.sources.add(path, text);
                 self.stack.push(id);
                 self.lex_file(fid, out);
                 self.stack.pop();
+                self.names.pop();
             }
             Err(_) if optional => {}
             Err(e) => self.diags.push(Diagnostic::error(at, format!("cannot include `{}`: {e}", path.display()))),

@@ -573,7 +573,8 @@ impl Compiler<'_> {
                     match build_regex(&pat) {
                         Ok(re) => CExpr::Match(Box::new(x?), Arc::new(re), neg),
                         Err(e) => {
-                            self.err(b.span, format!("bad regular expression: {e}"));
+                            let why = e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ").to_string();
+                            self.err(b.span, format!("bad regular expression `{pat}`: {why}"));
                             return None;
                         }
                     }

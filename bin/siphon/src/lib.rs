@@ -1,0 +1,61 @@
+//! The `siphon` binary's library part: the registry of built-in modules and
+//! the steps of a run (load, check, start), so integration tests can use the
+//! same registry the shipped binary has.
+
+use siphon_cfg::{Diagnostic, FsLoader, MemLoader, PreOptions, SourceMap};
+use siphon_script::{Loaded, Program, Registry};
+use std::path::Path;
+
+/// The configuration `siphon` runs without `-f`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.cfg");
+/// The name the default configuration has in diagnostics.
+pub const DEFAULT_CONFIG_NAME: &str = "<default config>";
+
+/// Every module built into this binary.
+pub fn registry() -> Registry {
+    Registry::new()
+}
+
+/// Reads and compiles the configuration (the embedded default when `file` is `None`).
+pub fn load(file: Option<&Path>, opts: &PreOptions, registry: &Registry) -> Loaded {
+    match file {
+        Some(f) => siphon_script::load(f, &FsLoader, opts, registry),
+        None => {
+            let loader = MemLoader::new().with(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG);
+            siphon_script::load(DEFAULT_CONFIG_NAME, &loader, opts, registry)
+        }
+    }
+}
+
+/// Parses `-A NAME` / `-A NAME=VALUE`.
+pub fn parse_define(s: &str) -> (String, Option<String>) {
+    match s.split_once('=') {
+        Some((n, v)) => (n.to_string(), Some(v.to_string())),
+        None => (s.to_string(), None),
+    }
+}
+
+/// Renders diagnostics as `siphon -c` prints them.
+pub fn render(diags: &[Diagnostic], sources: &SourceMap) -> String {
+    siphon_cfg::diag::render_all(diags, sources)
+}
+
+/// The tracing level for Kamailio's `debug` value.
+pub fn level_filter(debug: i32) -> tracing::level_filters::LevelFilter {
+    use tracing::level_filters::LevelFilter;
+    match debug {
+        d if d <= -1 => LevelFilter::ERROR,
+        0 => LevelFilter::WARN,
+        1 | 2 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    }
+}
+
+/// Adds `-l` addresses to the program's listen list.
+pub fn add_listen(program: &mut Program, addrs: &[String]) -> Result<(), String> {
+    for a in addrs {
+        let spec = siphon_script::core::ListenSpec::parse(a).map_err(|e| format!("-l {a}: {e}"))?;
+        program.core.listen.push(spec);
+    }
+    Ok(())
+}

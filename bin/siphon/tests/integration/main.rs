@@ -1,0 +1,6 @@
+//! siphon's end-to-end tests: one test binary (see the crate layout in docs/architecture.md).
+
+mod cli;
+mod golden;
+mod seeds;
+mod stubs;

@@ -1,0 +1,131 @@
+//! Test-only stand-ins for the modules and SIP-core functions that later
+//! issues build (jsonrpcc, event_jsonrpc, jsonrpcs, xhttp, evapi, async_http,
+//! sl/tm functions, SIP PVs). They declare the seed's parameters, functions
+//! (with argument kinds, so route names and result PVs are checked) and PVs;
+//! they are never run. Each issue that builds the real thing removes its stub
+//! from here: the shipped binary's registry never contains stubs.
+
+use siphon_script::api::*;
+use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, PvClassSpec, Registry, RouteTable, Value};
+use std::sync::Arc;
+
+struct Stub {
+    fns: Vec<FunctionSpec>,
+    pvs: Vec<PvClassSpec>,
+    events: Vec<&'static str>,
+}
+
+impl Module for Stub {
+    fn functions(&self) -> Vec<FunctionSpec> {
+        self.fns.clone()
+    }
+    fn pv_classes(&self) -> Vec<PvClassSpec> {
+        self.pvs.clone()
+    }
+    fn event_routes(&self) -> Vec<&'static str> {
+        self.events.clone()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn f(name: &'static str, params: &[ArgKind]) -> FunctionSpec {
+    FunctionSpec::new(name, params, |_, _| FnResult::Code(-1))
+}
+
+fn pv(name: &'static str, inner: PvInner) -> PvClassSpec {
+    struct Null;
+    impl PvAccess for Null {
+        fn get(&self, _: &mut siphon_script::Exec<'_>, _: PvIdx) -> Value {
+            Value::Null
+        }
+    }
+    PvClassSpec::new(name, inner, Arc::new(|_| Ok(Arc::new(Null) as Arc<dyn PvAccess>)))
+}
+
+fn module(name: &'static str, params: Vec<ParamSpec>, fns: Vec<FunctionSpec>, pvs: Vec<PvClassSpec>, events: Vec<&'static str>) -> ModuleDef {
+    let stub = Arc::new(Stub { fns, pvs, events });
+    ModuleDef { name, params, instantiate: Arc::new(move |_| Ok(Arc::new(Stub { fns: stub.fns.clone(), pvs: stub.pvs.clone(), events: stub.events.clone() }) as Arc<dyn Module>)) }
+}
+
+/// The shipped registry plus stubs for what is not built yet.
+pub(crate) fn registry() -> Registry {
+    use ArgKind::*;
+    let mut r = siphon::registry();
+    let route = Route(RouteTable::Named);
+    if r.def("jsonrpcc").is_none() {
+        r.add(module(
+            "jsonrpcc",
+            vec![ParamSpec::str("servers"), ParamSpec::int("max_conn_attempts")],
+            vec![f("jsonrpc_notification", &[Str, Str]), f("jsonrpc_request", &[Str, Str, route, route, PvWritable])],
+            vec![],
+            vec![],
+        ));
+    }
+    if r.def("event_jsonrpc").is_none() {
+        r.add(module("event_jsonrpc", vec![ParamSpec::int("sync_mode"), ParamSpec::int("timeout"), ParamSpec::str("event_param")], vec![], vec![], vec![]));
+        r.core_functions.push(f("subscribe_event", &[Str, Str, Int]).min_args(2));
+        r.core_functions.push(f("raise_event", &[Str, Pv, Pv]).min_args(1));
+    }
+    if r.def("jsonrpcs").is_none() {
+        r.add(module(
+            "jsonrpcs",
+            ["pretty_format", "transport", "fifo_mode", "dgram_workers", "dgram_mode", "dgram_timeout"]
+                .into_iter()
+                .map(ParamSpec::int)
+                .chain(["fifo_name", "fifo_reply_dir", "dgram_socket"].into_iter().map(ParamSpec::str))
+                .chain(["fifo_user", "fifo_group", "dgram_user", "dgram_group"].into_iter().map(ParamSpec::int_or_str))
+                .collect(),
+            vec![f("jsonrpc_dispatch", &[]), f("jsonrpc_exec", &[Str])],
+            vec![pv("jsonrpl", PvInner::Required)],
+            vec![],
+        ));
+    }
+    if r.def("xhttp").is_none() {
+        r.add(module(
+            "xhttp",
+            vec![ParamSpec::str("url_match"), ParamSpec::str("url_skip")],
+            vec![f("xhttp_reply", &[Str, Str, Str, Str])],
+            vec![pv("hu", PvInner::None)],
+            vec!["xhttp:request"],
+        ));
+    }
+    if r.def("evapi").is_none() {
+        r.add(module(
+            "evapi",
+            vec![ParamSpec::int("workers"), ParamSpec::str("bind_addr"), ParamSpec::int("netstring_format"), ParamSpec::str("event_callback"), ParamSpec::int("max_clients")],
+            vec![
+                f("evapi_relay", &[Str]),
+                f("evapi_async_relay", &[Str]),
+                f("evapi_multicast", &[Str, Str]),
+                f("evapi_async_multicast", &[Str, Str]),
+                f("evapi_unicast", &[Str, Str]),
+                f("evapi_async_unicast", &[Str, Str]),
+                f("evapi_close", &[]),
+                f("evapi_set_tag", &[Str]),
+            ],
+            vec![pv("evapi", PvInner::Required)],
+            vec!["evapi:connection-new", "evapi:connection-closed", "evapi:message-received"],
+        ));
+    }
+    if r.def("async_http").is_none() {
+        r.add(module(
+            "async_http",
+            vec![ParamSpec::int("workers"), ParamSpec::int("http_timeout"), ParamSpec::int("hash_size")],
+            vec![f("http_async_get", &[Str, route]), f("http_async_post", &[Str, Str, route])],
+            vec![],
+            vec![],
+        ));
+    }
+    // SIP core (sl/tm functions and message PVs).
+    if !r.core_functions.iter().any(|f| f.name == "send_reply") {
+        r.core_functions.push(f("send_reply", &[Str, Str]));
+        r.core_functions.push(f("sl_send_reply", &[Str, Str]));
+        for name in ["si", "fU", "rU", "ru", "rm", "sp", "Ri", "Rp", "pr", "rs", "fu", "tu"] {
+            r.core_pvs.push(pv(name, PvInner::None));
+        }
+        r.core_pvs.push(pv("T", PvInner::Required));
+    }
+    r
+}
