@@ -4,7 +4,7 @@
 //! `-E`, `-D`, `-l ADDR`, `-V`, `-h`.
 
 use clap::{ArgAction, Parser, Subcommand};
-use siphon::{add_listen, level_filter, load, parse_define, registry, render, DEFAULT_CONFIG};
+use siphon::{DEFAULT_CONFIG, add_listen, level_filter, load, parse_define, registry, render};
 use siphon_cfg::PreOptions;
 use siphon_script::api::StartCx;
 use siphon_script::{Outcome, RouteType};
@@ -14,7 +14,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "siphon", version, about = "A SIP routing server that runs Kamailio-style configurations")]
+#[command(
+    name = "siphon",
+    version,
+    about = "A SIP routing server that runs Kamailio-style configurations"
+)]
 struct Cli {
     /// Configuration file (default: the embedded default configuration).
     #[arg(short = 'f', value_name = "FILE")]
@@ -65,7 +69,9 @@ fn main() -> ExitCode {
         cli.define.extend(define);
         cli.check = true;
     }
-    let opts = PreOptions { defines: cli.define.iter().map(|d| parse_define(d)).collect() };
+    let opts = PreOptions {
+        defines: cli.define.iter().map(|d| parse_define(d)).collect(),
+    };
     let registry = registry();
     let loaded = load(cli.file.as_deref(), &opts, &registry);
     if !loaded.diags.is_empty() {
@@ -79,7 +85,12 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     if cli.check {
-        let name = cli.file.as_ref().map_or("the default configuration".to_string(), |f| f.display().to_string());
+        let name = cli
+            .file
+            .as_ref()
+            .map_or("the default configuration".to_string(), |f| {
+                f.display().to_string()
+            });
         eprintln!("{name}: configuration OK");
         return ExitCode::SUCCESS;
     }
@@ -93,8 +104,16 @@ fn run(program: siphon_script::Program) -> ExitCode {
         .with_target(true)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let workers = program.core.children.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().thread_name("siphon-worker").build() {
+    let workers = program
+        .core
+        .children
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .thread_name("siphon-worker")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
@@ -129,8 +148,11 @@ fn run(program: siphon_script::Program) -> ExitCode {
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return shutdown.cancelled().await;
     };

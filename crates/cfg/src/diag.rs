@@ -31,15 +31,30 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// An error at a span.
     pub fn error(span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Error, message: message.into(), span: Some(span), notes: vec![] }
+        Diagnostic {
+            severity: Severity::Error,
+            message: message.into(),
+            span: Some(span),
+            notes: vec![],
+        }
     }
     /// A warning at a span.
     pub fn warning(span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, message: message.into(), span: Some(span), notes: vec![] }
+        Diagnostic {
+            severity: Severity::Warning,
+            message: message.into(),
+            span: Some(span),
+            notes: vec![],
+        }
     }
     /// An error with no location.
     pub fn global(message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Error, message: message.into(), span: None, notes: vec![] }
+        Diagnostic {
+            severity: Severity::Error,
+            message: message.into(),
+            span: None,
+            notes: vec![],
+        }
     }
     /// Adds a `help:` line.
     pub fn help(mut self, text: impl Into<String>) -> Self {
@@ -69,15 +84,35 @@ impl Diagnostic {
             let (line, col) = file.line_col(span.lo);
             let text = file.line_text(line);
             let width = line.to_string().len();
-            let _ = writeln!(out, "{:width$}--> {}:{}:{}", "", file.path.display(), line, col);
+            let _ = writeln!(
+                out,
+                "{:width$}--> {}:{}:{}",
+                "",
+                file.path.display(),
+                line,
+                col
+            );
             let _ = writeln!(out, "{:width$} |", "");
             let _ = writeln!(out, "{line} | {}", text.replace('\t', "    "));
             // Caret under the span, clipped to the line; tabs count as 4 columns as printed.
             let prefix: String = text.chars().take(col - 1).collect();
-            let pad = prefix.chars().map(|c| if c == '\t' { 4 } else { 1 }).sum::<usize>();
+            let pad = prefix
+                .chars()
+                .map(|c| if c == '\t' { 4 } else { 1 })
+                .sum::<usize>();
             let (end_line, end_col) = file.line_col(span.hi.max(span.lo + 1));
-            let carets = if end_line == line { (end_col - col).max(1) } else { 1 };
-            let _ = writeln!(out, "{:width$} | {}{}", "", " ".repeat(pad), "^".repeat(carets));
+            let carets = if end_line == line {
+                (end_col - col).max(1)
+            } else {
+                1
+            };
+            let _ = writeln!(
+                out,
+                "{:width$} | {}{}",
+                "",
+                " ".repeat(pad),
+                "^".repeat(carets)
+            );
         }
         for n in &self.notes {
             let _ = writeln!(out, "  = {n}");
@@ -102,7 +137,10 @@ pub fn render_all(diags: &[Diagnostic], sources: &SourceMap) -> String {
 }
 
 /// The closest candidate to `word` by edit distance, if close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = edit_distance(word, c);
@@ -128,7 +166,9 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }
@@ -152,7 +192,14 @@ mod tests {
     fn renders_caret_under_span() {
         let mut sm = SourceMap::default();
         let f = sm.add("a.cfg".into(), "x = 1\n  foo(bar;\n".into());
-        let d = Diagnostic::error(Span { file: f, lo: 12, hi: 13 }, "expected `)`");
+        let d = Diagnostic::error(
+            Span {
+                file: f,
+                lo: 12,
+                hi: 13,
+            },
+            "expected `)`",
+        );
         let r = d.render(&sm);
         assert!(r.contains("--> a.cfg:2:7"), "{r}");
         assert!(r.contains("2 |   foo(bar;\n  |       ^"), "{r}");

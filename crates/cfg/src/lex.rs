@@ -7,7 +7,7 @@
 //! in included files and in `#!define` uses are reported where they are.
 
 use crate::diag::Diagnostic;
-use crate::pv::{parse_pv, PvSyntax};
+use crate::pv::{PvSyntax, parse_pv};
 use crate::source::{FileId, Loader, SourceMap, Span};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -190,10 +190,28 @@ pub struct Lexed {
 }
 
 /// Lexes and preprocesses `root` and everything it includes.
-pub fn lex_config(root: PathBuf, loader: &dyn Loader, sources: &mut SourceMap, opts: &PreOptions) -> Lexed {
-    let mut pre = Pre { loader, sources, defines: HashMap::new(), substs: vec![], diags: vec![], stack: vec![], names: vec![] };
+pub fn lex_config(
+    root: PathBuf,
+    loader: &dyn Loader,
+    sources: &mut SourceMap,
+    opts: &PreOptions,
+) -> Lexed {
+    let mut pre = Pre {
+        loader,
+        sources,
+        defines: HashMap::new(),
+        substs: vec![],
+        diags: vec![],
+        stack: vec![],
+        names: vec![],
+    };
     for (name, value) in &opts.defines {
-        pre.defines.insert(name.clone(), Define { value: value.clone().unwrap_or_default() });
+        pre.defines.insert(
+            name.clone(),
+            Define {
+                value: value.clone().unwrap_or_default(),
+            },
+        );
     }
     let mut tokens = Vec::new();
     match loader.read(&root) {
@@ -204,11 +222,29 @@ pub fn lex_config(root: PathBuf, loader: &dyn Loader, sources: &mut SourceMap, o
             pre.stack.push(id);
             pre.lex_file(file, &mut tokens);
         }
-        Err(e) => pre.diags.push(Diagnostic::global(format!("cannot read {}: {e}", root.display()))),
+        Err(e) => pre.diags.push(Diagnostic::global(format!(
+            "cannot read {}: {e}",
+            root.display()
+        ))),
     }
-    let end = tokens.last().map(|t: &Token| Span { lo: t.span.hi, ..t.span }).unwrap_or_default();
-    tokens.push(Token { tok: Tok::Eof, span: end, raw: String::new(), newline_before: true, space_before: true });
-    Lexed { tokens, diags: pre.diags }
+    let end = tokens
+        .last()
+        .map(|t: &Token| Span {
+            lo: t.span.hi,
+            ..t.span
+        })
+        .unwrap_or_default();
+    tokens.push(Token {
+        tok: Tok::Eof,
+        span: end,
+        raw: String::new(),
+        newline_before: true,
+        space_before: true,
+    });
+    Lexed {
+        tokens,
+        diags: pre.diags,
+    }
 }
 
 struct Pre<'a> {
@@ -232,7 +268,11 @@ impl Pre<'_> {
         let mut at_line_start = true;
         let mut newline_before = true;
         let mut space_before = true;
-        let span = |lo: usize, hi: usize| Span { file, lo: lo as u32, hi: hi as u32 };
+        let span = |lo: usize, hi: usize| Span {
+            file,
+            lo: lo as u32,
+            hi: hi as u32,
+        };
         let active = |conds: &Vec<Cond>| conds.last().is_none_or(|c| c.active);
         // Tokens of this file, before include splicing and define expansion.
         while pos < b.len() {
@@ -250,9 +290,14 @@ impl Pre<'_> {
                 continue;
             }
             // Directives: `#!name` or `!!name` first on a line.
-            if at_line_start && (b[pos..].starts_with(b"#!") || b[pos..].starts_with(b"!!")) && b.get(pos + 2).is_some_and(|c| c.is_ascii_alphabetic()) {
+            if at_line_start
+                && (b[pos..].starts_with(b"#!") || b[pos..].starts_with(b"!!"))
+                && b.get(pos + 2).is_some_and(|c| c.is_ascii_alphabetic())
+            {
                 let line_end = memchr_nl(b, pos);
-                let name_end = (pos + 2..line_end).find(|&i| !(b[i].is_ascii_alphanumeric() || b[i] == b'_')).unwrap_or(line_end);
+                let name_end = (pos + 2..line_end)
+                    .find(|&i| !(b[i].is_ascii_alphanumeric() || b[i] == b'_'))
+                    .unwrap_or(line_end);
                 let name = &text[pos + 2..name_end];
                 let dspan = span(pos, name_end);
                 match name {
@@ -267,21 +312,38 @@ impl Pre<'_> {
                         let parent_active = active(&conds);
                         let defined = self.defines.contains_key(arg);
                         if arg.is_empty() {
-                            self.diags.push(Diagnostic::error(dspan, format!("expected a name after `#!{name}`")));
+                            self.diags.push(Diagnostic::error(
+                                dspan,
+                                format!("expected a name after `#!{name}`"),
+                            ));
                         }
-                        conds.push(Cond { active: parent_active && (defined == (name == "ifdef")), parent_active, seen_else: false, span: dspan });
+                        conds.push(Cond {
+                            active: parent_active && (defined == (name == "ifdef")),
+                            parent_active,
+                            seen_else: false,
+                            span: dspan,
+                        });
                     }
                     "else" => match conds.last_mut() {
                         Some(c) if !c.seen_else => {
                             c.seen_else = true;
                             c.active = c.parent_active && !c.active;
                         }
-                        Some(_) => self.diags.push(Diagnostic::error(dspan, "`#!else` after `#!else` in the same `#!ifdef`")),
-                        None => self.diags.push(Diagnostic::error(dspan, "`#!else` without `#!ifdef` or `#!ifndef`")),
+                        Some(_) => self.diags.push(Diagnostic::error(
+                            dspan,
+                            "`#!else` after `#!else` in the same `#!ifdef`",
+                        )),
+                        None => self.diags.push(Diagnostic::error(
+                            dspan,
+                            "`#!else` without `#!ifdef` or `#!ifndef`",
+                        )),
                     },
                     "endif" => {
                         if conds.pop().is_none() {
-                            self.diags.push(Diagnostic::error(dspan, "`#!endif` without `#!ifdef` or `#!ifndef`"));
+                            self.diags.push(Diagnostic::error(
+                                dspan,
+                                "`#!endif` without `#!ifdef` or `#!ifndef`",
+                            ));
                         }
                     }
                     _ if !active(&conds) => {}
@@ -292,8 +354,15 @@ impl Pre<'_> {
                             Some(i) => (&rest[..i], rest[i..].trim().to_string()),
                             None => (rest, String::new()),
                         };
-                        if dname.is_empty() || !dname.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-                            self.diags.push(Diagnostic::error(dspan, format!("expected a name after `#!{name}`")));
+                        if dname.is_empty()
+                            || !dname
+                                .bytes()
+                                .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+                        {
+                            self.diags.push(Diagnostic::error(
+                                dspan,
+                                format!("expected a name after `#!{name}`"),
+                            ));
                         } else if name == "define" && self.defines.contains_key(dname) {
                             self.diags.push(
                                 Diagnostic::error(span(name_end, line_end), format!("`{dname}` is already defined"))
@@ -314,20 +383,45 @@ impl Pre<'_> {
                         match parse_subst(arg) {
                             Ok((re, repl, global)) => {
                                 if name != "subst" {
-                                    let value = if name == "substdefs" { format!("\"{repl}\"") } else { repl.clone() };
+                                    let value = if name == "substdefs" {
+                                        format!("\"{repl}\"")
+                                    } else {
+                                        repl.clone()
+                                    };
                                     self.defines.insert(re_literal(&re), Define { value });
                                 }
-                                match regex::RegexBuilder::new(&re).case_insensitive(global.1).build() {
-                                    Ok(re) => self.substs.push(Subst { re, repl: backrefs(&repl), global: global.0 }),
-                                    Err(e) => self.diags.push(Diagnostic::error(span(name_end, line_end), format!("bad regular expression in `#!{name}`: {e}"))),
+                                match regex::RegexBuilder::new(&re)
+                                    .case_insensitive(global.1)
+                                    .build()
+                                {
+                                    Ok(re) => self.substs.push(Subst {
+                                        re,
+                                        repl: backrefs(&repl),
+                                        global: global.0,
+                                    }),
+                                    Err(e) => self.diags.push(Diagnostic::error(
+                                        span(name_end, line_end),
+                                        format!("bad regular expression in `#!{name}`: {e}"),
+                                    )),
                                 }
                             }
-                            Err(m) => self.diags.push(Diagnostic::error(span(name_end, line_end), m)),
+                            Err(m) => self
+                                .diags
+                                .push(Diagnostic::error(span(name_end, line_end), m)),
                         }
                     }
                     "include_file" | "import_file" => {
-                        let arg = text[name_end..line_end].trim().trim_matches('"').to_string();
-                        self.include(&arg, name == "import_file", span(name_end, line_end), file, out);
+                        let arg = text[name_end..line_end]
+                            .trim()
+                            .trim_matches('"')
+                            .to_string();
+                        self.include(
+                            &arg,
+                            name == "import_file",
+                            span(name_end, line_end),
+                            file,
+                            out,
+                        );
                     }
                     _ => {
                         self.diags.push(
@@ -359,7 +453,10 @@ impl Pre<'_> {
                         pos = end;
                     }
                     None => {
-                        self.diags.push(Diagnostic::error(span(pos, pos + 2), "unterminated comment: expected `*/`"));
+                        self.diags.push(Diagnostic::error(
+                            span(pos, pos + 2),
+                            "unterminated comment: expected `*/`",
+                        ));
                         pos = b.len();
                     }
                 }
@@ -372,7 +469,10 @@ impl Pre<'_> {
                     let (s, end, ok) = lex_string(&text, pos);
                     pos = end;
                     if !ok {
-                        self.diags.push(Diagnostic::error(span(start, start + 1), "unterminated string: expected a closing quote"));
+                        self.diags.push(Diagnostic::error(
+                            span(start, start + 1),
+                            "unterminated string: expected a closing quote",
+                        ));
                     }
                     Tok::Str(self.apply_substs(s))
                 }
@@ -382,7 +482,10 @@ impl Pre<'_> {
                         Tok::Pv(pv)
                     }
                     Err(e) => {
-                        self.diags.push(Diagnostic::error(span(pos + e.offset, pos + e.offset + 1), e.message));
+                        self.diags.push(Diagnostic::error(
+                            span(pos + e.offset, pos + e.offset + 1),
+                            e.message,
+                        ));
                         // Skip the rest of the PV-looking text.
                         pos += 1;
                         while pos < b.len() && (b[pos].is_ascii_alphanumeric() || b[pos] == b'_') {
@@ -397,7 +500,10 @@ impl Pre<'_> {
                     match tok {
                         Some(t) => t,
                         None => {
-                            self.diags.push(Diagnostic::error(span(start, end), format!("number `{}` is too large", &text[start..end])));
+                            self.diags.push(Diagnostic::error(
+                                span(start, end),
+                                format!("number `{}` is too large", &text[start..end]),
+                            ));
                             Tok::Int(0)
                         }
                     }
@@ -444,7 +550,10 @@ impl Pre<'_> {
                         (b'@', _) => (Punct::At, 1),
                         _ => {
                             let ch = text[pos..].chars().next().unwrap_or('?');
-                            self.diags.push(Diagnostic::error(span(pos, pos + ch.len_utf8()), format!("unexpected character `{ch}`")));
+                            self.diags.push(Diagnostic::error(
+                                span(pos, pos + ch.len_utf8()),
+                                format!("unexpected character `{ch}`"),
+                            ));
                             pos += ch.len_utf8();
                             continue;
                         }
@@ -453,12 +562,20 @@ impl Pre<'_> {
                     Tok::Punct(p)
                 }
             };
-            let token = Token { tok, span: span(start, pos), raw: text[start..pos].to_string(), newline_before, space_before };
+            let token = Token {
+                tok,
+                span: span(start, pos),
+                raw: text[start..pos].to_string(),
+                newline_before,
+                space_before,
+            };
             newline_before = false;
             space_before = false;
             // include_file "x" / import_file "x" as statements.
             if let Some(prev) = out.last() {
-                if let (Some(kw @ ("include_file" | "import_file")), Tok::Str(name)) = (prev.ident(), &token.tok) {
+                if let (Some(kw @ ("include_file" | "import_file")), Tok::Str(name)) =
+                    (prev.ident(), &token.tok)
+                {
                     let optional = kw == "import_file";
                     let name = name.clone();
                     let sp = prev.span.to(token.span);
@@ -470,7 +587,10 @@ impl Pre<'_> {
             self.push_expanded(token, out, 0);
         }
         for c in conds {
-            self.diags.push(Diagnostic::error(c.span, "this `#!ifdef`/`#!ifndef` has no `#!endif`"));
+            self.diags.push(Diagnostic::error(
+                c.span,
+                "this `#!ifdef`/`#!ifndef` has no `#!endif`",
+            ));
         }
     }
 
@@ -485,7 +605,10 @@ impl Pre<'_> {
             return;
         };
         if depth >= MAX_DEFINE_DEPTH {
-            self.diags.push(Diagnostic::error(token.span, format!("`#!define` of `{name}` expands into itself")));
+            self.diags.push(Diagnostic::error(
+                token.span,
+                format!("`#!define` of `{name}` expands into itself"),
+            ));
             return;
         }
         let toks = self.lex_snippet(&def.value, token.span);
@@ -502,12 +625,23 @@ impl Pre<'_> {
     fn lex_snippet(&mut self, text: &str, at: Span) -> Vec<Token> {
         let mut sm = SourceMap::default();
         let loader = crate::source::MemLoader::new().with("<define>", text);
-        let mut inner = Pre { loader: &loader, sources: &mut sm, defines: HashMap::new(), substs: vec![], diags: vec![], stack: vec![], names: vec![] };
+        let mut inner = Pre {
+            loader: &loader,
+            sources: &mut sm,
+            defines: HashMap::new(),
+            substs: vec![],
+            diags: vec![],
+            stack: vec![],
+            names: vec![],
+        };
         let id = inner.sources.add("<define>".into(), text.to_string());
         let mut toks = Vec::new();
         inner.lex_file(id, &mut toks);
         if let Some(d) = inner.diags.into_iter().next() {
-            self.diags.push(Diagnostic::error(at, format!("in the value of this define: {}", d.message)));
+            self.diags.push(Diagnostic::error(
+                at,
+                format!("in the value of this define: {}", d.message),
+            ));
         }
         for t in &mut toks {
             t.span = at;
@@ -518,17 +652,35 @@ impl Pre<'_> {
         toks
     }
 
-    fn include(&mut self, name: &str, optional: bool, at: Span, from: FileId, out: &mut Vec<Token>) {
+    fn include(
+        &mut self,
+        name: &str,
+        optional: bool,
+        at: Span,
+        from: FileId,
+        out: &mut Vec<Token>,
+    ) {
         let from_path = self.sources.file(from).path.clone();
         let path = self.loader.resolve(name, Some(&from_path));
         let id = self.loader.identity(&path);
         if self.stack.contains(&id) {
-            let chain: Vec<String> = self.names.iter().chain(std::iter::once(&path)).map(|p| p.display().to_string()).collect();
-            self.diags.push(Diagnostic::error(at, format!("include cycle: {}", chain.join(" -> "))));
+            let chain: Vec<String> = self
+                .names
+                .iter()
+                .chain(std::iter::once(&path))
+                .map(|p| p.display().to_string())
+                .collect();
+            self.diags.push(Diagnostic::error(
+                at,
+                format!("include cycle: {}", chain.join(" -> ")),
+            ));
             return;
         }
         if self.stack.len() >= MAX_INCLUDE_DEPTH {
-            self.diags.push(Diagnostic::error(at, format!("includes nested deeper than {MAX_INCLUDE_DEPTH}")));
+            self.diags.push(Diagnostic::error(
+                at,
+                format!("includes nested deeper than {MAX_INCLUDE_DEPTH}"),
+            ));
             return;
         }
         match self.loader.read(&path) {
@@ -541,21 +693,31 @@ impl Pre<'_> {
                 self.names.pop();
             }
             Err(_) if optional => {}
-            Err(e) => self.diags.push(Diagnostic::error(at, format!("cannot include `{}`: {e}", path.display()))),
+            Err(e) => self.diags.push(Diagnostic::error(
+                at,
+                format!("cannot include `{}`: {e}", path.display()),
+            )),
         }
     }
 
     fn apply_substs(&self, s: String) -> String {
         let mut s = s;
         for sub in &self.substs {
-            s = if sub.global { sub.re.replace_all(&s, sub.repl.as_str()).into_owned() } else { sub.re.replace(&s, sub.repl.as_str()).into_owned() };
+            s = if sub.global {
+                sub.re.replace_all(&s, sub.repl.as_str()).into_owned()
+            } else {
+                sub.re.replace(&s, sub.repl.as_str()).into_owned()
+            };
         }
         s
     }
 }
 
 fn memchr_nl(b: &[u8], from: usize) -> usize {
-    b[from..].iter().position(|&c| c == b'\n').map_or(b.len(), |i| from + i)
+    b[from..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(b.len(), |i| from + i)
 }
 
 /// The text of a directive line with `\` continuations joined; returns the end offset too.
@@ -583,13 +745,21 @@ fn continued_line(text: &str, from: usize, mut line_end: usize) -> (usize, Strin
 /// `/re/repl/flags` with any delimiter; flags `g` (all), `i` (ignore case).
 fn parse_subst(arg: &str) -> Result<(String, String, (bool, bool)), String> {
     let mut chars = arg.chars();
-    let delim = chars.next().ok_or("expected `/regex/replacement/` after the directive")?;
+    let delim = chars
+        .next()
+        .ok_or("expected `/regex/replacement/` after the directive")?;
     let parts: Vec<&str> = arg[delim.len_utf8()..].split(delim).collect();
     if parts.len() < 3 {
-        return Err(format!("expected `{delim}regex{delim}replacement{delim}[flags]`"));
+        return Err(format!(
+            "expected `{delim}regex{delim}replacement{delim}[flags]`"
+        ));
     }
     let flags = parts[2];
-    Ok((parts[0].to_string(), parts[1].to_string(), (flags.contains('g'), flags.contains('i'))))
+    Ok((
+        parts[0].to_string(),
+        parts[1].to_string(),
+        (flags.contains('g'), flags.contains('i')),
+    ))
 }
 
 fn re_literal(re: &str) -> String {
@@ -661,7 +831,12 @@ fn lex_number(text: &str, pos: usize) -> (Option<Tok>, usize) {
         while end < b.len() && b[end].is_ascii_hexdigit() {
             end += 1;
         }
-        return (i64::from_str_radix(&text[pos + 2..end], 16).ok().map(Tok::Int), end);
+        return (
+            i64::from_str_radix(&text[pos + 2..end], 16)
+                .ok()
+                .map(Tok::Int),
+            end,
+        );
     }
     let mut end = pos;
     while end < b.len() && b[end].is_ascii_digit() {
@@ -688,19 +863,42 @@ mod tests {
     use super::*;
     use crate::source::MemLoader;
 
-    fn lex(files: &[(&str, &str)], defines: &[(&str, Option<&str>)]) -> (Vec<Tok>, Vec<Diagnostic>) {
+    fn lex(
+        files: &[(&str, &str)],
+        defines: &[(&str, Option<&str>)],
+    ) -> (Vec<Tok>, Vec<Diagnostic>) {
         let mut l = MemLoader::new();
         for (p, t) in files {
             l = l.with(*p, *t);
         }
         let mut sm = SourceMap::default();
-        let opts = PreOptions { defines: defines.iter().map(|(a, b)| (a.to_string(), b.map(str::to_string))).collect() };
+        let opts = PreOptions {
+            defines: defines
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.map(str::to_string)))
+                .collect(),
+        };
         let r = lex_config(files[0].0.into(), &l, &mut sm, &opts);
-        (r.tokens.into_iter().map(|t| t.tok).filter(|t| *t != Tok::Eof).collect(), r.diags)
+        (
+            r.tokens
+                .into_iter()
+                .map(|t| t.tok)
+                .filter(|t| *t != Tok::Eof)
+                .collect(),
+            r.diags,
+        )
     }
 
     fn idents(t: &[Tok]) -> Vec<String> {
-        t.iter().filter_map(|t| if let Tok::Ident(s) = t { Some(s.clone()) } else { None }).collect()
+        t.iter()
+            .filter_map(|t| {
+                if let Tok::Ident(s) = t {
+                    Some(s.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     #[test]
@@ -715,7 +913,13 @@ mod tests {
 
     #[test]
     fn define_values_and_command_line_defines() {
-        let (t, d) = lex(&[("m.cfg", "#!define PORT 5060\n#!define WITH_X\nx = PORT\n#!ifndef WITH_X\nno\n#!endif\ny=V\n")], &[("V", Some("\"v\""))]);
+        let (t, d) = lex(
+            &[(
+                "m.cfg",
+                "#!define PORT 5060\n#!define WITH_X\nx = PORT\n#!ifndef WITH_X\nno\n#!endif\ny=V\n",
+            )],
+            &[("V", Some("\"v\""))],
+        );
         assert!(d.is_empty(), "{d:?}");
         assert_eq!(t[2], Tok::Int(5060));
         assert_eq!(t[5], Tok::Str("v".into()));
@@ -723,19 +927,42 @@ mod tests {
 
     #[test]
     fn include_relative_and_cycle() {
-        let (t, d) = lex(&[("dir/a.cfg", "include_file \"b.cfg\"\nafter\n"), ("dir/b.cfg", "inb\n")], &[]);
+        let (t, d) = lex(
+            &[
+                ("dir/a.cfg", "include_file \"b.cfg\"\nafter\n"),
+                ("dir/b.cfg", "inb\n"),
+            ],
+            &[],
+        );
         assert!(d.is_empty(), "{d:?}");
         assert_eq!(idents(&t), ["inb", "after"]);
-        let (_, d) = lex(&[("a.cfg", "include_file \"b.cfg\"\n"), ("b.cfg", "#!include_file \"a.cfg\"\n")], &[]);
+        let (_, d) = lex(
+            &[
+                ("a.cfg", "include_file \"b.cfg\"\n"),
+                ("b.cfg", "#!include_file \"a.cfg\"\n"),
+            ],
+            &[],
+        );
         assert_eq!(d.len(), 1);
-        assert!(d[0].message.contains("include cycle: a.cfg -> b.cfg -> a.cfg"), "{}", d[0].message);
+        assert!(
+            d[0].message
+                .contains("include cycle: a.cfg -> b.cfg -> a.cfg"),
+            "{}",
+            d[0].message
+        );
         let (_, d) = lex(&[("a.cfg", "import_file \"missing.cfg\"\n")], &[]);
         assert!(d.is_empty());
     }
 
     #[test]
     fn strings_ips_comments_and_subst() {
-        let (t, d) = lex(&[("m.cfg", "#!substdef \"!MYIP!127.0.0.2!g\"\n/* c\n */ \"a\\n\\+\" 'b' 127.0.0.1 // x\n# y\n\"ip=MYIP\" MYIP\n")], &[]);
+        let (t, d) = lex(
+            &[(
+                "m.cfg",
+                "#!substdef \"!MYIP!127.0.0.2!g\"\n/* c\n */ \"a\\n\\+\" 'b' 127.0.0.1 // x\n# y\n\"ip=MYIP\" MYIP\n",
+            )],
+            &[],
+        );
         assert!(d.is_empty(), "{d:?}");
         assert_eq!(t[0], Tok::Str("a\n\\+".into()));
         assert_eq!(t[1], Tok::Str("b".into()));

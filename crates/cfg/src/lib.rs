@@ -52,7 +52,11 @@ pub fn parse_config(root: impl Into<PathBuf>, loader: &dyn Loader, opts: &PreOpt
     let (config, mut diags) = parse::parse_tokens(&lexed.tokens);
     let mut all = lexed.diags;
     all.append(&mut diags);
-    Parsed { config, sources, diags: all }
+    Parsed {
+        config,
+        sources,
+        diags: all,
+    }
 }
 
 /// Parses a configuration held in a string (named `name` in diagnostics).

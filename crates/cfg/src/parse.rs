@@ -9,14 +9,33 @@ use crate::diag::Diagnostic;
 use crate::lex::{Punct, Tok, Token};
 use crate::source::{Span, Spanned};
 
-const ROUTE_KEYWORDS: &[&str] =
-    &["request_route", "route", "failure_route", "onreply_route", "reply_route", "branch_route", "event_route", "startup_route"];
-const UNSUPPORTED_ROUTES: &[&str] = &["onsend_route", "local_route", "error_route", "timer_route", "event_route_x"];
+const ROUTE_KEYWORDS: &[&str] = &[
+    "request_route",
+    "route",
+    "failure_route",
+    "onreply_route",
+    "reply_route",
+    "branch_route",
+    "event_route",
+    "startup_route",
+];
+const UNSUPPORTED_ROUTES: &[&str] = &[
+    "onsend_route",
+    "local_route",
+    "error_route",
+    "timer_route",
+    "event_route_x",
+];
 const MAX_NESTING: usize = 200;
 
 /// Parses tokens (ending in `Eof`) into a configuration.
 pub fn parse_tokens(tokens: &[Token]) -> (Config, Vec<Diagnostic>) {
-    let mut p = Parser { t: tokens, pos: 0, diags: vec![], depth: 0 };
+    let mut p = Parser {
+        t: tokens,
+        pos: 0,
+        diags: vec![],
+        depth: 0,
+    };
     let cfg = p.config();
     (cfg, p.diags)
 }
@@ -122,7 +141,9 @@ impl<'a> Parser<'a> {
     fn item(&mut self) -> PResult<Option<Item>> {
         let t = self.peek();
         let Some(word) = t.ident() else {
-            return Err(self.expected("a core parameter (`name = value`), `loadmodule`, `modparam` or a route block"));
+            return Err(self.expected(
+                "a core parameter (`name = value`), `loadmodule`, `modparam` or a route block",
+            ));
         };
         if ROUTE_KEYWORDS.contains(&word) {
             return self.route_block().map(|r| Some(Item::Route(r)));
@@ -145,9 +166,14 @@ impl<'a> Parser<'a> {
             _ => {
                 let span = t.span;
                 let msg = if self.peek_at(1).is(Punct::LParen) {
-                    format!("`{word}(…)` is a function call outside of any route; expected a core parameter, `loadmodule`, `modparam` or a route block")
+                    format!(
+                        "`{word}(…)` is a function call outside of any route; expected a core parameter, `loadmodule`, `modparam` or a route block"
+                    )
                 } else {
-                    format!("expected `=` after the core parameter `{word}`, found {}", self.peek_at(1).describe())
+                    format!(
+                        "expected `=` after the core parameter `{word}`, found {}",
+                        self.peek_at(1).describe()
+                    )
                 };
                 Err(self.error(span, msg))
             }
@@ -173,7 +199,10 @@ impl<'a> Parser<'a> {
 
     fn global(&mut self) -> PResult<Global> {
         let name_tok = self.bump();
-        let name = Spanned::new(name_tok.ident().unwrap_or_default().to_string(), name_tok.span);
+        let name = Spanned::new(
+            name_tok.ident().unwrap_or_default().to_string(),
+            name_tok.span,
+        );
         self.bump(); // =
         let first = self.pos;
         // The value runs to the end of the line, or to the next `word =` / item keyword
@@ -188,7 +217,10 @@ impl<'a> Parser<'a> {
             }
             if self.pos > first {
                 if let Some(w) = t.ident() {
-                    if self.peek_at(1).is(Punct::Assign) || ["loadmodule", "modparam"].contains(&w) || ROUTE_KEYWORDS.contains(&w) {
+                    if self.peek_at(1).is(Punct::Assign)
+                        || ["loadmodule", "modparam"].contains(&w)
+                        || ROUTE_KEYWORDS.contains(&w)
+                    {
                         break;
                     }
                 }
@@ -197,16 +229,43 @@ impl<'a> Parser<'a> {
         }
         let toks = &self.t[first..self.pos];
         if toks.is_empty() {
-            return Err(self.error(name.span, format!("expected a value after `{} =`", name.node)));
+            return Err(self.error(
+                name.span,
+                format!("expected a value after `{} =`", name.node),
+            ));
         }
         let span = toks[0].span.to(toks[toks.len() - 1].span);
         let value = match toks {
-            [Token { tok: Tok::Int(n), .. }] => GlobalValue::Int(*n),
-            [Token { tok: Tok::Punct(Punct::Minus), .. }, Token { tok: Tok::Int(n), .. }] => GlobalValue::Int(-n),
-            [Token { tok: Tok::Str(s), .. }] => GlobalValue::Str(s.clone()),
-            _ if toks.iter().all(|t| matches!(t.tok, Tok::Str(_))) => {
-                GlobalValue::Str(toks.iter().map(|t| if let Tok::Str(s) = &t.tok { s.as_str() } else { "" }).collect())
-            }
+            [
+                Token {
+                    tok: Tok::Int(n), ..
+                },
+            ] => GlobalValue::Int(*n),
+            [
+                Token {
+                    tok: Tok::Punct(Punct::Minus),
+                    ..
+                },
+                Token {
+                    tok: Tok::Int(n), ..
+                },
+            ] => GlobalValue::Int(-n),
+            [
+                Token {
+                    tok: Tok::Str(s), ..
+                },
+            ] => GlobalValue::Str(s.clone()),
+            _ if toks.iter().all(|t| matches!(t.tok, Tok::Str(_))) => GlobalValue::Str(
+                toks.iter()
+                    .map(|t| {
+                        if let Tok::Str(s) = &t.tok {
+                            s.as_str()
+                        } else {
+                            ""
+                        }
+                    })
+                    .collect(),
+            ),
             _ => {
                 let mut s = String::new();
                 for (i, t) in toks.iter().enumerate() {
@@ -218,7 +277,10 @@ impl<'a> Parser<'a> {
                 GlobalValue::Word(s)
             }
         };
-        Ok(Global { name, value: Spanned::new(value, span) })
+        Ok(Global {
+            name,
+            value: Spanned::new(value, span),
+        })
     }
 
     fn modparam(&mut self) -> PResult<ModParam> {
@@ -249,7 +311,10 @@ impl<'a> Parser<'a> {
                     "yes" | "on" | "true" | "enable" => 1,
                     "no" | "off" | "false" | "disable" => 0,
                     _ => {
-                        let msg = format!("expected a string, a number or yes/no as the value of `{}`, found `{w}`", param.node);
+                        let msg = format!(
+                            "expected a string, a number or yes/no as the value of `{}`, found `{w}`",
+                            param.node
+                        );
                         return Err(self.error(t.span, msg));
                     }
                 };
@@ -260,7 +325,11 @@ impl<'a> Parser<'a> {
         };
         let close = self.expect(Punct::RParen, "to close `modparam(`")?;
         let _ = kw.span.to(close.span);
-        Ok(ModParam { module, param, value })
+        Ok(ModParam {
+            module,
+            param,
+            value,
+        })
     }
 
     fn route_block(&mut self) -> PResult<RouteBlock> {
@@ -270,7 +339,10 @@ impl<'a> Parser<'a> {
         if self.peek().is(Punct::LBracket) {
             let open = self.bump();
             let first = self.pos;
-            while !self.at_eof() && !self.peek().is(Punct::RBracket) && !self.peek().is(Punct::LBrace) {
+            while !self.at_eof()
+                && !self.peek().is(Punct::RBracket)
+                && !self.peek().is(Punct::LBrace)
+            {
                 self.bump();
             }
             let toks = &self.t[first..self.pos];
@@ -286,14 +358,22 @@ impl<'a> Parser<'a> {
                 })
                 .collect();
             if text.is_empty() {
-                return Err(self.error(open.span, format!("expected a route name inside `{word}[…]`")));
+                return Err(self.error(
+                    open.span,
+                    format!("expected a route name inside `{word}[…]`"),
+                ));
             }
-            name = Some(Spanned::new(text, toks[0].span.to(toks[toks.len() - 1].span)));
+            name = Some(Spanned::new(
+                text,
+                toks[0].span.to(toks[toks.len() - 1].span),
+            ));
         }
         let kind = match (word, &name) {
             ("request_route", None) => RouteKind::Request,
             ("route", None) => RouteKind::Request,
-            ("route", Some(n)) if n.node == "0" || n.node == "main" || n.node == "DEFAULT_ROUTE" => {
+            ("route", Some(n))
+                if n.node == "0" || n.node == "main" || n.node == "DEFAULT_ROUTE" =>
+            {
                 name = None;
                 RouteKind::Request
             }
@@ -304,14 +384,21 @@ impl<'a> Parser<'a> {
             ("branch_route", Some(_)) => RouteKind::Branch,
             ("event_route", Some(_)) => RouteKind::Event,
             ("startup_route", None) => RouteKind::Startup,
-            (_, None) => return Err(self.error(kw.span, format!("expected `[NAME]` after `{word}`"))),
+            (_, None) => {
+                return Err(self.error(kw.span, format!("expected `[NAME]` after `{word}`")));
+            }
             (_, Some(n)) => return Err(self.error(n.span, format!("`{word}` takes no name"))),
         };
         if !self.peek().is(Punct::LBrace) {
             return Err(self.expected(&format!("`{{` to open the body of `{word}`")));
         }
         let body = self.block()?;
-        Ok(RouteBlock { kind, name, body, span: kw.span })
+        Ok(RouteBlock {
+            kind,
+            name,
+            body,
+            span: kw.span,
+        })
     }
 
     // ---- statements ----
@@ -322,7 +409,10 @@ impl<'a> Parser<'a> {
         self.depth += 1;
         if self.depth > MAX_NESTING {
             self.depth -= 1;
-            return Err(self.error(open.span, format!("blocks nested deeper than {MAX_NESTING}")));
+            return Err(self.error(
+                open.span,
+                format!("blocks nested deeper than {MAX_NESTING}"),
+            ));
         }
         let mut stmts = Vec::new();
         loop {
@@ -366,7 +456,9 @@ impl<'a> Parser<'a> {
                         return;
                     }
                 }
-                _ if depth == 0 && self.pos > start && t.newline_before && self.starts_stmt() => return,
+                _ if depth == 0 && self.pos > start && t.newline_before && self.starts_stmt() => {
+                    return;
+                }
                 _ => {}
             }
             self.bump();
@@ -375,7 +467,12 @@ impl<'a> Parser<'a> {
 
     fn starts_stmt(&self) -> bool {
         match &self.peek().tok {
-            Tok::Ident(w) => matches!(w.as_str(), "if" | "while" | "switch" | "return" | "exit" | "drop" | "break") || self.peek_at(1).is(Punct::LParen),
+            Tok::Ident(w) => {
+                matches!(
+                    w.as_str(),
+                    "if" | "while" | "switch" | "return" | "exit" | "drop" | "break"
+                ) || self.peek_at(1).is(Punct::LParen)
+            }
             Tok::Pv(_) => self.peek_at(1).is(Punct::Assign),
             _ => false,
         }
@@ -399,7 +496,11 @@ impl<'a> Parser<'a> {
         let t = self.peek();
         // Point just after the previous token, where the `;` belongs.
         let prev = self.prev_span();
-        let at = Span { lo: prev.hi, hi: prev.hi + 1, file: prev.file };
+        let at = Span {
+            lo: prev.hi,
+            hi: prev.hi + 1,
+            file: prev.file,
+        };
         let msg = format!("expected `;` after {what}, found {}", t.describe());
         self.diags.push(Diagnostic::error(at, msg));
         // Missing `;` at the end of a line: report and go on as if it were there.
@@ -445,7 +546,11 @@ impl<'a> Parser<'a> {
                 "switch" => self.switch()?,
                 "return" => {
                     self.bump();
-                    let value = if self.peek().is(Punct::Semi) || self.peek().is(Punct::RBrace) { None } else { Some(self.expr()?) };
+                    let value = if self.peek().is(Punct::Semi) || self.peek().is(Punct::RBrace) {
+                        None
+                    } else {
+                        Some(self.expr()?)
+                    };
                     self.end_stmt("`return`")?;
                     StmtKind::Return(value)
                 }
@@ -462,7 +567,9 @@ impl<'a> Parser<'a> {
                         _ => StmtKind::Break,
                     }
                 }
-                "case" | "default" => return Err(self.error(t.span, format!("`{w}` outside of `switch`"))),
+                "case" | "default" => {
+                    return Err(self.error(t.span, format!("`{w}` outside of `switch`")));
+                }
                 _ => {
                     let e = self.expr()?;
                     let what = match &e.kind {
@@ -473,16 +580,32 @@ impl<'a> Parser<'a> {
                     StmtKind::Expr(e)
                 }
             },
-            Tok::Pv(pv) if matches!(self.peek_at(1).tok, Tok::Punct(Punct::Assign | Punct::ColonAssign)) => {
+            Tok::Pv(pv)
+                if matches!(
+                    self.peek_at(1).tok,
+                    Tok::Punct(Punct::Assign | Punct::ColonAssign)
+                ) =>
+            {
                 self.bump();
-                let op = if self.bump().is(Punct::Assign) { AssignOp::Set } else { AssignOp::Replace };
+                let op = if self.bump().is(Punct::Assign) {
+                    AssignOp::Set
+                } else {
+                    AssignOp::Replace
+                };
                 let value = self.expr()?;
                 self.end_stmt(&format!("the assignment to `{}`", pv.text))?;
-                StmtKind::Assign { target: Spanned::new(pv.clone(), t.span), op, value }
+                StmtKind::Assign {
+                    target: Spanned::new(pv.clone(), t.span),
+                    op,
+                    value,
+                }
             }
             Tok::Pv(pv) if self.peek_at(1).is(Punct::Eq) => {
                 let s = self.peek_at(1).span;
-                return Err(self.error(s, format!("`==` compares; to assign to `{}` write `=`", pv.text)));
+                return Err(self.error(
+                    s,
+                    format!("`==` compares; to assign to `{}` write `=`", pv.text),
+                ));
             }
             Tok::Eof => return Err(self.expected("a statement")),
             _ => {
@@ -491,7 +614,10 @@ impl<'a> Parser<'a> {
                 StmtKind::Expr(e)
             }
         };
-        Ok(Some(Stmt { kind, span: start.to(self.prev_span()) }))
+        Ok(Some(Stmt {
+            kind,
+            span: start.to(self.prev_span()),
+        }))
     }
 
     fn switch(&mut self) -> PResult<StmtKind> {
@@ -511,17 +637,29 @@ impl<'a> Parser<'a> {
                     self.bump();
                     break;
                 }
-                _ if self.at_eof() => return Err(self.error(open.span, "this `switch {` is never closed: expected `}`")),
+                _ if self.at_eof() => {
+                    return Err(
+                        self.error(open.span, "this `switch {` is never closed: expected `}`")
+                    );
+                }
                 Some("case") => {
                     self.bump();
                     let label = self.expr()?;
                     self.expect(Punct::Colon, "after the `case` value")?;
-                    cases.push(Case { label: Some(label), body: vec![], span: t.span });
+                    cases.push(Case {
+                        label: Some(label),
+                        body: vec![],
+                        span: t.span,
+                    });
                 }
                 Some("default") => {
                     self.bump();
                     self.expect(Punct::Colon, "after `default`")?;
-                    cases.push(Case { label: None, body: vec![], span: t.span });
+                    cases.push(Case {
+                        label: None,
+                        body: vec![],
+                        span: t.span,
+                    });
                 }
                 _ => {
                     let Some(case) = cases.last_mut() else {
@@ -558,7 +696,9 @@ impl<'a> Parser<'a> {
     }
 
     fn binop(&self) -> Option<(BinOp, u8)> {
-        let Tok::Punct(p) = self.peek().tok else { return None };
+        let Tok::Punct(p) = self.peek().tok else {
+            return None;
+        };
         Some(match p {
             Punct::Or => (BinOp::Or, 1),
             Punct::And => (BinOp::And, 2),
@@ -593,7 +733,10 @@ impl<'a> Parser<'a> {
             }
             let rhs = self.binary(prec + 1)?;
             let span = lhs.span.to(rhs.span);
-            lhs = Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span };
+            lhs = Expr {
+                kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                span,
+            };
         }
         Ok(lhs)
     }
@@ -611,9 +754,15 @@ impl<'a> Parser<'a> {
             let e = self.unary()?;
             let span = t.span.to(e.span);
             if let (UnOp::Neg, ExprKind::Int(n)) = (op, &e.kind) {
-                return Ok(Expr { kind: ExprKind::Int(-n), span });
+                return Ok(Expr {
+                    kind: ExprKind::Int(-n),
+                    span,
+                });
             }
-            return Ok(Expr { kind: ExprKind::Unary(op, Box::new(e)), span });
+            return Ok(Expr {
+                kind: ExprKind::Unary(op, Box::new(e)),
+                span,
+            });
         }
         self.primary()
     }
@@ -627,7 +776,10 @@ impl<'a> Parser<'a> {
             }
             Tok::Str(_) => {
                 let s = self.string_value("a string")?;
-                return Ok(Expr { kind: ExprKind::Str(s.node), span: s.span });
+                return Ok(Expr {
+                    kind: ExprKind::Str(s.node),
+                    span: s.span,
+                });
             }
             Tok::Pv(pv) => {
                 self.bump();
@@ -641,7 +793,10 @@ impl<'a> Parser<'a> {
                 self.bump();
                 let e = self.expr()?;
                 self.expect(Punct::RParen, "to close `(`")?;
-                return Ok(Expr { kind: e.kind, span: t.span.to(self.prev_span()) });
+                return Ok(Expr {
+                    kind: e.kind,
+                    span: t.span.to(self.prev_span()),
+                });
             }
             Tok::Ident(name) => {
                 self.bump();
@@ -661,7 +816,9 @@ impl<'a> Parser<'a> {
         if !self.eat(Punct::RParen) {
             loop {
                 if self.peek().is(Punct::Semi) || self.at_eof() {
-                    return Err(self.expected(&format!("`)` after the arguments of `{}`", name.node)));
+                    return Err(
+                        self.expected(&format!("`)` after the arguments of `{}`", name.node))
+                    );
                 }
                 args.push(self.expr()?);
                 if self.eat(Punct::Comma) {
@@ -670,10 +827,16 @@ impl<'a> Parser<'a> {
                 if self.eat(Punct::RParen) {
                     break;
                 }
-                return Err(self.expected(&format!("`,` or `)` after the arguments of `{}`", name.node)));
+                return Err(self.expected(&format!(
+                    "`,` or `)` after the arguments of `{}`",
+                    name.node
+                )));
             }
         }
         let span = name.span.to(self.prev_span());
-        Ok(Expr { kind: ExprKind::Call { name, args }, span })
+        Ok(Expr {
+            kind: ExprKind::Call { name, args },
+            span,
+        })
     }
 }

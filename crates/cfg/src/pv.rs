@@ -77,7 +77,10 @@ pub fn starts_pv(s: &str) -> bool {
 pub fn parse_pv(s: &str, strict: bool) -> Result<(PvSyntax, usize), PvError> {
     let b = s.as_bytes();
     if b.first() != Some(&b'$') {
-        return Err(PvError { offset: 0, message: "expected `$`".into() });
+        return Err(PvError {
+            offset: 0,
+            message: "expected `$`".into(),
+        });
     }
     if b.get(1) == Some(&b'(') {
         // $( name(inner)[idx]{tr}... )
@@ -101,10 +104,28 @@ pub fn parse_pv(s: &str, strict: bool) -> Result<(PvSyntax, usize), PvError> {
         }
         pos += 1;
         let text = s[..pos].to_string();
-        return Ok((PvSyntax { class, inner, index, trans, text }, pos));
+        return Ok((
+            PvSyntax {
+                class,
+                inner,
+                index,
+                trans,
+                text,
+            },
+            pos,
+        ));
     }
     let (class, inner, index, n) = parse_body(s, 1, strict)?;
-    Ok((PvSyntax { class, inner, index, trans: vec![], text: s[..n].to_string() }, n))
+    Ok((
+        PvSyntax {
+            class,
+            inner,
+            index,
+            trans: vec![],
+            text: s[..n].to_string(),
+        },
+        n,
+    ))
 }
 
 type Body = (String, Option<String>, Option<PvIndex>, usize);
@@ -116,7 +137,10 @@ fn parse_body(s: &str, start: usize, strict: bool) -> Result<Body, PvError> {
         pos += 1;
     }
     if pos == start || b[start].is_ascii_digit() {
-        return Err(PvError { offset: start, message: "expected a pseudo-variable name after `$`".into() });
+        return Err(PvError {
+            offset: start,
+            message: "expected a pseudo-variable name after `$`".into(),
+        });
     }
     let class = s[start..pos].to_string();
     let mut inner = None;
@@ -143,8 +167,10 @@ fn parse_body(s: &str, start: usize, strict: bool) -> Result<Body, PvError> {
 }
 
 fn parse_index(s: &str, pos: usize) -> Result<(PvIndex, usize), PvError> {
-    let end = matching(s, pos, b'[', b']')
-        .ok_or(PvError { offset: pos, message: "expected `]` to close the index".into() })?;
+    let end = matching(s, pos, b'[', b']').ok_or(PvError {
+        offset: pos,
+        message: "expected `]` to close the index".into(),
+    })?;
     let text = &s[pos + 1..end];
     let idx = if text == "*" {
         PvIndex::All
@@ -153,7 +179,10 @@ fn parse_index(s: &str, pos: usize) -> Result<(PvIndex, usize), PvError> {
     } else if starts_pv(text) {
         let (pv, n) = parse_pv(text, true)?;
         if n != text.len() {
-            return Err(PvError { offset: pos + 1 + n, message: "expected `]` after the index".into() });
+            return Err(PvError {
+                offset: pos + 1 + n,
+                message: "expected `]` after the index".into(),
+            });
         }
         PvIndex::Pv(Box::new(pv))
     } else {
@@ -183,7 +212,10 @@ fn parse_transform(body: &str, base: usize) -> Result<Transform, PvError> {
     parts.push(&body[last..]);
     let name = parts[0].trim().to_string();
     if name.is_empty() || !name.bytes().all(|b| is_name_byte(b) || b == b'.') {
-        return Err(PvError { offset: base, message: "expected a transformation name such as `s.len`".into() });
+        return Err(PvError {
+            offset: base,
+            message: "expected a transformation name such as `s.len`".into(),
+        });
     }
     let params = parts[1..]
         .iter()
@@ -237,7 +269,10 @@ pub fn parse_format(s: &str) -> Result<Vec<FmtPart>, PvError> {
     while i < s.len() {
         let rest = &s[i..];
         if starts_pv(rest) {
-            let (pv, n) = parse_pv(rest, false).map_err(|e| PvError { offset: i + e.offset, ..e })?;
+            let (pv, n) = parse_pv(rest, false).map_err(|e| PvError {
+                offset: i + e.offset,
+                ..e
+            })?;
             if !lit.is_empty() {
                 parts.push(FmtPart::Lit(std::mem::take(&mut lit)));
             }
@@ -272,7 +307,10 @@ mod tests {
     #[test]
     fn index_and_transforms() {
         let (p, n) = parse_pv("$(avp(x)[-1]{s.substr,1,$var(n)}{s.len}) tail", true).unwrap();
-        assert_eq!(&"$(avp(x)[-1]{s.substr,1,$var(n)}{s.len}) tail"[..n], "$(avp(x)[-1]{s.substr,1,$var(n)}{s.len})");
+        assert_eq!(
+            &"$(avp(x)[-1]{s.substr,1,$var(n)}{s.len}) tail"[..n],
+            "$(avp(x)[-1]{s.substr,1,$var(n)}{s.len})"
+        );
         assert_eq!(p.index, Some(PvIndex::Int(-1)));
         assert_eq!(p.trans.len(), 2);
         assert_eq!(p.trans[0].params[0], TrParam::Int(1));

@@ -5,13 +5,26 @@ use crate::ast::*;
 
 fn ok(text: &str) -> Config {
     let p = parse_str("t.cfg", text, &PreOptions::default());
-    assert!(p.diags.is_empty(), "{}", diag::render_all(&p.diags, &p.sources));
+    assert!(
+        p.diags.is_empty(),
+        "{}",
+        diag::render_all(&p.diags, &p.sources)
+    );
     p.config
 }
 
 fn errs(text: &str) -> Vec<String> {
     let p = parse_str("t.cfg", text, &PreOptions::default());
-    p.diags.iter().map(|d| format!("{}: {}", p.sources.location(d.span.unwrap_or_default()), d.message)).collect()
+    p.diags
+        .iter()
+        .map(|d| {
+            format!(
+                "{}: {}",
+                p.sources.location(d.span.unwrap_or_default()),
+                d.message
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -35,7 +48,13 @@ onreply_route { } failure_route[F] {} branch_route[B] {} startup_route {} reply_
     let globals: Vec<(String, GlobalValue)> = c
         .items
         .iter()
-        .filter_map(|i| if let Item::Global(g) = i { Some((g.name.node.clone(), g.value.node.clone())) } else { None })
+        .filter_map(|i| {
+            if let Item::Global(g) = i {
+                Some((g.name.node.clone(), g.value.node.clone()))
+            } else {
+                None
+            }
+        })
         .collect();
     assert_eq!(globals[0], ("debug".into(), GlobalValue::Int(3)));
     assert_eq!(globals[1].1, GlobalValue::Word("yes".into()));
@@ -43,18 +62,42 @@ onreply_route { } failure_route[F] {} branch_route[B] {} startup_route {} reply_
     assert_eq!(globals[3].1, GlobalValue::Word("tcp:[::1]:5060".into()));
     assert_eq!(globals[4].1, GlobalValue::Str("{$mt $ci} ".into()));
     assert_eq!(globals[5].1, GlobalValue::Int(-1));
-    let routes: Vec<(RouteKind, Option<String>)> =
-        c.items.iter().filter_map(|i| if let Item::Route(r) = i { Some((r.kind, r.name.as_ref().map(|n| n.node.clone()))) } else { None }).collect();
-    assert_eq!(routes[2], (RouteKind::Event, Some("evapi:connection-new".into())));
+    let routes: Vec<(RouteKind, Option<String>)> = c
+        .items
+        .iter()
+        .filter_map(|i| {
+            if let Item::Route(r) = i {
+                Some((r.kind, r.name.as_ref().map(|n| n.node.clone())))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        routes[2],
+        (RouteKind::Event, Some("evapi:connection-new".into()))
+    );
     assert_eq!(routes.len(), 8);
-    let mp: Vec<&ModParam> = c.items.iter().filter_map(|i| if let Item::ModParam(m) = i { Some(m) } else { None }).collect();
+    let mp: Vec<&ModParam> = c
+        .items
+        .iter()
+        .filter_map(|i| {
+            if let Item::ModParam(m) = i {
+                Some(m)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(mp[1].value.node, ParamValue::Int(1));
     assert_eq!(mp[2].value.node, ParamValue::Int(-5));
 }
 
 #[test]
 fn flattened_config_on_one_line() {
-    let c = ok(r#"#!KAMAILIO memdbg=5 memlog=5 debug=3 log_stderror=yes fork=yes children=2 tcp_accept_no_cl=yes loadmodule "sl.so" modparam("jsonrpcs", "transport", 1) request_route { send_reply("404", "not found"); exit; }"#);
+    let c = ok(
+        r#"#!KAMAILIO memdbg=5 memlog=5 debug=3 log_stderror=yes fork=yes children=2 tcp_accept_no_cl=yes loadmodule "sl.so" modparam("jsonrpcs", "transport", 1) request_route { send_reply("404", "not found"); exit; }"#,
+    );
     assert_eq!(c.items.len(), 10);
 }
 
@@ -67,12 +110,20 @@ fn statements_and_precedence() {
   $avp(x) := $null;
   return;
 }"#);
-    let Item::Route(r) = &c.items[0] else { panic!() };
+    let Item::Route(r) = &c.items[0] else {
+        panic!()
+    };
     assert_eq!(r.body.stmts.len(), 5);
-    let StmtKind::If { cond, .. } = &r.body.stmts[0].kind else { panic!() };
-    let ExprKind::Binary(BinOp::Or, _, rhs) = &cond.kind else { panic!("{cond:?}") };
+    let StmtKind::If { cond, .. } = &r.body.stmts[0].kind else {
+        panic!()
+    };
+    let ExprKind::Binary(BinOp::Or, _, rhs) = &cond.kind else {
+        panic!("{cond:?}")
+    };
     assert!(matches!(rhs.kind, ExprKind::Binary(BinOp::And, _, _)));
-    let StmtKind::Switch { cases, .. } = &r.body.stmts[2].kind else { panic!() };
+    let StmtKind::Switch { cases, .. } = &r.body.stmts[2].kind else {
+        panic!()
+    };
     assert_eq!(cases.len(), 3);
     assert_eq!(cases[0].body.len(), 2);
     assert!(cases[1].body.is_empty());
@@ -82,15 +133,25 @@ fn statements_and_precedence() {
 fn several_errors_in_one_run() {
     let e = errs("request_route {\n  xlog(\"a\" ;\n  $var(x) = ;\n  foo()\n  bar();\n}\nbogus\n");
     assert_eq!(e.len(), 4, "{e:#?}");
-    assert!(e[0].starts_with("t.cfg:2:12: expected `,` or `)` after the arguments of `xlog`"), "{e:#?}");
+    assert!(
+        e[0].starts_with("t.cfg:2:12: expected `,` or `)` after the arguments of `xlog`"),
+        "{e:#?}"
+    );
     assert!(e[1].contains("t.cfg:3:13: expected a value"), "{e:#?}");
-    assert!(e[2].contains("expected `;` after the call to `foo`"), "{e:#?}");
+    assert!(
+        e[2].contains("expected `;` after the call to `foo`"),
+        "{e:#?}"
+    );
     assert!(e[3].contains("t.cfg:7:1"), "{e:#?}");
 }
 
 #[test]
 fn unclosed_block_and_deep_nesting_do_not_hang() {
     assert!(!errs("request_route {\n if (1) {\n").is_empty());
-    let deep = format!("request_route {{ $var(x) = {}1{}; }}", "(".repeat(5000), ")".repeat(5000));
+    let deep = format!(
+        "request_route {{ $var(x) = {}1{}; }}",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
     assert!(errs(&deep).iter().any(|e| e.contains("nested deeper")));
 }

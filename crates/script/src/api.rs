@@ -50,15 +50,30 @@ pub struct ParamSpec {
 impl ParamSpec {
     /// An integer parameter.
     pub const fn int(name: &'static str) -> Self {
-        ParamSpec { name, kind: ParamKind::Int, multi: false, no_effect: false }
+        ParamSpec {
+            name,
+            kind: ParamKind::Int,
+            multi: false,
+            no_effect: false,
+        }
     }
     /// A string parameter.
     pub const fn str(name: &'static str) -> Self {
-        ParamSpec { name, kind: ParamKind::Str, multi: false, no_effect: false }
+        ParamSpec {
+            name,
+            kind: ParamKind::Str,
+            multi: false,
+            no_effect: false,
+        }
     }
     /// An int-or-string parameter.
     pub const fn int_or_str(name: &'static str) -> Self {
-        ParamSpec { name, kind: ParamKind::IntOrStr, multi: false, no_effect: false }
+        ParamSpec {
+            name,
+            kind: ParamKind::IntOrStr,
+            multi: false,
+            no_effect: false,
+        }
     }
     /// May be given several times.
     pub const fn multi(mut self) -> Self {
@@ -127,7 +142,9 @@ pub struct ModuleDef {
 
 impl std::fmt::Debug for ModuleDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModuleDef").field("name", &self.name).finish()
+        f.debug_struct("ModuleDef")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -360,7 +377,10 @@ pub struct FunctionSpec {
 
 impl std::fmt::Debug for FunctionSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FunctionSpec").field("name", &self.name).field("params", &self.params).finish()
+        f.debug_struct("FunctionSpec")
+            .field("name", &self.name)
+            .field("params", &self.params)
+            .finish()
     }
 }
 
@@ -382,12 +402,25 @@ impl FunctionSpec {
         F: Fn(&mut Exec<'_>, &Args) -> FnResult + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        let bind: Bind = Arc::new(move |args| Ok(Box::new(SimpleCall { args, f: f.clone() }) as Box<dyn Call>));
-        FunctionSpec { name, params: params.to_vec(), min_args: params.len(), routes: RouteType::ANY, bind }
+        let bind: Bind =
+            Arc::new(move |args| Ok(Box::new(SimpleCall { args, f: f.clone() }) as Box<dyn Call>));
+        FunctionSpec {
+            name,
+            params: params.to_vec(),
+            min_args: params.len(),
+            routes: RouteType::ANY,
+            bind,
+        }
     }
     /// A function with its own bind step (checks or precomputes at load).
     pub fn with_bind(name: &'static str, params: &[ArgKind], bind: Bind) -> Self {
-        FunctionSpec { name, params: params.to_vec(), min_args: params.len(), routes: RouteType::ANY, bind }
+        FunctionSpec {
+            name,
+            params: params.to_vec(),
+            min_args: params.len(),
+            routes: RouteType::ANY,
+            bind,
+        }
     }
     /// Accepts fewer arguments (the rest are optional).
     pub fn min_args(mut self, n: usize) -> Self {
@@ -471,12 +504,18 @@ impl PvClassSpec {
             }
         }
         let acc: Arc<dyn PvAccess> = Arc::new(R(f));
-        PvClassSpec { name, inner: PvInner::None, bind: Arc::new(move |_| Ok(acc.clone())) }
+        PvClassSpec {
+            name,
+            inner: PvInner::None,
+            bind: Arc::new(move |_| Ok(acc.clone())),
+        }
     }
 }
 
 impl std::fmt::Debug for PvClassSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PvClassSpec").field("name", &self.name).finish()
+        f.debug_struct("PvClassSpec")
+            .field("name", &self.name)
+            .finish()
     }
 }

@@ -6,14 +6,14 @@
 use crate::api::*;
 use crate::core::CoreParams;
 use crate::ctx::RouteType;
-use crate::interp::{fold, CExpr, CallSite, Stmt};
-use crate::pv::{Fmt, FmtPart, Pv, PvIndexC, PvKind, TrArg, Trans, TRANSFORMS};
+use crate::interp::{CExpr, CallSite, Stmt, fold};
+use crate::pv::{Fmt, FmtPart, Pv, PvIndexC, PvKind, TRANSFORMS, TrArg, Trans};
 use crate::value::Value;
 use crate::{Hooks, Program, Registry, RouteCode, RouteId, SharedVars};
 use bytes::Bytes;
 use siphon_cfg::ast::{self, BinOp, Config, ExprKind, Item, RouteKind, StmtKind, UnOp};
 use siphon_cfg::diag::did_you_mean;
-use siphon_cfg::pv::{parse_format, parse_pv, PvIndex, PvSyntax, TrParam};
+use siphon_cfg::pv::{PvIndex, PvSyntax, TrParam, parse_format, parse_pv};
 use siphon_cfg::{Diagnostic, Span, Spanned};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +32,9 @@ const KEYWORD_PVS: &[(&str, &str)] = &[
     ("to_uri", "tu"),
 ];
 
-const PROTOCOLS: &[&str] = &["UDP", "TCP", "TLS", "SCTP", "WS", "WSS", "udp", "tcp", "tls", "sctp", "ws", "wss"];
+const PROTOCOLS: &[&str] = &[
+    "UDP", "TCP", "TLS", "SCTP", "WS", "WSS", "udp", "tcp", "tls", "sctp", "ws", "wss",
+];
 
 struct RouteCall {
     route: RouteId,
@@ -68,7 +70,10 @@ pub(crate) struct Compiler<'r> {
 
 /// Compiles `cfg`; returns the program and warnings, or every diagnostic when
 /// there are errors.
-pub(crate) fn compile(cfg: &Config, reg: &Registry) -> Result<(Program, Vec<Diagnostic>), Vec<Diagnostic>> {
+pub(crate) fn compile(
+    cfg: &Config,
+    reg: &Registry,
+) -> Result<(Program, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut c = Compiler {
         reg,
         diags: vec![],
@@ -121,7 +126,12 @@ impl Compiler<'_> {
             }
         }
         for (name, span) in std::mem::take(&mut self.core.ignored) {
-            self.diags.push(Diagnostic::warning(span, format!("core parameter `{name}` has no effect in siphon (accepted for compatibility)")));
+            self.diags.push(Diagnostic::warning(
+                span,
+                format!(
+                    "core parameter `{name}` has no effect in siphon (accepted for compatibility)"
+                ),
+            ));
         }
     }
 
@@ -132,15 +142,27 @@ impl Compiler<'_> {
                     let name = module_name(&path.node);
                     match self.reg.def(&name) {
                         Some(_) if self.loaded.iter().any(|(n, _)| *n == name) => {
-                            self.diags.push(Diagnostic::warning(path.span, format!("module `{name}` is loaded twice")));
+                            self.diags.push(Diagnostic::warning(
+                                path.span,
+                                format!("module `{name}` is loaded twice"),
+                            ));
                         }
                         Some(_) => {
                             self.loaded.push((name.clone(), path.span));
-                            self.modcfg.insert(name, ModuleConfig { core: self.core.clone(), ..Default::default() });
+                            self.modcfg.insert(
+                                name,
+                                ModuleConfig {
+                                    core: self.core.clone(),
+                                    ..Default::default()
+                                },
+                            );
                         }
                         None => {
                             let names = self.reg.module_names();
-                            let mut d = Diagnostic::error(path.span, format!("module `{name}` is not available in siphon"));
+                            let mut d = Diagnostic::error(
+                                path.span,
+                                format!("module `{name}` is not available in siphon"),
+                            );
                             if let Some(s) = did_you_mean(&name, names.iter().copied()) {
                                 d = d.help(format!("did you mean `{s}`?"));
                             }
@@ -176,7 +198,10 @@ impl Compiler<'_> {
                     }
                     self.instances.push((name, m));
                 }
-                Err(e) => self.err(span, format!("module `{name}` cannot start with this configuration: {e}")),
+                Err(e) => self.err(
+                    span,
+                    format!("module `{name}` cannot start with this configuration: {e}"),
+                ),
             }
         }
     }
@@ -184,7 +209,10 @@ impl Compiler<'_> {
     fn modparam(&mut self, mp: &ast::ModParam) {
         let name = mp.module.node.as_str();
         let Some(def) = self.reg.def(name) else {
-            let mut d = Diagnostic::error(mp.module.span, format!("`modparam` for unknown module `{name}`"));
+            let mut d = Diagnostic::error(
+                mp.module.span,
+                format!("`modparam` for unknown module `{name}`"),
+            );
             if let Some(s) = did_you_mean(name, self.reg.module_names()) {
                 d = d.help(format!("did you mean `{s}`?"));
             }
@@ -193,18 +221,31 @@ impl Compiler<'_> {
         };
         if !self.loaded.iter().any(|(n, _)| n == name) {
             self.diags.push(
-                Diagnostic::error(mp.module.span, format!("`modparam` for module `{name}`, which is not loaded"))
-                    .help(format!("add `loadmodule \"{name}.so\"` before this line")),
+                Diagnostic::error(
+                    mp.module.span,
+                    format!("`modparam` for module `{name}`, which is not loaded"),
+                )
+                .help(format!("add `loadmodule \"{name}.so\"` before this line")),
             );
             return;
         }
         let pname = mp.param.node.as_str();
         let Some(spec) = def.params.iter().find(|p| p.name == pname) else {
-            let mut d = Diagnostic::error(mp.param.span, format!("module `{name}` has no parameter `{pname}`"));
+            let mut d = Diagnostic::error(
+                mp.param.span,
+                format!("module `{name}` has no parameter `{pname}`"),
+            );
             if let Some(s) = did_you_mean(pname, def.params.iter().map(|p| p.name)) {
                 d = d.help(format!("did you mean `{s}`?"));
             } else if !def.params.is_empty() {
-                d = d.note(format!("its parameters: {}", def.params.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")));
+                d = d.note(format!(
+                    "its parameters: {}",
+                    def.params
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
             self.diags.push(d);
             return;
@@ -223,7 +264,13 @@ impl Compiler<'_> {
         if spec.no_effect {
             self.diags.push(Diagnostic::warning(mp.param.span, format!("`{pname}` of module `{name}` has no effect in siphon (accepted for compatibility)")));
         }
-        let values = self.modcfg.entry(name.to_string()).or_default().params.entry(pname.to_string()).or_default();
+        let values = self
+            .modcfg
+            .entry(name.to_string())
+            .or_default()
+            .params
+            .entry(pname.to_string())
+            .or_default();
         if !spec.multi {
             values.clear();
         }
@@ -233,7 +280,11 @@ impl Compiler<'_> {
     // ---------- routes ----------
 
     fn declare_routes(&mut self, cfg: &Config) {
-        let event_names: HashMap<String, Vec<&'static str>> = self.instances.iter().map(|(n, m)| (n.clone(), m.event_routes())).collect();
+        let event_names: HashMap<String, Vec<&'static str>> = self
+            .instances
+            .iter()
+            .map(|(n, m)| (n.clone(), m.event_routes()))
+            .collect();
         for item in &cfg.items {
             let Item::Route(r) = item else { continue };
             let id = RouteId(self.routes.len() as u32);
@@ -242,11 +293,19 @@ impl Compiler<'_> {
                 Some(n) => format!("{}[{n}]", r.kind.keyword()),
                 None => r.kind.keyword().to_string(),
             };
-            self.routes.push(RouteCode { name: name.clone().unwrap_or_else(|| r.kind.keyword().into()), display, kind: r.kind, body: vec![] });
+            self.routes.push(RouteCode {
+                name: name.clone().unwrap_or_else(|| r.kind.keyword().into()),
+                display,
+                kind: r.kind,
+                body: vec![],
+            });
             let span = r.name.as_ref().map_or(r.span, |n| n.span);
             let single = |slot: &mut Option<RouteId>, diags: &mut Vec<Diagnostic>| {
                 if slot.is_some() {
-                    diags.push(Diagnostic::error(span, format!("`{}` is defined twice", r.kind.keyword())));
+                    diags.push(Diagnostic::error(
+                        span,
+                        format!("`{}` is defined twice", r.kind.keyword()),
+                    ));
                 }
                 *slot = Some(id);
             };
@@ -270,7 +329,13 @@ impl Compiler<'_> {
                         _ => RouteTable::Named,
                     };
                     let n = name.unwrap_or_default();
-                    if self.tables.entry(table).or_default().insert(n.clone(), id).is_some() {
+                    if self
+                        .tables
+                        .entry(table)
+                        .or_default()
+                        .insert(n.clone(), id)
+                        .is_some()
+                    {
                         self.err(span, format!("`{}[{n}]` is defined twice", kind.keyword()));
                     }
                 }
@@ -278,18 +343,29 @@ impl Compiler<'_> {
         }
     }
 
-    fn check_event_name(&mut self, name: &str, span: Span, known: &HashMap<String, Vec<&'static str>>) {
+    fn check_event_name(
+        &mut self,
+        name: &str,
+        span: Span,
+        known: &HashMap<String, Vec<&'static str>>,
+    ) {
         let module = name.split(':').next().unwrap_or("");
         if let Some(events) = known.get(module) {
             if !events.contains(&name) && !events.is_empty() {
-                let mut d = Diagnostic::error(span, format!("module `{module}` has no event route `{name}`"));
+                let mut d = Diagnostic::error(
+                    span,
+                    format!("module `{module}` has no event route `{name}`"),
+                );
                 if let Some(s) = did_you_mean(name, events.iter().copied()) {
                     d = d.help(format!("did you mean `{s}`?"));
                 }
                 self.diags.push(d);
             }
         } else if !self.reg.core_events.iter().any(|e| e == name) {
-            self.diags.push(Diagnostic::warning(span, format!("`event_route[{name}]` will never run: no loaded module raises it")));
+            self.diags.push(Diagnostic::warning(
+                span,
+                format!("`event_route[{name}]` will never run: no loaded module raises it"),
+            ));
         }
     }
 
@@ -320,12 +396,17 @@ impl Compiler<'_> {
     /// Each named route gets the route types of its callers; a function used
     /// where it is not allowed is an error.
     fn check_route_types(&mut self) {
-        let mut types: Vec<RouteType> = self.routes.iter().map(|r| Self::route_type_of(r.kind)).collect();
+        let mut types: Vec<RouteType> = self
+            .routes
+            .iter()
+            .map(|r| Self::route_type_of(r.kind))
+            .collect();
         loop {
             let mut changed = false;
             for &(from, to) in &self.edges {
                 let t = types[to.0 as usize].or(types[from.0 as usize]);
-                if t != types[to.0 as usize] && self.routes[to.0 as usize].kind == RouteKind::Named {
+                if t != types[to.0 as usize] && self.routes[to.0 as usize].kind == RouteKind::Named
+                {
                     types[to.0 as usize] = t;
                     changed = true;
                 }
@@ -342,8 +423,18 @@ impl Compiler<'_> {
             if t.0 != 0 && !c.mask.intersects(t) {
                 let used = RouteType(t.0 & !c.mask.0).names().join(", ");
                 self.diags.push(
-                    Diagnostic::error(c.span, format!("`{}` cannot be used in {used} (it runs in `{}`)", c.name, self.routes[c.route.0 as usize].display))
-                        .note(format!("`{}` is allowed in: {}", c.name, c.mask.names().join(", "))),
+                    Diagnostic::error(
+                        c.span,
+                        format!(
+                            "`{}` cannot be used in {used} (it runs in `{}`)",
+                            c.name, self.routes[c.route.0 as usize].display
+                        ),
+                    )
+                    .note(format!(
+                        "`{}` is allowed in: {}",
+                        c.name,
+                        c.mask.names().join(", ")
+                    )),
                 );
             }
         }
@@ -363,7 +454,9 @@ impl Compiler<'_> {
                 match parse_initial(text) {
                     Some((name, value)) if is_shv => shv_init.push((name, value)),
                     Some((name, value)) => var_init_named.push((name, value)),
-                    None => self.diags.push(Diagnostic::global(format!("bad `{param}` value \"{text}\": expected \"name=i:123\" or \"name=s:text\""))),
+                    None => self.diags.push(Diagnostic::global(format!(
+                        "bad `{param}` value \"{text}\": expected \"name=i:123\" or \"name=s:text\""
+                    ))),
                 }
             }
         }
@@ -404,7 +497,9 @@ impl Compiler<'_> {
             var_init,
             shared,
             core: self.core,
-            hooks: Hooks { myself: self.reg.hooks.myself.clone() },
+            hooks: Hooks {
+                myself: self.reg.hooks.myself.clone(),
+            },
             modules: self.instances,
             log_prefix,
             regex_cache: Default::default(),
@@ -424,7 +519,13 @@ impl Compiler<'_> {
             StmtKind::Expr(e) => {
                 if let ExprKind::Word(w) = &e.kind {
                     // A bare word statement is a call with no arguments (`t_relay;`).
-                    let call = ast::Expr { kind: ExprKind::Call { name: Spanned::new(w.clone(), e.span), args: vec![] }, span: e.span };
+                    let call = ast::Expr {
+                        kind: ExprKind::Call {
+                            name: Spanned::new(w.clone(), e.span),
+                            args: vec![],
+                        },
+                        span: e.span,
+                    };
                     return Some(Stmt::Expr(self.expr(&call)?));
                 }
                 Stmt::Expr(self.expr(e)?)
@@ -432,17 +533,28 @@ impl Compiler<'_> {
             StmtKind::Assign { target, op, value } => {
                 let pv = self.pv(&target.node, target.span)?;
                 if !pv.writable() {
-                    self.err(target.span, format!("cannot assign to `{}`: it is read-only", target.node.text));
+                    self.err(
+                        target.span,
+                        format!("cannot assign to `{}`: it is read-only", target.node.text),
+                    );
                     return None;
                 }
                 let value = self.expr(value)?;
-                Stmt::Assign { pv, replace: *op == ast::AssignOp::Replace, value }
+                Stmt::Assign {
+                    pv,
+                    replace: *op == ast::AssignOp::Replace,
+                    value,
+                }
             }
             StmtKind::If { cond, then, els } => {
                 let cond = self.expr(cond);
                 let then = self.block(then);
                 let els = els.as_ref().map(|b| self.block(b)).unwrap_or_default();
-                Stmt::If { cond: cond?, then, els }
+                Stmt::If {
+                    cond: cond?,
+                    then,
+                    els,
+                }
             }
             StmtKind::While { cond, body } => {
                 let cond = self.expr(cond);
@@ -467,7 +579,8 @@ impl Compiler<'_> {
                         }
                         Some(l) => match self.expr(l) {
                             Some(CExpr::Const(v)) => labels.push((v, body.len())),
-                            Some(_) => self.err(l.span, "expected a constant number or string after `case`"),
+                            Some(_) => self
+                                .err(l.span, "expected a constant number or string after `case`"),
                             None => {}
                         },
                     }
@@ -478,7 +591,12 @@ impl Compiler<'_> {
                     }
                 }
                 self.loop_depth -= 1;
-                Stmt::Switch { subject: subject?, labels, default, body }
+                Stmt::Switch {
+                    subject: subject?,
+                    labels,
+                    default,
+                    body,
+                }
             }
             StmtKind::Return(e) => Stmt::Return(match e {
                 Some(e) => Some(self.expr(e)?),
@@ -521,8 +639,12 @@ impl Compiler<'_> {
             ExprKind::Unary(op, x) => {
                 let x = self.expr(x)?;
                 match (op, x) {
-                    (UnOp::Not, CExpr::Const(v)) => CExpr::Const(Value::Int(i64::from(!v.is_true()))),
-                    (UnOp::Neg, CExpr::Const(v)) => CExpr::Const(Value::Int(v.to_int().unwrap_or(0).wrapping_neg())),
+                    (UnOp::Not, CExpr::Const(v)) => {
+                        CExpr::Const(Value::Int(i64::from(!v.is_true())))
+                    }
+                    (UnOp::Neg, CExpr::Const(v)) => {
+                        CExpr::Const(Value::Int(v.to_int().unwrap_or(0).wrapping_neg()))
+                    }
                     (UnOp::Not, x) => CExpr::Not(Box::new(x)),
                     (UnOp::Neg, x) => CExpr::Neg(Box::new(x)),
                     (UnOp::Defined, x) => CExpr::Defined(Box::new(x)),
@@ -534,22 +656,45 @@ impl Compiler<'_> {
 
     fn word(&mut self, w: &str, span: Span) -> Option<CExpr> {
         if let Some((_, pv)) = KEYWORD_PVS.iter().find(|(k, _)| *k == w) {
-            let syn = PvSyntax { class: pv.to_string(), inner: None, index: None, trans: vec![], text: format!("${pv}") };
+            let syn = PvSyntax {
+                class: pv.to_string(),
+                inner: None,
+                index: None,
+                trans: vec![],
+                text: format!("${pv}"),
+            };
             if !self.pv_classes.contains_key(pv) {
-                self.err(span, format!("`{w}` reads `${pv}`, which no loaded module provides"));
+                self.err(
+                    span,
+                    format!("`{w}` reads `${pv}`, which no loaded module provides"),
+                );
                 return None;
             }
             return Some(CExpr::Pv(self.pv(&syn, span)?));
         }
         if PROTOCOLS.contains(&w) {
-            return Some(CExpr::Const(Value::Str(Bytes::from(w.to_ascii_lowercase()))));
+            return Some(CExpr::Const(Value::Str(Bytes::from(
+                w.to_ascii_lowercase(),
+            ))));
         }
         if w == "myself" {
-            self.err(span, "`myself` can only be compared: write `uri == myself` or `src_ip != myself`");
+            self.err(
+                span,
+                "`myself` can only be compared: write `uri == myself` or `src_ip != myself`",
+            );
             return None;
         }
-        let mut d = Diagnostic::error(span, format!("unknown word `{w}`: expected a value, a pseudo-variable or a function call"));
-        if let Some(s) = did_you_mean(w, KEYWORD_PVS.iter().map(|(k, _)| *k).chain(self.functions.keys().copied())) {
+        let mut d = Diagnostic::error(
+            span,
+            format!("unknown word `{w}`: expected a value, a pseudo-variable or a function call"),
+        );
+        if let Some(s) = did_you_mean(
+            w,
+            KEYWORD_PVS
+                .iter()
+                .map(|(k, _)| *k)
+                .chain(self.functions.keys().copied()),
+        ) {
             d = d.help(format!("did you mean `{s}`?"));
         }
         self.diags.push(d);
@@ -573,7 +718,13 @@ impl Compiler<'_> {
                     match build_regex(&pat) {
                         Ok(re) => CExpr::Match(Box::new(x?), Arc::new(re), neg),
                         Err(e) => {
-                            let why = e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ").to_string();
+                            let why = e
+                                .to_string()
+                                .lines()
+                                .last()
+                                .unwrap_or_default()
+                                .trim_start_matches("error: ")
+                                .to_string();
                             self.err(b.span, format!("bad regular expression `{pat}`: {why}"));
                             return None;
                         }
@@ -607,7 +758,10 @@ impl Compiler<'_> {
                 (a, b) if a == b => format!("{a} argument{}", if a == 1 { "" } else { "s" }),
                 (a, b) => format!("{a} to {b} arguments"),
             };
-            self.err(span, format!("`{fname}` takes {takes}, found {}", args.len()));
+            self.err(
+                span,
+                format!("`{fname}` takes {takes}, found {}", args.len()),
+            );
             return None;
         }
         let mut items = Vec::with_capacity(args.len());
@@ -621,9 +775,17 @@ impl Compiler<'_> {
         if !ok {
             return None;
         }
-        self.calls.push(RouteCall { route: self.current, mask: spec.routes, name: spec.name, span: name.span });
+        self.calls.push(RouteCall {
+            route: self.current,
+            mask: spec.routes,
+            name: spec.name,
+            span: name.span,
+        });
         match (spec.bind)(Args { items }) {
-            Ok(call) => Some(CExpr::Call(CallSite { name: spec.name, call })),
+            Ok(call) => Some(CExpr::Call(CallSite {
+                name: spec.name,
+                call,
+            })),
             Err(e) => {
                 self.err(span, format!("`{fname}`: {e}"));
                 None
@@ -641,8 +803,14 @@ impl Compiler<'_> {
             if let Ok(m) = (def.instantiate)(&ModuleConfig::default()) {
                 if m.functions().iter().any(|f| f.name == fname) {
                     self.diags.push(
-                        Diagnostic::error(name.span, format!("function `{fname}` belongs to module `{}`, which is not loaded", def.name))
-                            .help(format!("add `loadmodule \"{}.so\"`", def.name)),
+                        Diagnostic::error(
+                            name.span,
+                            format!(
+                                "function `{fname}` belongs to module `{}`, which is not loaded",
+                                def.name
+                            ),
+                        )
+                        .help(format!("add `loadmodule \"{}.so\"`", def.name)),
                     );
                     return;
                 }
@@ -657,7 +825,13 @@ impl Compiler<'_> {
 
     fn route_call(&mut self, args: &[ast::Expr], span: Span) -> Option<CExpr> {
         let [arg] = args else {
-            self.err(span, format!("`route` takes 1 argument (the route name), found {}", args.len()));
+            self.err(
+                span,
+                format!(
+                    "`route` takes 1 argument (the route name), found {}",
+                    args.len()
+                ),
+            );
             return None;
         };
         let name = match &arg.kind {
@@ -685,7 +859,11 @@ impl Compiler<'_> {
             RouteTable::Branch => "branch_route",
         };
         let mut d = Diagnostic::error(span, format!("{kw} `{name}` is used but never defined"));
-        let known: Vec<&str> = self.tables.get(&table).map(|t| t.keys().map(String::as_str).collect()).unwrap_or_default();
+        let known: Vec<&str> = self
+            .tables
+            .get(&table)
+            .map(|t| t.keys().map(String::as_str).collect())
+            .unwrap_or_default();
         if let Some(s) = did_you_mean(name, known) {
             d = d.help(format!("did you mean `{s}`?"));
         }
@@ -696,7 +874,10 @@ impl Compiler<'_> {
     fn arg(&mut self, a: &ast::Expr, kind: ArgKind, fname: &str) -> Option<Arg> {
         match kind {
             ArgKind::Str | ArgKind::Any => match &a.kind {
-                ExprKind::Word(w) if !KEYWORD_PVS.iter().any(|(k, _)| k == w) && !PROTOCOLS.contains(&w.as_str()) => {
+                ExprKind::Word(w)
+                    if !KEYWORD_PVS.iter().any(|(k, _)| k == w)
+                        && !PROTOCOLS.contains(&w.as_str()) =>
+                {
                     Some(Arg::Expr(CExpr::Const(Value::from_str_copy(w))))
                 }
                 _ => self.expr(a).map(Arg::Expr),
@@ -707,7 +888,10 @@ impl Compiler<'_> {
                     match v.to_int() {
                         Some(n) => return Some(Arg::Expr(CExpr::Const(Value::Int(n)))),
                         None => {
-                            self.err(a.span, format!("`{fname}` expects a number here, found {v:?}"));
+                            self.err(
+                                a.span,
+                                format!("`{fname}` expects a number here, found {v:?}"),
+                            );
                             return None;
                         }
                     }
@@ -730,7 +914,13 @@ impl Compiler<'_> {
                     }
                 };
                 if kind == ArgKind::PvWritable && !pv.writable() {
-                    self.err(a.span, format!("`{fname}` writes its result into `{}`, which is read-only", pv.text()));
+                    self.err(
+                        a.span,
+                        format!(
+                            "`{fname}` writes its result into `{}`, which is read-only",
+                            pv.text()
+                        ),
+                    );
                     return None;
                 }
                 Some(Arg::Pv(pv))
@@ -763,7 +953,11 @@ impl Compiler<'_> {
         let parts = match parse_format(s) {
             Ok(p) => p,
             Err(e) => {
-                let at = Span { lo: span.lo + 1 + e.offset as u32, hi: span.lo + 2 + e.offset as u32, ..span };
+                let at = Span {
+                    lo: span.lo + 1 + e.offset as u32,
+                    hi: span.lo + 2 + e.offset as u32,
+                    ..span
+                };
                 self.err(at, format!("in this string: {}", e.message));
                 return None;
             }
@@ -774,7 +968,11 @@ impl Compiler<'_> {
             match p {
                 siphon_cfg::pv::FmtPart::Lit(l) => out.push(FmtPart::Lit(Bytes::from(l))),
                 siphon_cfg::pv::FmtPart::Pv(pv, off) => {
-                    let at = Span { lo: span.lo + 1 + off as u32, hi: span.lo + 1 + (off + pv.text.len()) as u32, ..span };
+                    let at = Span {
+                        lo: span.lo + 1 + off as u32,
+                        hi: span.lo + 1 + (off + pv.text.len()) as u32,
+                        ..span
+                    };
                     let at = if at.hi <= span.hi { at } else { span };
                     match self.pv(&pv, at) {
                         Some(p) => out.push(FmtPart::Pv(p)),
@@ -792,7 +990,10 @@ impl Compiler<'_> {
             match inner {
                 Some(n) if !n.is_empty() => Some(n.to_string()),
                 _ => {
-                    c.err(span, format!("`${}` needs a name: `${}({what})`", syn.class, syn.class));
+                    c.err(
+                        span,
+                        format!("`${}` needs a name: `${}({what})`", syn.class, syn.class),
+                    );
                     None
                 }
             }
@@ -806,7 +1007,11 @@ impl Compiler<'_> {
             }
             "avp" => {
                 let n = need_inner(self, "name")?;
-                let n = n.strip_prefix("s:").or_else(|| n.strip_prefix("i:")).unwrap_or(&n).to_string();
+                let n = n
+                    .strip_prefix("s:")
+                    .or_else(|| n.strip_prefix("i:"))
+                    .unwrap_or(&n)
+                    .to_string();
                 PvKind::Avp(n.into())
             }
             "shv" => {
@@ -817,9 +1022,13 @@ impl Compiler<'_> {
             "rc" | "retcode" => PvKind::Rc,
             class => {
                 let Some(spec) = self.pv_classes.get(class).cloned() else {
-                    let mut d = Diagnostic::error(span, format!("unknown pseudo-variable `{}`", syn.text));
+                    let mut d =
+                        Diagnostic::error(span, format!("unknown pseudo-variable `{}`", syn.text));
                     let builtin = ["var", "avp", "shv", "null", "rc", "retcode"];
-                    if let Some(s) = did_you_mean(class, builtin.into_iter().chain(self.pv_classes.keys().copied())) {
+                    if let Some(s) = did_you_mean(
+                        class,
+                        builtin.into_iter().chain(self.pv_classes.keys().copied()),
+                    ) {
                         d = d.help(format!("did you mean `${s}`?"));
                     }
                     self.diags.push(d);
@@ -854,7 +1063,8 @@ impl Compiler<'_> {
         let mut trans = Vec::with_capacity(syn.trans.len());
         for t in &syn.trans {
             let Some((_, op, n)) = TRANSFORMS.iter().find(|(name, _, _)| *name == t.name) else {
-                let mut d = Diagnostic::error(span, format!("unknown transformation `{{{}}}`", t.name));
+                let mut d =
+                    Diagnostic::error(span, format!("unknown transformation `{{{}}}`", t.name));
                 if let Some(s) = did_you_mean(&t.name, TRANSFORMS.iter().map(|(n, _, _)| *n)) {
                     d = d.help(format!("did you mean `{{{s}}}`?"));
                 }
@@ -863,14 +1073,39 @@ impl Compiler<'_> {
             };
             // A separator that is itself a comma (`{s.select,1,,}`) splits into empty pieces: join them back.
             let mut tparams = t.params.clone();
-            if *n > 0 && tparams.len() > *n && tparams[*n - 1..].iter().all(|p| matches!(p, TrParam::Str(_))) {
-                let joined = tparams[*n - 1..].iter().map(|p| if let TrParam::Str(s) = p { s.as_str() } else { "" }).collect::<Vec<_>>().join(",");
+            if *n > 0
+                && tparams.len() > *n
+                && tparams[*n - 1..]
+                    .iter()
+                    .all(|p| matches!(p, TrParam::Str(_)))
+            {
+                let joined = tparams[*n - 1..]
+                    .iter()
+                    .map(|p| {
+                        if let TrParam::Str(s) = p {
+                            s.as_str()
+                        } else {
+                            ""
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
                 tparams.truncate(*n - 1);
                 tparams.push(TrParam::Str(joined));
             }
-            let t = &siphon_cfg::pv::Transform { name: t.name.clone(), params: tparams };
+            let t = &siphon_cfg::pv::Transform {
+                name: t.name.clone(),
+                params: tparams,
+            };
             if t.params.len() != *n {
-                self.err(span, format!("transformation `{{{}}}` takes {n} parameter(s), found {}", t.name, t.params.len()));
+                self.err(
+                    span,
+                    format!(
+                        "transformation `{{{}}}` takes {n} parameter(s), found {}",
+                        t.name,
+                        t.params.len()
+                    ),
+                );
                 return None;
             }
             let mut params = Vec::with_capacity(*n);
@@ -883,14 +1118,22 @@ impl Compiler<'_> {
             }
             trans.push(Trans { op: *op, params });
         }
-        Some(Pv { kind, index, trans, text: syn.text.as_str().into() })
+        Some(Pv {
+            kind,
+            index,
+            trans,
+            text: syn.text.as_str().into(),
+        })
     }
 }
 
 /// `=~` patterns are POSIX extended regular expressions matched case-insensitively
 /// (as Kamailio compiles them with REG_ICASE).
 pub(crate) fn build_regex(pat: &str) -> Result<regex::bytes::Regex, regex::Error> {
-    regex::bytes::RegexBuilder::new(pat).case_insensitive(true).size_limit(1 << 20).build()
+    regex::bytes::RegexBuilder::new(pat)
+        .case_insensitive(true)
+        .size_limit(1 << 20)
+        .build()
 }
 
 /// `"/usr/lib/kamailio/modules/sl.so"` → `sl`.

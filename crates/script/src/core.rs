@@ -38,15 +38,28 @@ impl ListenSpec {
     /// Parses `[proto:]host[:port] [advertise host[:port]]`.
     pub fn parse(s: &str) -> Result<ListenSpec, String> {
         let mut words = s.split_whitespace();
-        let addr = words.next().ok_or("expected an address such as udp:127.0.0.1:5060")?;
+        let addr = words
+            .next()
+            .ok_or("expected an address such as udp:127.0.0.1:5060")?;
         let mut advertise = None;
         while let Some(w) = words.next() {
             match w {
-                "advertise" | "ADVERTISE" => advertise = Some(words.next().ok_or("expected host:port after `advertise`")?.to_string()),
+                "advertise" | "ADVERTISE" => {
+                    advertise = Some(
+                        words
+                            .next()
+                            .ok_or("expected host:port after `advertise`")?
+                            .to_string(),
+                    )
+                }
                 "name" | "NAME" => {
                     words.next();
                 }
-                other => return Err(format!("unexpected `{other}` after the address (expected `advertise host:port`)")),
+                other => {
+                    return Err(format!(
+                        "unexpected `{other}` after the address (expected `advertise host:port`)"
+                    ));
+                }
             }
         }
         let (proto, rest) = match addr.split_once(':') {
@@ -58,11 +71,17 @@ impl ListenSpec {
                 };
                 (proto, rest)
             }
-            Some((p, _)) if ["sctp", "ws", "wss", "SCTP", "WS", "WSS"].contains(&p) => return Err(format!("transport `{p}` is not supported by siphon (udp, tcp, tls are)")),
+            Some((p, _)) if ["sctp", "ws", "wss", "SCTP", "WS", "WSS"].contains(&p) => {
+                return Err(format!(
+                    "transport `{p}` is not supported by siphon (udp, tcp, tls are)"
+                ));
+            }
             _ => (Proto::Any, addr),
         };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or("expected `]` after an IPv6 address")?;
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or("expected `]` after an IPv6 address")?;
             let port = match after {
                 "" => None,
                 p => Some(p.strip_prefix(':').ok_or("expected `:port` after `]`")?),
@@ -80,9 +99,17 @@ impl ListenSpec {
         }
         let port = match port {
             None => None,
-            Some(p) => Some(p.parse::<u16>().map_err(|_| format!("`{p}` is not a port number (0-65535)"))?),
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{p}` is not a port number (0-65535)"))?,
+            ),
         };
-        Ok(ListenSpec { proto, host, port, advertise })
+        Ok(ListenSpec {
+            proto,
+            host,
+            port,
+            advertise,
+        })
     }
 }
 
@@ -138,19 +165,91 @@ impl Default for CoreParams {
 
 /// Core parameters siphon uses.
 pub const EFFECTIVE_GLOBALS: &[&str] = &[
-    "listen", "socket", "children", "udp_workers", "tcp_children", "tcp_workers", "debug", "log_level", "log_stderror", "log_prefix", "fork", "max_while_loops",
-    "tcp_accept_no_cl", "mpath", "run_dir", "rundir",
+    "listen",
+    "socket",
+    "children",
+    "udp_workers",
+    "tcp_children",
+    "tcp_workers",
+    "debug",
+    "log_level",
+    "log_stderror",
+    "log_prefix",
+    "fork",
+    "max_while_loops",
+    "tcp_accept_no_cl",
+    "mpath",
+    "run_dir",
+    "rundir",
 ];
 
 /// Kamailio/OpenSIPS core parameters that mean nothing in siphon: accepted with a warning.
 pub const IGNORED_GLOBALS: &[&str] = &[
-    "memdbg", "memlog", "mem_join", "mem_safety", "dns", "rev_dns", "use_dns_cache", "use_dns_failover", "dns_try_ipv6", "dns_srv_lb", "dns_cache_init",
-    "dst_blocklist_init", "auto_aliases", "tcp_connection_lifetime", "http_reply_parse", "mhomed", "tcp_max_connections", "tls_max_connections", "enable_tls",
-    "enable_sctp", "tcp_keepalive", "tcp_keepidle", "tcp_keepintvl", "tcp_keepcnt", "sip_warning", "server_header", "server_signature", "user_agent_header",
-    "alias", "port", "disable_tcp", "log_facility", "log_name", "corelog", "maxbuffer", "pv_buffer_size", "pv_buffer_slots", "tcp_async", "tcp_rd_buf_size",
-    "tcp_conn_wq_max", "tcp_wq_max", "tcp_send_timeout", "tcp_connect_timeout", "latency_log", "latency_limit_action", "latency_limit_db", "open_files_limit",
-    "async_workers", "force_rport", "max_recursive_level", "stderror_enabled", "syslog_enabled", "log_color", "shm_force_alloc", "real_time", "rt_prio",
-    "tcp_crlf_ping", "tcp_reuse_port", "udp_mtu", "reply_to_via", "check_via", "dns_retr_time", "dns_retr_no", "dns_servers_no", "dns_use_search_list",
+    "memdbg",
+    "memlog",
+    "mem_join",
+    "mem_safety",
+    "dns",
+    "rev_dns",
+    "use_dns_cache",
+    "use_dns_failover",
+    "dns_try_ipv6",
+    "dns_srv_lb",
+    "dns_cache_init",
+    "dst_blocklist_init",
+    "auto_aliases",
+    "tcp_connection_lifetime",
+    "http_reply_parse",
+    "mhomed",
+    "tcp_max_connections",
+    "tls_max_connections",
+    "enable_tls",
+    "enable_sctp",
+    "tcp_keepalive",
+    "tcp_keepidle",
+    "tcp_keepintvl",
+    "tcp_keepcnt",
+    "sip_warning",
+    "server_header",
+    "server_signature",
+    "user_agent_header",
+    "alias",
+    "port",
+    "disable_tcp",
+    "log_facility",
+    "log_name",
+    "corelog",
+    "maxbuffer",
+    "pv_buffer_size",
+    "pv_buffer_slots",
+    "tcp_async",
+    "tcp_rd_buf_size",
+    "tcp_conn_wq_max",
+    "tcp_wq_max",
+    "tcp_send_timeout",
+    "tcp_connect_timeout",
+    "latency_log",
+    "latency_limit_action",
+    "latency_limit_db",
+    "open_files_limit",
+    "async_workers",
+    "force_rport",
+    "max_recursive_level",
+    "stderror_enabled",
+    "syslog_enabled",
+    "log_color",
+    "shm_force_alloc",
+    "real_time",
+    "rt_prio",
+    "tcp_crlf_ping",
+    "tcp_reuse_port",
+    "udp_mtu",
+    "reply_to_via",
+    "check_via",
+    "dns_retr_time",
+    "dns_retr_no",
+    "dns_servers_no",
+    "dns_use_search_list",
 ];
 
 fn truthy(v: &GlobalValue) -> Option<bool> {
@@ -166,37 +265,57 @@ fn truthy(v: &GlobalValue) -> Option<bool> {
 
 impl CoreParams {
     /// Applies one `name = value` line.
-    pub fn apply(&mut self, name: &Spanned<String>, value: &Spanned<GlobalValue>) -> Result<(), Diagnostic> {
+    pub fn apply(
+        &mut self,
+        name: &Spanned<String>,
+        value: &Spanned<GlobalValue>,
+    ) -> Result<(), Diagnostic> {
         let n = name.node.as_str();
         let v = &value.node;
         let vspan = value.span;
         let int = |what: &str| -> Result<i64, Diagnostic> {
             match v {
                 GlobalValue::Int(i) => Ok(*i),
-                GlobalValue::Str(s) | GlobalValue::Word(s) => {
-                    s.trim().parse().map_err(|_| Diagnostic::error(vspan, format!("`{n}` takes {what}, found `{s}`")))
-                }
+                GlobalValue::Str(s) | GlobalValue::Word(s) => s.trim().parse().map_err(|_| {
+                    Diagnostic::error(vspan, format!("`{n}` takes {what}, found `{s}`"))
+                }),
             }
         };
-        let boolean = || truthy(v).ok_or_else(|| Diagnostic::error(vspan, format!("`{n}` takes yes or no")));
+        let boolean =
+            || truthy(v).ok_or_else(|| Diagnostic::error(vspan, format!("`{n}` takes yes or no")));
         let text = || match v {
             GlobalValue::Int(i) => i.to_string(),
             GlobalValue::Str(s) | GlobalValue::Word(s) => s.clone(),
         };
         let positive = |x: i64| -> Result<usize, Diagnostic> {
-            if (1..=1024).contains(&x) { Ok(x as usize) } else { Err(Diagnostic::error(vspan, format!("`{n}` must be between 1 and 1024, found {x}"))) }
+            if (1..=1024).contains(&x) {
+                Ok(x as usize)
+            } else {
+                Err(Diagnostic::error(
+                    vspan,
+                    format!("`{n}` must be between 1 and 1024, found {x}"),
+                ))
+            }
         };
         match n {
             "listen" | "socket" => {
-                let spec = ListenSpec::parse(&text()).map_err(|e| Diagnostic::error(vspan, format!("bad listen address: {e}")))?;
+                let spec = ListenSpec::parse(&text())
+                    .map_err(|e| Diagnostic::error(vspan, format!("bad listen address: {e}")))?;
                 self.listen.push(spec);
             }
-            "children" | "udp_workers" => self.children = Some(positive(int("a number of workers")?)?),
-            "tcp_children" | "tcp_workers" => self.tcp_children = Some(positive(int("a number of workers")?)?),
+            "children" | "udp_workers" => {
+                self.children = Some(positive(int("a number of workers")?)?)
+            }
+            "tcp_children" | "tcp_workers" => {
+                self.tcp_children = Some(positive(int("a number of workers")?)?)
+            }
             "debug" | "log_level" => {
                 let d = int("a log level from -5 to 3")?;
                 if !(-5..=4).contains(&d) {
-                    return Err(Diagnostic::error(vspan, format!("`{n}` takes a log level from -5 to 3, found {d}")));
+                    return Err(Diagnostic::error(
+                        vspan,
+                        format!("`{n}` takes a log level from -5 to 3, found {d}"),
+                    ));
                 }
                 self.debug = d as i32;
             }
@@ -210,7 +329,10 @@ impl CoreParams {
             "max_while_loops" => {
                 let m = int("a number of iterations")?;
                 if m < 0 {
-                    return Err(Diagnostic::error(vspan, "`max_while_loops` cannot be negative"));
+                    return Err(Diagnostic::error(
+                        vspan,
+                        "`max_while_loops` cannot be negative",
+                    ));
                 }
                 self.max_while_loops = m as u64;
             }
@@ -219,7 +341,9 @@ impl CoreParams {
             _ if IGNORED_GLOBALS.contains(&n) => self.ignored.push((n.to_string(), name.span)),
             _ => {
                 let mut d = Diagnostic::error(name.span, format!("unknown core parameter `{n}`"));
-                if let Some(s) = did_you_mean(n, EFFECTIVE_GLOBALS.iter().chain(IGNORED_GLOBALS).copied()) {
+                if let Some(s) =
+                    did_you_mean(n, EFFECTIVE_GLOBALS.iter().chain(IGNORED_GLOBALS).copied())
+                {
                     d = d.help(format!("did you mean `{s}`?"));
                 }
                 return Err(d);
@@ -232,11 +356,24 @@ impl CoreParams {
 // ---------- logging ----------
 
 /// Kamailio log levels by name.
-pub const LOG_LEVELS: &[(&str, i32)] =
-    &[("L_ALERT", -5), ("L_BUG", -4), ("L_CRIT2", -3), ("L_CRIT", -2), ("L_ERR", -1), ("L_WARN", 0), ("L_NOTICE", 1), ("L_INFO", 2), ("L_DBG", 3)];
+pub const LOG_LEVELS: &[(&str, i32)] = &[
+    ("L_ALERT", -5),
+    ("L_BUG", -4),
+    ("L_CRIT2", -3),
+    ("L_CRIT", -2),
+    ("L_ERR", -1),
+    ("L_WARN", 0),
+    ("L_NOTICE", 1),
+    ("L_INFO", 2),
+    ("L_DBG", 3),
+];
 
 fn level_of(s: &str) -> Option<i32> {
-    LOG_LEVELS.iter().find(|(n, _)| *n == s).map(|(_, l)| *l).or_else(|| s.trim().parse().ok())
+    LOG_LEVELS
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|(_, l)| *l)
+        .or_else(|| s.trim().parse().ok())
 }
 
 /// Writes a script log line at a Kamailio level.
@@ -285,7 +422,11 @@ impl Call for XlogCall {
 }
 
 fn xlog_spec(name: &'static str, fixed: Option<i32>) -> FunctionSpec {
-    let params: &[ArgKind] = if fixed.is_some() { &[ArgKind::Str] } else { &[ArgKind::Str, ArgKind::Str] };
+    let params: &[ArgKind] = if fixed.is_some() {
+        &[ArgKind::Str]
+    } else {
+        &[ArgKind::Str, ArgKind::Str]
+    };
     let bind: Bind = Arc::new(move |args: Args| {
         let level = match (fixed, args.len()) {
             (Some(l), _) => Ok(l),
@@ -293,7 +434,9 @@ fn xlog_spec(name: &'static str, fixed: Option<i32>) -> FunctionSpec {
             (None, _) => match args.const_value(0) {
                 Some(v) => {
                     let t = v.to_text();
-                    Ok(level_of(&t).ok_or_else(|| format!("unknown log level `{t}` (expected L_ALERT … L_DBG)"))?)
+                    Ok(level_of(&t).ok_or_else(|| {
+                        format!("unknown log level `{t}` (expected L_ALERT … L_DBG)")
+                    })?)
                 }
                 None => Err(()),
             },
@@ -301,12 +444,20 @@ fn xlog_spec(name: &'static str, fixed: Option<i32>) -> FunctionSpec {
         Ok(Box::new(XlogCall { level, args }) as Box<dyn Call>)
     });
     let spec = FunctionSpec::with_bind(name, params, bind);
-    if fixed.is_some() { spec } else { spec.min_args(1) }
+    if fixed.is_some() {
+        spec
+    } else {
+        spec.min_args(1)
+    }
 }
 
 fn flag_arg(args: &Args, ex: &mut Exec<'_>) -> Option<u32> {
     let n = args.int(0, ex)?;
-    if (0..64).contains(&n) { Some(n as u32) } else { None }
+    if (0..64).contains(&n) {
+        Some(n as u32)
+    } else {
+        None
+    }
 }
 
 /// Functions every configuration has.
@@ -324,31 +475,47 @@ pub fn core_functions() -> Vec<FunctionSpec> {
     // log([level,] text): Kamailio's plain log, level as a number.
     v.push(
         FunctionSpec::new("log", &[ArgKind::Any, ArgKind::Str], |ex, args| {
-            let (level, idx) = if args.len() == 2 { (args.int(0, ex).unwrap_or(-1) as i32, 1) } else { (-1, 0) };
+            let (level, idx) = if args.len() == 2 {
+                (args.int(0, ex).unwrap_or(-1) as i32, 1)
+            } else {
+                (-1, 0)
+            };
             let body = args.bytes(idx, ex);
             log_line(ex, level, &body);
             1.into()
         })
         .min_args(1),
     );
-    v.push(FunctionSpec::new("setflag", &[ArgKind::Int], |ex, args| match flag_arg(args, ex) {
-        Some(f) => {
-            ex.ctx.flags |= 1 << f;
-            1.into()
-        }
-        None => (-1).into(),
-    }));
-    v.push(FunctionSpec::new("resetflag", &[ArgKind::Int], |ex, args| match flag_arg(args, ex) {
-        Some(f) => {
-            ex.ctx.flags &= !(1 << f);
-            1.into()
-        }
-        None => (-1).into(),
-    }));
-    v.push(FunctionSpec::new("isflagset", &[ArgKind::Int], |ex, args| match flag_arg(args, ex) {
-        Some(f) if ex.ctx.flags & (1 << f) != 0 => 1.into(),
-        _ => (-1).into(),
-    }));
+    v.push(FunctionSpec::new(
+        "setflag",
+        &[ArgKind::Int],
+        |ex, args| match flag_arg(args, ex) {
+            Some(f) => {
+                ex.ctx.flags |= 1 << f;
+                1.into()
+            }
+            None => (-1).into(),
+        },
+    ));
+    v.push(FunctionSpec::new(
+        "resetflag",
+        &[ArgKind::Int],
+        |ex, args| match flag_arg(args, ex) {
+            Some(f) => {
+                ex.ctx.flags &= !(1 << f);
+                1.into()
+            }
+            None => (-1).into(),
+        },
+    ));
+    v.push(FunctionSpec::new(
+        "isflagset",
+        &[ArgKind::Int],
+        |ex, args| match flag_arg(args, ex) {
+            Some(f) if ex.ctx.flags & (1 << f) != 0 => 1.into(),
+            _ => (-1).into(),
+        },
+    ));
     v
 }
 
@@ -361,7 +528,11 @@ impl Module for Builtin {
 
 /// A module whose functions live in siphon's core: loading it is allowed and does nothing more.
 pub fn core_module(name: &'static str, params: Vec<ParamSpec>) -> ModuleDef {
-    ModuleDef { name, params, instantiate: Arc::new(|_| Ok(Arc::new(Builtin) as Arc<dyn Module>)) }
+    ModuleDef {
+        name,
+        params,
+        instantiate: Arc::new(|_| Ok(Arc::new(Builtin) as Arc<dyn Module>)),
+    }
 }
 
 /// The modules Kamailio configs load for functions siphon keeps in its core.
@@ -370,13 +541,48 @@ pub fn core_modules() -> Vec<ModuleDef> {
     let nei = |n: &'static str| ParamSpec::int(n).no_effect();
     vec![
         core_module("kex", vec![]),
-        core_module("corex", vec![ne("alias_subdomains").multi(), ne("network_io_intercept"), ne("min_msg_len")]),
-        core_module("pv", vec![ParamSpec::str("shvset").multi(), ParamSpec::str("varset").multi(), nei("avp_aliases")]),
-        core_module("xlog", vec![nei("buf_size"), nei("force_color"), nei("long_format"), ne("prefix"), ne("log_facility"), ne("log_colors").multi(), ne("methods_filter")]),
+        core_module(
+            "corex",
+            vec![
+                ne("alias_subdomains").multi(),
+                ne("network_io_intercept"),
+                ne("min_msg_len"),
+            ],
+        ),
+        core_module(
+            "pv",
+            vec![
+                ParamSpec::str("shvset").multi(),
+                ParamSpec::str("varset").multi(),
+                nei("avp_aliases"),
+            ],
+        ),
+        core_module(
+            "xlog",
+            vec![
+                nei("buf_size"),
+                nei("force_color"),
+                nei("long_format"),
+                ne("prefix"),
+                ne("log_facility"),
+                ne("log_colors").multi(),
+                ne("methods_filter"),
+            ],
+        ),
         core_module("textops", vec![]),
         core_module("textopsx", vec![]),
-        core_module("siputils", vec![ne("options_accept"), ne("options_support"), nei("rpid_prefix")]),
-        core_module("sl", vec![nei("bind_tm"), nei("default_code"), ne("default_reason")]),
+        core_module(
+            "siputils",
+            vec![
+                ne("options_accept"),
+                ne("options_support"),
+                nei("rpid_prefix"),
+            ],
+        ),
+        core_module(
+            "sl",
+            vec![nei("bind_tm"), nei("default_code"), ne("default_reason")],
+        ),
         core_module(
             "tm",
             vec![
@@ -416,11 +622,20 @@ mod tests {
     #[test]
     fn listen_forms() {
         let l = ListenSpec::parse("udp:127.0.0.1:5060").unwrap();
-        assert_eq!((l.proto, l.host.as_str(), l.port), (Proto::Udp, "127.0.0.1", Some(5060)));
+        assert_eq!(
+            (l.proto, l.host.as_str(), l.port),
+            (Proto::Udp, "127.0.0.1", Some(5060))
+        );
         let l = ListenSpec::parse("tcp:[::1]:0").unwrap();
-        assert_eq!((l.proto, l.host.as_str(), l.port), (Proto::Tcp, "::1", Some(0)));
+        assert_eq!(
+            (l.proto, l.host.as_str(), l.port),
+            (Proto::Tcp, "::1", Some(0))
+        );
         let l = ListenSpec::parse("127.0.0.2 advertise 1.2.3.4:5060").unwrap();
-        assert_eq!((l.proto, l.port, l.advertise.as_deref()), (Proto::Any, None, Some("1.2.3.4:5060")));
+        assert_eq!(
+            (l.proto, l.port, l.advertise.as_deref()),
+            (Proto::Any, None, Some("1.2.3.4:5060"))
+        );
         assert!(ListenSpec::parse("udp:127.0.0.1:99999").is_err());
         assert!(ListenSpec::parse("ws:127.0.0.1:80").is_err());
         assert!(ListenSpec::parse("::1:5060").is_err());

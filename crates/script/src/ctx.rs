@@ -42,7 +42,10 @@ impl RouteType {
             (Self::EVENT, "event_route"),
             (Self::STARTUP, "startup_route"),
         ];
-        all.iter().filter(|(t, _)| self.intersects(*t)).map(|(_, n)| *n).collect()
+        all.iter()
+            .filter(|(t, _)| self.intersects(*t))
+            .map(|(_, n)| *n)
+            .collect()
     }
 }
 
@@ -68,12 +71,18 @@ impl Extensions {
     /// The attached value of type `T`.
     pub fn get<T: Any + Send>(&self) -> Option<&T> {
         let id = TypeId::of::<T>();
-        self.items.iter().find(|(t, _)| *t == id).and_then(|(_, b)| b.downcast_ref())
+        self.items
+            .iter()
+            .find(|(t, _)| *t == id)
+            .and_then(|(_, b)| b.downcast_ref())
     }
     /// The attached value of type `T`, mutable.
     pub fn get_mut<T: Any + Send>(&mut self) -> Option<&mut T> {
         let id = TypeId::of::<T>();
-        self.items.iter_mut().find(|(t, _)| *t == id).and_then(|(_, b)| b.downcast_mut())
+        self.items
+            .iter_mut()
+            .find(|(t, _)| *t == id)
+            .and_then(|(_, b)| b.downcast_mut())
     }
     /// Detaches the value of type `T`.
     pub fn remove<T: Any + Send>(&mut self) -> Option<T> {
@@ -123,12 +132,26 @@ impl Avps {
     }
     /// Every value of `name`, oldest first (the order they were added).
     pub fn all(&self, name: &str) -> Vec<Value> {
-        self.items.iter().filter(|(n, _)| &**n == name).map(|(_, v)| v.clone()).collect()
+        self.items
+            .iter()
+            .filter(|(n, _)| &**n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
     /// Sets the value at `idx` (0 = newest) in place; false if there is none.
     pub fn set_at(&mut self, name: &str, idx: i64, v: Value) -> bool {
-        let positions: Vec<usize> = self.items.iter().enumerate().filter(|(_, (n, _))| &**n == name).map(|(i, _)| i).collect();
-        let pos = if idx >= 0 { positions.iter().rev().nth(idx as usize) } else { positions.get((-idx - 1) as usize) };
+        let positions: Vec<usize> = self
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| &**n == name)
+            .map(|(i, _)| i)
+            .collect();
+        let pos = if idx >= 0 {
+            positions.iter().rev().nth(idx as usize)
+        } else {
+            positions.get((-idx - 1) as usize)
+        };
         match pos {
             Some(&p) => {
                 self.items[p].1 = v;
@@ -171,7 +194,16 @@ pub struct Ctx {
 impl Ctx {
     /// A fresh context with `n_vars` unset variables.
     pub fn new(route_type: RouteType, n_vars: usize) -> Ctx {
-        Ctx { route_type, vars: vec![Value::Int(0); n_vars], avps: Avps::default(), flags: 0, last_rc: 1, dropped: false, ext: Extensions::default(), suspend: None }
+        Ctx {
+            route_type,
+            vars: vec![Value::Int(0); n_vars],
+            avps: Avps::default(),
+            flags: 0,
+            last_rc: 1,
+            dropped: false,
+            ext: Extensions::default(),
+            suspend: None,
+        }
     }
 }
 

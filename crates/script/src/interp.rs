@@ -66,10 +66,26 @@ pub struct CallSite {
 /// A compiled statement.
 pub(crate) enum Stmt {
     Expr(CExpr),
-    Assign { pv: Pv, replace: bool, value: CExpr },
-    If { cond: CExpr, then: Vec<Stmt>, els: Vec<Stmt> },
-    While { cond: CExpr, body: Vec<Stmt> },
-    Switch { subject: CExpr, labels: Vec<(Value, usize)>, default: Option<usize>, body: Vec<Stmt> },
+    Assign {
+        pv: Pv,
+        replace: bool,
+        value: CExpr,
+    },
+    If {
+        cond: CExpr,
+        then: Vec<Stmt>,
+        els: Vec<Stmt>,
+    },
+    While {
+        cond: CExpr,
+        body: Vec<Stmt>,
+    },
+    Switch {
+        subject: CExpr,
+        labels: Vec<(Value, usize)>,
+        default: Option<usize>,
+        body: Vec<Stmt>,
+    },
     Return(Option<CExpr>),
     Exit,
     Drop,
@@ -112,7 +128,11 @@ pub struct Exec<'a> {
 impl<'a> Exec<'a> {
     /// Starts an execution over `ctx`.
     pub fn new(prog: &'a Program, ctx: &'a mut Ctx) -> Self {
-        Exec { prog, ctx, depth: 0 }
+        Exec {
+            prog,
+            ctx,
+            depth: 0,
+        }
     }
 
     /// Runs a route as the top of a script run.
@@ -166,7 +186,9 @@ impl<'a> Exec<'a> {
                 None => Flow::Exit,
             },
             Stmt::Assign { pv, replace, value } => {
-                let Some(v) = self.eval(value) else { return Flow::Exit };
+                let Some(v) = self.eval(value) else {
+                    return Flow::Exit;
+                };
                 if let Err(e) = self.set_pv(pv, v, *replace) {
                     tracing::error!(target: "script", "assignment failed: {e}");
                 }
@@ -187,7 +209,10 @@ impl<'a> Exec<'a> {
                         Some(_) => {}
                     }
                     if n >= max {
-                        self.prog.stats.while_limit_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.prog
+                            .stats
+                            .while_limit_hits
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!(target: "script", "while loop stopped after max_while_loops={max} iterations");
                         return Flow::Next;
                     }
@@ -199,10 +224,23 @@ impl<'a> Exec<'a> {
                     }
                 }
             }
-            Stmt::Switch { subject, labels, default, body } => {
-                let Some(v) = self.eval(subject) else { return Flow::Exit };
-                let start = labels.iter().find(|(l, _)| values_equal(&v, l)).map(|(_, i)| *i).or(*default);
-                let Some(start) = start else { return Flow::Next };
+            Stmt::Switch {
+                subject,
+                labels,
+                default,
+                body,
+            } => {
+                let Some(v) = self.eval(subject) else {
+                    return Flow::Exit;
+                };
+                let start = labels
+                    .iter()
+                    .find(|(l, _)| values_equal(&v, l))
+                    .map(|(_, i)| *i)
+                    .or(*default);
+                let Some(start) = start else {
+                    return Flow::Next;
+                };
                 match self.exec_block(&body[start..]) {
                     Flow::Break | Flow::Next => Flow::Next,
                     other => other,
@@ -213,7 +251,11 @@ impl<'a> Exec<'a> {
                     None => 1,
                     Some(e) => match self.eval(e) {
                         None => return Flow::Exit,
-                        Some(v) => v.to_int().unwrap_or(0).clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+                        Some(v) => v
+                            .to_int()
+                            .unwrap_or(0)
+                            .clamp(i32::MIN as i64, i32::MAX as i64)
+                            as i32,
                     },
                 };
                 self.ctx.last_rc = code;
@@ -325,7 +367,11 @@ fn binary(op: BinOp, a: Value, b: Value) -> Value {
             let ord = match (&a, b.to_int()) {
                 (Value::Int(x), Some(y)) => x.cmp(&y),
                 _ => match (a.to_int(), b.to_int()) {
-                    (Some(x), Some(y)) if !matches!(a, Value::Str(_)) || !matches!(b, Value::Str(_)) => x.cmp(&y),
+                    (Some(x), Some(y))
+                        if !matches!(a, Value::Str(_)) || !matches!(b, Value::Str(_)) =>
+                    {
+                        x.cmp(&y)
+                    }
                     _ => a.to_bytes().cmp(&b.to_bytes()),
                 },
             };
@@ -359,11 +405,17 @@ fn binary(op: BinOp, a: Value, b: Value) -> Value {
                 tracing::error!(target: "script", "division by zero");
                 return Value::Int(0);
             }
-            Value::Int(if op == BinOp::Div { int(&a).wrapping_div(d) } else { int(&a).wrapping_rem(d) })
+            Value::Int(if op == BinOp::Div {
+                int(&a).wrapping_div(d)
+            } else {
+                int(&a).wrapping_rem(d)
+            })
         }
         BinOp::BitAnd => Value::Int(int(&a) & int(&b)),
         BinOp::BitOr => Value::Int(int(&a) | int(&b)),
-        BinOp::And | BinOp::Or | BinOp::Match | BinOp::NoMatch => unreachable!("handled by the caller"),
+        BinOp::And | BinOp::Or | BinOp::Match | BinOp::NoMatch => {
+            unreachable!("handled by the caller")
+        }
     }
 }
 
@@ -383,14 +435,38 @@ mod tests {
 
     #[test]
     fn kamailio_operator_rules() {
-        assert_eq!(binary(BinOp::Add, Value::Int(1), Value::from("2")), Value::Int(3));
-        assert_eq!(binary(BinOp::Add, Value::from("1"), Value::Int(2)), Value::from("12"));
-        assert_eq!(binary(BinOp::Eq, Value::Int(5), Value::from("5")), Value::Int(1));
-        assert_eq!(binary(BinOp::Eq, Value::from("a"), Value::Null), Value::Int(0));
+        assert_eq!(
+            binary(BinOp::Add, Value::Int(1), Value::from("2")),
+            Value::Int(3)
+        );
+        assert_eq!(
+            binary(BinOp::Add, Value::from("1"), Value::Int(2)),
+            Value::from("12")
+        );
+        assert_eq!(
+            binary(BinOp::Eq, Value::Int(5), Value::from("5")),
+            Value::Int(1)
+        );
+        assert_eq!(
+            binary(BinOp::Eq, Value::from("a"), Value::Null),
+            Value::Int(0)
+        );
         assert_eq!(binary(BinOp::Eq, Value::Null, Value::Null), Value::Int(1));
-        assert_eq!(binary(BinOp::Lt, Value::Int(9), Value::Int(10)), Value::Int(1));
-        assert_eq!(binary(BinOp::Lt, Value::from("b"), Value::from("a")), Value::Int(0));
-        assert_eq!(binary(BinOp::Mod, Value::Int(7), Value::Int(0)), Value::Int(0));
-        assert_eq!(binary(BinOp::BitOr, Value::Int(5), Value::Int(2)), Value::Int(7));
+        assert_eq!(
+            binary(BinOp::Lt, Value::Int(9), Value::Int(10)),
+            Value::Int(1)
+        );
+        assert_eq!(
+            binary(BinOp::Lt, Value::from("b"), Value::from("a")),
+            Value::Int(0)
+        );
+        assert_eq!(
+            binary(BinOp::Mod, Value::Int(7), Value::Int(0)),
+            Value::Int(0)
+        );
+        assert_eq!(
+            binary(BinOp::BitOr, Value::Int(5), Value::Int(2)),
+            Value::Int(7)
+        );
     }
 }

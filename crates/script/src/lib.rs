@@ -20,7 +20,10 @@ pub mod interp;
 pub mod pv;
 pub mod value;
 
-pub use api::{Args, ArgKind, FnResult, FunctionSpec, Module, ModuleConfig, ModuleDef, ParamSpec, PvClassSpec, RouteTable};
+pub use api::{
+    ArgKind, Args, FnResult, FunctionSpec, Module, ModuleConfig, ModuleDef, ParamSpec, PvClassSpec,
+    RouteTable,
+};
 pub use ctx::{Ctx, RouteType};
 pub use interp::{Exec, Outcome};
 pub use value::Value;
@@ -66,7 +69,13 @@ impl Default for Registry {
 impl Registry {
     /// The core alone: core functions and the modules kept in the core.
     pub fn new() -> Self {
-        Registry { defs: core::core_modules(), core_functions: core::core_functions(), core_pvs: vec![], core_events: vec![], hooks: Hooks::default() }
+        Registry {
+            defs: core::core_modules(),
+            core_functions: core::core_functions(),
+            core_pvs: vec![],
+            core_events: vec![],
+            hooks: Hooks::default(),
+        }
     }
     /// Adds (or replaces) a module definition.
     pub fn add(&mut self, def: ModuleDef) {
@@ -102,7 +111,10 @@ impl SharedVars {
         SharedVars { names, slots }
     }
     fn get(&self, slot: usize) -> Value {
-        self.slots[slot].lock().map(|v| v.clone()).unwrap_or_default()
+        self.slots[slot]
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
     fn set(&self, slot: usize, v: Value) {
         if let Ok(mut g) = self.slots[slot].lock() {
@@ -111,7 +123,10 @@ impl SharedVars {
     }
     /// Reads a `$shv` by name (`None` if the script never names it).
     pub fn get_by_name(&self, name: &str) -> Option<Value> {
-        self.names.iter().position(|n| n == name).map(|i| self.get(i))
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| self.get(i))
     }
     /// Writes a `$shv` by name; false if the script never names it.
     pub fn set_by_name(&self, name: &str, v: Value) -> bool {
@@ -162,7 +177,10 @@ pub struct Program {
 
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Program").field("routes", &self.routes.len()).field("modules", &self.module_names()).finish()
+        f.debug_struct("Program")
+            .field("routes", &self.routes.len())
+            .field("modules", &self.module_names())
+            .finish()
     }
 }
 
@@ -230,7 +248,9 @@ impl Program {
     }
     /// A loaded module by its concrete type.
     pub fn module<T: Module>(&self) -> Option<&T> {
-        self.modules.iter().find_map(|(_, m)| m.as_any().downcast_ref::<T>())
+        self.modules
+            .iter()
+            .find_map(|(_, m)| m.as_any().downcast_ref::<T>())
     }
 
     fn dynamic_regex(&self, pat: &str) -> Option<Arc<regex::bytes::Regex>> {
@@ -258,7 +278,12 @@ pub struct Loaded {
 }
 
 /// Reads, parses and compiles a configuration.
-pub fn load(root: impl Into<PathBuf>, loader: &dyn Loader, opts: &PreOptions, registry: &Registry) -> Loaded {
+pub fn load(
+    root: impl Into<PathBuf>,
+    loader: &dyn Loader,
+    opts: &PreOptions,
+    registry: &Registry,
+) -> Loaded {
     let parsed = siphon_cfg::parse_config(root, loader, opts);
     finish_load(parsed, registry)
 }
@@ -271,16 +296,28 @@ pub fn load_str(name: &str, text: &str, opts: &PreOptions, registry: &Registry) 
 fn finish_load(parsed: siphon_cfg::Parsed, registry: &Registry) -> Loaded {
     let mut diags = parsed.diags;
     if diags.iter().any(Diagnostic::is_error) {
-        return Loaded { program: None, sources: parsed.sources, diags };
+        return Loaded {
+            program: None,
+            sources: parsed.sources,
+            diags,
+        };
     }
     match compile::compile(&parsed.config, registry) {
         Ok((p, mut warnings)) => {
             diags.append(&mut warnings);
-            Loaded { program: Some(p), sources: parsed.sources, diags }
+            Loaded {
+                program: Some(p),
+                sources: parsed.sources,
+                diags,
+            }
         }
         Err(mut d) => {
             diags.append(&mut d);
-            Loaded { program: None, sources: parsed.sources, diags }
+            Loaded {
+                program: None,
+                sources: parsed.sources,
+                diags,
+            }
         }
     }
 }

@@ -83,7 +83,9 @@ pub(crate) enum FmtPart {
 impl Fmt {
     /// A constant format.
     pub fn constant(b: Bytes) -> Fmt {
-        Fmt { parts: vec![FmtPart::Lit(b)] }
+        Fmt {
+            parts: vec![FmtPart::Lit(b)],
+        }
     }
     /// The text when the format has no PV.
     pub fn as_const(&self) -> Option<Bytes> {
@@ -193,7 +195,10 @@ impl Trans {
                 _ => crate::value::parse_int(b).map_or(Value::Null, Value::Int),
             },
             TrOp::Substr => {
-                let (Some(off), Some(len)) = (self.params[0].int(ex), self.params[1].int(ex)) else { return Value::Null };
+                let (Some(off), Some(len)) = (self.params[0].int(ex), self.params[1].int(ex))
+                else {
+                    return Value::Null;
+                };
                 let n = b.len() as i64;
                 let start = if off < 0 { n + off } else { off };
                 if start < 0 || start > n {
@@ -210,9 +215,13 @@ impl Trans {
                 Value::Str(s.slice(start as usize..end as usize))
             }
             TrOp::Select => {
-                let Some(idx) = self.params[0].int(ex) else { return Value::Null };
+                let Some(idx) = self.params[0].int(ex) else {
+                    return Value::Null;
+                };
                 let sep = self.params[1].bytes(ex);
-                let Some(&sep) = sep.first() else { return Value::Null };
+                let Some(&sep) = sep.first() else {
+                    return Value::Null;
+                };
                 let fields: Vec<(usize, usize)> = {
                     let mut v = Vec::new();
                     let mut start = 0;
@@ -225,7 +234,11 @@ impl Trans {
                     v.push((start, b.len()));
                     v
                 };
-                let i = if idx < 0 { fields.len() as i64 + idx } else { idx };
+                let i = if idx < 0 {
+                    fields.len() as i64 + idx
+                } else {
+                    idx
+                };
                 match usize::try_from(i).ok().and_then(|i| fields.get(i)) {
                     Some(&(a, z)) => Value::Str(s.slice(a..z)),
                     None => Value::Null,
@@ -234,9 +247,15 @@ impl Trans {
             TrOp::ToLower => Value::Str(Bytes::from(b.to_ascii_lowercase())),
             TrOp::ToUpper => Value::Str(Bytes::from(b.to_ascii_uppercase())),
             TrOp::Strip | TrOp::StripTail => {
-                let Some(n) = self.params[0].int(ex) else { return Value::Null };
+                let Some(n) = self.params[0].int(ex) else {
+                    return Value::Null;
+                };
                 let n = (n.max(0) as usize).min(b.len());
-                if self.op == TrOp::Strip { Value::Str(s.slice(n..)) } else { Value::Str(s.slice(..b.len() - n)) }
+                if self.op == TrOp::Strip {
+                    Value::Str(s.slice(n..))
+                } else {
+                    Value::Str(s.slice(..b.len() - n))
+                }
             }
             TrOp::Trim | TrOp::LTrim | TrOp::RTrim => {
                 let mut a = 0;
@@ -288,7 +307,12 @@ impl Trans {
                 let d = Md5::digest(b);
                 Value::Str(Bytes::from(hex(&d)))
             }
-            TrOp::Numeric => Value::Str(Bytes::from(b.iter().copied().filter(u8::is_ascii_digit).collect::<Vec<u8>>())),
+            TrOp::Numeric => Value::Str(Bytes::from(
+                b.iter()
+                    .copied()
+                    .filter(u8::is_ascii_digit)
+                    .collect::<Vec<u8>>(),
+            )),
             TrOp::EncodeHexa => Value::Str(Bytes::from(hex(b))),
             TrOp::DecodeHexa => {
                 if b.len() % 2 != 0 {
@@ -352,7 +376,9 @@ impl Exec<'_> {
     /// Every value of a PV with several (AVPs oldest first); one value for others.
     pub fn get_pv_all(&mut self, pv: &Pv) -> Vec<Value> {
         match (&pv.kind, &pv.index) {
-            (PvKind::Avp(name), PvIndexC::Default | PvIndexC::All) if pv.trans.is_empty() => self.ctx.avps.all(name),
+            (PvKind::Avp(name), PvIndexC::Default | PvIndexC::All) if pv.trans.is_empty() => {
+                self.ctx.avps.all(name)
+            }
             _ => vec![self.get_pv(pv)],
         }
     }
@@ -389,7 +415,8 @@ impl Exec<'_> {
                     _ => PvIdx::Default,
                 };
                 let acc = acc.clone();
-                acc.set(self, idx, v).map_err(|e| format!("{} {e}", pv.text))
+                acc.set(self, idx, v)
+                    .map_err(|e| format!("{} {e}", pv.text))
             }
         }
     }
@@ -456,7 +483,10 @@ mod tests {
     #[test]
     fn itoa() {
         for n in [0i64, 7, -7, 1234567890, i64::MIN, i64::MAX] {
-            assert_eq!(std::str::from_utf8(itoa_buf(n).as_bytes_mut()).unwrap(), n.to_string());
+            assert_eq!(
+                std::str::from_utf8(itoa_buf(n).as_bytes_mut()).unwrap(),
+                n.to_string()
+            );
         }
     }
 }

@@ -7,12 +7,19 @@ use std::sync::{Arc, Mutex};
 /// `ret(n)`, which returns n.
 fn registry(out: Arc<Mutex<Vec<String>>>) -> Registry {
     let mut r = Registry::new();
-    r.core_functions.push(FunctionSpec::new("out", &[ArgKind::Any], move |ex, args| {
-        let v = args.value(0, ex);
-        out.lock().unwrap().push(v.to_string());
-        1.into()
-    }));
-    r.core_functions.push(FunctionSpec::new("ret", &[ArgKind::Int], |ex, args| FnResult::Code(args.int(0, ex).unwrap_or(0) as i32)));
+    r.core_functions.push(FunctionSpec::new(
+        "out",
+        &[ArgKind::Any],
+        move |ex, args| {
+            let v = args.value(0, ex);
+            out.lock().unwrap().push(v.to_string());
+            1.into()
+        },
+    ));
+    r.core_functions
+        .push(FunctionSpec::new("ret", &[ArgKind::Int], |ex, args| {
+            FnResult::Code(args.int(0, ex).unwrap_or(0) as i32)
+        }));
     r
 }
 
@@ -33,9 +40,18 @@ fn run(cfg: &str) -> Vec<String> {
 }
 
 fn errors(cfg: &str) -> Vec<String> {
-    let l = load_str("t.cfg", cfg, &PreOptions::default(), &registry(Default::default()));
+    let l = load_str(
+        "t.cfg",
+        cfg,
+        &PreOptions::default(),
+        &registry(Default::default()),
+    );
     assert!(l.program.is_none(), "expected errors");
-    l.diags.iter().filter(|d| d.is_error()).map(|d| d.message.clone()).collect()
+    l.diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.message.clone())
+        .collect()
 }
 
 fn rr(body: &str) -> Vec<String> {
@@ -44,26 +60,45 @@ fn rr(body: &str) -> Vec<String> {
 
 #[test]
 fn if_else_chain_and_blocks() {
-    assert_eq!(rr(r#"if (1 == 2) out("a"); else if (2 == 2) { out("b"); } else out("c"); { out("d"); }"#), ["b", "d"]);
+    assert_eq!(
+        rr(r#"if (1 == 2) out("a"); else if (2 == 2) { out("b"); } else out("c"); { out("d"); }"#),
+        ["b", "d"]
+    );
 }
 
 #[test]
 fn while_and_break() {
-    assert_eq!(rr("$var(i) = 0; while ($var(i) < 5) { $var(i) = $var(i) + 1; if ($var(i) == 3) break; } out($var(i));"), ["3"]);
+    assert_eq!(
+        rr(
+            "$var(i) = 0; while ($var(i) < 5) { $var(i) = $var(i) + 1; if ($var(i) == 3) break; } out($var(i));"
+        ),
+        ["3"]
+    );
 }
 
 #[test]
 fn max_while_loops_stops_a_runaway_loop() {
-    let (p, out) = compile_ok("max_while_loops=7\nrequest_route { $var(n) = 0; while (1) { $var(n) = $var(n) + 1; } out($var(n)); }");
+    let (p, out) = compile_ok(
+        "max_while_loops=7\nrequest_route { $var(n) = 0; while (1) { $var(n) = $var(n) + 1; } out($var(n)); }",
+    );
     let mut ctx = p.new_ctx(RouteType::REQUEST);
     p.run(p.request_route().unwrap(), &mut ctx);
     assert_eq!(*out.lock().unwrap(), ["7"]);
-    assert_eq!(p.stats.while_limit_hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        p.stats
+            .while_limit_hits
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]
 fn switch_with_fallthrough_default_and_strings() {
-    let body = |v: &str| format!(r#"switch ({v}) {{ case 1: out("one"); case 2: out("two"); break; case "x": out("ex"); break; default: out("dflt"); }}"#);
+    let body = |v: &str| {
+        format!(
+            r#"switch ({v}) {{ case 1: out("one"); case 2: out("two"); break; case "x": out("ex"); break; default: out("dflt"); }}"#
+        )
+    };
     assert_eq!(rr(&body("1")), ["one", "two"]);
     assert_eq!(rr(&body("2")), ["two"]);
     assert_eq!(rr(&body("\"x\"")), ["ex"]);
@@ -88,22 +123,35 @@ request_route {
     assert_eq!(run(cfg), ["-2", "5", "1", "in zero"]);
     let (p, _) = compile_ok("request_route { drop; }");
     let mut ctx = p.new_ctx(RouteType::REQUEST);
-    assert!(matches!(p.run(p.request_route().unwrap(), &mut ctx), Outcome::Drop));
+    assert!(matches!(
+        p.run(p.request_route().unwrap(), &mut ctx),
+        Outcome::Drop
+    ));
     let (p, _) = compile_ok("request_route { exit; }");
     let mut ctx = p.new_ctx(RouteType::REQUEST);
-    assert!(matches!(p.run(p.request_route().unwrap(), &mut ctx), Outcome::Exit));
+    assert!(matches!(
+        p.run(p.request_route().unwrap(), &mut ctx),
+        Outcome::Exit
+    ));
     let (p, _) = compile_ok("request_route { return(-3); }");
-    assert!(matches!(p.run(p.request_route().unwrap(), &mut ctx), Outcome::Returned(-3)));
+    assert!(matches!(
+        p.run(p.request_route().unwrap(), &mut ctx),
+        Outcome::Returned(-3)
+    ));
 }
 
 #[test]
 fn function_codes_zero_stops_negative_is_false() {
-    assert_eq!(rr(r#"if (ret(-1)) out("t"); else $var(r) = $rc; out($var(r)); ret(0); out("no");"#), ["-1"]);
+    assert_eq!(
+        rr(r#"if (ret(-1)) out("t"); else $var(r) = $rc; out($var(r)); ret(0); out("no");"#),
+        ["-1"]
+    );
 }
 
 #[test]
 fn recursion_is_bounded() {
-    let cfg = "route[R] { $var(d) = $var(d) + 1; route(R); }\nrequest_route { route(R); out($var(d)); }";
+    let cfg =
+        "route[R] { $var(d) = $var(d) + 1; route(R); }\nrequest_route { route(R); out($var(d)); }";
     let (p, out) = compile_ok(cfg);
     let mut ctx = p.new_ctx(RouteType::REQUEST);
     p.run(p.request_route().unwrap(), &mut ctx);
@@ -123,12 +171,20 @@ out("sip:alice@x" =~ "^SIP:[a-z]+@"); out("abc" !~ "b");
 $var(re) = "^a.c$"; out("abc" =~ $var(re));
 out(defined $avp(nope)); $avp(y) = 1; out(defined $avp(y));
 "#);
-    assert_eq!(got, ["7", "9", "3", "3", "-3", "-4", "ab", "n1", "3", "7", "2", "1", "0", "1", "0", "0", "1", "1", "1", "0", "1", "1", "1", "0", "1", "0", "1"]);
+    assert_eq!(
+        got,
+        [
+            "7", "9", "3", "3", "-3", "-4", "ab", "n1", "3", "7", "2", "1", "0", "1", "0", "0",
+            "1", "1", "1", "0", "1", "1", "1", "0", "1", "0", "1"
+        ]
+    );
 }
 
 #[test]
 fn null_semantics() {
-    let got = rr(r#"out($null); $var(x) = $null; if ($var(x) == $null) out("null"); out("[" + $avp(none) + "]"); out($var(unset));"#);
+    let got = rr(
+        r#"out($null); $var(x) = $null; if ($var(x) == $null) out("null"); out("[" + $avp(none) + "]"); out($var(unset));"#,
+    );
     assert_eq!(got, ["<null>", "null", "[]", "0"]);
 }
 
@@ -143,12 +199,19 @@ $avp(v) := 9; out($(avp(v)[1])); out($avp(v));
 $avp(v) = $null; out($avp(v));
 $shv(counter) = 10; $shv(counter) = $shv(counter) + 1; out($shv(counter));
 "#);
-    assert_eq!(got, ["xy", "5", "3", "3", "5", "3", "6", "<null>", "9", "<null>", "11"]);
+    assert_eq!(
+        got,
+        [
+            "xy", "5", "3", "3", "5", "3", "6", "<null>", "9", "<null>", "11"
+        ]
+    );
 }
 
 #[test]
 fn shv_is_shared_between_runs_and_var_is_not() {
-    let (p, out) = compile_ok("request_route { $shv(n) = $shv(n) + 1; $var(n) = $var(n) + 1; out(\"\" + $shv(n) + \"/\" + $var(n)); }");
+    let (p, out) = compile_ok(
+        "request_route { $shv(n) = $shv(n) + 1; $var(n) = $var(n) + 1; out(\"\" + $shv(n) + \"/\" + $var(n)); }",
+    );
     for _ in 0..3 {
         let mut ctx = p.new_ctx(RouteType::REQUEST);
         p.run(p.request_route().unwrap(), &mut ctx);
@@ -158,7 +221,9 @@ fn shv_is_shared_between_runs_and_var_is_not() {
 
 #[test]
 fn pv_initial_values_from_modparam() {
-    let got = run("loadmodule \"pv\"\nmodparam(\"pv\", \"shvset\", \"lim=i:4\")\nmodparam(\"pv\", \"varset\", \"name=s:bob\")\nrequest_route { out($shv(lim) + 1); out($var(name)); }");
+    let got = run(
+        "loadmodule \"pv\"\nmodparam(\"pv\", \"shvset\", \"lim=i:4\")\nmodparam(\"pv\", \"varset\", \"name=s:bob\")\nrequest_route { out($shv(lim) + 1); out($var(name)); }",
+    );
     assert_eq!(got, ["5", "bob"]);
 }
 
@@ -180,27 +245,56 @@ $var(o) = 2; out($(var(s){s.substr,$var(o),3}));
     assert_eq!(
         got,
         [
-            "17", "World", "Again", "ello,World,Agai", "World", "Again", "<null>", "hello,world,again", "HELLO,WORLD,AGAIN", "World,Again", "Hello,World", "43", "42!",
-            "a%20b%3Bc%3Dd", "a b;c=d", "f11c8912a66e6a047189412d1a8455fa", "32", "15550109999", "4865", "He", "llo"
+            "17",
+            "World",
+            "Again",
+            "ello,World,Agai",
+            "World",
+            "Again",
+            "<null>",
+            "hello,world,again",
+            "HELLO,WORLD,AGAIN",
+            "World,Again",
+            "Hello,World",
+            "43",
+            "42!",
+            "a%20b%3Bc%3Dd",
+            "a b;c=d",
+            "f11c8912a66e6a047189412d1a8455fa",
+            "32",
+            "15550109999",
+            "4865",
+            "He",
+            "llo"
         ]
     );
 }
 
 #[test]
 fn format_strings_expand_pvs() {
-    let got = rr(r#"$var(u) = "alice"; $avp(n) = 2; out("user=$var(u) n=$avp(n) len=$(var(u){s.len}) cost $5 [$var(u)]");"#);
+    let got = rr(
+        r#"$var(u) = "alice"; $avp(n) = 2; out("user=$var(u) n=$avp(n) len=$(var(u){s.len}) cost $5 [$var(u)]");"#,
+    );
     assert_eq!(got, ["user=alice n=2 len=5 cost $5 [alice]"]);
 }
 
 #[test]
 fn flags() {
-    assert_eq!(rr(r#"setflag(3); if (isflagset(3)) out("set"); resetflag(3); if (!isflagset(3)) out("reset");"#), ["set", "reset"]);
+    assert_eq!(
+        rr(
+            r#"setflag(3); if (isflagset(3)) out("set"); resetflag(3); if (!isflagset(3)) out("reset");"#
+        ),
+        ["set", "reset"]
+    );
 }
 
 #[test]
 fn xlog_forms_compile_and_run() {
     assert!(rr(r#"xlog("plain $var(x)\n"); xlog("L_INFO", "info\n"); xlog(L_DBG, "dbg"); xinfo("i"); xnotice("n"); xwarn("w"); xerr("e"); xdbg("d"); log(1, "l"); log("l2");"#).is_empty());
-    assert!(errors(r#"request_route { xlog("L_NOPE", "x"); }"#)[0].contains("unknown log level `L_NOPE`"));
+    assert!(
+        errors(r#"request_route { xlog("L_NOPE", "x"); }"#)[0]
+            .contains("unknown log level `L_NOPE`")
+    );
 }
 
 #[test]
@@ -210,7 +304,8 @@ fn protocols_and_ips_are_constants() {
 
 #[test]
 fn startup_and_event_routes_run_by_name() {
-    let (p, out) = compile_ok("startup_route { out(\"start\"); }\nevent_route[core:x] { out(\"ev\"); }");
+    let (p, out) =
+        compile_ok("startup_route { out(\"start\"); }\nevent_route[core:x] { out(\"ev\"); }");
     let mut ctx = p.new_ctx(RouteType::STARTUP);
     p.run(p.startup_route().unwrap(), &mut ctx);
     assert!(p.event_route("core:x").is_some());
@@ -221,23 +316,50 @@ fn startup_and_event_routes_run_by_name() {
 #[test]
 fn suspend_stops_the_script_and_hands_over() {
     let mut r = registry(Default::default());
-    r.core_functions.push(FunctionSpec::new("park", &[], |_, _| FnResult::Suspend(api::Suspend { start: Box::new(|_, _| {}) })));
-    let l = load_str("t.cfg", "request_route { $var(a) = 1; park(); $var(a) = 2; }", &PreOptions::default(), &r);
+    r.core_functions
+        .push(FunctionSpec::new("park", &[], |_, _| {
+            FnResult::Suspend(api::Suspend {
+                start: Box::new(|_, _| {}),
+            })
+        }));
+    let l = load_str(
+        "t.cfg",
+        "request_route { $var(a) = 1; park(); $var(a) = 2; }",
+        &PreOptions::default(),
+        &r,
+    );
     let p = l.program.unwrap();
     let mut ctx = p.new_ctx(RouteType::REQUEST);
-    assert!(matches!(p.run(p.request_route().unwrap(), &mut ctx), Outcome::Suspended(_)));
+    assert!(matches!(
+        p.run(p.request_route().unwrap(), &mut ctx),
+        Outcome::Suspended(_)
+    ));
     assert_eq!(ctx.vars[p.var_slot("a").unwrap()], Value::Int(1));
 }
 
 #[test]
 fn compile_errors() {
-    let e = errors("request_route { $rc = 1; nosuch(); route(MISSING); xlog(); break; $(var(x){s.nope}) = 1; }");
+    let e = errors(
+        "request_route { $rc = 1; nosuch(); route(MISSING); xlog(); break; $(var(x){s.nope}) = 1; }",
+    );
     let joined = e.join("\n");
-    for want in ["cannot assign to `$rc`", "unknown function `nosuch`", "route `MISSING` is used but never defined", "`xlog` takes 1 to 2 arguments, found 0", "`break` outside", "unknown transformation `{s.nope}`"] {
+    for want in [
+        "cannot assign to `$rc`",
+        "unknown function `nosuch`",
+        "route `MISSING` is used but never defined",
+        "`xlog` takes 1 to 2 arguments, found 0",
+        "`break` outside",
+        "unknown transformation `{s.nope}`",
+    ] {
         assert!(joined.contains(want), "missing {want:?} in\n{joined}");
     }
-    assert!(errors("request_route { xlog(\"$nopv(x)\"); }")[0].contains("unknown pseudo-variable `$nopv(x)`"));
-    assert!(errors("request_route { if (\"a\" =~ \"(\") exit; }")[0].contains("bad regular expression"));
+    assert!(
+        errors("request_route { xlog(\"$nopv(x)\"); }")[0]
+            .contains("unknown pseudo-variable `$nopv(x)`")
+    );
+    assert!(
+        errors("request_route { if (\"a\" =~ \"(\") exit; }")[0].contains("bad regular expression")
+    );
     assert!(errors("nochildren=4")[0].contains("unknown core parameter `nochildren`"));
     assert!(errors("loadmodule \"nosuch.so\"")[0].contains("module `nosuch` is not available"));
     assert!(errors("route[A] {}\nroute[A] {}")[0].contains("defined twice"));

@@ -7,7 +7,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 fn siphon(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siphon")).args(args).output().expect("run siphon")
+    Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .args(args)
+        .output()
+        .expect("run siphon")
 }
 
 /// A scratch directory for this test, removed when dropped.
@@ -34,7 +37,11 @@ impl Drop for Scratch {
 #[test]
 fn default_config_checks_and_prints() {
     let out = siphon(&["-c"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = siphon(&["--print-default-config"]);
     assert!(printed.status.success());
     let text = String::from_utf8(printed.stdout).expect("utf-8");
@@ -55,7 +62,10 @@ fn defines_from_the_command_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("d.cfg:2:"), "{err}");
     let out = siphon(&["-c", "-f", &f, "-A", "LEVEL=9"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("`debug` takes a log level from -5 to 3, found 9"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("`debug` takes a log level from -5 to 3, found 9")
+    );
 }
 
 #[test]
@@ -63,12 +73,23 @@ fn include_file_relative_to_the_including_file() {
     let s = Scratch::new("include");
     std::fs::create_dir_all(s.0.join("sub")).expect("mkdir");
     s.write("sub/routes.cfg", "route[FROM_INCLUDE] { exit; }\n");
-    let main = s.write("main.cfg", "include_file \"sub/routes.cfg\"\nrequest_route { route(FROM_INCLUDE); }\n");
+    let main = s.write(
+        "main.cfg",
+        "include_file \"sub/routes.cfg\"\nrequest_route { route(FROM_INCLUDE); }\n",
+    );
     let out = siphon(&["-c", "-f", &main]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.write("sub/routes.cfg", "route[FROM_INCLUDE] { nosuch(); }\n");
     let out = siphon(&["-c", "-f", &main]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sub/routes.cfg:1:23"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sub/routes.cfg:1:23"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -82,7 +103,11 @@ fn bad_listen_on_the_command_line() {
 fn runs_startup_route_and_stops_on_sigterm() {
     let s = Scratch::new("run");
     let f = s.write("run.cfg", "debug=2\nstartup_route { $shv(x) = 41; xinfo(\"startup ran, answer=$(shv(x){s.int})\\n\"); }\nrequest_route { exit; }\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_siphon")).args(["-f", &f, "-E", "-DD"]).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .args(["-f", &f, "-E", "-DD"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -102,8 +127,14 @@ fn runs_startup_route_and_stops_on_sigterm() {
             }
         }
     }
-    assert!(seen.iter().any(|l| l.contains("startup ran, answer=41")), "{seen:#?}");
-    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(
+        seen.iter().any(|l| l.contains("startup ran, answer=41")),
+        "{seen:#?}"
+    );
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(st.success());
     let status = child.wait().expect("wait");
     assert!(status.success(), "exit status {status:?}");

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 
 fn fixtures() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/seeds");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir).expect("tests/seeds").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e == "cfg")).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/seeds")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cfg"))
+        .collect();
     v.sort();
     v
 }
@@ -32,11 +36,18 @@ fn every_seed_example_compiles() {
 fn seed_examples_resolve_what_they_name() {
     let registry = super::stubs::registry();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/seeds");
-    let load = |name: &str| siphon_script::load(dir.join(name), &FsLoader, &PreOptions::default(), &registry).program.expect(name);
+    let load = |name: &str| {
+        siphon_script::load(dir.join(name), &FsLoader, &PreOptions::default(), &registry)
+            .program
+            .expect(name)
+    };
 
     // jsonrpc_request's return and error routes exist and are named routes.
     let p = load("000_jsonrpcc_1.4_request.cfg");
-    assert!(p.route_by_name(siphon_script::RouteTable::Named, "RESPONSE").is_some());
+    assert!(
+        p.route_by_name(siphon_script::RouteTable::Named, "RESPONSE")
+            .is_some()
+    );
     assert!(p.var_slot("result").is_some());
 
     // The flattened jsonrpcs example keeps its core parameters.
@@ -62,5 +73,8 @@ fn misspelled_seed_function_is_caught() {
         &registry,
     );
     let msg = siphon::render(&l.diags, &l.sources);
-    assert!(msg.contains("unknown function `jsonrpc_requets` — did you mean `jsonrpc_request`?"), "{msg}");
+    assert!(
+        msg.contains("unknown function `jsonrpc_requets` — did you mean `jsonrpc_request`?"),
+        "{msg}"
+    );
 }

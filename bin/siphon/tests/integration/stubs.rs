@@ -6,7 +6,9 @@
 //! from here: the shipped binary's registry never contains stubs.
 
 use siphon_script::api::*;
-use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, PvClassSpec, Registry, RouteTable, Value};
+use siphon_script::{
+    ArgKind, FunctionSpec, ModuleDef, ParamSpec, PvClassSpec, Registry, RouteTable, Value,
+};
 use std::sync::Arc;
 
 struct Stub {
@@ -41,12 +43,32 @@ fn pv(name: &'static str, inner: PvInner) -> PvClassSpec {
             Value::Null
         }
     }
-    PvClassSpec::new(name, inner, Arc::new(|_| Ok(Arc::new(Null) as Arc<dyn PvAccess>)))
+    PvClassSpec::new(
+        name,
+        inner,
+        Arc::new(|_| Ok(Arc::new(Null) as Arc<dyn PvAccess>)),
+    )
 }
 
-fn module(name: &'static str, params: Vec<ParamSpec>, fns: Vec<FunctionSpec>, pvs: Vec<PvClassSpec>, events: Vec<&'static str>) -> ModuleDef {
+fn module(
+    name: &'static str,
+    params: Vec<ParamSpec>,
+    fns: Vec<FunctionSpec>,
+    pvs: Vec<PvClassSpec>,
+    events: Vec<&'static str>,
+) -> ModuleDef {
     let stub = Arc::new(Stub { fns, pvs, events });
-    ModuleDef { name, params, instantiate: Arc::new(move |_| Ok(Arc::new(Stub { fns: stub.fns.clone(), pvs: stub.pvs.clone(), events: stub.events.clone() }) as Arc<dyn Module>)) }
+    ModuleDef {
+        name,
+        params,
+        instantiate: Arc::new(move |_| {
+            Ok(Arc::new(Stub {
+                fns: stub.fns.clone(),
+                pvs: stub.pvs.clone(),
+                events: stub.events.clone(),
+            }) as Arc<dyn Module>)
+        }),
+    }
 }
 
 /// The shipped registry plus stubs for what is not built yet.
@@ -57,26 +79,59 @@ pub(crate) fn registry() -> Registry {
     if r.def("jsonrpcc").is_none() {
         r.add(module(
             "jsonrpcc",
-            vec![ParamSpec::str("servers"), ParamSpec::int("max_conn_attempts")],
-            vec![f("jsonrpc_notification", &[Str, Str]), f("jsonrpc_request", &[Str, Str, route, route, PvWritable])],
+            vec![
+                ParamSpec::str("servers"),
+                ParamSpec::int("max_conn_attempts"),
+            ],
+            vec![
+                f("jsonrpc_notification", &[Str, Str]),
+                f("jsonrpc_request", &[Str, Str, route, route, PvWritable]),
+            ],
             vec![],
             vec![],
         ));
     }
     if r.def("event_jsonrpc").is_none() {
-        r.add(module("event_jsonrpc", vec![ParamSpec::int("sync_mode"), ParamSpec::int("timeout"), ParamSpec::str("event_param")], vec![], vec![], vec![]));
-        r.core_functions.push(f("subscribe_event", &[Str, Str, Int]).min_args(2));
-        r.core_functions.push(f("raise_event", &[Str, Pv, Pv]).min_args(1));
+        r.add(module(
+            "event_jsonrpc",
+            vec![
+                ParamSpec::int("sync_mode"),
+                ParamSpec::int("timeout"),
+                ParamSpec::str("event_param"),
+            ],
+            vec![],
+            vec![],
+            vec![],
+        ));
+        r.core_functions
+            .push(f("subscribe_event", &[Str, Str, Int]).min_args(2));
+        r.core_functions
+            .push(f("raise_event", &[Str, Pv, Pv]).min_args(1));
     }
     if r.def("jsonrpcs").is_none() {
         r.add(module(
             "jsonrpcs",
-            ["pretty_format", "transport", "fifo_mode", "dgram_workers", "dgram_mode", "dgram_timeout"]
-                .into_iter()
-                .map(ParamSpec::int)
-                .chain(["fifo_name", "fifo_reply_dir", "dgram_socket"].into_iter().map(ParamSpec::str))
-                .chain(["fifo_user", "fifo_group", "dgram_user", "dgram_group"].into_iter().map(ParamSpec::int_or_str))
-                .collect(),
+            [
+                "pretty_format",
+                "transport",
+                "fifo_mode",
+                "dgram_workers",
+                "dgram_mode",
+                "dgram_timeout",
+            ]
+            .into_iter()
+            .map(ParamSpec::int)
+            .chain(
+                ["fifo_name", "fifo_reply_dir", "dgram_socket"]
+                    .into_iter()
+                    .map(ParamSpec::str),
+            )
+            .chain(
+                ["fifo_user", "fifo_group", "dgram_user", "dgram_group"]
+                    .into_iter()
+                    .map(ParamSpec::int_or_str),
+            )
+            .collect(),
             vec![f("jsonrpc_dispatch", &[]), f("jsonrpc_exec", &[Str])],
             vec![pv("jsonrpl", PvInner::Required)],
             vec![],
@@ -94,7 +149,13 @@ pub(crate) fn registry() -> Registry {
     if r.def("evapi").is_none() {
         r.add(module(
             "evapi",
-            vec![ParamSpec::int("workers"), ParamSpec::str("bind_addr"), ParamSpec::int("netstring_format"), ParamSpec::str("event_callback"), ParamSpec::int("max_clients")],
+            vec![
+                ParamSpec::int("workers"),
+                ParamSpec::str("bind_addr"),
+                ParamSpec::int("netstring_format"),
+                ParamSpec::str("event_callback"),
+                ParamSpec::int("max_clients"),
+            ],
             vec![
                 f("evapi_relay", &[Str]),
                 f("evapi_async_relay", &[Str]),
@@ -106,14 +167,25 @@ pub(crate) fn registry() -> Registry {
                 f("evapi_set_tag", &[Str]),
             ],
             vec![pv("evapi", PvInner::Required)],
-            vec!["evapi:connection-new", "evapi:connection-closed", "evapi:message-received"],
+            vec![
+                "evapi:connection-new",
+                "evapi:connection-closed",
+                "evapi:message-received",
+            ],
         ));
     }
     if r.def("async_http").is_none() {
         r.add(module(
             "async_http",
-            vec![ParamSpec::int("workers"), ParamSpec::int("http_timeout"), ParamSpec::int("hash_size")],
-            vec![f("http_async_get", &[Str, route]), f("http_async_post", &[Str, Str, route])],
+            vec![
+                ParamSpec::int("workers"),
+                ParamSpec::int("http_timeout"),
+                ParamSpec::int("hash_size"),
+            ],
+            vec![
+                f("http_async_get", &[Str, route]),
+                f("http_async_post", &[Str, Str, route]),
+            ],
             vec![],
             vec![],
         ));
@@ -122,7 +194,9 @@ pub(crate) fn registry() -> Registry {
     if !r.core_functions.iter().any(|f| f.name == "send_reply") {
         r.core_functions.push(f("send_reply", &[Str, Str]));
         r.core_functions.push(f("sl_send_reply", &[Str, Str]));
-        for name in ["si", "fU", "rU", "ru", "rm", "sp", "Ri", "Rp", "pr", "rs", "fu", "tu"] {
+        for name in [
+            "si", "fU", "rU", "ru", "rm", "sp", "Ri", "Rp", "pr", "rs", "fu", "tu",
+        ] {
             r.core_pvs.push(pv(name, PvInner::None));
         }
         r.core_pvs.push(pv("T", PvInner::Required));
