@@ -572,17 +572,16 @@ impl Pre<'_> {
             newline_before = false;
             space_before = false;
             // include_file "x" / import_file "x" as statements.
-            if let Some(prev) = out.last() {
-                if let (Some(kw @ ("include_file" | "import_file")), Tok::Str(name)) =
+            if let Some(prev) = out.last()
+                && let (Some(kw @ ("include_file" | "import_file")), Tok::Str(name)) =
                     (prev.ident(), &token.tok)
-                {
-                    let optional = kw == "import_file";
-                    let name = name.clone();
-                    let sp = prev.span.to(token.span);
-                    out.pop();
-                    self.include(&name, optional, sp, file, out);
-                    continue;
-                }
+            {
+                let optional = kw == "import_file";
+                let name = name.clone();
+                let sp = prev.span.to(token.span);
+                out.pop();
+                self.include(&name, optional, sp, file, out);
+                continue;
             }
             self.push_expanded(token, out, 0);
         }

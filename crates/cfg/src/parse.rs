@@ -215,15 +215,13 @@ impl<'a> Parser<'a> {
             if t.is(Punct::Semi) {
                 break;
             }
-            if self.pos > first {
-                if let Some(w) = t.ident() {
-                    if self.peek_at(1).is(Punct::Assign)
-                        || ["loadmodule", "modparam"].contains(&w)
-                        || ROUTE_KEYWORDS.contains(&w)
-                    {
-                        break;
-                    }
-                }
+            if self.pos > first
+                && let Some(w) = t.ident()
+                && (self.peek_at(1).is(Punct::Assign)
+                    || ["loadmodule", "modparam"].contains(&w)
+                    || ROUTE_KEYWORDS.contains(&w))
+            {
+                break;
             }
             self.bump();
         }

@@ -328,8 +328,11 @@ impl std::fmt::Debug for FnResult {
 /// resumer, exactly once, from any thread.
 pub struct Suspend {
     /// Called by the host once the transaction is suspended.
-    pub start: Box<dyn FnOnce(&mut Ctx, Box<dyn Resumer>) + Send>,
+    pub start: SuspendStart,
 }
+
+/// What a module runs once its transaction is suspended.
+pub type SuspendStart = Box<dyn FnOnce(&mut Ctx, Box<dyn Resumer>) + Send>;
 
 impl std::fmt::Debug for Suspend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -119,10 +119,10 @@ impl Compiler<'_> {
 
     fn globals(&mut self, cfg: &Config) {
         for item in &cfg.items {
-            if let Item::Global(g) = item {
-                if let Err(d) = self.core.apply(&g.name, &g.value) {
-                    self.diags.push(d);
-                }
+            if let Item::Global(g) = item
+                && let Err(d) = self.core.apply(&g.name, &g.value)
+            {
+                self.diags.push(d);
             }
         }
         for (name, span) in std::mem::take(&mut self.core.ignored) {
@@ -619,12 +619,13 @@ impl Compiler<'_> {
     fn expr(&mut self, e: &ast::Expr) -> Option<CExpr> {
         Some(match &e.kind {
             ExprKind::Int(n) => CExpr::Const(Value::Int(*n)),
-            ExprKind::Str(s) => match self.format(s, e.span)? {
-                f => match f.as_const() {
+            ExprKind::Str(s) => {
+                let f = self.format(s, e.span)?;
+                match f.as_const() {
                     Some(b) => CExpr::Const(Value::Str(b)),
                     None => CExpr::Fmt(f),
-                },
-            },
+                }
+            }
             ExprKind::Pv(p) => {
                 let pv = self.pv(p, e.span)?;
                 if matches!(pv.kind, PvKind::Null) {
@@ -735,10 +736,10 @@ impl Compiler<'_> {
         }
         let y = self.expr(b)?;
         let x = x?;
-        if let (CExpr::Const(va), CExpr::Const(vb)) = (&x, &y) {
-            if let Some(v) = fold(op, va, vb) {
-                return Some(CExpr::Const(v));
-            }
+        if let (CExpr::Const(va), CExpr::Const(vb)) = (&x, &y)
+            && let Some(v) = fold(op, va, vb)
+        {
+            return Some(CExpr::Const(v));
         }
         Some(CExpr::Bin(op, Box::new(x), Box::new(y)))
     }
@@ -800,20 +801,20 @@ impl Compiler<'_> {
             if self.loaded.iter().any(|(n, _)| n == def.name) {
                 continue;
             }
-            if let Ok(m) = (def.instantiate)(&ModuleConfig::default()) {
-                if m.functions().iter().any(|f| f.name == fname) {
-                    self.diags.push(
-                        Diagnostic::error(
-                            name.span,
-                            format!(
-                                "function `{fname}` belongs to module `{}`, which is not loaded",
-                                def.name
-                            ),
-                        )
-                        .help(format!("add `loadmodule \"{}.so\"`", def.name)),
-                    );
-                    return;
-                }
+            if let Ok(m) = (def.instantiate)(&ModuleConfig::default())
+                && m.functions().iter().any(|f| f.name == fname)
+            {
+                self.diags.push(
+                    Diagnostic::error(
+                        name.span,
+                        format!(
+                            "function `{fname}` belongs to module `{}`, which is not loaded",
+                            def.name
+                        ),
+                    )
+                    .help(format!("add `loadmodule \"{}.so\"`", def.name)),
+                );
+                return;
             }
         }
         let mut d = Diagnostic::error(name.span, format!("unknown function `{fname}`"));

@@ -43,8 +43,11 @@ pub struct RouteId(pub u32);
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Whether a URI or address is one of ours (`uri == myself`).
-    pub myself: Option<Arc<dyn Fn(&[u8]) -> bool + Send + Sync>>,
+    pub myself: Option<MyselfCheck>,
 }
+
+/// Tells whether an address or URI is one of this server's.
+pub type MyselfCheck = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
 /// The modules, functions and PV classes a configuration can use.
 #[derive(Clone)]

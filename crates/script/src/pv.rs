@@ -290,12 +290,13 @@ impl Trans {
                 let mut out = Vec::with_capacity(b.len());
                 let mut i = 0;
                 while i < b.len() {
-                    if b[i] == b'%' && i + 2 < b.len() {
-                        if let (Some(h), Some(l)) = (hexval(b[i + 1]), hexval(b[i + 2])) {
-                            out.push(h << 4 | l);
-                            i += 3;
-                            continue;
-                        }
+                    if b[i] == b'%'
+                        && i + 2 < b.len()
+                        && let (Some(h), Some(l)) = (hexval(b[i + 1]), hexval(b[i + 2]))
+                    {
+                        out.push(h << 4 | l);
+                        i += 3;
+                        continue;
                     }
                     out.push(b[i]);
                     i += 1;
@@ -315,7 +316,7 @@ impl Trans {
             )),
             TrOp::EncodeHexa => Value::Str(Bytes::from(hex(b))),
             TrOp::DecodeHexa => {
-                if b.len() % 2 != 0 {
+                if !b.len().is_multiple_of(2) {
                     return Value::Null;
                 }
                 let mut out = Vec::with_capacity(b.len() / 2);

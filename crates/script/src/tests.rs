@@ -35,8 +35,8 @@ fn run(cfg: &str) -> Vec<String> {
     let (p, out) = compile_ok(cfg);
     let mut ctx = p.new_ctx(RouteType::REQUEST);
     p.run(p.request_route().expect("request_route"), &mut ctx);
-    let v = out.lock().unwrap().clone();
-    v
+
+    out.lock().unwrap().clone()
 }
 
 fn errors(cfg: &str) -> Vec<String> {
