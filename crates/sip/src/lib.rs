@@ -1,0 +1,30 @@
+//! sans-io SIP for siphon: bytes in, values out.
+//!
+//! A received message is one [`Bytes`] buffer; [`SipMsg`] indexes its start
+//! line and headers as byte ranges and decodes typed views (Via, From/To,
+//! CSeq, URIs) only when asked. Changes a route makes (headers added or
+//! removed, a new request URI, a Via on top) are recorded as [`Edits`] and
+//! applied when the message is serialised, so an unchanged message goes out
+//! byte for byte as it came in.
+//!
+//! Why our own parser: no SIP crate is both maintained and zero-copy, and none
+//! is built for a proxy's in-place editing (Kamailio's "lumps"); a proxy reads
+//! a handful of headers and forwards the rest untouched, which is exactly what
+//! a span index gives.
+
+#![warn(missing_docs)]
+
+mod msg;
+mod uri;
+mod views;
+mod write;
+
+pub use msg::{
+    FrameError, Header, HeaderName, Kind, Method, ParseError, Rng, SipMsg, parse, tcp_frame_len,
+};
+pub use uri::{Uri, UriError, parse_uri};
+pub use views::{CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via, split_commas};
+pub use write::{Edits, ReplyOptions, build_reply, serialize};
+
+/// The largest message siphon accepts over TCP (and builds).
+pub const MAX_MESSAGE: usize = 65_536;

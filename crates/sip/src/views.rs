@@ -1,0 +1,335 @@
+//! Typed views of the headers a proxy reads: Via, From/To, CSeq.
+//! Values are slices of the message buffer.
+
+use crate::msg::{Method, Rng};
+use bytes::Bytes;
+
+/// Splits a header value at commas that are outside quotes and `<…>`.
+pub fn split_commas(v: &[u8]) -> Vec<Rng> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut esc) = (false, false, false);
+    let mut start = 0;
+    for (i, &c) in v.iter().enumerate() {
+        if esc {
+            esc = false;
+            continue;
+        }
+        match c {
+            b'\\' if quoted => esc = true,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b',' if !quoted && !angle => {
+                push_trimmed(v, start, i, &mut out);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    push_trimmed(v, start, v.len(), &mut out);
+    out
+}
+
+fn push_trimmed(v: &[u8], mut s: usize, mut e: usize, out: &mut Vec<Rng>) {
+    while s < e && v[s].is_ascii_whitespace() {
+        s += 1;
+    }
+    while e > s && v[e - 1].is_ascii_whitespace() {
+        e -= 1;
+    }
+    if e > s {
+        out.push(Rng {
+            start: s as u32,
+            end: e as u32,
+        });
+    }
+}
+
+/// One Via value: `SIP/2.0/UDP host:port;branch=…;rport;received=…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// `UDP`, `TCP`, `TLS`…
+    pub transport: Bytes,
+    /// sent-by host (IPv6 without brackets).
+    pub host: Bytes,
+    /// sent-by port.
+    pub port: Option<u16>,
+    /// `branch`.
+    pub branch: Option<Bytes>,
+    /// `received`.
+    pub received: Option<Bytes>,
+    /// `rport` present; `Some(Some(p))` when it has a value.
+    pub rport: Option<Option<u16>>,
+    /// `maddr`.
+    pub maddr: Option<Bytes>,
+}
+
+/// Parses one Via value.
+pub fn parse_via(v: &Bytes) -> Option<Via> {
+    let s: &[u8] = v;
+    let slash2 = {
+        let mut n = 0;
+        let mut at = None;
+        for (i, &c) in s.iter().enumerate() {
+            if c == b'/' {
+                n += 1;
+                if n == 2 {
+                    at = Some(i);
+                    break;
+                }
+            }
+        }
+        at?
+    };
+    let proto = s[..slash2]
+        .iter()
+        .filter(|c| !c.is_ascii_whitespace())
+        .copied()
+        .collect::<Vec<u8>>();
+    if !proto.eq_ignore_ascii_case(b"SIP/2.0") {
+        return None;
+    }
+    let mut i = slash2 + 1;
+    while i < s.len() && s[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let ts = i;
+    while i < s.len() && !s[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let transport = v.slice(ts..i);
+    while i < s.len() && s[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let hs = i;
+    let params_at = s[hs..]
+        .iter()
+        .position(|&c| c == b';')
+        .map_or(s.len(), |p| hs + p);
+    let sent_by = s[hs..params_at].trim_ascii();
+    let sb_off = hs + (s[hs..params_at].len() - s[hs..params_at].trim_ascii_start().len());
+    let (host, port) = split_host_port(v, sb_off, sb_off + sent_by.len())?;
+    let mut via = Via {
+        transport,
+        host,
+        port,
+        branch: None,
+        received: None,
+        rport: None,
+        maddr: None,
+    };
+    if params_at < s.len() {
+        for p in s[params_at + 1..].split(|&c| c == b';') {
+            let off = p.as_ptr() as usize - s.as_ptr() as usize;
+            let (name, val) = match p.iter().position(|&c| c == b'=') {
+                Some(eq) => (p[..eq].trim_ascii(), Some((off + eq + 1, off + p.len()))),
+                None => (p.trim_ascii(), None),
+            };
+            let val = val.map(|(a, z)| {
+                let t = s[a..z].trim_ascii();
+                let a2 = a + (s[a..z].len() - s[a..z].trim_ascii_start().len());
+                v.slice(a2..a2 + t.len())
+            });
+            match name.to_ascii_lowercase().as_slice() {
+                b"branch" => via.branch = val,
+                b"received" => via.received = val,
+                b"maddr" => via.maddr = val,
+                b"rport" => {
+                    via.rport = Some(val.and_then(|x| std::str::from_utf8(&x).ok()?.parse().ok()))
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(via)
+}
+
+/// `host[:port]` or `[v6][:port]` inside `v[a..z]`.
+pub(crate) fn split_host_port(v: &Bytes, a: usize, z: usize) -> Option<(Bytes, Option<u16>)> {
+    let s = &v[a..z];
+    if s.is_empty() {
+        return None;
+    }
+    if s[0] == b'[' {
+        let close = s.iter().position(|&c| c == b']')?;
+        let host = v.slice(a + 1..a + close);
+        let rest = &s[close + 1..];
+        let port = match rest {
+            [] => None,
+            [b':', p @ ..] => Some(std::str::from_utf8(p).ok()?.parse().ok()?),
+            _ => return None,
+        };
+        return Some((host, port));
+    }
+    match s.iter().rposition(|&c| c == b':') {
+        Some(c) => {
+            let port = std::str::from_utf8(&s[c + 1..]).ok()?.parse().ok()?;
+            Some((v.slice(a..a + c), Some(port)))
+        }
+        None => Some((v.slice(a..z), None)),
+    }
+}
+
+/// From/To/Contact: `"Name" <uri>;params` or `uri;params`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr {
+    /// Display name without quotes (may be empty).
+    pub display: Bytes,
+    /// The URI.
+    pub uri: Bytes,
+    /// The `tag` parameter.
+    pub tag: Option<Bytes>,
+}
+
+/// Parses a From/To value.
+pub fn parse_name_addr(v: &Bytes) -> Option<NameAddr> {
+    let s: &[u8] = v;
+    let (display, uri_a, uri_z, params_at) = if let Some(lt) = position_outside_quotes(s, b'<') {
+        let gt = lt + s[lt..].iter().position(|&c| c == b'>')?;
+        let d = s[..lt].trim_ascii();
+        let d = d
+            .strip_prefix(b"\"")
+            .and_then(|d| d.strip_suffix(b"\""))
+            .unwrap_or(d);
+        let doff = d.as_ptr() as usize - s.as_ptr() as usize;
+        (v.slice(doff..doff + d.len()), lt + 1, gt, gt + 1)
+    } else {
+        let a = s.len() - s.trim_ascii_start().len();
+        let z = s[a..]
+            .iter()
+            .position(|&c| c == b';')
+            .map_or(s.len(), |p| a + p);
+        (Bytes::new(), a, z, z)
+    };
+    let uri = v.slice(uri_a..uri_z);
+    if uri.is_empty() {
+        return None;
+    }
+    let mut tag = None;
+    if params_at < s.len() {
+        for p in s[params_at..].split(|&c| c == b';') {
+            if let Some(eq) = p.iter().position(|&c| c == b'=')
+                && p[..eq].trim_ascii().eq_ignore_ascii_case(b"tag")
+            {
+                let off = p.as_ptr() as usize - s.as_ptr() as usize + eq + 1;
+                let t = s[off..off + p.len() - eq - 1].trim_ascii();
+                let toff = t.as_ptr() as usize - s.as_ptr() as usize;
+                tag = Some(v.slice(toff..toff + t.len()));
+            }
+        }
+    }
+    Some(NameAddr { display, uri, tag })
+}
+
+fn position_outside_quotes(s: &[u8], want: u8) -> Option<usize> {
+    let mut quoted = false;
+    for (i, &c) in s.iter().enumerate() {
+        if c == b'"' {
+            quoted = !quoted;
+        } else if c == want && !quoted {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// `CSeq: 123 INVITE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    /// The sequence number.
+    pub num: u32,
+    /// The method.
+    pub method: Method,
+    /// The method as written.
+    pub method_name: Bytes,
+}
+
+/// Parses a CSeq value.
+pub fn parse_cseq(v: &Bytes) -> Option<CSeq> {
+    let s = v.trim_ascii();
+    let sp = s.iter().position(|c| c.is_ascii_whitespace())?;
+    let num = std::str::from_utf8(&s[..sp]).ok()?.parse().ok()?;
+    let m = s[sp..].trim_ascii();
+    if m.is_empty() {
+        return None;
+    }
+    let moff = m.as_ptr() as usize - v.as_ptr() as usize;
+    Some(CSeq {
+        num,
+        method: Method::from_bytes(m),
+        method_name: v.slice(moff..moff + m.len()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn via_forms() {
+        let v = parse_via(&b("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1;rport")).unwrap();
+        assert_eq!(
+            (&v.transport[..], &v.host[..], v.port),
+            (&b"UDP"[..], &b"127.0.0.1"[..], Some(5070))
+        );
+        assert_eq!(v.branch.as_deref(), Some(&b"z9hG4bK-1"[..]));
+        assert_eq!(v.rport, Some(None));
+        let v = parse_via(&b(
+            "SIP / 2.0 / TCP [::1]:5060 ; received=127.0.0.2 ; rport=9 ;branch=x",
+        ))
+        .unwrap();
+        assert_eq!(
+            (&v.host[..], v.port, v.rport),
+            (&b"::1"[..], Some(5060), Some(Some(9)))
+        );
+        assert_eq!(v.received.as_deref(), Some(&b"127.0.0.2"[..]));
+        let v = parse_via(&b("SIP/2.0/UDP host.example")).unwrap();
+        assert_eq!((&v.host[..], v.port), (&b"host.example"[..], None));
+        assert!(parse_via(&b("SIP/3.0/UDP h")).is_none());
+        assert!(parse_via(&b("garbage")).is_none());
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        let n = parse_name_addr(&b(
+            "\"Alice, A\" <sip:alice@127.0.0.1;transport=tcp>;tag=abc",
+        ))
+        .unwrap();
+        assert_eq!(
+            (&n.display[..], &n.uri[..], n.tag.as_deref()),
+            (
+                &b"Alice, A"[..],
+                &b"sip:alice@127.0.0.1;transport=tcp"[..],
+                Some(&b"abc"[..])
+            )
+        );
+        let n = parse_name_addr(&b("sip:bob@h;tag=9")).unwrap();
+        assert_eq!(
+            (&n.uri[..], n.tag.as_deref()),
+            (&b"sip:bob@h"[..], Some(&b"9"[..]))
+        );
+        let n = parse_name_addr(&b("<sip:c@h>")).unwrap();
+        assert!(n.tag.is_none());
+    }
+
+    #[test]
+    fn cseq_and_commas() {
+        let c = parse_cseq(&b(" 314159 INVITE ")).unwrap();
+        assert_eq!((c.num, c.method), (314159, Method::Invite));
+        assert!(parse_cseq(&b("x INVITE")).is_none());
+        let v = b"SIP/2.0/UDP a;branch=1, \"x,y\" <sip:a,b>, SIP/2.0/UDP b";
+        let parts: Vec<&[u8]> = split_commas(v).into_iter().map(|r| &v[r.range()]).collect();
+        assert_eq!(
+            parts,
+            [
+                &b"SIP/2.0/UDP a;branch=1"[..],
+                &b"\"x,y\" <sip:a,b>"[..],
+                &b"SIP/2.0/UDP b"[..]
+            ]
+        );
+    }
+}

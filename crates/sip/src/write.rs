@@ -1,0 +1,198 @@
+//! Serialisation: a message with its edits applied, and replies built from a request.
+
+use crate::msg::{HeaderName, Kind, SipMsg};
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Changes to a message, applied when it is serialised (Kamailio's lumps).
+#[derive(Debug, Clone, Default)]
+pub struct Edits {
+    /// A new request URI.
+    pub ruri: Option<Bytes>,
+    /// Indices (into `SipMsg::headers`) of headers to leave out.
+    pub remove: Vec<usize>,
+    /// Whole header lines (with CRLF) to add after the last header.
+    pub append: Vec<Bytes>,
+    /// A Via value to put on top (`SIP/2.0/UDP host:port;branch=…`).
+    pub push_via: Option<Bytes>,
+    /// Remove the topmost Via value (relaying a reply).
+    pub pop_via: bool,
+    /// A new Max-Forwards value.
+    pub max_forwards: Option<u32>,
+    /// Parameters to add to the top Via (`;received=1.2.3.4;rport=5060`).
+    pub top_via_params: Option<Bytes>,
+}
+
+impl Edits {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.ruri.is_none()
+            && self.remove.is_empty()
+            && self.append.is_empty()
+            && self.push_via.is_none()
+            && !self.pop_via
+            && self.max_forwards.is_none()
+            && self.top_via_params.is_none()
+    }
+}
+
+/// The message with `edits` applied. Unchanged messages are returned as they came.
+pub fn serialize(msg: &SipMsg, edits: &Edits) -> Bytes {
+    let b = msg.buf();
+    if edits.is_empty() {
+        return b.slice(..msg.body.end as usize);
+    }
+    let mut out = BytesMut::with_capacity(b.len() + 256);
+    // Start line.
+    let first_header = msg
+        .headers
+        .first()
+        .map_or(msg.headers_end as usize, |h| h.line.start as usize);
+    match (msg.kind, &edits.ruri) {
+        (Kind::Request { uri, .. }, Some(new)) => {
+            out.put_slice(&b[..uri.start as usize]);
+            out.put_slice(new);
+            out.put_slice(&b[uri.end as usize..first_header]);
+        }
+        _ => out.put_slice(&b[..first_header]),
+    }
+    if let Some(v) = &edits.push_via {
+        out.put_slice(b"Via: ");
+        out.put_slice(v);
+        out.put_slice(b"\r\n");
+    }
+    let mut first_via_done = false;
+    for (i, h) in msg.headers.iter().enumerate() {
+        if edits.remove.contains(&i) {
+            continue;
+        }
+        if h.name == HeaderName::Via && !first_via_done {
+            first_via_done = true;
+            if edits.pop_via || edits.top_via_params.is_some() {
+                write_top_via(&mut out, msg, h, edits);
+                continue;
+            }
+        }
+        if h.name == HeaderName::MaxForwards
+            && let Some(mf) = edits.max_forwards
+        {
+            out.put_slice(&b[h.name_rng.range()]);
+            out.put_slice(format!(": {mf}\r\n").as_bytes());
+            continue;
+        }
+        out.put_slice(&b[h.line.range()]);
+    }
+    for a in &edits.append {
+        out.put_slice(a);
+    }
+    out.put_slice(&b[msg.headers_end as usize..msg.body.end as usize]);
+    out.freeze()
+}
+
+/// The first Via header with its first value popped or extended.
+fn write_top_via(out: &mut BytesMut, msg: &SipMsg, h: &crate::Header, edits: &Edits) {
+    let v = msg.header_value(h);
+    let parts = crate::split_commas(&v);
+    let name = msg.get(h.name_rng);
+    let mut values: Vec<Vec<u8>> = parts.iter().map(|r| v[r.range()].to_vec()).collect();
+    if edits.pop_via {
+        if !values.is_empty() {
+            values.remove(0);
+        }
+    } else if let (Some(first), Some(p)) = (values.first_mut(), &edits.top_via_params) {
+        first.extend_from_slice(p);
+    }
+    if values.is_empty() {
+        return;
+    }
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(&values.join(&b", "[..]));
+    out.put_slice(b"\r\n");
+}
+
+/// What a reply carries beyond the copied headers.
+#[derive(Debug, Clone, Default)]
+pub struct ReplyOptions<'a> {
+    /// To-tag to add when the request's To has none (not for 100).
+    pub to_tag: Option<&'a [u8]>,
+    /// `;received=…;rport=…` for the top Via (RFC 3261 §18.2.1, RFC 3581).
+    pub via_params: Option<&'a [u8]>,
+    /// Extra header lines, each with its CRLF (`append_to_reply`, Contact…).
+    pub extra: &'a [Bytes],
+    /// Server header value.
+    pub server: Option<&'a [u8]>,
+    /// Content-Type and body.
+    pub body: Option<(&'a [u8], &'a [u8])>,
+}
+
+/// Builds a reply to `req` (RFC 3261 §8.2.6): Via (all), From, To (with a tag),
+/// Call-ID and CSeq copied, then the extra headers, then Content-Length.
+pub fn build_reply(req: &SipMsg, code: u16, reason: &[u8], opts: &ReplyOptions<'_>) -> Bytes {
+    let b = req.buf();
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(b"SIP/2.0 ");
+    out.put_slice(code.to_string().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(reason);
+    out.put_slice(b"\r\n");
+    let mut first_via = true;
+    for h in &req.headers {
+        match h.name {
+            HeaderName::Via => {
+                if first_via && opts.via_params.is_some() {
+                    let v = req.header_value(h);
+                    let parts = crate::split_commas(&v);
+                    out.put_slice(b"Via: ");
+                    for (i, r) in parts.iter().enumerate() {
+                        if i > 0 {
+                            out.put_slice(b", ");
+                        }
+                        out.put_slice(&v[r.range()]);
+                        if i == 0 {
+                            out.put_slice(opts.via_params.unwrap_or_default());
+                        }
+                    }
+                    out.put_slice(b"\r\n");
+                } else {
+                    out.put_slice(&b[h.line.range()]);
+                }
+                first_via = false;
+            }
+            HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                out.put_slice(&b[h.line.range()])
+            }
+            HeaderName::To => {
+                let has_tag = req.to().is_some_and(|t| t.tag.is_some());
+                match opts.to_tag {
+                    Some(tag) if !has_tag && code > 100 => {
+                        out.put_slice(b"To: ");
+                        out.put_slice(&req.header_value(h));
+                        out.put_slice(b";tag=");
+                        out.put_slice(tag);
+                        out.put_slice(b"\r\n");
+                    }
+                    _ => out.put_slice(&b[h.line.range()]),
+                }
+            }
+            _ => {}
+        }
+    }
+    for e in opts.extra {
+        out.put_slice(e);
+    }
+    if let Some(s) = opts.server {
+        out.put_slice(b"Server: ");
+        out.put_slice(s);
+        out.put_slice(b"\r\n");
+    }
+    match opts.body {
+        Some((ctype, body)) => {
+            out.put_slice(b"Content-Type: ");
+            out.put_slice(ctype);
+            out.put_slice(format!("\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+            out.put_slice(body);
+        }
+        None => out.put_slice(b"Content-Length: 0\r\n\r\n"),
+    }
+    out.freeze()
+}
