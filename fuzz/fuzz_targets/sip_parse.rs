@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let edited = serialize(&m, &Edits { append: vec![Bytes::from_static(b"X-F: 1\r\n")], max_forwards: Some(1), ..Default::default() });
     parse(edited).expect("an edited message re-parses");
     if m.is_request() && m.check_required().is_ok() {
-        let r = build_reply(&m, 404, b"Not Found", &ReplyOptions { to_tag: Some(b"t"), via_params: Some(b";rport=1"), ..Default::default() });
+        let r = build_reply(&m, 404, b"Not Found", &ReplyOptions { to_tag: Some(b"t"), top_via: Some(b"SIP/2.0/UDP h;rport=1"), ..Default::default() });
         parse(r).expect("a reply parses");
     }
 });

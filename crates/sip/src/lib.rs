@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod msg;
+pub mod tx;
 mod uri;
 mod views;
 mod write;
@@ -22,9 +23,10 @@ mod write;
 pub use msg::{
     FrameError, Header, HeaderName, Kind, Method, ParseError, Rng, SipMsg, parse, tcp_frame_len,
 };
+pub use tx::{ServerTx, TxAction, TxState};
 pub use uri::{Uri, UriError, parse_uri};
 pub use views::{CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via, split_commas};
-pub use write::{Edits, ReplyOptions, build_reply, serialize};
+pub use write::{Edits, ReplyOptions, build_reply, serialize, via_with_received};
 
 /// The largest message siphon accepts over TCP (and builds).
 pub const MAX_MESSAGE: usize = 65_536;

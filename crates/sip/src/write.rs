@@ -115,8 +115,9 @@ fn write_top_via(out: &mut BytesMut, msg: &SipMsg, h: &crate::Header, edits: &Ed
 pub struct ReplyOptions<'a> {
     /// To-tag to add when the request's To has none (not for 100).
     pub to_tag: Option<&'a [u8]>,
-    /// `;received=…;rport=…` for the top Via (RFC 3261 §18.2.1, RFC 3581).
-    pub via_params: Option<&'a [u8]>,
+    /// A replacement for the top Via value (with `received`/`rport` filled in, see
+    /// [`via_with_received`]).
+    pub top_via: Option<&'a [u8]>,
     /// Extra header lines, each with its CRLF (`append_to_reply`, Contact…).
     pub extra: &'a [Bytes],
     /// Server header value.
@@ -139,7 +140,7 @@ pub fn build_reply(req: &SipMsg, code: u16, reason: &[u8], opts: &ReplyOptions<'
     for h in &req.headers {
         match h.name {
             HeaderName::Via => {
-                if first_via && opts.via_params.is_some() {
+                if let (true, Some(top)) = (first_via, opts.top_via) {
                     let v = req.header_value(h);
                     let parts = crate::split_commas(&v);
                     out.put_slice(b"Via: ");
@@ -147,9 +148,10 @@ pub fn build_reply(req: &SipMsg, code: u16, reason: &[u8], opts: &ReplyOptions<'
                         if i > 0 {
                             out.put_slice(b", ");
                         }
-                        out.put_slice(&v[r.range()]);
                         if i == 0 {
-                            out.put_slice(opts.via_params.unwrap_or_default());
+                            out.put_slice(top);
+                        } else {
+                            out.put_slice(&v[r.range()]);
                         }
                     }
                     out.put_slice(b"\r\n");
@@ -195,4 +197,35 @@ pub fn build_reply(req: &SipMsg, code: u16, reason: &[u8], opts: &ReplyOptions<'
         None => out.put_slice(b"Content-Length: 0\r\n\r\n"),
     }
     out.freeze()
+}
+
+/// A Via value with `received` set (when given) and a bare `rport` filled with
+/// `rport` (RFC 3261 §18.2.1, RFC 3581). Other parameters keep their order.
+pub fn via_with_received(via: &[u8], received: Option<&[u8]>, rport: Option<u16>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(via.len() + 40);
+    let mut parts = via.split(|&c| c == b';');
+    out.extend_from_slice(parts.next().unwrap_or_default());
+    for p in parts {
+        let name = p
+            .split(|&c| c == b'=')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        if name.eq_ignore_ascii_case(b"received") && received.is_some() {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"rport") {
+            if let Some(port) = rport {
+                out.extend_from_slice(format!(";rport={port}").as_bytes());
+                continue;
+            }
+        }
+        out.push(b';');
+        out.extend_from_slice(p);
+    }
+    if let Some(r) = received {
+        out.extend_from_slice(b";received=");
+        out.extend_from_slice(r);
+    }
+    out
 }

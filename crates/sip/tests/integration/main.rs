@@ -113,13 +113,22 @@ fn edits_are_applied_at_serialisation() {
 fn replies_copy_the_right_headers() {
     let m = msg(INVITE);
     let extra = [Bytes::from_static(b"Contact: <sip:x@127.0.0.9>\r\n")];
+    let top = via_with_received(
+        b"SIP/2.0/UDP 127.0.0.7:5070;branch=z9hG4bK-a1;rport",
+        Some(b"127.0.0.2"),
+        Some(5070),
+    );
+    assert_eq!(
+        &top[..],
+        b"SIP/2.0/UDP 127.0.0.7:5070;branch=z9hG4bK-a1;rport=5070;received=127.0.0.2"
+    );
     let r = build_reply(
         &m,
         302,
         b"Moved Temporarily",
         &ReplyOptions {
             to_tag: Some(b"tt"),
-            via_params: Some(b";received=127.0.0.2;rport=5070"),
+            top_via: Some(&top),
             extra: &extra,
             ..Default::default()
         },
