@@ -3,17 +3,27 @@
 //! same registry the shipped binary has.
 
 use siphon_cfg::{Diagnostic, FsLoader, MemLoader, PreOptions, SourceMap};
+use siphon_core::Core;
 use siphon_script::{Loaded, Program, Registry};
 use std::path::Path;
+use std::sync::Arc;
 
 /// The configuration `siphon` runs without `-f`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.cfg");
 /// The name the default configuration has in diagnostics.
 pub const DEFAULT_CONFIG_NAME: &str = "<default config>";
 
-/// Every module built into this binary.
+/// Every module built into this binary (for checking a configuration).
 pub fn registry() -> Registry {
-    Registry::new()
+    registry_with_core().0
+}
+
+/// The registry and the SIP core whose functions it holds.
+pub fn registry_with_core() -> (Registry, Arc<Core>) {
+    let mut reg = Registry::new();
+    let core = Core::new();
+    core.register(&mut reg);
+    (reg, core)
 }
 
 /// Reads and compiles the configuration (the embedded default when `file` is `None`).

@@ -4,7 +4,9 @@
 //! `-E`, `-D`, `-l ADDR`, `-V`, `-h`.
 
 use clap::{ArgAction, Parser, Subcommand};
-use siphon::{DEFAULT_CONFIG, add_listen, level_filter, load, parse_define, registry, render};
+use siphon::{
+    DEFAULT_CONFIG, add_listen, level_filter, load, parse_define, registry_with_core, render,
+};
 use siphon_cfg::PreOptions;
 use siphon_script::api::StartCx;
 use siphon_script::{Outcome, RouteType};
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
     let opts = PreOptions {
         defines: cli.define.iter().map(|d| parse_define(d)).collect(),
     };
-    let registry = registry();
+    let (registry, core) = registry_with_core();
     let loaded = load(cli.file.as_deref(), &opts, &registry);
     if !loaded.diags.is_empty() {
         eprint!("{}", render(&loaded.diags, &loaded.sources));
@@ -94,10 +96,10 @@ fn main() -> ExitCode {
         eprintln!("{name}: configuration OK");
         return ExitCode::SUCCESS;
     }
-    run(program)
+    run(program, core)
 }
 
-fn run(program: siphon_script::Program) -> ExitCode {
+fn run(program: siphon_script::Program, core: Arc<siphon_core::Core>) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level_filter(program.core.debug))
@@ -123,6 +125,14 @@ fn run(program: siphon_script::Program) -> ExitCode {
     let program = Arc::new(program);
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
+        // Signal handlers first: a SIGTERM right after "siphon started" must stop us cleanly.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return ExitCode::from(1);
+            }
+        };
         let cx = StartCx::new(program.clone());
         for (name, m) in program.modules() {
             if let Err(e) = m.start(&cx) {
@@ -130,8 +140,18 @@ fn run(program: siphon_script::Program) -> ExitCode {
                 return ExitCode::from(1);
             }
         }
-        if !program.core.listen.is_empty() {
-            tracing::warn!("listen addresses are configured, but this build has no SIP transport yet: nothing is listening");
+        match core.start(program.clone(), shutdown.clone()).await {
+            Ok(bound) => {
+                // Always on stdout too, whatever the log level: scripts and tests read the ports here.
+                for b in bound {
+                    tracing::info!("listening on {b}");
+                    println!("listening on {b}");
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot listen: {e}");
+                return ExitCode::from(1);
+            }
         }
         if let Some(r) = program.startup_route() {
             let mut ctx = program.new_ctx(RouteType::STARTUP);
@@ -140,25 +160,33 @@ fn run(program: siphon_script::Program) -> ExitCode {
             }
         }
         tracing::info!(workers, "siphon started");
-        wait_for_signal(shutdown.clone()).await;
+        println!("siphon started");
+        signals.wait(&shutdown).await;
         shutdown.cancel();
         tracing::info!("siphon stopped");
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return shutdown.cancelled().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = shutdown.cancelled() => {}
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self, shutdown: &CancellationToken) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = shutdown.cancelled() => {}
+        }
     }
 }

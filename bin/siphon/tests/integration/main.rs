@@ -2,5 +2,7 @@
 
 mod cli;
 mod golden;
+mod harness;
 mod seeds;
+mod sip;
 mod stubs;

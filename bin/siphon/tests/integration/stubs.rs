@@ -1,9 +1,10 @@
 //! Test-only stand-ins for the modules and SIP-core functions that later
 //! issues build (jsonrpcc, event_jsonrpc, jsonrpcs, xhttp, evapi, async_http,
-//! sl/tm functions, SIP PVs). They declare the seed's parameters, functions
+//! and the event interface's functions). They declare the seed's parameters, functions
 //! (with argument kinds, so route names and result PVs are checked) and PVs;
 //! they are never run. Each issue that builds the real thing removes its stub
-//! from here: the shipped binary's registry never contains stubs.
+//! from here (the SIP core's stubs are gone: it is built): the shipped
+//! binary's registry never contains stubs.
 
 use siphon_script::api::*;
 use siphon_script::{
@@ -189,17 +190,6 @@ pub(crate) fn registry() -> Registry {
             vec![],
             vec![],
         ));
-    }
-    // SIP core (sl/tm functions and message PVs).
-    if !r.core_functions.iter().any(|f| f.name == "send_reply") {
-        r.core_functions.push(f("send_reply", &[Str, Str]));
-        r.core_functions.push(f("sl_send_reply", &[Str, Str]));
-        for name in [
-            "si", "fU", "rU", "ru", "rm", "sp", "Ri", "Rp", "pr", "rs", "fu", "tu",
-        ] {
-            r.core_pvs.push(pv(name, PvInner::None));
-        }
-        r.core_pvs.push(pv("T", PvInner::Required));
     }
     r
 }

@@ -1,0 +1,191 @@
+//! Spawns the real `siphon` binary on a configuration with loopback listeners
+//! on port 0, learns the bound ports from its log, and stops it when dropped.
+//! Plus a small SIP UAC over UDP and TCP.
+
+use bytes::Bytes;
+use siphon_sip::SipMsg;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) udp: SocketAddr,
+    pub(crate) tcp: SocketAddr,
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
+    _dir: super::cli::Scratch,
+}
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+impl Server {
+    /// Starts siphon on `cfg` (listen lines are added).
+    pub(crate) fn start(cfg: &str) -> Server {
+        let dir = super::cli::Scratch::new(&format!("srv{}", N.fetch_add(1, Ordering::Relaxed)));
+        let text = format!("listen=udp:127.0.0.1:0\nlisten=tcp:127.0.0.1:0\nchildren=2\n{cfg}");
+        let f = dir.write("s.cfg", &text);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
+            .args(["-f", &f])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn siphon");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let streams: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for stream in streams {
+            let (log2, tx) = (log.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log2.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let (mut udp, mut tcp) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("siphon did not start: {:#?}", log.lock().unwrap()));
+            if let Some(a) = line.split("listening on udp:").nth(1) {
+                udp = a.trim().parse().ok();
+            }
+            if let Some(a) = line.split("listening on tcp:").nth(1) {
+                tcp = a.trim().parse().ok();
+            }
+            if line.contains("siphon started") {
+                break;
+            }
+        }
+        Server {
+            child,
+            udp: udp.expect("udp port"),
+            tcp: tcp.expect("tcp port"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn log_contains(&self, s: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(s))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request with the usual headers; `branch` and `call_id` identify it.
+pub(crate) fn request(
+    method: &str,
+    from: SocketAddr,
+    branch: &str,
+    call_id: &str,
+    extra: &str,
+) -> String {
+    let cseq_method = if method == "CANCEL" || method == "ACK" {
+        method
+    } else {
+        method
+    };
+    format!(
+        "{method} sip:service@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{branch};rport\r\nFrom: <sip:uac@127.0.0.1>;tag=f{call_id}\r\nTo: <sip:service@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 {cseq_method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+pub(crate) struct UdpUac {
+    pub(crate) sock: UdpSocket,
+    to: SocketAddr,
+}
+
+impl UdpUac {
+    pub(crate) fn new(to: SocketAddr) -> UdpUac {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        UdpUac { sock, to }
+    }
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().expect("addr")
+    }
+    pub(crate) fn send(&self, text: &str) {
+        self.sock.send_to(text.as_bytes(), self.to).expect("send");
+    }
+    /// The next message within `wait`.
+    pub(crate) fn recv(&self, wait: Duration) -> Option<SipMsg> {
+        let deadline = Instant::now() + wait;
+        let mut buf = vec![0u8; 65535];
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+                return Some(
+                    siphon_sip::parse(Bytes::copy_from_slice(&buf[..n]))
+                        .expect("siphon sent a parsable message"),
+                );
+            }
+        }
+        None
+    }
+    /// The status of the next reply, skipping provisional ones unless `keep_1xx`.
+    pub(crate) fn final_code(&self, wait: Duration) -> Option<u16> {
+        let deadline = Instant::now() + wait;
+        while let Some(m) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+            let c = m.status()?;
+            if c >= 200 {
+                return Some(c);
+            }
+        }
+        None
+    }
+}
+
+pub(crate) struct TcpUac {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl TcpUac {
+    pub(crate) fn new(to: SocketAddr) -> TcpUac {
+        let stream = TcpStream::connect(to).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        TcpUac {
+            stream,
+            buf: vec![],
+        }
+    }
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("addr")
+    }
+    pub(crate) fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).expect("write");
+    }
+    pub(crate) fn recv(&mut self, wait: Duration) -> Option<SipMsg> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Ok(Some(n)) = siphon_sip::tcp_frame_len(&self.buf, 65536) {
+                let frame: Vec<u8> = self.buf.drain(..n).collect();
+                return Some(siphon_sip::parse(Bytes::from(frame)).expect("parsable"));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut tmp = [0u8; 4096];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+}

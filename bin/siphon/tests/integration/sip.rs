@@ -1,0 +1,375 @@
+//! The SIP core end to end: the real binary, our UAC over UDP and TCP, sipp.
+
+use super::harness::{Server, TcpUac, UdpUac, request};
+use std::time::Duration;
+
+const W: Duration = Duration::from_secs(3);
+
+#[test]
+fn default_config_answers_options_and_rejects_the_rest() {
+    let srv = Server::start(
+        &siphon::DEFAULT_CONFIG
+            .replace("listen=udp:127.0.0.1:5060\n", "")
+            .replace("listen=tcp:127.0.0.1:5060\n", ""),
+    );
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("OPTIONS", uac.addr(), "o1", "c-opt", ""));
+    let r = uac.recv(W).expect("reply");
+    assert_eq!(r.status(), Some(200));
+    let to = r.to().unwrap();
+    assert!(to.tag.is_some(), "stateless replies carry a To-tag");
+    let via = r.top_via().unwrap();
+    assert_eq!(via.rport, Some(Some(uac.addr().port())), "rport filled in");
+    uac.send(&request("MESSAGE", uac.addr(), "m1", "c-msg", ""));
+    assert_eq!(uac.recv(W).unwrap().status(), Some(501));
+    // Over TCP, two requests in one write.
+    let mut t = TcpUac::new(srv.tcp);
+    let a = t.addr();
+    t.send(&(request("OPTIONS", a, "t1", "c-t1", "") + &request("OPTIONS", a, "t2", "c-t2", "")));
+    assert_eq!(t.recv(W).unwrap().status(), Some(200));
+    assert_eq!(&t.recv(W).unwrap().call_id().unwrap()[..], b"c-t2");
+}
+
+const REDIRECT: &str = r#"
+loadmodule "tm.so"
+request_route {
+    if (is_method("INVITE")) {
+        $shv(n) = $shv(n) + 1;
+        t_newtran();
+        append_to_reply("Contact: <sip:moved@127.0.0.1:5099>\r\nX-Count: $shv(n)\r\n");
+        t_reply("302", "Moved Temporarily");
+        exit;
+    }
+    if (is_method("ACK")) { $shv(acks) = $shv(acks) + 1; exit; }
+    if (is_method("OPTIONS")) {
+        append_to_reply("X-Acks: $shv(acks)\r\n");
+        sl_send_reply("200", "OK");
+        exit;
+    }
+}
+"#;
+
+#[test]
+fn stateful_reply_retransmission_absorbed_and_ack_absorbed() {
+    let srv = Server::start(REDIRECT);
+    let uac = UdpUac::new(srv.udp);
+    let inv = request("INVITE", uac.addr(), "i1", "c-inv", "");
+    uac.send(&inv);
+    let trying = uac.recv(W).expect("100");
+    assert_eq!(trying.status(), Some(100));
+    assert!(trying.to().unwrap().tag.is_none());
+    let r = uac.recv(W).expect("302");
+    assert_eq!(r.status(), Some(302));
+    assert_eq!(r.headers_named(b"contact").count(), 1);
+    let count = |m: &siphon_sip::SipMsg| {
+        m.headers_named(b"x-count")
+            .next()
+            .map(|h| m.header_value(h))
+            .unwrap()
+    };
+    assert_eq!(&count(&r)[..], b"1");
+    // A retransmitted INVITE gets the same 302 again; the script does not run again.
+    uac.send(&inv);
+    let again = uac.recv(W).expect("302 again");
+    assert_eq!(again.status(), Some(302));
+    assert_eq!(&count(&again)[..], b"1");
+    assert_eq!(again.to().unwrap().tag, r.to().unwrap().tag);
+    // The ACK to the 302 is absorbed by the transaction: the script never sees it.
+    let tag = String::from_utf8(r.to().unwrap().tag.unwrap().to_vec()).unwrap();
+    let ack = request("ACK", uac.addr(), "i1", "c-inv", "").replace(
+        "To: <sip:service@127.0.0.1>",
+        &format!("To: <sip:service@127.0.0.1>;tag={tag}"),
+    );
+    uac.send(&ack);
+    uac.send(&request("OPTIONS", uac.addr(), "o2", "c-o2", ""));
+    let ok = uac.recv(W).expect("200");
+    assert_eq!(
+        &ok.headers_named(b"x-acks")
+            .next()
+            .map(|h| ok.header_value(h))
+            .unwrap()[..],
+        b"<null>",
+        "the ACK route never ran"
+    );
+}
+
+#[test]
+fn non_2xx_final_is_retransmitted_over_udp_until_ack() {
+    let srv = Server::start(REDIRECT);
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("INVITE", uac.addr(), "g1", "c-g", ""));
+    assert_eq!(uac.recv(W).unwrap().status(), Some(100));
+    assert_eq!(uac.recv(W).unwrap().status(), Some(302));
+    // Timer G: the 302 comes again after T1 (500 ms) when no ACK arrives.
+    let again = uac
+        .recv(Duration::from_millis(1500))
+        .expect("retransmitted 302");
+    assert_eq!(again.status(), Some(302));
+}
+
+#[test]
+fn cancel_of_a_pending_invite() {
+    let srv = Server::start(
+        "loadmodule \"tm.so\"\nrequest_route { if (is_method(\"INVITE\")) { t_newtran(); t_suspend(); exit; } }\n",
+    );
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("INVITE", uac.addr(), "x1", "c-cancel", ""));
+    assert_eq!(uac.recv(W).unwrap().status(), Some(100));
+    uac.send(&request("CANCEL", uac.addr(), "x1", "c-cancel", ""));
+    let mut codes = vec![uac.recv(W).unwrap(), uac.recv(W).unwrap()];
+    codes.sort_by_key(|m| m.status());
+    assert_eq!(
+        (codes[0].status(), codes[0].cseq().unwrap().method),
+        (Some(200), siphon_sip::Method::Cancel)
+    );
+    assert_eq!(
+        (codes[1].status(), codes[1].cseq().unwrap().method),
+        (Some(487), siphon_sip::Method::Invite)
+    );
+    // A CANCEL for nothing: 481.
+    uac.send(&request("CANCEL", uac.addr(), "nothing", "c-none", ""));
+    assert_eq!(uac.recv(W).unwrap().status(), Some(481));
+}
+
+#[test]
+fn suspended_transaction_times_out_with_408_after_failure_route() {
+    let cfg = r#"
+loadmodule "tm.so"
+modparam("tm", "fr_timer", 300)
+request_route {
+    if (is_method("INVITE")) {
+        t_newtran();
+        t_on_failure("TIMEOUT");
+        t_suspend();
+        exit;
+    }
+}
+failure_route[TIMEOUT] {
+    xinfo("failure route ran, T_reply_code=$T_reply_code\n");
+}
+"#;
+    let srv = Server::start(cfg);
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("INVITE", uac.addr(), "to1", "c-timeout", ""));
+    assert_eq!(uac.recv(W).unwrap().status(), Some(100));
+    assert_eq!(uac.final_code(W), Some(408));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        srv.log_contains("failure route ran, T_reply_code=408"),
+        "{:#?}",
+        srv.log.lock().unwrap()
+    );
+}
+
+#[test]
+fn suspend_then_continue_from_another_request_then_late_continue() {
+    // The INVITE is parked; a MESSAGE carries its index and label and continues it,
+    // with its own $var visible in the resumed route. A second continue is late.
+    let cfg = r#"
+loadmodule "tm.so"
+request_route {
+    if (is_method("INVITE")) {
+        t_newtran();
+        $shv(idx) = $T(id_index);
+        $shv(lbl) = $T(id_label);
+        $var(from_invite) = "kept";
+        t_suspend();
+        exit;
+    }
+    if (is_method("MESSAGE")) {
+        $var(target) = "sip:target@127.0.0.1:5099";
+        if (t_continue($shv(idx), $shv(lbl), "RESUME")) {
+            sl_send_reply("200", "Continued");
+        } else {
+            sl_send_reply("404", "Late");
+        }
+        exit;
+    }
+}
+route[RESUME] {
+    append_to_reply("Contact: <$var(target)>\r\nX-From-Invite: $var(from_invite)\r\n");
+    t_reply("302", "Moved Temporarily");
+}
+"#;
+    let srv = Server::start(cfg);
+    let inv = UdpUac::new(srv.udp);
+    inv.send(&request("INVITE", inv.addr(), "s1", "c-susp", ""));
+    assert_eq!(inv.recv(W).unwrap().status(), Some(100));
+    // Retransmissions of the suspended INVITE are absorbed (the 100 is resent).
+    inv.send(&request("INVITE", inv.addr(), "s1", "c-susp", ""));
+    assert_eq!(inv.recv(W).unwrap().status(), Some(100));
+    let ctl = UdpUac::new(srv.udp);
+    ctl.send(&request("MESSAGE", ctl.addr(), "m1", "c-m1", ""));
+    assert_eq!(ctl.recv(W).unwrap().status(), Some(200));
+    let r = inv.recv(W).expect("302 after continue");
+    assert_eq!(r.status(), Some(302));
+    let contact = r
+        .headers_named(b"contact")
+        .next()
+        .map(|h| r.header_value(h))
+        .unwrap();
+    assert_eq!(
+        &contact[..],
+        b"<sip:target@127.0.0.1:5099>",
+        "the caller's $var is visible"
+    );
+    let kept = r
+        .headers_named(b"x-from-invite")
+        .next()
+        .map(|h| r.header_value(h))
+        .unwrap();
+    assert_eq!(
+        &kept[..],
+        b"0",
+        "t_continue from a script runs with the caller's $vars"
+    );
+    ctl.send(&request("MESSAGE", ctl.addr(), "m2", "c-m2", ""));
+    assert_eq!(ctl.recv(W).unwrap().status(), Some(404));
+}
+
+#[test]
+fn resumed_route_without_reply_gives_500() {
+    let cfg = r#"
+loadmodule "tm.so"
+request_route {
+    if (is_method("INVITE")) { t_newtran(); $shv(i) = $T(id_index); $shv(l) = $T(id_label); t_suspend(); exit; }
+    if (is_method("MESSAGE")) { t_continue($shv(i), $shv(l), "NOTHING"); sl_send_reply("200", "OK"); exit; }
+}
+route[NOTHING] { xinfo("resumed, no reply\n"); }
+"#;
+    let srv = Server::start(cfg);
+    let inv = UdpUac::new(srv.udp);
+    inv.send(&request("INVITE", inv.addr(), "n1", "c-n1", ""));
+    assert_eq!(inv.recv(W).unwrap().status(), Some(100));
+    let ctl = UdpUac::new(srv.udp);
+    ctl.send(&request("MESSAGE", ctl.addr(), "n2", "c-n2", ""));
+    assert_eq!(inv.final_code(W), Some(500));
+}
+
+#[test]
+fn malformed_requests_get_400_or_are_dropped() {
+    let srv = Server::start("request_route { sl_send_reply(\"200\", \"OK\"); }\n");
+    let uac = UdpUac::new(srv.udp);
+    // Via present, From missing: a reply can be built.
+    let bad = format!(
+        "OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKbad;rport\r\nCall-ID: b\r\nCSeq: 1 OPTIONS\r\nTo: <sip:a@127.0.0.1>\r\nContent-Length: 0\r\n\r\n",
+        uac.addr()
+    );
+    uac.send(&bad);
+    let r = uac.recv(W).expect("400");
+    assert_eq!(r.status(), Some(400));
+    // Garbage is dropped; the server keeps serving.
+    uac.send("this is not SIP\r\n\r\n");
+    uac.send(&request("OPTIONS", uac.addr(), "ok", "c-ok", ""));
+    assert_eq!(uac.recv(W).unwrap().status(), Some(200));
+    // A TCP peer sending an oversized message is closed; others are unaffected.
+    let mut t = TcpUac::new(srv.tcp);
+    t.send(&format!(
+        "OPTIONS sip:a SIP/2.0\r\nContent-Length: 999999\r\n\r\n"
+    ));
+    assert!(t.recv(Duration::from_millis(500)).is_none());
+    uac.send(&request("OPTIONS", uac.addr(), "ok2", "c-ok2", ""));
+    assert_eq!(uac.recv(W).unwrap().status(), Some(200));
+}
+
+#[test]
+fn pseudo_variables_and_textops() {
+    let cfg = r#"
+request_route {
+    if (is_method("OPTIONS|INFO") && !has_totag() && is_present_hf("X-In") && $hdr(X-In) == "v1") {
+        $rU = "changed";
+        append_to_reply("X-Pv: $rm|$ru|$rU|$rd|$fU|$ft|$ci|$cs|$pr|$si|$(hdr(X-In)[1])|$(hdr(X-In)[*])|$ml\r\n");
+        sl_send_reply("200", "OK");
+        exit;
+    }
+    sl_send_reply("403", "No");
+}
+"#;
+    let srv = Server::start(cfg);
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request(
+        "OPTIONS",
+        uac.addr(),
+        "p1",
+        "c-pv",
+        "X-In: v1\r\nX-In: v2\r\n",
+    ));
+    let r = uac.recv(W).unwrap();
+    assert_eq!(r.status(), Some(200));
+    let pv = String::from_utf8(
+        r.headers_named(b"x-pv")
+            .next()
+            .map(|h| r.header_value(h))
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let parts: Vec<&str> = pv.split('|').collect();
+    assert_eq!(
+        &parts[..11],
+        &[
+            "OPTIONS",
+            "sip:changed@127.0.0.1",
+            "changed",
+            "127.0.0.1",
+            "uac",
+            "fc-pv",
+            "c-pv",
+            "1 OPTIONS",
+            "udp",
+            "127.0.0.1",
+            "v2"
+        ]
+    );
+    assert_eq!(parts[11], "v1, v2");
+    assert!(parts[12].parse::<usize>().unwrap() > 200);
+}
+
+#[test]
+fn sipp_options_and_invite_302_with_zero_failed_calls() {
+    let cfg = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bench/siphon-redirect.cfg"
+    ))
+    .expect("bench config");
+    let srv = Server::start(&cfg);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/sipp");
+    for (scenario, transport) in [
+        ("options.xml", "u1"),
+        ("invite302.xml", "u1"),
+        ("invite302.xml", "t1"),
+    ] {
+        let target = if transport == "t1" { srv.tcp } else { srv.udp };
+        let out = std::process::Command::new("sipp")
+            .args([
+                "-sf",
+                &format!("{dir}/{scenario}"),
+                &target.to_string(),
+                "-t",
+                transport,
+                "-m",
+                "300",
+                "-l",
+                "30",
+                "-nostdin",
+                "-timeout",
+                "30",
+                "-timeout_error",
+                "-i",
+                "127.0.0.1",
+            ])
+            .current_dir(std::env::temp_dir())
+            .output()
+            .expect("sipp is installed (apt-get install sip-tester; .ci/run does it)");
+        assert!(
+            out.status.success(),
+            "sipp {scenario} over {transport} failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! siphon's SIP runtime.
+//!
+//! [`Core`] receives messages from the transports, keeps the transaction
+//! table, runs the routing script for each request and sends replies. It
+//! registers sl, tm and textops functions and the SIP pseudo-variables into a
+//! [`Registry`] before the configuration is compiled, and is started with the
+//! compiled [`Program`] afterwards. A suspended transaction keeps its whole
+//! script context and is resumed through the same path whether a module's
+//! I/O or the script's `t_continue` resumes it.
+
+#![warn(missing_docs)]
+
+mod script;
+pub mod stats;
+mod tm;
+pub mod transport;
+
+pub use script::SipCtx;
+pub use tm::{TmConfig, TxId};
+pub use transport::{Bound, Peer, Transport};
+
+use bytes::Bytes;
+use siphon_script::{Outcome, Program, Registry, RouteType};
+use siphon_sip::{Method, SipMsg};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use tokio_util::sync::CancellationToken;
+
+/// The SIP core: shared by every worker.
+pub struct Core {
+    program: OnceLock<Arc<Program>>,
+    pub(crate) tm: tm::Tm,
+    pub(crate) out: transport::Outbound,
+    /// Counters.
+    pub stats: stats::Stats,
+    bound: OnceLock<Vec<Bound>>,
+    to_tag_seed: u64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("bound", &self.bound.get())
+            .finish()
+    }
+}
+
+impl Core {
+    /// A core with nothing bound yet.
+    pub fn new() -> Arc<Core> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x5eed, |d| d.as_nanos() as u64)
+            ^ (std::process::id() as u64) << 32;
+        Arc::new(Core {
+            program: OnceLock::new(),
+            tm: tm::Tm::new(seed),
+            out: Default::default(),
+            stats: Default::default(),
+            bound: OnceLock::new(),
+            to_tag_seed: seed,
+        })
+    }
+
+    /// Adds the core's functions, PVs and the `tm`/`sl` modules to a registry.
+    pub fn register(self: &Arc<Self>, reg: &mut Registry) {
+        script::register(self, reg);
+    }
+
+    /// The compiled program.
+    pub fn program(&self) -> Option<&Arc<Program>> {
+        self.program.get()
+    }
+
+    /// The addresses bound by [`Core::start`].
+    pub fn bound(&self) -> &[Bound] {
+        self.bound.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Binds the program's listen addresses, starts the receive loops and the
+    /// timer task. Returns what was bound.
+    pub async fn start(
+        self: &Arc<Self>,
+        program: Arc<Program>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Vec<Bound>> {
+        let _ = self.program.set(program.clone());
+        let workers = program
+            .core
+            .children
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let bound = transport::start(self, &program.core.listen, workers, &shutdown).await?;
+        let _ = self.bound.set(bound.clone());
+        tokio::spawn(tm::timer_task(self.clone(), shutdown));
+        Ok(bound)
+    }
+
+    /// Whether an address or URI host is one of ours (`myself`).
+    pub fn is_myself(&self, v: &[u8]) -> bool {
+        let host = match siphon_sip::parse_uri(v) {
+            Ok(u) => u.host,
+            Err(_) => v,
+        };
+        let Ok(h) = std::str::from_utf8(host) else {
+            return false;
+        };
+        let Ok(ip) = h.trim_matches(['[', ']']).parse::<std::net::IpAddr>() else {
+            return false;
+        };
+        self.bound()
+            .iter()
+            .any(|b| b.addr.ip() == ip || (b.addr.ip().is_unspecified() && ip.is_loopback()))
+    }
+
+    /// Handles one received message.
+    pub fn on_message(self: &Arc<Self>, buf: Bytes, peer: Peer) {
+        let Some(program) = self.program.get().cloned() else {
+            return;
+        };
+        let msg = match siphon_sip::parse(buf) {
+            Ok(m) => m,
+            Err(e) => {
+                stats::Stats::inc(&self.stats.bad_msgs);
+                tracing::debug!("dropping unparsable message from {}: {e}", peer.src);
+                return;
+            }
+        };
+        if let Err(e) = msg.check_required() {
+            stats::Stats::inc(&self.stats.bad_msgs);
+            if msg.is_request() && msg.method() != Method::Ack && msg.top_via().is_some() {
+                stats::Stats::inc(&self.stats.err_requests);
+                let reason = format!("Bad Request - {e}");
+                self.sl_reply(&msg, &peer, 400, reason.as_bytes(), &[]);
+            }
+            return;
+        }
+        if msg.is_request() {
+            stats::Stats::inc(&self.stats.rcv_requests);
+            self.on_request(&program, msg, peer);
+        } else {
+            stats::Stats::inc(&self.stats.rcv_replies);
+            self.on_reply(&program, msg, peer);
+        }
+    }
+
+    fn on_request(self: &Arc<Self>, program: &Arc<Program>, msg: SipMsg, peer: Peer) {
+        if self.tm.absorb(self, &msg) {
+            return;
+        }
+        if msg.method() == Method::Cancel && self.tm.cancel(self, &msg, &peer) {
+            return;
+        }
+        let Some(route) = program.request_route() else {
+            return;
+        };
+        let mut ctx = program.new_ctx(RouteType::REQUEST);
+        ctx.ext.insert(SipCtx::new(msg, peer));
+        let outcome = program.run(route, &mut ctx);
+        if matches!(outcome, Outcome::Drop) {
+            stats::Stats::inc(&self.stats.drop_requests);
+        }
+        self.after_route(ctx, outcome);
+    }
+
+    /// What happens to a request's context once its route has run.
+    pub(crate) fn after_route(self: &Arc<Self>, mut ctx: siphon_script::Ctx, outcome: Outcome) {
+        match outcome {
+            Outcome::Suspended(s) => self.tm.suspend(self, ctx, Some(s)),
+            _ => {
+                let wants = ctx
+                    .ext
+                    .get_mut::<SipCtx>()
+                    .is_some_and(|s| std::mem::take(&mut s.suspend_requested));
+                if wants && !matches!(outcome, Outcome::Drop) {
+                    self.tm.suspend(self, ctx, None);
+                } else {
+                    self.tm.route_done(self, &ctx);
+                }
+            }
+        }
+    }
+
+    fn on_reply(self: &Arc<Self>, program: &Arc<Program>, msg: SipMsg, peer: Peer) {
+        // Stateless relay: our Via must be on top; the next one says where to go.
+        let ours = msg.top_via().is_some_and(|v| {
+            v.branch
+                .as_ref()
+                .is_some_and(|b| b.starts_with(script::BRANCH_PREFIX))
+        });
+        if !ours {
+            stats::Stats::inc(&self.stats.drop_replies);
+            return;
+        }
+        if let Some(route) = program.reply_route() {
+            let mut ctx = program.new_ctx(RouteType::ONREPLY);
+            ctx.ext.insert(SipCtx::new(msg.clone(), peer));
+            if let Outcome::Drop = program.run(route, &mut ctx) {
+                stats::Stats::inc(&self.stats.drop_replies);
+                return;
+            }
+        }
+        let out = siphon_sip::serialize(
+            &msg,
+            &siphon_sip::Edits {
+                pop_via: true,
+                ..Default::default()
+            },
+        );
+        let Ok(next) = siphon_sip::parse(out.clone()) else {
+            return;
+        };
+        let Some(dest) = next.top_via().and_then(|v| via_destination(&v)) else {
+            stats::Stats::inc(&self.stats.drop_replies);
+            return;
+        };
+        if self.out.send_udp(None, dest, out) {
+            stats::Stats::inc(&self.stats.fwd_replies);
+        } else {
+            stats::Stats::inc(&self.stats.send_failures);
+        }
+    }
+
+    /// Sends a stateless reply to a request.
+    pub(crate) fn sl_reply(
+        &self,
+        msg: &SipMsg,
+        peer: &Peer,
+        code: u16,
+        reason: &[u8],
+        extra: &[Bytes],
+    ) -> bool {
+        let tag = self.to_tag(msg);
+        let bytes = self.build_reply(msg, peer, code, reason, &tag, extra);
+        let Some(dest) = reply_destination(msg, peer) else {
+            return false;
+        };
+        self.out.send(self, peer, dest, bytes);
+        stats::Stats::class(&self.stats.sl_replies, code);
+        true
+    }
+
+    /// Builds a reply with `received`/`rport` filled into the top Via.
+    pub(crate) fn build_reply(
+        &self,
+        msg: &SipMsg,
+        peer: &Peer,
+        code: u16,
+        reason: &[u8],
+        to_tag: &[u8],
+        extra: &[Bytes],
+    ) -> Bytes {
+        let top = msg.value(siphon_sip::HeaderName::Via).map(|v| {
+            let first = siphon_sip::split_commas(&v)
+                .into_iter()
+                .next()
+                .map(|r| v.slice(r.range()))
+                .unwrap_or_default();
+            let via = siphon_sip::parse_via(&first);
+            let src_ip = peer.src.ip().to_string();
+            let received = via
+                .as_ref()
+                .is_some_and(|v| v.host != src_ip.as_bytes())
+                .then_some(src_ip.as_bytes());
+            let rport = via.as_ref().and_then(|v| v.rport).map(|_| peer.src.port());
+            siphon_sip::via_with_received(&first, received, rport)
+        });
+        siphon_sip::build_reply(
+            msg,
+            code,
+            reason,
+            &siphon_sip::ReplyOptions {
+                to_tag: Some(to_tag),
+                top_via: top.as_deref(),
+                extra,
+                server: Some(b"siphon"),
+                body: None,
+            },
+        )
+    }
+
+    /// A To-tag stable for one request (the same for its retransmissions).
+    pub(crate) fn to_tag(&self, msg: &SipMsg) -> Vec<u8> {
+        // FNV-style over Call-ID, From-tag and branch, keyed by a per-process seed.
+        let mut x = self.to_tag_seed;
+        for part in [
+            msg.call_id().unwrap_or_default(),
+            msg.from().and_then(|f| f.tag).unwrap_or_default(),
+            msg.top_via().and_then(|v| v.branch).unwrap_or_default(),
+        ] {
+            for &b in part.iter() {
+                x = (x ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+            x = x.rotate_left(17);
+        }
+        format!("{:016x}", x).into_bytes()
+    }
+}
+
+/// Where replies to a request go (RFC 3261 §18.2.2, RFC 3581): the source
+/// address when `rport` is present, else the source IP and the Via port.
+pub(crate) fn reply_destination(msg: &SipMsg, peer: &Peer) -> Option<SocketAddr> {
+    if peer.transport == Transport::Tcp {
+        return Some(peer.src);
+    }
+    let via = msg.top_via()?;
+    if via.rport.is_some() {
+        return Some(peer.src);
+    }
+    Some(SocketAddr::new(peer.src.ip(), via.port.unwrap_or(5060)))
+}
+
+/// Where a reply goes by its (new) top Via: received or sent-by, rport or port.
+pub(crate) fn via_destination(v: &siphon_sip::Via) -> Option<SocketAddr> {
+    let host = v.received.as_ref().unwrap_or(&v.host);
+    let ip: std::net::IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
+    let port = v.rport.flatten().or(v.port).unwrap_or(5060);
+    Some(SocketAddr::new(ip, port))
+}

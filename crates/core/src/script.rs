@@ -1,0 +1,758 @@
+//! What the core adds to the script: the SIP context of a route run, the
+//! sl/tm/textops functions, the SIP pseudo-variables and the tm/sl modules.
+
+use crate::tm::TxId;
+use crate::{Core, Peer, Transport};
+use bytes::Bytes;
+use siphon_script::api::*;
+use siphon_script::core::core_module;
+use siphon_script::{
+    ArgKind, Exec, FunctionSpec, ModuleDef, PvClassSpec, Registry, RouteTable, RouteType, Value,
+};
+use siphon_sip::{Edits, HeaderName, Kind, SipMsg};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Branch prefix of the Vias siphon adds when it relays.
+pub(crate) const BRANCH_PREFIX: &[u8] = b"z9hG4bKsph";
+
+/// The SIP side of a route run: the message, where it came from, what the
+/// script changed, and its transaction.
+#[derive(Debug)]
+pub struct SipCtx {
+    /// The request (or reply, in reply routes).
+    pub msg: SipMsg,
+    /// Where it came from.
+    pub peer: Peer,
+    /// Changes made by the script (applied when relaying).
+    pub edits: Edits,
+    /// Header lines for the next reply (`append_to_reply`).
+    pub reply_hdrs: Vec<Bytes>,
+    /// `$du`.
+    pub du: Option<Bytes>,
+    /// The transaction, once created.
+    pub tx: Option<TxId>,
+    /// `t_on_failure`.
+    pub failure_route: Option<siphon_script::RouteId>,
+    /// `t_suspend()` was called: park the transaction when the route ends.
+    pub suspend_requested: bool,
+    /// The failure route runs because fr_timer fired.
+    pub timed_out: bool,
+}
+
+impl SipCtx {
+    /// The context of a received message.
+    pub fn new(msg: SipMsg, peer: Peer) -> Self {
+        SipCtx {
+            msg,
+            peer,
+            edits: Edits::default(),
+            reply_hdrs: vec![],
+            du: None,
+            tx: None,
+            failure_route: None,
+            suspend_requested: false,
+            timed_out: false,
+        }
+    }
+
+    /// The request URI as the script sees it (after `$ru` changes).
+    pub fn ruri(&self) -> Bytes {
+        self.edits
+            .ruri
+            .clone()
+            .or_else(|| self.msg.ruri())
+            .unwrap_or_default()
+    }
+}
+
+fn sip<'a>(ex: &'a mut Exec<'_>) -> Option<&'a mut SipCtx> {
+    ex.ctx.ext.get_mut::<SipCtx>()
+}
+
+fn code_reason(args: &Args, ex: &mut Exec<'_>) -> Option<(u16, Bytes)> {
+    let code = args.int(0, ex)?;
+    if !(100..=699).contains(&code) {
+        tracing::error!(target: "script", "reply code {code} is not between 100 and 699");
+        return None;
+    }
+    Some((code as u16, args.bytes(1, ex)))
+}
+
+fn sl_send(core: &Core, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 {
+    let Some(s) = sip(ex) else { return -1 };
+    if !s.msg.is_request() {
+        return -1;
+    }
+    let extra = std::mem::take(&mut s.reply_hdrs);
+    if core.sl_reply(&s.msg, &s.peer, code, reason, &extra) {
+        1
+    } else {
+        -1
+    }
+}
+
+fn t_send(core: &Arc<Core>, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 {
+    let Some(s) = sip(ex) else { return -1 };
+    let Some(id) = s.tx else {
+        tracing::error!(target: "script", "t_reply: no transaction for this request (call t_newtran() first)");
+        return -1;
+    };
+    let extra = std::mem::take(&mut s.reply_hdrs);
+    if core.tm.reply(core, id, code, reason, &extra) {
+        1
+    } else {
+        -1
+    }
+}
+
+/// `sip:user@host:port;params` with the user or host replaced.
+fn rebuild_uri(uri: &[u8], user: Option<&[u8]>, host: Option<&[u8]>) -> Option<Bytes> {
+    let u = siphon_sip::parse_uri(uri).ok()?;
+    let mut out = Vec::with_capacity(uri.len() + 16);
+    out.extend_from_slice(u.scheme);
+    out.push(b':');
+    let user = user.or(u.user).filter(|x| !x.is_empty());
+    if let Some(us) = user {
+        out.extend_from_slice(us);
+        if let Some(p) = u.password {
+            out.push(b':');
+            out.extend_from_slice(p);
+        }
+        out.push(b'@');
+    }
+    let h = host.unwrap_or(u.host);
+    if h.contains(&b':') && !h.starts_with(b"[") {
+        out.push(b'[');
+        out.extend_from_slice(h);
+        out.push(b']');
+    } else {
+        out.extend_from_slice(h);
+    }
+    if let Some(p) = u.port {
+        out.extend_from_slice(format!(":{p}").as_bytes());
+    }
+    if !u.params.is_empty() {
+        out.push(b';');
+        out.extend_from_slice(u.params);
+    }
+    if !u.headers.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(u.headers);
+    }
+    Some(Bytes::from(out))
+}
+
+/// Where `forward()` sends: `$du` or the given URI or the R-URI; IP hosts only.
+fn forward_target(uri: &[u8]) -> Option<std::net::SocketAddr> {
+    let u = siphon_sip::parse_uri(uri).ok()?;
+    let ip: std::net::IpAddr = std::str::from_utf8(u.host).ok()?.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, u.port.unwrap_or(5060)))
+}
+
+fn forward(core: &Core, ex: &mut Exec<'_>, to: Option<Bytes>) -> i32 {
+    let Some(s) = sip(ex) else { return -1 };
+    let target = to.or_else(|| s.du.clone()).unwrap_or_else(|| s.ruri());
+    let Some(dest) = forward_target(&target) else {
+        tracing::error!(target: "script", "forward: cannot send to `{}` (siphon relays to IP addresses)", String::from_utf8_lossy(&target));
+        return -1;
+    };
+    let mf = s.msg.max_forwards().unwrap_or(70);
+    if mf == 0 {
+        core.sl_reply(&s.msg, &s.peer, 483, b"Too Many Hops", &[]);
+        return -1;
+    }
+    let local = core
+        .out
+        .udp_addrs()
+        .into_iter()
+        .find(|a| a.is_ipv4() == dest.is_ipv4());
+    let Some(local) = local else { return -1 };
+    let mut edits = s.edits.clone();
+    let branch = {
+        let tag = core.to_tag(&s.msg);
+        let mut b = BRANCH_PREFIX.to_vec();
+        b.extend_from_slice(&tag);
+        b
+    };
+    let host = match local.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    edits.push_via = Some(Bytes::from(format!(
+        "SIP/2.0/UDP {host}:{};branch={};rport",
+        local.port(),
+        String::from_utf8_lossy(&branch)
+    )));
+    edits.max_forwards = Some(mf - 1);
+    let out = siphon_sip::serialize(&s.msg, &edits);
+    if core.out.send_udp(Some(local), dest, out) {
+        crate::stats::Stats::inc(&core.stats.fwd_requests);
+        1
+    } else {
+        -1
+    }
+}
+
+/// One SIP pseudo-variable.
+#[derive(Clone)]
+enum SipPv {
+    Method,
+    Ruri,
+    RUser,
+    RDomain,
+    RPort,
+    RUriProto,
+    FromUri,
+    FromUser,
+    FromDomain,
+    FromName,
+    FromTag,
+    ToUri,
+    ToUser,
+    ToDomain,
+    ToTag,
+    CallId,
+    CSeq,
+    ContentLength,
+    UserAgent,
+    SrcIp,
+    SrcPort,
+    DstIp,
+    DstPort,
+    Proto,
+    Body,
+    MsgLen,
+    MsgBuf,
+    Du,
+    Hdr(Bytes),
+    Status,
+    Reason,
+    TReplyCode,
+    TIndex,
+    TLabel,
+}
+
+struct SipPvAccess {
+    pv: SipPv,
+    core: Arc<Core>,
+}
+
+fn uri_part(uri: &[u8], part: &SipPv) -> Value {
+    let Ok(u) = siphon_sip::parse_uri(uri) else {
+        return Value::Null;
+    };
+    match part {
+        SipPv::RUser | SipPv::FromUser | SipPv::ToUser => u
+            .user
+            .map_or(Value::Null, |x| Value::Str(Bytes::copy_from_slice(x))),
+        SipPv::RDomain | SipPv::FromDomain | SipPv::ToDomain => {
+            Value::Str(Bytes::copy_from_slice(u.host))
+        }
+        SipPv::RPort => Value::Int(u.port.unwrap_or(5060) as i64),
+        SipPv::RUriProto => u.param(b"transport").map_or(Value::from("udp"), |t| {
+            Value::Str(Bytes::copy_from_slice(t).to_ascii_lowercase().into())
+        }),
+        _ => Value::Null,
+    }
+}
+
+fn bytes_or_null(b: Option<Bytes>) -> Value {
+    b.map_or(Value::Null, Value::Str)
+}
+
+impl PvAccess for SipPvAccess {
+    fn get(&self, ex: &mut Exec<'_>, idx: PvIdx) -> Value {
+        let Some(s) = ex.ctx.ext.get::<SipCtx>() else {
+            return Value::Null;
+        };
+        let m = &s.msg;
+        match &self.pv {
+            SipPv::Method => Value::Str(m.method_bytes()),
+            SipPv::Ruri => {
+                if m.is_request() {
+                    Value::Str(s.ruri())
+                } else {
+                    Value::Null
+                }
+            }
+            p @ (SipPv::RUser | SipPv::RDomain | SipPv::RPort | SipPv::RUriProto) => {
+                if m.is_request() {
+                    uri_part(&s.ruri(), p)
+                } else {
+                    Value::Null
+                }
+            }
+            SipPv::FromUri => bytes_or_null(m.from().map(|f| f.uri)),
+            SipPv::ToUri => bytes_or_null(m.to().map(|f| f.uri)),
+            p @ (SipPv::FromUser | SipPv::FromDomain) => {
+                m.from().map_or(Value::Null, |f| uri_part(&f.uri, p))
+            }
+            p @ (SipPv::ToUser | SipPv::ToDomain) => {
+                m.to().map_or(Value::Null, |f| uri_part(&f.uri, p))
+            }
+            SipPv::FromName => bytes_or_null(m.from().map(|f| f.display)),
+            SipPv::FromTag => bytes_or_null(m.from().and_then(|f| f.tag)),
+            SipPv::ToTag => bytes_or_null(m.to().and_then(|f| f.tag)),
+            SipPv::CallId => bytes_or_null(m.call_id()),
+            SipPv::CSeq => bytes_or_null(m.value(HeaderName::CSeq)),
+            SipPv::ContentLength => Value::Int(m.body.len() as i64),
+            SipPv::UserAgent => bytes_or_null(
+                m.headers_named(b"User-Agent")
+                    .next()
+                    .map(|h| m.header_value(h)),
+            ),
+            SipPv::SrcIp => Value::from(s.peer.src.ip().to_string()),
+            SipPv::SrcPort => Value::Int(s.peer.src.port() as i64),
+            SipPv::DstIp => Value::from(s.peer.local.ip().to_string()),
+            SipPv::DstPort => Value::Int(s.peer.local.port() as i64),
+            SipPv::Proto => Value::from(s.peer.transport.name()),
+            SipPv::Body => Value::Str(m.body_bytes()),
+            SipPv::MsgLen => Value::Int(m.body.end as i64),
+            SipPv::MsgBuf => Value::Str(m.buf().slice(..m.body.end as usize)),
+            SipPv::Du => bytes_or_null(s.du.clone()),
+            SipPv::Hdr(name) => {
+                let values: Vec<Bytes> = m.headers_named(name).map(|h| m.header_value(h)).collect();
+                match idx {
+                    PvIdx::Default => bytes_or_null(values.into_iter().next()),
+                    PvIdx::At(i) => {
+                        let i = if i < 0 { values.len() as i64 + i } else { i };
+                        bytes_or_null(usize::try_from(i).ok().and_then(|i| values.get(i).cloned()))
+                    }
+                    PvIdx::All => {
+                        if values.is_empty() {
+                            Value::Null
+                        } else {
+                            Value::Str(Bytes::from(
+                                values
+                                    .iter()
+                                    .map(|v| &v[..])
+                                    .collect::<Vec<_>>()
+                                    .join(&b", "[..]),
+                            ))
+                        }
+                    }
+                }
+            }
+            SipPv::Status => m.status().map_or(Value::Null, |c| Value::Int(c as i64)),
+            SipPv::Reason => match m.kind {
+                Kind::Response { reason, .. } => Value::Str(m.slice(reason)),
+                Kind::Request { .. } => Value::Null,
+            },
+            SipPv::TReplyCode => {
+                let code = s.tx.and_then(|id| self.core.tm.reply_code(id)).unwrap_or(0);
+                if s.timed_out && code < 200 {
+                    Value::Int(408)
+                } else {
+                    Value::Int(code as i64)
+                }
+            }
+            SipPv::TIndex => s.tx.map_or(Value::Null, |id| Value::Int(id.index as i64)),
+            SipPv::TLabel => s.tx.map_or(Value::Null, |id| Value::Int(id.label as i64)),
+        }
+    }
+
+    fn set(&self, ex: &mut Exec<'_>, _idx: PvIdx, v: Value) -> Result<(), String> {
+        let Some(s) = sip(ex) else {
+            return Err("needs a SIP message".into());
+        };
+        if !s.msg.is_request() {
+            return Err("can only be set on a request".into());
+        }
+        let b = v.to_bytes();
+        match self.pv {
+            SipPv::Ruri => {
+                siphon_sip::parse_uri(&b).map_err(|e| {
+                    format!("cannot be set to `{}`: {e}", String::from_utf8_lossy(&b))
+                })?;
+                s.edits.ruri = Some(b);
+            }
+            SipPv::RUser => {
+                s.edits.ruri = Some(
+                    rebuild_uri(&s.ruri(), Some(&b), None).ok_or("the R-URI cannot be parsed")?,
+                )
+            }
+            SipPv::RDomain => {
+                s.edits.ruri = Some(
+                    rebuild_uri(&s.ruri(), None, Some(&b)).ok_or("the R-URI cannot be parsed")?,
+                )
+            }
+            SipPv::Du => s.du = if v.is_null() { None } else { Some(b) },
+            _ => return Err("is read-only".into()),
+        }
+        Ok(())
+    }
+
+    fn writable(&self) -> bool {
+        matches!(
+            self.pv,
+            SipPv::Ruri | SipPv::RUser | SipPv::RDomain | SipPv::Du
+        )
+    }
+}
+
+fn pv_spec(core: &Arc<Core>, name: &'static str, pv: SipPv) -> PvClassSpec {
+    let acc: Arc<dyn PvAccess> = Arc::new(SipPvAccess {
+        pv,
+        core: core.clone(),
+    });
+    PvClassSpec::new(name, PvInner::None, Arc::new(move |_| Ok(acc.clone())))
+}
+
+struct TmModule;
+impl Module for TmModule {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
+    use ArgKind::*;
+    let simple = [
+        ("rm", SipPv::Method),
+        ("ru", SipPv::Ruri),
+        ("rU", SipPv::RUser),
+        ("rd", SipPv::RDomain),
+        ("rp", SipPv::RPort),
+        ("rz", SipPv::RUriProto),
+        ("fu", SipPv::FromUri),
+        ("fU", SipPv::FromUser),
+        ("fd", SipPv::FromDomain),
+        ("fn", SipPv::FromName),
+        ("ft", SipPv::FromTag),
+        ("tu", SipPv::ToUri),
+        ("tU", SipPv::ToUser),
+        ("td", SipPv::ToDomain),
+        ("tt", SipPv::ToTag),
+        ("ci", SipPv::CallId),
+        ("cs", SipPv::CSeq),
+        ("cl", SipPv::ContentLength),
+        ("ua", SipPv::UserAgent),
+        ("si", SipPv::SrcIp),
+        ("sp", SipPv::SrcPort),
+        ("Ri", SipPv::DstIp),
+        ("Rp", SipPv::DstPort),
+        ("pr", SipPv::Proto),
+        ("proto", SipPv::Proto),
+        ("rb", SipPv::Body),
+        ("ml", SipPv::MsgLen),
+        ("mb", SipPv::MsgBuf),
+        ("du", SipPv::Du),
+        ("rs", SipPv::Status),
+        ("rr", SipPv::Reason),
+        ("T_reply_code", SipPv::TReplyCode),
+    ];
+    for (name, pv) in simple {
+        reg.core_pvs.push(pv_spec(core, name, pv));
+    }
+    let c = core.clone();
+    reg.core_pvs.push(PvClassSpec::new(
+        "hdr",
+        PvInner::Required,
+        Arc::new(move |inner| {
+            let name = inner.unwrap_or_default().trim();
+            if name.is_empty() || name.contains(|ch: char| ch.is_whitespace() || ch == ':') {
+                return Err("expects a header name".into());
+            }
+            Ok(Arc::new(SipPvAccess {
+                pv: SipPv::Hdr(Bytes::copy_from_slice(name.as_bytes())),
+                core: c.clone(),
+            }) as Arc<dyn PvAccess>)
+        }),
+    ));
+    let c = core.clone();
+    reg.core_pvs.push(PvClassSpec::new(
+        "T",
+        PvInner::Required,
+        Arc::new(move |inner| {
+            let pv = match inner.unwrap_or_default() {
+                "id_index" => SipPv::TIndex,
+                "id_label" => SipPv::TLabel,
+                "reply_code" => SipPv::TReplyCode,
+                other => {
+                    return Err(format!(
+                        "unknown key `{other}` (siphon has id_index, id_label, reply_code)"
+                    ));
+                }
+            };
+            Ok(Arc::new(SipPvAccess {
+                pv,
+                core: c.clone(),
+            }) as Arc<dyn PvAccess>)
+        }),
+    ));
+
+    let mut f = |spec: FunctionSpec| reg.core_functions.push(spec);
+    let c = core.clone();
+    f(FunctionSpec::new(
+        "sl_send_reply",
+        &[Int, Str],
+        move |ex, a| match code_reason(a, ex) {
+            Some((code, reason)) => sl_send(&c, ex, code, &reason).into(),
+            None => (-1).into(),
+        },
+    )
+    .routes(
+        RouteType::REQUEST
+            .or(RouteType::FAILURE)
+            .or(RouteType::BRANCH),
+    ));
+    let c = core.clone();
+    f(FunctionSpec::new("send_reply", &[Int, Str], move |ex, a| {
+        match code_reason(a, ex) {
+            Some((code, reason)) => {
+                if sip(ex).is_some_and(|s| s.tx.is_some()) {
+                    t_send(&c, ex, code, &reason).into()
+                } else {
+                    sl_send(&c, ex, code, &reason).into()
+                }
+            }
+            None => (-1).into(),
+        }
+    })
+    .routes(
+        RouteType::REQUEST
+            .or(RouteType::FAILURE)
+            .or(RouteType::BRANCH)
+            .or(RouteType::EVENT),
+    ));
+    let c = core.clone();
+    f(FunctionSpec::new("t_reply", &[Int, Str], move |ex, a| {
+        match code_reason(a, ex) {
+            Some((code, reason)) => t_send(&c, ex, code, &reason).into(),
+            None => (-1).into(),
+        }
+    })
+    .routes(
+        RouteType::REQUEST
+            .or(RouteType::FAILURE)
+            .or(RouteType::BRANCH)
+            .or(RouteType::EVENT),
+    ));
+    let c = core.clone();
+    f(FunctionSpec::new("t_newtran", &[], move |ex, _| {
+        let Some(s) = sip(ex) else { return (-1).into() };
+        if !s.msg.is_request() || s.msg.method() == siphon_sip::Method::Ack {
+            return (-1).into();
+        }
+        match c.tm.newtran(&c, s) {
+            Some(_) => 1.into(),
+            None => (-1).into(),
+        }
+    })
+    .routes(RouteType::REQUEST));
+    f(FunctionSpec::new("t_check_trans", &[], |ex, _| {
+        if sip(ex).is_some_and(|s| s.tx.is_some()) {
+            1.into()
+        } else {
+            (-1).into()
+        }
+    }));
+    f(FunctionSpec::new("t_suspend", &[], |ex, _| match sip(ex) {
+        Some(s) if s.msg.is_request() => {
+            s.suspend_requested = true;
+            1.into()
+        }
+        _ => (-1).into(),
+    })
+    .routes(RouteType::REQUEST.or(RouteType::FAILURE)));
+    let c = core.clone();
+    f(FunctionSpec::new("t_suspend_now", &[], move |ex, _| {
+        let _ = &c;
+        if sip(ex).is_none() {
+            return (-1).into();
+        }
+        FnResult::Suspend(Suspend {
+            start: Box::new(|_, _| {}),
+        })
+    }));
+    let c = core.clone();
+    f(FunctionSpec::new(
+        "t_continue",
+        &[Int, Int, Route(RouteTable::Named)],
+        move |ex, a| {
+            let (Some(index), Some(label), Some(route)) =
+                (a.int(0, ex), a.int(1, ex), a.route(2, ex))
+            else {
+                return (-1).into();
+            };
+            let id = TxId {
+                index: index as u32,
+                label: label as u32,
+            };
+            // The target route runs now, with the caller's $vars (what configs rely on).
+            let vars = ex.ctx.vars.clone();
+            if c.resume(id, route, Box::new(move |ctx| ctx.vars = vars)) {
+                1.into()
+            } else {
+                (-1).into()
+            }
+        },
+    ));
+    let c = core.clone();
+    f(FunctionSpec::new("t_release", &[], move |ex, _| {
+        let Some(id) = sip(ex).and_then(|s| s.tx.take()) else {
+            return (-1).into();
+        };
+        c.tm.release(&c, id);
+        1.into()
+    }));
+    f(FunctionSpec::new(
+        "t_on_failure",
+        &[Route(RouteTable::Failure)],
+        |ex, a| {
+            let r = a.route(0, ex);
+            match sip(ex) {
+                Some(s) => {
+                    s.failure_route = r;
+                    1.into()
+                }
+                None => (-1).into(),
+            }
+        },
+    ));
+    let c = core.clone();
+    f(FunctionSpec::new("forward", &[Str], move |ex, a| {
+        let to = if a.is_empty() {
+            None
+        } else {
+            Some(a.bytes(0, ex))
+        };
+        forward(&c, ex, to).into()
+    })
+    .min_args(0)
+    .routes(
+        RouteType::REQUEST
+            .or(RouteType::FAILURE)
+            .or(RouteType::BRANCH),
+    ));
+    f(FunctionSpec::with_bind(
+        "is_method",
+        &[Str],
+        Arc::new(|args: Args| {
+            let fixed: Option<Vec<Vec<u8>>> = args.const_value(0).map(|v| {
+                v.to_bytes()
+                    .split(|&c| c == b'|')
+                    .map(|m| m.trim_ascii().to_ascii_uppercase())
+                    .collect()
+            });
+            struct IsMethod {
+                fixed: Option<Vec<Vec<u8>>>,
+                args: Args,
+            }
+            impl Call for IsMethod {
+                fn call(&self, ex: &mut Exec<'_>) -> FnResult {
+                    let list = match &self.fixed {
+                        Some(l) => l.clone(),
+                        None => self
+                            .args
+                            .bytes(0, ex)
+                            .split(|&c| c == b'|')
+                            .map(|m| m.trim_ascii().to_ascii_uppercase())
+                            .collect(),
+                    };
+                    let Some(s) = sip(ex) else { return (-1).into() };
+                    let m = s.msg.method_bytes().to_ascii_uppercase();
+                    if list.iter().any(|x| *x == m) {
+                        1.into()
+                    } else {
+                        (-1).into()
+                    }
+                }
+            }
+            Ok(Box::new(IsMethod { fixed, args }) as Box<dyn Call>)
+        }),
+    ));
+    f(FunctionSpec::new("has_totag", &[], |ex, _| {
+        if sip(ex)
+            .and_then(|s| s.msg.to())
+            .is_some_and(|t| t.tag.is_some())
+        {
+            1.into()
+        } else {
+            (-1).into()
+        }
+    }));
+    f(FunctionSpec::new("append_hf", &[Str], |ex, a| {
+        let text = a.bytes(0, ex);
+        match sip(ex) {
+            Some(s) => {
+                s.edits.append.push(text);
+                1.into()
+            }
+            None => (-1).into(),
+        }
+    }));
+    f(FunctionSpec::new("remove_hf", &[Str], |ex, a| {
+        let name = a.bytes(0, ex);
+        let Some(s) = sip(ex) else { return (-1).into() };
+        let idx: Vec<usize> = s
+            .msg
+            .headers
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.name.matches(s.msg.get(h.name_rng), &name))
+            .map(|(i, _)| i)
+            .collect();
+        let n = idx.len();
+        s.edits.remove.extend(idx);
+        if n > 0 {
+            (n as i32).into()
+        } else {
+            (-1).into()
+        }
+    }));
+    f(FunctionSpec::new("is_present_hf", &[Str], |ex, a| {
+        let name = a.bytes(0, ex);
+        let Some(s) = sip(ex) else { return (-1).into() };
+        let present = s.msg.headers.iter().enumerate().any(|(i, h)| {
+            !s.edits.remove.contains(&i) && h.name.matches(s.msg.get(h.name_rng), &name)
+        });
+        if present { 1.into() } else { (-1).into() }
+    }));
+    f(FunctionSpec::new("append_to_reply", &[Str], |ex, a| {
+        let text = a.bytes(0, ex);
+        match sip(ex) {
+            Some(s) => {
+                s.reply_hdrs.push(text);
+                1.into()
+            }
+            None => (-1).into(),
+        }
+    }));
+
+    // The tm module carries its parameters into the core.
+    let c = core.clone();
+    let base = core_module("tm", vec![]);
+    let tm_params = siphon_script::core::core_modules()
+        .into_iter()
+        .find(|d| d.name == "tm")
+        .map(|d| d.params)
+        .unwrap_or_default();
+    reg.add(ModuleDef {
+        params: tm_params,
+        instantiate: Arc::new(move |cfg: &ModuleConfig| {
+            let mut t = crate::TmConfig::default();
+            if let Some(ms) = cfg.int("fr_timer") {
+                if ms <= 0 {
+                    return Err("fr_timer must be a positive number of milliseconds".into());
+                }
+                t.fr_timer = Duration::from_millis(ms as u64);
+            }
+            if let Some(ms) = cfg.int("fr_inv_timer") {
+                t.fr_inv_timer = Duration::from_millis(ms.max(1) as u64);
+            }
+            if let Some(v) = cfg.int("auto_inv_100") {
+                t.auto_inv_100 = v != 0;
+            }
+            if let Ok(mut g) = c.tm.cfg.lock() {
+                *g = t;
+            }
+            Ok(Arc::new(TmModule) as Arc<dyn Module>)
+        }),
+        ..base
+    });
+    let c = core.clone();
+    reg.hooks.myself = Some(Arc::new(move |v: &[u8]| c.is_myself(v)));
+    let _ = Transport::Udp;
+}

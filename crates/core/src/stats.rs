@@ -1,0 +1,89 @@
+//! Core statistics (Kamailio's `core:`, `sl:` and `tm:` groups).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Counters of the SIP core; read by `stats.get_statistics` (later issue) and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests received.
+    pub rcv_requests: AtomicU64,
+    /// Replies received.
+    pub rcv_replies: AtomicU64,
+    /// Requests relayed statelessly.
+    pub fwd_requests: AtomicU64,
+    /// Replies relayed.
+    pub fwd_replies: AtomicU64,
+    /// Requests dropped by the script or unroutable.
+    pub drop_requests: AtomicU64,
+    /// Replies dropped (not for us, no Via left, script drop).
+    pub drop_replies: AtomicU64,
+    /// Messages that could not be parsed.
+    pub bad_msgs: AtomicU64,
+    /// Malformed requests answered with 400.
+    pub err_requests: AtomicU64,
+    /// Stateless replies sent, by class 1xx..6xx.
+    pub sl_replies: [AtomicU64; 6],
+    /// Stateful replies sent, by class.
+    pub tm_replies: [AtomicU64; 6],
+    /// Transactions alive.
+    pub tm_current: AtomicI64,
+    /// Transactions created.
+    pub tm_created: AtomicU64,
+    /// Transactions suspended now.
+    pub tm_suspended: AtomicI64,
+    /// Suspended transactions that timed out (408).
+    pub tm_timeouts: AtomicU64,
+    /// Resumes that came after the transaction was gone or already resumed.
+    pub tm_late_resume: AtomicU64,
+    /// Request retransmissions absorbed.
+    pub tm_retransmissions_absorbed: AtomicU64,
+    /// Messages that could not be sent (connection gone, queue full, socket error).
+    pub send_failures: AtomicU64,
+    /// TCP connections closed for bad framing or oversized messages.
+    pub tcp_bad_frames: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn class(arr: &[AtomicU64; 6], code: u16) {
+        let i = ((code / 100).clamp(1, 6) - 1) as usize;
+        arr[i].fetch_add(1, Ordering::Relaxed);
+    }
+    /// `(name, value)` pairs, Kamailio-style group:name.
+    pub fn snapshot(&self) -> Vec<(String, i64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+        let mut v = vec![
+            ("core:rcv_requests".into(), g(&self.rcv_requests)),
+            ("core:rcv_replies".into(), g(&self.rcv_replies)),
+            ("core:fwd_requests".into(), g(&self.fwd_requests)),
+            ("core:fwd_replies".into(), g(&self.fwd_replies)),
+            ("core:drop_requests".into(), g(&self.drop_requests)),
+            ("core:drop_replies".into(), g(&self.drop_replies)),
+            ("core:bad_msg_hdr".into(), g(&self.bad_msgs)),
+            ("core:err_requests".into(), g(&self.err_requests)),
+            ("core:send_failures".into(), g(&self.send_failures)),
+            ("core:tcp_bad_frames".into(), g(&self.tcp_bad_frames)),
+            ("tm:current".into(), self.tm_current.load(Ordering::Relaxed)),
+            ("tm:created".into(), g(&self.tm_created)),
+            (
+                "tm:suspended".into(),
+                self.tm_suspended.load(Ordering::Relaxed),
+            ),
+            ("tm:timeouts".into(), g(&self.tm_timeouts)),
+            ("tm:late_resume".into(), g(&self.tm_late_resume)),
+            (
+                "tm:retransmissions_absorbed".into(),
+                g(&self.tm_retransmissions_absorbed),
+            ),
+        ];
+        for (i, c) in self.sl_replies.iter().enumerate() {
+            v.push((format!("sl:{}xx_replies", i + 1), g(c)));
+        }
+        for (i, c) in self.tm_replies.iter().enumerate() {
+            v.push((format!("tm:{}xx_replies", i + 1), g(c)));
+        }
+        v
+    }
+}

@@ -1,0 +1,344 @@
+//! The I/O shell: UDP sockets (one per worker, SO_REUSEPORT), TCP listeners
+//! with Content-Length framing, and the send paths. Everything protocol-ish
+//! is in `siphon-sip`; this file only moves bytes.
+
+use crate::Core;
+use bytes::{Bytes, BytesMut};
+use siphon_script::core::{ListenSpec, Proto};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The transport a message came over or goes out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl Transport {
+    /// Lower-case name (`$pr`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// Where a message came from, and so where its replies go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Transport.
+    pub transport: Transport,
+    /// The sender's address.
+    pub src: SocketAddr,
+    /// Our address it arrived on.
+    pub local: SocketAddr,
+    /// The TCP connection, for replies on the same connection.
+    pub conn: Option<u64>,
+}
+
+/// A bound listener, as reported at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// Transport.
+    pub transport: Transport,
+    /// The address, with the port the system chose for port 0.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.transport.name(), self.addr)
+    }
+}
+
+/// Bytes waiting per TCP connection before it is considered stuck.
+const TCP_QUEUE: usize = 1024;
+const UDP_RECV_BUF: usize = 65_535;
+
+/// The send side of every listener.
+#[derive(Default)]
+pub(crate) struct Outbound {
+    udp: Mutex<Vec<(SocketAddr, Arc<UdpSocket>)>>,
+    conns: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    next_conn: AtomicU64,
+}
+
+impl Outbound {
+    /// Sends to a peer: over the connection it came on, or from the UDP socket it arrived on.
+    pub(crate) fn send(&self, core: &Core, peer: &Peer, to: SocketAddr, bytes: Bytes) {
+        let ok = match (peer.transport, peer.conn) {
+            (Transport::Tcp, Some(id)) => {
+                let tx = self.conns.lock().ok().and_then(|c| c.get(&id).cloned());
+                match tx {
+                    Some(tx) => tx.try_send(bytes).is_ok(),
+                    None => false,
+                }
+            }
+            _ => self.send_udp(Some(peer.local), to, bytes),
+        };
+        if !ok {
+            crate::stats::Stats::inc(&core.stats.send_failures);
+        }
+    }
+
+    /// Sends a datagram from the socket bound to `from`, or any socket of the right family.
+    pub(crate) fn send_udp(&self, from: Option<SocketAddr>, to: SocketAddr, bytes: Bytes) -> bool {
+        let sock = {
+            let Ok(socks) = self.udp.lock() else {
+                return false;
+            };
+            socks
+                .iter()
+                .find(|(a, _)| Some(*a) == from)
+                .or_else(|| socks.iter().find(|(a, _)| a.is_ipv4() == to.is_ipv4()))
+                .map(|(_, s)| s.clone())
+        };
+        match sock {
+            Some(s) => match s.try_send_to(&bytes, to) {
+                Ok(_) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // The kernel buffer is full: send from a task rather than wait here.
+                    tokio::spawn(async move {
+                        let _ = s.send_to(&bytes, to).await;
+                    });
+                    true
+                }
+                Err(_) => false,
+            },
+            None => false,
+        }
+    }
+
+    /// Our UDP addresses.
+    pub(crate) fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp
+            .lock()
+            .map(|s| s.iter().map(|(a, _)| *a).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn resolve(spec: &ListenSpec) -> std::io::Result<SocketAddr> {
+    let ip: IpAddr = match spec.host.as_str() {
+        "*" | "0.0.0.0" => IpAddr::from([0, 0, 0, 0]),
+        h => h.parse().or_else(|_| {
+            use std::net::ToSocketAddrs;
+            (h, 0)
+                .to_socket_addrs()?
+                .next()
+                .map(|a| a.ip())
+                .ok_or_else(|| std::io::Error::other(format!("cannot resolve {h}")))
+        })?,
+    };
+    let port = spec
+        .port
+        .unwrap_or(if spec.proto == Proto::Tls { 5061 } else { 5060 });
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn reuseport_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Binds every listen address and starts the receive loops.
+pub(crate) async fn start(
+    core: &Arc<Core>,
+    specs: &[ListenSpec],
+    workers: usize,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Vec<Bound>> {
+    let mut bound = Vec::new();
+    for spec in specs {
+        let addr = resolve(spec)?;
+        if matches!(spec.proto, Proto::Udp | Proto::Any) {
+            let first = reuseport_udp(addr)?;
+            let actual = first.local_addr()?;
+            let mut socks = vec![first];
+            for _ in 1..workers.max(1) {
+                socks.push(reuseport_udp(actual)?);
+            }
+            for (i, s) in socks.into_iter().enumerate() {
+                let sock = Arc::new(UdpSocket::from_std(s)?);
+                if i == 0 {
+                    core.out
+                        .udp
+                        .lock()
+                        .map_err(|_| std::io::Error::other("poisoned"))?
+                        .push((actual, sock.clone()));
+                }
+                tokio::spawn(udp_loop(core.clone(), sock, actual, shutdown.clone()));
+            }
+            bound.push(Bound {
+                transport: Transport::Udp,
+                addr: actual,
+            });
+        }
+        if matches!(spec.proto, Proto::Tcp | Proto::Any) {
+            // Same port as the UDP socket when the system chose it.
+            let tcp_addr = match bound.last() {
+                Some(b)
+                    if b.transport == Transport::Udp
+                        && addr.port() == 0
+                        && b.addr.ip() == addr.ip() =>
+                {
+                    b.addr
+                }
+                _ => addr,
+            };
+            let l = TcpListener::bind(tcp_addr).await?;
+            let actual = l.local_addr()?;
+            tokio::spawn(tcp_accept_loop(core.clone(), l, shutdown.clone()));
+            bound.push(Bound {
+                transport: Transport::Tcp,
+                addr: actual,
+            });
+        }
+        if spec.proto == Proto::Tls {
+            tracing::warn!(
+                "listen=tls:{}: TLS listeners are not supported yet; skipped",
+                spec.host
+            );
+        }
+    }
+    Ok(bound)
+}
+
+async fn udp_loop(
+    core: Arc<Core>,
+    sock: Arc<UdpSocket>,
+    local: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let mut buf = BytesMut::with_capacity(UDP_RECV_BUF * 4);
+    loop {
+        if buf.capacity() < UDP_RECV_BUF {
+            buf.reserve(UDP_RECV_BUF * 4);
+        }
+        let r = tokio::select! {
+            r = sock.recv_buf_from(&mut buf) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match r {
+            Ok((n, src)) => {
+                let data = buf.split_to(n).freeze();
+                if data.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
+                    continue; // keep-alive
+                }
+                core.on_message(
+                    data,
+                    Peer {
+                        transport: Transport::Udp,
+                        src,
+                        local,
+                        conn: None,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::debug!("udp recv on {local}: {e}");
+            }
+        }
+    }
+}
+
+async fn tcp_accept_loop(core: Arc<Core>, l: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let r = tokio::select! {
+            r = l.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match r {
+            Ok((stream, src)) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().unwrap_or(src);
+                tokio::spawn(tcp_conn(core.clone(), stream, src, local, shutdown.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("tcp accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn tcp_conn(
+    core: Arc<Core>,
+    stream: TcpStream,
+    src: SocketAddr,
+    local: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let id = core.out.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(TCP_QUEUE);
+    if let Ok(mut c) = core.out.conns.lock() {
+        c.insert(id, tx);
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let peer = Peer {
+        transport: Transport::Tcp,
+        src,
+        local,
+        conn: Some(id),
+    };
+    let mut buf = BytesMut::with_capacity(8192);
+    'conn: loop {
+        let n = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = shutdown.cancelled() => break,
+        };
+        match n {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            match siphon_sip::tcp_frame_len(&buf, siphon_sip::MAX_MESSAGE) {
+                Ok(Some(n)) => {
+                    let frame = buf.split_to(n).freeze();
+                    if frame.iter().all(|b| *b == b'\r' || *b == b'\n') {
+                        continue;
+                    }
+                    core.on_message(frame, peer);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!("closing tcp connection from {src}: {e}");
+                    crate::stats::Stats::inc(&core.stats.tcp_bad_frames);
+                    break 'conn;
+                }
+            }
+        }
+    }
+    if let Ok(mut c) = core.out.conns.lock() {
+        c.remove(&id);
+    }
+    // Let queued replies go out before the writer ends with the channel.
+    let _ = writer.await;
+}
