@@ -349,6 +349,8 @@ fn sipp_options_and_invite_302_with_zero_failed_calls() {
                 transport,
                 "-m",
                 "300",
+                "-r",
+                "500",
                 "-l",
                 "30",
                 "-nostdin",
