@@ -375,3 +375,50 @@ fn sipp_options_and_invite_302_with_zero_failed_calls() {
         );
     }
 }
+
+#[test]
+fn stateless_forward_and_reply_relay() {
+    // siphon relays the request to a UAS (our socket) and the UAS's reply back by the Via.
+    let uas = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    uas.set_read_timeout(Some(W)).unwrap();
+    let cfg = format!(
+        "request_route {{\n remove_hf(\"X-Secret\");\n append_hf(\"X-Relayed: yes\\r\\n\");\n $du = \"sip:{}\";\n forward();\n }}\n",
+        uas.local_addr().unwrap()
+    );
+    let srv = Server::start(&cfg);
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("MESSAGE", uac.addr(), "f1", "c-fwd", "X-Secret: 1\r\n"));
+    let mut buf = vec![0u8; 65535];
+    let (n, from) = uas.recv_from(&mut buf).expect("the UAS gets the request");
+    let m = siphon_sip::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+    assert_eq!(m.max_forwards(), Some(69));
+    assert_eq!(m.headers_named(b"via").count(), 2);
+    assert!(m.headers_named(b"x-secret").next().is_none());
+    assert_eq!(m.headers_named(b"x-relayed").count(), 1);
+    // The UAS answers to the top Via (siphon's).
+    let reply = siphon_sip::build_reply(&m, 200, b"OK", &siphon_sip::ReplyOptions { to_tag: Some(b"uas"), ..Default::default() });
+    let via = m.top_via().unwrap();
+    let dest: std::net::SocketAddr = format!("{}:{}", String::from_utf8_lossy(&via.host), via.port.unwrap()).parse().unwrap();
+    assert_eq!(dest, from);
+    uas.send_to(&reply, dest).unwrap();
+    let r = uac.recv(W).expect("relayed reply");
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(r.headers_named(b"via").count(), 1, "siphon's Via is removed");
+}
+
+#[test]
+fn ipv6_listener() {
+    let Ok(probe) = std::net::UdpSocket::bind("[::1]:0") else { return };
+    drop(probe);
+    let srv = Server::start("listen=udp:[::1]:0\nrequest_route { sl_send_reply(\"200\", \"OK v6 $si\"); }\n");
+    let v6 = srv.log.lock().unwrap().iter().find_map(|l| l.split("listening on udp:").nth(1).map(str::trim).filter(|a| a.starts_with('[')).map(String::from)).expect("v6 listener");
+    let sock = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    sock.set_read_timeout(Some(W)).unwrap();
+    let me = sock.local_addr().unwrap();
+    sock.send_to(request("OPTIONS", me, "v6", "c-v6", "").as_bytes(), v6.parse::<std::net::SocketAddr>().unwrap()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("reply over IPv6");
+    let r = siphon_sip::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+    assert_eq!(r.status(), Some(200));
+    assert!(String::from_utf8_lossy(r.get(match r.kind { siphon_sip::Kind::Response { reason, .. } => reason, _ => unreachable!() })).contains("::1"));
+}
