@@ -196,7 +196,7 @@ impl HeaderName {
         if self != HeaderName::Other {
             return self == HeaderName::from_bytes(wanted);
         }
-        name_in_msg.eq_ignore_ascii_case(wanted)
+        canonical_name(name_in_msg).eq_ignore_ascii_case(canonical_name(wanted))
     }
 }
 
@@ -445,9 +445,10 @@ impl SipMsg {
     /// Headers whose name, as a script writes it, is `name` (`"Via"`, `"v"`, `"X-Foo"`).
     pub fn headers_named<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a Header> + 'a {
         let kind = HeaderName::from_bytes(name);
+        let want = canonical_name(name);
         self.headers.iter().filter(move |h| {
             if kind == HeaderName::Other {
-                self.get(h.name_rng).eq_ignore_ascii_case(name)
+                canonical_name(self.get(h.name_rng)).eq_ignore_ascii_case(want)
             } else {
                 h.name == kind
             }
@@ -505,6 +506,28 @@ impl SipMsg {
             return Err(ParseError::MissingHeader("CSeq"));
         }
         Ok(())
+    }
+}
+
+/// The full name of a compact form that has no [`HeaderName`] of its own
+/// (RFC 3261 §7.3.3, RFC 3265, RFC 3515, RFC 4028…); other names as given.
+fn canonical_name(n: &[u8]) -> &[u8] {
+    if n.len() != 1 {
+        return n;
+    }
+    match n[0].to_ascii_lowercase() {
+        b'k' => b"supported",
+        b's' => b"subject",
+        b'e' => b"content-encoding",
+        b'o' => b"event",
+        b'r' => b"refer-to",
+        b'b' => b"referred-by",
+        b'u' => b"allow-events",
+        b'x' => b"session-expires",
+        b'a' => b"accept-contact",
+        b'j' => b"reject-contact",
+        b'd' => b"request-disposition",
+        _ => n,
     }
 }
 

@@ -276,7 +276,7 @@ fn malformed_requests_get_400_or_are_dropped() {
 fn pseudo_variables_and_textops() {
     let cfg = r#"
 request_route {
-    if (is_method("OPTIONS|INFO") && !has_totag() && is_present_hf("X-In") && $hdr(X-In) == "v1") {
+    if (is_method("OPTIONS|INFO") && !has_totag() && is_present_hf("X-In") && $hdr(X-In) == "v1" && uri == myself && src_ip == 127.0.0.1 && method == "OPTIONS") {
         $rU = "changed";
         append_to_reply("X-Pv: $rm|$ru|$rU|$rd|$fU|$ft|$ci|$cs|$pr|$si|$(hdr(X-In)[1])|$(hdr(X-In)[*])|$ml\r\n");
         sl_send_reply("200", "OK");
@@ -387,7 +387,13 @@ fn stateless_forward_and_reply_relay() {
     );
     let srv = Server::start(&cfg);
     let uac = UdpUac::new(srv.udp);
-    uac.send(&request("MESSAGE", uac.addr(), "f1", "c-fwd", "X-Secret: 1\r\n"));
+    uac.send(&request(
+        "MESSAGE",
+        uac.addr(),
+        "f1",
+        "c-fwd",
+        "X-Secret: 1\r\n",
+    ));
     let mut buf = vec![0u8; 65535];
     let (n, from) = uas.recv_from(&mut buf).expect("the UAS gets the request");
     let m = siphon_sip::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
@@ -396,29 +402,73 @@ fn stateless_forward_and_reply_relay() {
     assert!(m.headers_named(b"x-secret").next().is_none());
     assert_eq!(m.headers_named(b"x-relayed").count(), 1);
     // The UAS answers to the top Via (siphon's).
-    let reply = siphon_sip::build_reply(&m, 200, b"OK", &siphon_sip::ReplyOptions { to_tag: Some(b"uas"), ..Default::default() });
+    let reply = siphon_sip::build_reply(
+        &m,
+        200,
+        b"OK",
+        &siphon_sip::ReplyOptions {
+            to_tag: Some(b"uas"),
+            ..Default::default()
+        },
+    );
     let via = m.top_via().unwrap();
-    let dest: std::net::SocketAddr = format!("{}:{}", String::from_utf8_lossy(&via.host), via.port.unwrap()).parse().unwrap();
+    let dest: std::net::SocketAddr = format!(
+        "{}:{}",
+        String::from_utf8_lossy(&via.host),
+        via.port.unwrap()
+    )
+    .parse()
+    .unwrap();
     assert_eq!(dest, from);
     uas.send_to(&reply, dest).unwrap();
     let r = uac.recv(W).expect("relayed reply");
     assert_eq!(r.status(), Some(200));
-    assert_eq!(r.headers_named(b"via").count(), 1, "siphon's Via is removed");
+    assert_eq!(
+        r.headers_named(b"via").count(),
+        1,
+        "siphon's Via is removed"
+    );
 }
 
 #[test]
 fn ipv6_listener() {
-    let Ok(probe) = std::net::UdpSocket::bind("[::1]:0") else { return };
+    let Ok(probe) = std::net::UdpSocket::bind("[::1]:0") else {
+        return;
+    };
     drop(probe);
-    let srv = Server::start("listen=udp:[::1]:0\nrequest_route { sl_send_reply(\"200\", \"OK v6 $si\"); }\n");
-    let v6 = srv.log.lock().unwrap().iter().find_map(|l| l.split("listening on udp:").nth(1).map(str::trim).filter(|a| a.starts_with('[')).map(String::from)).expect("v6 listener");
+    let srv = Server::start(
+        "listen=udp:[::1]:0\nrequest_route { sl_send_reply(\"200\", \"OK v6 $si\"); }\n",
+    );
+    let v6 = srv
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("listening on udp:")
+                .nth(1)
+                .map(str::trim)
+                .filter(|a| a.starts_with('['))
+                .map(String::from)
+        })
+        .expect("v6 listener");
     let sock = std::net::UdpSocket::bind("[::1]:0").unwrap();
     sock.set_read_timeout(Some(W)).unwrap();
     let me = sock.local_addr().unwrap();
-    sock.send_to(request("OPTIONS", me, "v6", "c-v6", "").as_bytes(), v6.parse::<std::net::SocketAddr>().unwrap()).unwrap();
+    sock.send_to(
+        request("OPTIONS", me, "v6", "c-v6", "").as_bytes(),
+        v6.parse::<std::net::SocketAddr>().unwrap(),
+    )
+    .unwrap();
     let mut buf = vec![0u8; 4096];
     let (n, _) = sock.recv_from(&mut buf).expect("reply over IPv6");
     let r = siphon_sip::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
     assert_eq!(r.status(), Some(200));
-    assert!(String::from_utf8_lossy(r.get(match r.kind { siphon_sip::Kind::Response { reason, .. } => reason, _ => unreachable!() })).contains("::1"));
+    assert!(
+        String::from_utf8_lossy(r.get(match r.kind {
+            siphon_sip::Kind::Response { reason, .. } => reason,
+            _ => unreachable!(),
+        }))
+        .contains("::1")
+    );
 }

@@ -55,6 +55,37 @@ fn request_line_and_compact_headers() {
 }
 
 #[test]
+fn every_compact_form() {
+    let m = msg(
+        "OPTIONS sip:a@h SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\r\nf: <sip:a@h>;tag=1\r\nt: <sip:b@h>\r\ni: cid\r\nm: <sip:a@h>\r\nk: timer\r\ns: hello\r\ne: gzip\r\nc: text/plain\r\nCSeq: 1 OPTIONS\r\nRecord-Route: <sip:p1;lr>, <sip:p2;lr>\r\nl: 0\r\n\r\n",
+    );
+    m.check_required().unwrap();
+    for (compact, full) in [
+        ("v", "Via"),
+        ("f", "From"),
+        ("t", "To"),
+        ("i", "Call-ID"),
+        ("m", "Contact"),
+        ("k", "Supported"),
+        ("s", "Subject"),
+        ("e", "Content-Encoding"),
+        ("c", "Content-Type"),
+        ("l", "Content-Length"),
+    ] {
+        assert_eq!(m.headers_named(compact.as_bytes()).count(), 1, "{compact}");
+        assert_eq!(m.headers_named(full.as_bytes()).count(), 1, "{full}");
+    }
+    let rr = m.value(HeaderName::RecordRoute).unwrap();
+    let routes: Vec<NameAddr> = split_commas(&rr)
+        .into_iter()
+        .map(|r| parse_name_addr(&rr.slice(r.range())).unwrap())
+        .collect();
+    assert_eq!(&routes[1].uri[..], b"sip:p2;lr");
+    let contact = parse_name_addr(&m.value(HeaderName::Contact).unwrap()).unwrap();
+    assert_eq!(&contact.uri[..], b"sip:a@h");
+}
+
+#[test]
 fn response_line() {
     let m = msg(
         "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: x\r\nCSeq: 2 INVITE\r\nContent-Length: 0\r\n\r\n",
