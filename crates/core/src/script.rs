@@ -13,6 +13,13 @@ use siphon_sip::{Edits, HeaderName, Kind, SipMsg};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where a request can still be answered: its own route, a failure route
+/// (also a resumed one), a branch route, an event route holding a request.
+const REPLY_ROUTES: RouteType = RouteType::REQUEST
+    .or(RouteType::FAILURE)
+    .or(RouteType::BRANCH)
+    .or(RouteType::EVENT);
+
 /// Branch prefix of the Vias siphon adds when it relays.
 pub(crate) const BRANCH_PREFIX: &[u8] = b"z9hG4bKsph";
 
@@ -510,12 +517,7 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
             None => (-1).into(),
         }
     })
-    .routes(
-        RouteType::REQUEST
-            .or(RouteType::FAILURE)
-            .or(RouteType::BRANCH)
-            .or(RouteType::EVENT),
-    ));
+    .routes(REPLY_ROUTES));
     let c = core.clone();
     f(FunctionSpec::new("t_reply", &[Int, Str], move |ex, a| {
         match code_reason(a, ex) {
@@ -523,12 +525,7 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
             None => (-1).into(),
         }
     })
-    .routes(
-        RouteType::REQUEST
-            .or(RouteType::FAILURE)
-            .or(RouteType::BRANCH)
-            .or(RouteType::EVENT),
-    ));
+    .routes(REPLY_ROUTES));
     let c = core.clone();
     f(FunctionSpec::new("t_newtran", &[], move |ex, _| {
         let Some(s) = sip(ex) else { return (-1).into() };
@@ -653,7 +650,7 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
                     };
                     let Some(s) = sip(ex) else { return (-1).into() };
                     let m = s.msg.method_bytes().to_ascii_uppercase();
-                    if list.iter().any(|x| *x == m) {
+                    if list.contains(&m) {
                         1.into()
                     } else {
                         (-1).into()

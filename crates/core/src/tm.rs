@@ -57,7 +57,7 @@ enum Park {
     /// Not suspended.
     None,
     /// `start` of a suspension is running; a resume that arrives now waits here.
-    Suspending(Option<(RouteId, Box<dyn FnOnce(&mut Ctx) + Send>)>),
+    Suspending(Option<Pending>),
     /// Suspended with its context.
     Parked(Box<Ctx>),
     /// Resumed (or timed out): later resumes are late.
@@ -208,16 +208,16 @@ impl Tm {
     }
 
     fn remove(&self, core: &Core, id: TxId) {
-        if let Ok(mut sh) = self.shard(id.index).lock() {
-            if let Some(e) = sh.by_label.remove(&id.label) {
-                if let Ok(e) = e.lock() {
-                    sh.by_key.remove(&e.key);
-                    if matches!(e.park, Park::Parked(_) | Park::Suspending(_)) {
-                        core.stats.tm_suspended.fetch_sub(1, Ordering::Relaxed);
-                    }
+        if let Ok(mut sh) = self.shard(id.index).lock()
+            && let Some(e) = sh.by_label.remove(&id.label)
+        {
+            if let Ok(e) = e.lock() {
+                sh.by_key.remove(&e.key);
+                if matches!(e.park, Park::Parked(_) | Park::Suspending(_)) {
+                    core.stats.tm_suspended.fetch_sub(1, Ordering::Relaxed);
                 }
-                core.stats.tm_current.fetch_sub(1, Ordering::Relaxed);
             }
+            core.stats.tm_current.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -310,10 +310,11 @@ impl Tm {
         Stats::inc(&core.stats.tm_created);
         sip.tx = Some(id);
         let auto100 = self.cfg.lock().map(|c| c.auto_inv_100).unwrap_or(true);
-        if invite && auto100 {
-            if let Ok(mut e) = entry.lock() {
-                self.reply_locked(core, id, &mut e, 100, b"Trying", &[]);
-            }
+        if invite
+            && auto100
+            && let Ok(mut e) = entry.lock()
+        {
+            self.reply_locked(core, id, &mut e, 100, b"Trying", &[]);
         }
         Some(id)
     }
@@ -427,10 +428,10 @@ impl Tm {
                 );
                 return;
             }
-            if let Some(sip) = ctx.ext.get::<SipCtx>() {
-                if sip.failure_route.is_some() {
-                    e.failure_route = sip.failure_route;
-                }
+            if let Some(sip) = ctx.ext.get::<SipCtx>()
+                && sip.failure_route.is_some()
+            {
+                e.failure_route = sip.failure_route;
             }
             e.park = Park::Suspending(None);
             core.stats.tm_suspended.fetch_add(1, Ordering::Relaxed);

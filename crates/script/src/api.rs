@@ -407,13 +407,7 @@ impl FunctionSpec {
         let f = Arc::new(f);
         let bind: Bind =
             Arc::new(move |args| Ok(Box::new(SimpleCall { args, f: f.clone() }) as Box<dyn Call>));
-        FunctionSpec {
-            name,
-            params: params.to_vec(),
-            min_args: params.len(),
-            routes: RouteType::ANY,
-            bind,
-        }
+        Self::with_bind(name, params, bind)
     }
     /// A function with its own bind step (checks or precomputes at load).
     pub fn with_bind(name: &'static str, params: &[ArgKind], bind: Bind) -> Self {

@@ -157,13 +157,13 @@ impl ServerTx {
             self.end_at = None;
             return TxAction::Terminate;
         }
-        if let Some(at) = self.retransmit_at {
-            if now >= at {
-                self.interval = (self.interval * 2).min(T2);
-                self.retransmit_at = Some(now + self.interval);
-                if let Some(r) = &self.last_reply {
-                    return TxAction::Send(r.clone());
-                }
+        if let Some(at) = self.retransmit_at
+            && now >= at
+        {
+            self.interval = (self.interval * 2).min(T2);
+            self.retransmit_at = Some(now + self.interval);
+            if let Some(r) = &self.last_reply {
+                return TxAction::Send(r.clone());
             }
         }
         TxAction::None

@@ -214,11 +214,11 @@ pub fn via_with_received(via: &[u8], received: Option<&[u8]>, rport: Option<u16>
         if name.eq_ignore_ascii_case(b"received") && received.is_some() {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"rport") {
-            if let Some(port) = rport {
-                out.extend_from_slice(format!(";rport={port}").as_bytes());
-                continue;
-            }
+        if name.eq_ignore_ascii_case(b"rport")
+            && let Some(port) = rport
+        {
+            out.extend_from_slice(format!(";rport={port}").as_bytes());
+            continue;
         }
         out.push(b';');
         out.extend_from_slice(p);

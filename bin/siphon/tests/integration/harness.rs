@@ -93,13 +93,8 @@ pub(crate) fn request(
     call_id: &str,
     extra: &str,
 ) -> String {
-    let cseq_method = if method == "CANCEL" || method == "ACK" {
-        method
-    } else {
-        method
-    };
     format!(
-        "{method} sip:service@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{branch};rport\r\nFrom: <sip:uac@127.0.0.1>;tag=f{call_id}\r\nTo: <sip:service@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 {cseq_method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+        "{method} sip:service@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{branch};rport\r\nFrom: <sip:uac@127.0.0.1>;tag=f{call_id}\r\nTo: <sip:service@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
     )
 }
 

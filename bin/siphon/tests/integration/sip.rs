@@ -116,7 +116,7 @@ fn cancel_of_a_pending_invite() {
     uac.send(&request("INVITE", uac.addr(), "x1", "c-cancel", ""));
     assert_eq!(uac.recv(W).unwrap().status(), Some(100));
     uac.send(&request("CANCEL", uac.addr(), "x1", "c-cancel", ""));
-    let mut codes = vec![uac.recv(W).unwrap(), uac.recv(W).unwrap()];
+    let mut codes = [uac.recv(W).unwrap(), uac.recv(W).unwrap()];
     codes.sort_by_key(|m| m.status());
     assert_eq!(
         (codes[0].status(), codes[0].cseq().unwrap().method),
@@ -264,9 +264,7 @@ fn malformed_requests_get_400_or_are_dropped() {
     assert_eq!(uac.recv(W).unwrap().status(), Some(200));
     // A TCP peer sending an oversized message is closed; others are unaffected.
     let mut t = TcpUac::new(srv.tcp);
-    t.send(&format!(
-        "OPTIONS sip:a SIP/2.0\r\nContent-Length: 999999\r\n\r\n"
-    ));
+    t.send("OPTIONS sip:a SIP/2.0\r\nContent-Length: 999999\r\n\r\n");
     assert!(t.recv(Duration::from_millis(500)).is_none());
     uac.send(&request("OPTIONS", uac.addr(), "ok2", "c-ok2", ""));
     assert_eq!(uac.recv(W).unwrap().status(), Some(200));
