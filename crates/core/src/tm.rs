@@ -603,10 +603,12 @@ fn on_timer(core: &Arc<Core>, id: TxId, now: Instant) {
     let Some(entry) = core.tm.get(id) else { return };
     let mut timed_out_ctx = None;
     let mut failure = None;
+    let mut fr_fired = false;
     {
         let Ok(mut e) = entry.lock() else { return };
         if e.fr_deadline.is_some_and(|d| d <= now) && !e.st.is_final() {
             e.fr_deadline = None;
+            fr_fired = true;
             if let Park::Parked(ctx) = std::mem::replace(&mut e.park, Park::Done) {
                 core.stats.tm_suspended.fetch_sub(1, Ordering::Relaxed);
                 timed_out_ctx = Some(ctx);
@@ -625,9 +627,14 @@ fn on_timer(core: &Arc<Core>, id: TxId, now: Instant) {
                 core.tm.remove(core, id);
                 return;
             }
+            // Nothing was due (a deadline that moved): its current one is queued already.
+            TxAction::None if !fr_fired => return,
             TxAction::None => {}
         }
         core.tm.reschedule(id, &e);
+    }
+    if !fr_fired {
+        return;
     }
     if timed_out_ctx.is_some() || failure.is_some() {
         // fr_timer fired with no final reply: the armed failure route runs, then 408.
