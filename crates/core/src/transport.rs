@@ -104,17 +104,9 @@ impl Outbound {
                 .map(|(_, s)| s.clone())
         };
         match sock {
-            Some(s) => match s.try_send_to(&bytes, to) {
-                Ok(_) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // The kernel buffer is full: send from a task rather than wait here.
-                    tokio::spawn(async move {
-                        let _ = s.send_to(&bytes, to).await;
-                    });
-                    true
-                }
-                Err(_) => false,
-            },
+            // Never wait on the SIP path: a full kernel buffer drops the datagram (the
+            // caller counts it) and SIP's retransmissions recover.
+            Some(s) => s.try_send_to(&bytes, to).is_ok(),
             None => false,
         }
     }
