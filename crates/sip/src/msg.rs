@@ -580,10 +580,11 @@ pub fn tcp_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError
         }
     }
     let cl = cl.ok_or(FrameError::NoContentLength)?;
-    let total = hend + cl;
-    if total - start > max {
+    // Compare before adding: a peer-chosen Content-Length must not overflow.
+    if cl > max || hend - start + cl > max {
         return Err(FrameError::TooLarge(max));
     }
+    let total = hend + cl;
     Ok(if buf.len() >= total {
         Some(total)
     } else {

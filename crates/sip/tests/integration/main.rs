@@ -239,6 +239,14 @@ fn tcp_framing() {
         tcp_frame_len(&vec![b'a'; 70_000], MAX_MESSAGE),
         Err(FrameError::TooLarge(_))
     ));
+    // Found by the fuzzer: a Content-Length near usize::MAX overflowed the frame end.
+    assert!(matches!(
+        tcp_frame_len(
+            b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 18446744073709551615\r\n\r\n",
+            MAX_MESSAGE
+        ),
+        Err(FrameError::TooLarge(_))
+    ));
     assert!(matches!(
         tcp_frame_len(b"OPTIONS sip:a SIP/2.0\r\nl: 999999\r\n\r\n", MAX_MESSAGE),
         Err(FrameError::TooLarge(_))
