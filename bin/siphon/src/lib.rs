@@ -23,6 +23,7 @@ pub fn registry_with_core() -> (Registry, Arc<Core>) {
     let mut reg = Registry::new();
     let core = Core::new();
     core.register(&mut reg);
+    reg.add(siphon_mod_jsonrpcs::def());
     (reg, core)
 }
 

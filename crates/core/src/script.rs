@@ -751,5 +751,44 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     });
     let c = core.clone();
     reg.hooks.myself = Some(Arc::new(move |v: &[u8]| c.is_myself(v)));
+    reg.stat_sources.push(Arc::new(CoreStats(core.clone())));
+    let c = core.clone();
+    reg.core_rpcs.push(siphon_script::rpc::RpcSpec::new(
+        "tm.stats",
+        "Transaction statistics.",
+        move |_| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = &c.stats;
+            Ok(serde_json::json!({
+                "current": s.tm_current.load(Relaxed),
+                "waiting": s.tm_suspended.load(Relaxed),
+                "total": s.tm_created.load(Relaxed),
+                "total_local": 0,
+                "replied_locally": s.tm_replies.iter().map(|x| x.load(Relaxed)).sum::<u64>(),
+                "6xx": s.tm_replies[5].load(Relaxed),
+                "5xx": s.tm_replies[4].load(Relaxed),
+                "4xx": s.tm_replies[3].load(Relaxed),
+                "3xx": s.tm_replies[2].load(Relaxed),
+                "2xx": s.tm_replies[1].load(Relaxed),
+                "created": s.tm_created.load(Relaxed),
+                "freed": s.tm_created.load(Relaxed) as i64 - s.tm_current.load(Relaxed),
+                "delayed_free": 0,
+                "timeouts": s.tm_timeouts.load(Relaxed),
+                "late_resume": s.tm_late_resume.load(Relaxed),
+            }))
+        },
+    ));
     let _ = Transport::Udp;
+}
+
+/// The core's counters as a statistics source.
+struct CoreStats(Arc<Core>);
+
+impl siphon_script::rpc::StatSource for CoreStats {
+    fn snapshot(&self) -> Vec<(String, i64)> {
+        self.0.stats.snapshot()
+    }
+    fn reset(&self, name: &str) {
+        self.0.stats.reset(name);
+    }
 }

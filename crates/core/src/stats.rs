@@ -87,3 +87,35 @@ impl Stats {
         v
     }
 }
+
+impl Stats {
+    /// Sets a counter to zero by its `group:name`; gauges (`tm:current`, `tm:suspended`) keep their value.
+    pub fn reset(&self, name: &str) {
+        let z = |c: &AtomicU64| c.store(0, Ordering::Relaxed);
+        match name {
+            "core:rcv_requests" => z(&self.rcv_requests),
+            "core:rcv_replies" => z(&self.rcv_replies),
+            "core:fwd_requests" => z(&self.fwd_requests),
+            "core:fwd_replies" => z(&self.fwd_replies),
+            "core:drop_requests" => z(&self.drop_requests),
+            "core:drop_replies" => z(&self.drop_replies),
+            "core:bad_msg_hdr" => z(&self.bad_msgs),
+            "core:err_requests" => z(&self.err_requests),
+            "core:send_failures" => z(&self.send_failures),
+            "core:tcp_bad_frames" => z(&self.tcp_bad_frames),
+            "tm:created" => z(&self.tm_created),
+            "tm:timeouts" => z(&self.tm_timeouts),
+            "tm:late_resume" => z(&self.tm_late_resume),
+            "tm:retransmissions_absorbed" => z(&self.tm_retransmissions_absorbed),
+            n => {
+                for (group, arr) in [("sl", &self.sl_replies), ("tm", &self.tm_replies)] {
+                    for (i, c) in arr.iter().enumerate() {
+                        if n == format!("{group}:{}xx_replies", i + 1) {
+                            z(c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

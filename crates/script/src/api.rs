@@ -176,6 +176,14 @@ pub trait Module: Send + Sync + Any {
     fn event_routes(&self) -> Vec<&'static str> {
         Vec::new()
     }
+    /// RPC commands it exports (`evapi.clients`, `jsonrpcc.servers`).
+    fn rpc_commands(&self) -> Vec<crate::rpc::RpcSpec> {
+        Vec::new()
+    }
+    /// Its statistics, if it keeps any.
+    fn stats(&self) -> Option<Arc<dyn crate::rpc::StatSource>> {
+        None
+    }
     /// Starts the module's tasks; called inside the runtime after compilation.
     fn start(&self, _cx: &StartCx) -> Result<(), String> {
         Ok(())

@@ -486,7 +486,27 @@ impl Compiler<'_> {
                 var_init[i] = value;
             }
         }
+        let mut rpcs = std::collections::HashMap::new();
+        for r in self
+            .reg
+            .core_rpcs
+            .iter()
+            .cloned()
+            .chain(self.instances.iter().flat_map(|(_, m)| m.rpc_commands()))
+        {
+            rpcs.insert(r.name, r);
+        }
+        let stat_sources = self
+            .reg
+            .stat_sources
+            .iter()
+            .cloned()
+            .chain(self.instances.iter().filter_map(|(_, m)| m.stats()))
+            .collect();
         let prog = Program {
+            stat_sources,
+            rpcs,
+            started: std::time::SystemTime::now(),
             routes: self.routes,
             tables: self.tables,
             events: self.events,

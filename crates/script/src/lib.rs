@@ -18,6 +18,7 @@ pub mod core;
 pub mod ctx;
 pub mod interp;
 pub mod pv;
+pub mod rpc;
 pub mod value;
 
 pub use api::{
@@ -59,6 +60,10 @@ pub struct Registry {
     pub core_pvs: Vec<PvClassSpec>,
     /// Event routes the core raises (`core:worker-one-init`…).
     pub core_events: Vec<String>,
+    /// RPC commands of the core (each module adds its own through [`Module::rpc_commands`]).
+    pub core_rpcs: Vec<rpc::RpcSpec>,
+    /// Statistics of the core (each module adds its own through [`Module::stats`]).
+    pub stat_sources: Vec<Arc<dyn rpc::StatSource>>,
     /// Core callbacks.
     pub hooks: Hooks,
 }
@@ -77,6 +82,8 @@ impl Registry {
             core_functions: core::core_functions(),
             core_pvs: vec![],
             core_events: vec![],
+            core_rpcs: rpc::builtin_commands(),
+            stat_sources: vec![Arc::new(EngineStats)],
             hooks: Hooks::default(),
         }
     }
@@ -176,6 +183,18 @@ pub struct Program {
     regex_cache: Mutex<HashMap<String, Arc<regex::bytes::Regex>>>,
     /// Engine counters.
     pub stats: ScriptStats,
+    rpcs: HashMap<&'static str, rpc::RpcSpec>,
+    started: std::time::SystemTime,
+    stat_sources: Vec<Arc<dyn rpc::StatSource>>,
+}
+
+/// The route engine's own counters, read through the program's `stats`.
+struct EngineStats;
+impl rpc::StatSource for EngineStats {
+    fn snapshot(&self) -> Vec<(String, i64)> {
+        Vec::new()
+    }
+    fn reset(&self, _name: &str) {}
 }
 
 impl std::fmt::Debug for Program {
@@ -248,6 +267,39 @@ impl Program {
     /// The loaded modules.
     pub fn modules(&self) -> &[(String, Arc<dyn Module>)] {
         &self.modules
+    }
+    /// An RPC command by name.
+    pub fn rpc(&self, name: &str) -> Option<&rpc::RpcSpec> {
+        self.rpcs.get(name)
+    }
+    /// Every RPC command name, sorted.
+    pub fn rpc_names(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = self.rpcs.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+    /// Every statistic of the core and the modules, `(group:name, value)`.
+    pub fn stat_snapshot(&self) -> Vec<(String, i64)> {
+        let mut v: Vec<(String, i64)> = self
+            .stat_sources
+            .iter()
+            .flat_map(|s| s.snapshot())
+            .collect();
+        v.push((
+            "script:while_limit_hits".into(),
+            self.stats
+                .while_limit_hits
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        ));
+        v
+    }
+    /// The statistics sources.
+    pub fn stat_sources(&self) -> &[Arc<dyn rpc::StatSource>] {
+        &self.stat_sources
+    }
+    /// When the program was built (`core.uptime`).
+    pub fn started(&self) -> std::time::SystemTime {
+        self.started
     }
     /// A loaded module by its concrete type.
     pub fn module<T: Module>(&self) -> Option<&T> {

@@ -14,7 +14,7 @@ fn siphon(args: &[&str]) -> Output {
 }
 
 /// A scratch directory for this test, removed when dropped.
-pub(crate) struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 impl Scratch {
     pub(crate) fn new(name: &str) -> Self {
         let p = std::env::temp_dir().join(format!("siphon-test-{}-{name}", std::process::id()));

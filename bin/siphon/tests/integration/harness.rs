@@ -54,13 +54,14 @@ impl Server {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("siphon did not start: {:#?}", log.lock().unwrap()));
-            if let Some(a) = line.split("listening on udp:").nth(1) {
-                udp = a.trim().parse().ok();
+            if let Some(a) = line.strip_prefix("listening on udp:") {
+                udp = udp.or(a.trim().parse().ok());
             }
-            if let Some(a) = line.split("listening on tcp:").nth(1) {
-                tcp = a.trim().parse().ok();
+            if let Some(a) = line.strip_prefix("listening on tcp:") {
+                tcp = tcp.or(a.trim().parse().ok());
             }
-            if line.contains("siphon started") {
+            // The stdout line (not the log line): stdout's earlier lines are in by then.
+            if line == "siphon started" {
                 break;
             }
         }

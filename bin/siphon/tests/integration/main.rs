@@ -3,6 +3,7 @@
 mod cli;
 mod golden;
 mod harness;
+mod jsonrpcs;
 mod seeds;
 mod sip;
 mod stubs;

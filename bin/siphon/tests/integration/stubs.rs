@@ -138,6 +138,15 @@ pub(crate) fn registry() -> Registry {
             vec![],
         ));
     }
+    if !r
+        .core_functions
+        .iter()
+        .any(|f| f.name == "jsonrpc_dispatch")
+        && r.def("xhttp").is_none()
+    {
+        // jsonrpcs is built, its HTTP side (xhttp) is not: only jsonrpc_dispatch is stubbed.
+        r.core_functions.push(f("jsonrpc_dispatch", &[]));
+    }
     if r.def("xhttp").is_none() {
         r.add(module(
             "xhttp",

@@ -1,0 +1,250 @@
+//! jsonrpcs (seed 002): Kamailio's JSON-RPC 2.0 management interface.
+//!
+//! Transports: a FIFO (requests carry `reply_name`, replies go to a FIFO of
+//! that name in `fifo_reply_dir`) and datagrams (a unix socket path or
+//! `udp:ADDR:PORT`, replies to the sender). `jsonrpc_exec(json)` runs a
+//! command from the script with the result in `$jsonrpl(code|text|body)`.
+//! The HTTP transport (xhttp, `jsonrpc_dispatch`) is not built yet.
+
+mod dispatch;
+mod transport;
+
+pub use dispatch::{Mode, dispatch, render};
+
+use bytes::Bytes;
+use serde_json::Value;
+use siphon_script::api::*;
+use siphon_script::rpc::RpcSpec;
+use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+/// The module's configuration, from its parameters.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `pretty_format`.
+    pub pretty: bool,
+    /// `transport`: 0 all, 1 HTTP, 2 FIFO, 4 datagram (a sum).
+    pub transport: i64,
+    /// `fifo_name`, resolved against the run directory.
+    pub fifo: PathBuf,
+    /// `fifo_mode`.
+    pub fifo_mode: u32,
+    /// `fifo_user`, `fifo_group`.
+    pub fifo_owner: (Option<String>, Option<String>),
+    /// `fifo_reply_dir`.
+    pub reply_dir: PathBuf,
+    /// `dgram_socket`: a unix path (resolved) or `udp:host:port`.
+    pub dgram: String,
+    /// `dgram_workers`.
+    pub dgram_workers: usize,
+    /// `dgram_mode`.
+    pub dgram_mode: u32,
+    /// `dgram_user`, `dgram_group`.
+    pub dgram_owner: (Option<String>, Option<String>),
+    /// Where relative paths go.
+    pub run_dir: PathBuf,
+}
+
+/// Largest FIFO document.
+pub const FIFO_MAX: usize = 64 * 1024;
+/// Largest datagram request and reply.
+pub const DGRAM_MAX: usize = 65_000;
+
+fn mode_of(v: Option<i64>, default: u32) -> u32 {
+    // Written as 0660 in configs: the lexer reads 660 decimal; treat its digits as octal.
+    match v {
+        None => default,
+        Some(n) => u32::from_str_radix(&n.to_string(), 8).unwrap_or(default),
+    }
+}
+
+impl Config {
+    fn from(cfg: &ModuleConfig) -> Result<Config, String> {
+        let run_dir = PathBuf::from(
+            cfg.core
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| "/run/siphon".into()),
+        );
+        let resolve = |p: String| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() { p } else { run_dir.join(p) }
+        };
+        let dgram = cfg
+            .str("dgram_socket")
+            .unwrap_or_else(|| "kamailio_rpc.sock".into());
+        let dgram = if dgram.starts_with("udp:") || dgram.starts_with("udp6:") {
+            dgram
+        } else {
+            resolve(dgram).display().to_string()
+        };
+        let transport = cfg.int("transport").unwrap_or(6);
+        if !(0..=7).contains(&transport) {
+            return Err(format!(
+                "transport must be 0-7 (a sum of 1 HTTP, 2 FIFO, 4 datagram), found {transport}"
+            ));
+        }
+        Ok(Config {
+            pretty: cfg.int("pretty_format").unwrap_or(0) != 0,
+            transport,
+            fifo: resolve(
+                cfg.str("fifo_name")
+                    .unwrap_or_else(|| "kamailio_rpc.fifo".into()),
+            ),
+            fifo_mode: mode_of(cfg.int("fifo_mode"), 0o660),
+            fifo_owner: (cfg.str("fifo_user"), cfg.str("fifo_group")),
+            reply_dir: PathBuf::from(cfg.str("fifo_reply_dir").unwrap_or_else(|| "/tmp/".into())),
+            dgram,
+            dgram_workers: cfg.int("dgram_workers").unwrap_or(1).clamp(1, 64) as usize,
+            dgram_mode: mode_of(cfg.int("dgram_mode"), 0o660),
+            dgram_owner: (cfg.str("dgram_user"), cfg.str("dgram_group")),
+            run_dir,
+        })
+    }
+    fn wants(&self, bit: i64) -> bool {
+        self.transport == 0 || self.transport & bit != 0
+    }
+}
+
+/// The loaded module.
+pub struct Jsonrpcs {
+    cfg: Config,
+    program: Arc<OnceLock<Arc<Program>>>,
+}
+
+/// What `jsonrpc_exec` left for `$jsonrpl(...)`.
+#[derive(Debug, Clone, Default)]
+struct Jsonrpl {
+    code: i64,
+    text: String,
+    body: Bytes,
+}
+
+impl Module for Jsonrpcs {
+    fn functions(&self) -> Vec<FunctionSpec> {
+        let program = self.program.clone();
+        let pretty = self.cfg.pretty;
+        vec![FunctionSpec::new(
+            "jsonrpc_exec",
+            &[ArgKind::Str],
+            move |ex, args| {
+                let doc = args.bytes(0, ex);
+                let Some(p) = program.get() else {
+                    return (-1).into();
+                };
+                let reply = dispatch::now(dispatch::dispatch(p, &doc, Mode::Sync)).flatten();
+                let state = match &reply {
+                    None => Jsonrpl {
+                        code: 200,
+                        text: "OK".into(),
+                        body: Bytes::new(),
+                    },
+                    Some(v) => {
+                        let body = Bytes::from(render(v, pretty));
+                        match v.get("error") {
+                            Some(e) => Jsonrpl {
+                                code: e.get("code").and_then(Value::as_i64).unwrap_or(500),
+                                text: e
+                                    .get("message")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("error")
+                                    .to_string(),
+                                body,
+                            },
+                            None => Jsonrpl {
+                                code: 200,
+                                text: "OK".into(),
+                                body,
+                            },
+                        }
+                    }
+                };
+                let ok = state.code == 200;
+                ex.ctx.ext.insert(state);
+                if ok { 1.into() } else { (-1).into() }
+            },
+        )]
+    }
+
+    fn pv_classes(&self) -> Vec<PvClassSpec> {
+        struct Jpv(u8);
+        impl PvAccess for Jpv {
+            fn get(&self, ex: &mut siphon_script::Exec<'_>, _: PvIdx) -> siphon_script::Value {
+                let Some(s) = ex.ctx.ext.get::<Jsonrpl>() else {
+                    return siphon_script::Value::Null;
+                };
+                match self.0 {
+                    0 => siphon_script::Value::Int(s.code),
+                    1 => siphon_script::Value::from(s.text.clone()),
+                    _ => siphon_script::Value::Str(s.body.clone()),
+                }
+            }
+        }
+        vec![PvClassSpec::new(
+            "jsonrpl",
+            PvInner::Required,
+            Arc::new(|inner| {
+                let k = match inner.unwrap_or_default() {
+                    "code" => 0,
+                    "text" => 1,
+                    "body" => 2,
+                    other => return Err(format!("unknown key `{other}` (code, text, body)")),
+                };
+                Ok(Arc::new(Jpv(k)) as Arc<dyn PvAccess>)
+            }),
+        )]
+    }
+
+    fn rpc_commands(&self) -> Vec<RpcSpec> {
+        vec![RpcSpec::new("jsonrpc.echo", "Returns its params.", |c| {
+            Ok(Value::Array(c.params.clone()))
+        })]
+    }
+
+    fn start(&self, cx: &StartCx) -> Result<(), String> {
+        let _ = self.program.set(cx.program.clone());
+        if self.cfg.wants(2) {
+            transport::start_fifo(&self.cfg, cx.program.clone())?;
+        }
+        if self.cfg.wants(4) {
+            transport::start_dgram(&self.cfg, cx.program.clone())?;
+        }
+        if self.cfg.transport & 1 != 0 {
+            tracing::warn!("jsonrpcs: the HTTP transport (xhttp) is not available yet");
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The module definition for the registry.
+pub fn def() -> ModuleDef {
+    ModuleDef {
+        name: "jsonrpcs",
+        params: vec![
+            ParamSpec::int("pretty_format"),
+            ParamSpec::int("transport"),
+            ParamSpec::str("fifo_name"),
+            ParamSpec::int("fifo_mode"),
+            ParamSpec::int_or_str("fifo_group"),
+            ParamSpec::int_or_str("fifo_user"),
+            ParamSpec::str("fifo_reply_dir"),
+            ParamSpec::str("dgram_socket"),
+            ParamSpec::int("dgram_workers"),
+            ParamSpec::int("dgram_mode"),
+            ParamSpec::int_or_str("dgram_group"),
+            ParamSpec::int_or_str("dgram_user"),
+            ParamSpec::int("dgram_timeout"),
+        ],
+        instantiate: Arc::new(|cfg| {
+            Ok(Arc::new(Jsonrpcs {
+                cfg: Config::from(cfg)?,
+                program: Arc::new(OnceLock::new()),
+            }) as Arc<dyn Module>)
+        }),
+    }
+}
