@@ -2,6 +2,8 @@
 //! the steps of a run (load, check, start), so integration tests can use the
 //! same registry the shipped binary has.
 
+pub mod ctl;
+
 use siphon_cfg::{Diagnostic, FsLoader, MemLoader, PreOptions, SourceMap};
 use siphon_core::Core;
 use siphon_script::{Loaded, Program, Registry};

@@ -49,6 +49,25 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run a management command over jsonrpcs (as kamcmd/kamcli do).
+    Ctl {
+        /// The server's FIFO.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["udp", "unix"])]
+        fifo: Option<PathBuf>,
+        /// Directory for the reply FIFO (the server's fifo_reply_dir).
+        #[arg(long, value_name = "DIR", default_value = "/tmp")]
+        reply_dir: PathBuf,
+        /// The server's UDP datagram socket (default: 127.0.0.1:5090, what the default configuration opens).
+        #[arg(long, value_name = "ADDR:PORT", conflicts_with = "unix")]
+        udp: Option<String>,
+        /// The server's unix datagram socket.
+        #[arg(long, value_name = "PATH")]
+        unix: Option<PathBuf>,
+        /// The command, e.g. core.version, stats.get_statistics.
+        method: String,
+        /// Params: numbers when they read as numbers; `s:` forces a string.
+        params: Vec<String>,
+    },
     /// Check a configuration file (as `siphon -c -f FILE`).
     Check {
         /// The configuration file.
@@ -66,7 +85,48 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG}");
         return ExitCode::SUCCESS;
     }
-    if let Some(Cmd::Check { file, define }) = cli.cmd.take() {
+    let cmd = cli.cmd.take();
+    if let Some(Cmd::Ctl {
+        fifo,
+        reply_dir,
+        udp,
+        unix,
+        method,
+        params,
+    }) = cmd
+    {
+        use siphon::ctl::{DEFAULT_UDP, Target, call};
+        let target = match (fifo, unix, udp) {
+            (Some(f), _, _) => Target::Fifo(f, reply_dir),
+            (_, Some(u), _) => Target::Unix(u),
+            (_, _, u) => Target::Udp(u.unwrap_or_else(|| DEFAULT_UDP.to_string())),
+        };
+        return match call(&target, &method, &params) {
+            Ok(reply) => match reply.get("error") {
+                Some(e) => {
+                    eprintln!(
+                        "error: {} ({})",
+                        e.get("message").and_then(|m| m.as_str()).unwrap_or("?"),
+                        e.get("code").cloned().unwrap_or_default()
+                    );
+                    ExitCode::from(1)
+                }
+                None => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(reply.get("result").unwrap_or(&reply))
+                            .unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+            },
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if let Some(Cmd::Check { file, define }) = cmd {
         cli.file = Some(file);
         cli.define.extend(define);
         cli.check = true;

@@ -7,11 +7,53 @@ const W: Duration = Duration::from_secs(3);
 
 #[test]
 fn default_config_answers_options_and_rejects_the_rest() {
-    let srv = Server::start(
-        &siphon::DEFAULT_CONFIG
-            .replace("listen=udp:127.0.0.1:5060\n", "")
-            .replace("listen=tcp:127.0.0.1:5060\n", ""),
+    let dir = super::cli::Scratch::new("default-cfg");
+    let cfg = siphon::DEFAULT_CONFIG
+        .replace("listen=udp:127.0.0.1:5060\n", "")
+        .replace("listen=tcp:127.0.0.1:5060\n", "")
+        .replace("udp:127.0.0.1:5090", "udp:127.0.0.1:0")
+        .replace(
+            "/tmp/siphon_rpc.fifo",
+            &format!("{}/rpc.fifo", dir.0.display()),
+        );
+    let srv = Server::start(&cfg);
+    // `siphon ctl` against it, over UDP and the FIFO.
+    let rpc = srv
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("jsonrpcs listening on udp:")
+                .map(str::to_string)
+        })
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
+            .arg("ctl")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["--udp", &rpc, "core.echo", "1", "s:2", "x", "1.5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!([1, "2", "x", 1.5]));
+    let out = ctl(&["--udp", &rpc, "no.such"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Method not found"));
+    let fifo = format!("{}/rpc.fifo", dir.0.display());
+    let out = ctl(&["--fifo", &fifo, "core.version"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("siphon"));
     let uac = UdpUac::new(srv.udp);
     uac.send(&request("OPTIONS", uac.addr(), "o1", "c-opt", ""));
     let r = uac.recv(W).expect("reply");

@@ -1,0 +1,137 @@
+//! `siphon ctl`: a kamcmd/kamcli for siphon over the jsonrpcs transports.
+
+use serde_json::{Value, json};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the server listens.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `udp:ADDR:PORT` datagrams.
+    Udp(String),
+    /// A unix datagram socket.
+    Unix(PathBuf),
+    /// The FIFO, with replies in `reply_dir`.
+    Fifo(PathBuf, PathBuf),
+}
+
+/// The default target: what the embedded default configuration opens.
+pub const DEFAULT_UDP: &str = "127.0.0.1:5090";
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A param as typed on the command line: a number when it reads as one, a
+/// string otherwise; `s:` forces a string.
+pub fn typed_param(p: &str) -> Value {
+    if let Some(s) = p.strip_prefix("s:") {
+        return json!(s);
+    }
+    if let Ok(n) = p.parse::<i64>() {
+        return json!(n);
+    }
+    if let Ok(f) = p.parse::<f64>() {
+        if f.is_finite() {
+            return json!(f);
+        }
+    }
+    json!(p)
+}
+
+/// Sends one request and returns the reply document.
+pub fn call(target: &Target, method: &str, params: &[String]) -> Result<Value, String> {
+    let id = std::process::id();
+    let mut req = json!({"jsonrpc": "2.0", "method": method, "id": id});
+    if !params.is_empty() {
+        req["params"] = Value::Array(params.iter().map(|p| typed_param(p)).collect());
+    }
+    let text = match target {
+        Target::Udp(addr) => {
+            let sock = std::net::UdpSocket::bind(if addr.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            })
+            .map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(WAIT))
+                .map_err(|e| e.to_string())?;
+            sock.send_to(req.to_string().as_bytes(), addr)
+                .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+            let mut buf = vec![0u8; 70_000];
+            let (n, _) = sock
+                .recv_from(&mut buf)
+                .map_err(|e| format!("no reply from udp:{addr}: {e}"))?;
+            buf.truncate(n);
+            buf
+        }
+        Target::Unix(path) => {
+            let me = std::env::temp_dir().join(format!("siphon-ctl-{id}.sock"));
+            let _ = std::fs::remove_file(&me);
+            let sock = std::os::unix::net::UnixDatagram::bind(&me).map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(WAIT))
+                .map_err(|e| e.to_string())?;
+            let r = sock
+                .send_to(req.to_string().as_bytes(), path)
+                .map_err(|e| format!("cannot send to {}: {e}", path.display()))
+                .and_then(|_| {
+                    let mut buf = vec![0u8; 70_000];
+                    let n = sock
+                        .recv(&mut buf)
+                        .map_err(|e| format!("no reply from {}: {e}", path.display()))?;
+                    buf.truncate(n);
+                    Ok(buf)
+                });
+            let _ = std::fs::remove_file(&me);
+            r?
+        }
+        Target::Fifo(fifo, reply_dir) => {
+            let name = format!("siphon_ctl_reply_{id}");
+            let reply = reply_dir.join(&name);
+            let _ = std::fs::remove_file(&reply);
+            nix::unistd::mkfifo(&reply, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| format!("mkfifo {}: {e}", reply.display()))?;
+            req["reply_name"] = json!(name);
+            let r = (|| {
+                // Open the reply side first (read-write, so opening does not wait for the server).
+                let mut rd = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&reply)
+                    .map_err(|e| e.to_string())?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(fifo)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, req.to_string().as_bytes()))
+                    .map_err(|e| format!("cannot write to {}: {e}", fifo.display()))?;
+                read_document(&mut rd)
+            })();
+            let _ = std::fs::remove_file(&reply);
+            r?
+        }
+    };
+    serde_json::from_slice(&text).map_err(|e| format!("the reply is not JSON: {e}"))
+}
+
+/// Reads one JSON document from a FIFO within the wait time.
+fn read_document(rd: &mut std::fs::File) -> Result<Vec<u8>, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut rd = rd.try_clone().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match rd.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if serde_json::from_slice::<Value>(&buf).is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(buf);
+    });
+    rx.recv_timeout(WAIT)
+        .map_err(|_| "no reply on the FIFO".to_string())
+}
