@@ -51,9 +51,12 @@ impl Server {
         let (mut udp, mut tcp) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("siphon did not start: {:#?}", log.lock().unwrap()));
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("siphon did not start: {:#?}", log.lock().unwrap());
+            };
             if let Some(a) = line.strip_prefix("listening on udp:") {
                 udp = udp.or(a.trim().parse().ok());
             }
