@@ -17,36 +17,40 @@ const REPLY_OPEN_WAIT: Duration = Duration::from_secs(2);
 fn own(path: &Path, mode: u32, owner: &(Option<String>, Option<String>)) -> Result<(), String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-    let uid = match &owner.0 {
-        None => None,
-        Some(u) => Some(match u.parse::<u32>() {
-            Ok(n) => nix::unistd::Uid::from_raw(n),
-            Err(_) => {
-                nix::unistd::User::from_name(u)
-                    .ok()
-                    .flatten()
-                    .ok_or(format!("unknown user `{u}`"))?
-                    .uid
-            }
-        }),
-    };
-    let gid = match &owner.1 {
-        None => None,
-        Some(g) => Some(match g.parse::<u32>() {
-            Ok(n) => nix::unistd::Gid::from_raw(n),
-            Err(_) => {
-                nix::unistd::Group::from_name(g)
-                    .ok()
-                    .flatten()
-                    .ok_or(format!("unknown group `{g}`"))?
-                    .gid
-            }
-        }),
-    };
+    let uid = lookup(&owner.0, "user", nix::unistd::Uid::from_raw, |n| {
+        nix::unistd::User::from_name(n)
+            .ok()
+            .flatten()
+            .map(|u| u.uid)
+    })?;
+    let gid = lookup(&owner.1, "group", nix::unistd::Gid::from_raw, |n| {
+        nix::unistd::Group::from_name(n)
+            .ok()
+            .flatten()
+            .map(|g| g.gid)
+    })?;
     if uid.is_some() || gid.is_some() {
         nix::unistd::chown(path, uid, gid).map_err(|e| format!("chown {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// A user or group given as a number or a name.
+fn lookup<T>(
+    v: &Option<String>,
+    what: &str,
+    from_raw: fn(u32) -> T,
+    by_name: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, String> {
+    v.as_deref()
+        .map(|s| {
+            s.parse::<u32>()
+                .map(from_raw)
+                .ok()
+                .or_else(|| by_name(s))
+                .ok_or(format!("unknown {what} `{s}`"))
+        })
+        .transpose()
 }
 
 fn make_dir_for(path: &Path) -> Result<(), String> {
@@ -294,4 +298,57 @@ async fn answer(program: &Arc<Program>, req: &[u8], pretty: bool) -> Option<Vec<
         return Some(too_large(reply.get("id")));
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_groups_by_number_or_name() {
+        let by_name = |n: &str| {
+            nix::unistd::User::from_name(n)
+                .ok()
+                .flatten()
+                .map(|u| u.uid)
+        };
+        assert_eq!(
+            lookup(
+                &Some("0".into()),
+                "user",
+                nix::unistd::Uid::from_raw,
+                by_name
+            ),
+            Ok(Some(nix::unistd::Uid::from_raw(0)))
+        );
+        assert_eq!(
+            lookup(
+                &Some("root".into()),
+                "user",
+                nix::unistd::Uid::from_raw,
+                by_name
+            ),
+            Ok(Some(nix::unistd::Uid::from_raw(0)))
+        );
+        assert_eq!(
+            lookup(&None, "user", nix::unistd::Uid::from_raw, by_name),
+            Ok(None)
+        );
+        assert!(
+            lookup(
+                &Some("no-such-user-here".into()),
+                "user",
+                nix::unistd::Uid::from_raw,
+                by_name
+            )
+            .unwrap_err()
+            .contains("unknown user")
+        );
+    }
+
+    #[test]
+    fn modes_are_written_in_octal() {
+        assert_eq!(crate::mode_of(Some(660), 0), 0o660);
+        assert_eq!(crate::mode_of(None, 0o600), 0o600);
+    }
 }

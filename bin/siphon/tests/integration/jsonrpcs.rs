@@ -260,8 +260,15 @@ fn python_jsonrpcclient_over_udp() {
     let dir = super::cli::Scratch::new("jrpc-py");
     let srv = Server::start(&cfg(&dir.0.display().to_string()));
     let to = udp_addr(&srv);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/jsonrpcclient_udp.py");
-    let out = std::process::Command::new("python3").arg(script).arg(to.to_string()).output().expect("python3");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/jsonrpcclient_udp.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(to.to_string())
+        .output()
+        .expect("python3");
     assert!(
         out.status.success(),
         "jsonrpcclient (pip install jsonrpcclient; .ci/run does it) failed:\n{}{}",
