@@ -30,10 +30,10 @@ pub fn typed_param(p: &str) -> Value {
     if let Ok(n) = p.parse::<i64>() {
         return json!(n);
     }
-    if let Ok(f) = p.parse::<f64>() {
-        if f.is_finite() {
-            return json!(f);
-        }
+    if let Ok(f) = p.parse::<f64>()
+        && f.is_finite()
+    {
+        return json!(f);
     }
     json!(p)
 }

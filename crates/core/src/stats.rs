@@ -41,6 +41,8 @@ pub struct Stats {
     pub send_failures: AtomicU64,
     /// TCP connections closed for bad framing or oversized messages.
     pub tcp_bad_frames: AtomicU64,
+    /// TCP connections refused over `tcp_max_connections`.
+    pub tcp_refused: AtomicU64,
 }
 
 impl Stats {
@@ -65,6 +67,7 @@ impl Stats {
             ("core:err_requests".into(), g(&self.err_requests)),
             ("core:send_failures".into(), g(&self.send_failures)),
             ("core:tcp_bad_frames".into(), g(&self.tcp_bad_frames)),
+            ("core:tcp_refused".into(), g(&self.tcp_refused)),
             ("tm:current".into(), self.tm_current.load(Ordering::Relaxed)),
             ("tm:created".into(), g(&self.tm_created)),
             (
@@ -103,6 +106,7 @@ impl Stats {
             "core:err_requests" => z(&self.err_requests),
             "core:send_failures" => z(&self.send_failures),
             "core:tcp_bad_frames" => z(&self.tcp_bad_frames),
+            "core:tcp_refused" => z(&self.tcp_refused),
             "tm:created" => z(&self.tm_created),
             "tm:timeouts" => z(&self.tm_timeouts),
             "tm:late_resume" => z(&self.tm_late_resume),

@@ -161,6 +161,10 @@ pub(crate) async fn start(
     shutdown: &CancellationToken,
 ) -> std::io::Result<Vec<Bound>> {
     let mut bound = Vec::new();
+    // One limit for all TCP listeners together, as Kamailio's tcp_max_connections.
+    let tcp_limit = Arc::new(tokio::sync::Semaphore::new(
+        core.program().map_or(2048, |p| p.core.tcp_max_connections),
+    ));
     for spec in specs {
         let addr = resolve(spec)?;
         if matches!(spec.proto, Proto::Udp | Proto::Any) {
@@ -200,7 +204,12 @@ pub(crate) async fn start(
             };
             let l = TcpListener::bind(tcp_addr).await?;
             let actual = l.local_addr()?;
-            tokio::spawn(tcp_accept_loop(core.clone(), l, shutdown.clone()));
+            tokio::spawn(tcp_accept_loop(
+                core.clone(),
+                l,
+                tcp_limit.clone(),
+                shutdown.clone(),
+            ));
             bound.push(Bound {
                 transport: Transport::Tcp,
                 addr: actual,
@@ -254,7 +263,12 @@ async fn udp_loop(
     }
 }
 
-async fn tcp_accept_loop(core: Arc<Core>, l: TcpListener, shutdown: CancellationToken) {
+async fn tcp_accept_loop(
+    core: Arc<Core>,
+    l: TcpListener,
+    limit: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+) {
     loop {
         let r = tokio::select! {
             r = l.accept() => r,
@@ -262,9 +276,19 @@ async fn tcp_accept_loop(core: Arc<Core>, l: TcpListener, shutdown: Cancellation
         };
         match r {
             Ok((stream, src)) => {
+                // Over tcp_max_connections: accepted and closed at once, counted.
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    crate::stats::Stats::inc(&core.stats.tcp_refused);
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(src);
-                tokio::spawn(tcp_conn(core.clone(), stream, src, local, shutdown.clone()));
+                let (core, shutdown) = (core.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    tcp_conn(core, stream, src, local, shutdown).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!("tcp accept: {e}");

@@ -82,6 +82,11 @@ pub struct Response {
     pub outcome: Result<Value, RpcError>,
 }
 
+/// A document that is not valid JSON-RPC: the id when one could be read (the
+/// error response echoes it; `null` otherwise) and the error. Boxed: rejections
+/// are the rare path and should not widen every `Result`.
+pub type Rejected = Box<(Option<Value>, RpcError)>;
+
 /// What one JSON-RPC document is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -90,76 +95,76 @@ pub enum Message {
     /// A response.
     Response(Response),
     /// A batch; each element is checked on its own.
-    Batch(Vec<Result<Message, (Option<Value>, RpcError)>>),
+    Batch(Vec<Result<Message, Rejected>>),
 }
 
 /// Parses one document. The error carries the id when one could be read, so
 /// the error response can echo it (the specification says `null` otherwise).
-pub fn parse(text: &[u8]) -> Result<Message, (Option<Value>, RpcError)> {
+pub fn parse(text: &[u8]) -> Result<Message, Rejected> {
     let v: Value = serde_json::from_slice(text).map_err(|e| {
-        (
+        Box::new((
             None,
             RpcError::new(PARSE_ERROR, format!("Parse error: {e}")),
-        )
+        ))
     })?;
     match v {
-        Value::Array(items) if items.is_empty() => Err((
+        Value::Array(items) if items.is_empty() => Err(Box::new((
             None,
             RpcError::new(INVALID_REQUEST, "Invalid Request: empty batch"),
-        )),
+        ))),
         Value::Array(items) => Ok(Message::Batch(items.into_iter().map(classify).collect())),
         other => classify(other),
     }
 }
 
-fn classify(v: Value) -> Result<Message, (Option<Value>, RpcError)> {
+fn classify(v: Value) -> Result<Message, Rejected> {
     let Value::Object(mut o) = v else {
-        return Err((
+        return Err(Box::new((
             None,
             RpcError::new(INVALID_REQUEST, "Invalid Request: not an object"),
-        ));
+        )));
     };
     let id = o.remove("id");
     let bad_id = id
         .as_ref()
         .is_some_and(|i| !(i.is_null() || i.is_number() || i.is_string()));
     if bad_id {
-        return Err((
+        return Err(Box::new((
             None,
             RpcError::new(
                 INVALID_REQUEST,
                 "Invalid Request: id must be a number, a string or null",
             ),
-        ));
+        )));
     }
     if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err((
+        return Err(Box::new((
             id,
             RpcError::new(
                 INVALID_REQUEST,
                 "Invalid Request: \"jsonrpc\" must be \"2.0\"",
             ),
-        ));
+        )));
     }
     if let Some(m) = o.remove("method") {
         let Value::String(method) = m else {
-            return Err((
+            return Err(Box::new((
                 id,
                 RpcError::new(INVALID_REQUEST, "Invalid Request: method must be a string"),
-            ));
+            )));
         };
         let params = o.remove("params");
         if params
             .as_ref()
             .is_some_and(|p| !(p.is_array() || p.is_object()))
         {
-            return Err((
+            return Err(Box::new((
                 id,
                 RpcError::new(
                     INVALID_REQUEST,
                     "Invalid Request: params must be an array or an object",
                 ),
-            ));
+            )));
         }
         return Ok(Message::Call(Call { id, method, params }));
     }
@@ -178,22 +183,22 @@ fn classify(v: Value) -> Result<Message, (Option<Value>, RpcError)> {
                         data: e.get("data").cloned(),
                     }),
                 })),
-                _ => Err((
+                _ => Err(Box::new((
                     Some(id),
                     RpcError::new(
                         INVALID_REQUEST,
                         "Invalid Response: error needs a numeric code and a message",
                     ),
-                )),
+                ))),
             }
         }
-        _ => Err((
+        _ => Err(Box::new((
             Some(id),
             RpcError::new(
                 INVALID_REQUEST,
                 "Invalid Request: no method, and not exactly one of result or error",
             ),
-        )),
+        ))),
     }
 }
 
@@ -267,7 +272,7 @@ mod tests {
         assert_eq!(parse(b"{bad").unwrap_err().1.code, PARSE_ERROR);
         assert_eq!(parse(b"[]").unwrap_err().1.code, INVALID_REQUEST);
         assert_eq!(parse(b"1").unwrap_err().1.code, INVALID_REQUEST);
-        let (id, e) = parse(br#"{"jsonrpc":"1.0","method":"m","id":7}"#).unwrap_err();
+        let (id, e) = *parse(br#"{"jsonrpc":"1.0","method":"m","id":7}"#).unwrap_err();
         assert_eq!((id, e.code), (Some(json!(7)), INVALID_REQUEST));
         assert_eq!(
             parse(br#"{"jsonrpc":"2.0","method":1,"id":7}"#)

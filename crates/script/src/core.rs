@@ -139,6 +139,8 @@ pub struct CoreParams {
     pub mpath: Option<String>,
     /// `run_dir`/`rundir`: where relative FIFO and socket paths go.
     pub run_dir: Option<String>,
+    /// `tcp_max_connections`: TCP connections open at once (default 2048); more are closed at accept.
+    pub tcp_max_connections: usize,
     /// Parameters accepted without effect (warned about once each).
     pub(crate) ignored: Vec<(String, Span)>,
 }
@@ -158,6 +160,7 @@ impl Default for CoreParams {
             tcp_accept_no_cl: false,
             mpath: None,
             run_dir: None,
+            tcp_max_connections: 2048,
             ignored: vec![],
         }
     }
@@ -338,6 +341,16 @@ impl CoreParams {
             }
             "mpath" => self.mpath = Some(text()),
             "run_dir" | "rundir" => self.run_dir = Some(text()),
+            "tcp_max_connections" => {
+                let m = int("a number of connections")?;
+                if m < 1 {
+                    return Err(Diagnostic::error(
+                        vspan,
+                        "`tcp_max_connections` must be at least 1",
+                    ));
+                }
+                self.tcp_max_connections = m as usize;
+            }
             _ if IGNORED_GLOBALS.contains(&n) => self.ignored.push((n.to_string(), name.span)),
             _ => {
                 let mut d = Diagnostic::error(name.span, format!("unknown core parameter `{n}`"));

@@ -19,11 +19,14 @@ pub enum Mode {
 
 async fn one(
     program: &Arc<Program>,
-    msg: Result<Message, (Option<Value>, RpcError)>,
+    msg: Result<Message, jsonrpc::Rejected>,
     mode: Mode,
 ) -> Option<Value> {
     let c = match msg {
-        Err((id, e)) => return Some(jsonrpc::error(id.as_ref(), &e)),
+        Err(rejected) => {
+            let (id, e) = *rejected;
+            return Some(jsonrpc::error(id.as_ref(), &e));
+        }
         Ok(Message::Call(c)) => c,
         Ok(Message::Response(_)) => return None,
         Ok(Message::Batch(_)) => {

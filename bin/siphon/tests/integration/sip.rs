@@ -512,3 +512,25 @@ fn ipv6_listener() {
         .contains("::1")
     );
 }
+
+#[test]
+fn tcp_connections_over_the_limit_are_closed_and_others_go_on() {
+    let srv =
+        Server::start("tcp_max_connections=2\nrequest_route { sl_send_reply(\"200\", \"OK\"); }\n");
+    let mut a = TcpUac::new(srv.tcp);
+    let mut b = TcpUac::new(srv.tcp);
+    let (aa, ba) = (a.addr(), b.addr());
+    a.send(&request("OPTIONS", aa, "l1", "c-l1", ""));
+    b.send(&request("OPTIONS", ba, "l2", "c-l2", ""));
+    assert_eq!(a.recv(W).unwrap().status(), Some(200));
+    assert_eq!(b.recv(W).unwrap().status(), Some(200));
+    let mut c = TcpUac::new(srv.tcp);
+    let ca = c.addr();
+    c.send(&request("OPTIONS", ca, "l3", "c-l3", ""));
+    assert!(
+        c.recv(Duration::from_millis(500)).is_none(),
+        "the third connection is closed"
+    );
+    a.send(&request("OPTIONS", aa, "l4", "c-l4", ""));
+    assert_eq!(a.recv(W).unwrap().status(), Some(200));
+}
