@@ -282,7 +282,7 @@ impl<'a> Parser<'a> {
     }
 
     fn modparam(&mut self) -> PResult<ModParam> {
-        let kw = self.bump();
+        self.bump();
         self.expect(Punct::LParen, "after `modparam`")?;
         let module = self.string_value("the module name as a string")?;
         self.expect(Punct::Comma, "after the module name")?;
@@ -321,8 +321,7 @@ impl<'a> Parser<'a> {
             }
             _ => return Err(self.expected(&format!("a value for `{}`", param.node))),
         };
-        let close = self.expect(Punct::RParen, "to close `modparam(`")?;
-        let _ = kw.span.to(close.span);
+        self.expect(Punct::RParen, "to close `modparam(`")?;
         Ok(ModParam {
             module,
             param,
@@ -660,10 +659,9 @@ impl<'a> Parser<'a> {
                     });
                 }
                 _ => {
-                    let Some(case) = cases.last_mut() else {
+                    if cases.is_empty() {
                         return Err(self.expected("`case` or `default`"));
-                    };
-                    let _ = case;
+                    }
                     match self.stmt() {
                         Ok(Some(s)) => {
                             if let Some(c) = cases.last_mut() {

@@ -174,7 +174,7 @@ impl Core {
                 if wants && !matches!(outcome, Outcome::Drop) {
                     self.tm.suspend(self, ctx, None);
                 } else {
-                    self.tm.route_done(self, &ctx);
+                    self.tm.route_done(&ctx);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! sl/tm/textops functions, the SIP pseudo-variables and the tm/sl modules.
 
 use crate::tm::TxId;
-use crate::{Core, Peer, Transport};
+use crate::{Core, Peer};
 use bytes::Bytes;
 use siphon_script::api::*;
 use siphon_script::core::core_module;
@@ -554,16 +554,6 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     })
     .routes(RouteType::REQUEST.or(RouteType::FAILURE)));
     let c = core.clone();
-    f(FunctionSpec::new("t_suspend_now", &[], move |ex, _| {
-        let _ = &c;
-        if sip(ex).is_none() {
-            return (-1).into();
-        }
-        FnResult::Suspend(Suspend {
-            start: Box::new(|_, _| {}),
-        })
-    }));
-    let c = core.clone();
     f(FunctionSpec::new(
         "t_continue",
         &[Int, Int, Route(RouteTable::Named)],
@@ -778,7 +768,6 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
             }))
         },
     ));
-    let _ = Transport::Udp;
 }
 
 /// The core's counters as a statistics source.

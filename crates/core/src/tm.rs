@@ -377,7 +377,7 @@ impl Tm {
 
     /// The route ended without suspending: a transaction left without a final
     /// reply gets one when fr_timer fires.
-    pub(crate) fn route_done(&self, core: &Core, ctx: &Ctx) {
+    pub(crate) fn route_done(&self, ctx: &Ctx) {
         let Some(sip) = ctx.ext.get::<SipCtx>() else {
             return;
         };
@@ -391,7 +391,6 @@ impl Tm {
             e.fr_deadline = Some(Instant::now() + self.fr(&e));
             self.reschedule(id, &e);
         }
-        let _ = core;
     }
 
     fn fr(&self, _e: &TxEntry) -> Duration {

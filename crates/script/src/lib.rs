@@ -83,7 +83,7 @@ impl Registry {
             core_pvs: vec![],
             core_events: vec![],
             core_rpcs: rpc::builtin_commands(),
-            stat_sources: vec![Arc::new(EngineStats)],
+            stat_sources: vec![],
             hooks: Hooks::default(),
         }
     }
@@ -186,15 +186,6 @@ pub struct Program {
     rpcs: HashMap<&'static str, rpc::RpcSpec>,
     started: std::time::SystemTime,
     stat_sources: Vec<Arc<dyn rpc::StatSource>>,
-}
-
-/// The route engine's own counters, read through the program's `stats`.
-struct EngineStats;
-impl rpc::StatSource for EngineStats {
-    fn snapshot(&self) -> Vec<(String, i64)> {
-        Vec::new()
-    }
-    fn reset(&self, _name: &str) {}
 }
 
 impl std::fmt::Debug for Program {

@@ -238,7 +238,7 @@ pub fn def() -> ModuleDef {
             ParamSpec::int("dgram_mode"),
             ParamSpec::int_or_str("dgram_group"),
             ParamSpec::int_or_str("dgram_user"),
-            ParamSpec::int("dgram_timeout"),
+            ParamSpec::int("dgram_timeout").no_effect(),
         ],
         instantiate: Arc::new(|cfg| {
             Ok(Arc::new(Jsonrpcs {
