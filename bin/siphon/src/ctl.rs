@@ -14,6 +14,8 @@ pub enum Target {
     Unix(PathBuf),
     /// The FIFO, with replies in `reply_dir`.
     Fifo(PathBuf, PathBuf),
+    /// HTTP (`http://127.0.0.1:5060/RPC`): a POST to the xhttp route.
+    Http(String),
 }
 
 /// The default target: what the embedded default configuration opens.
@@ -84,6 +86,7 @@ pub fn call(target: &Target, method: &str, params: &[String]) -> Result<Value, S
             let _ = std::fs::remove_file(&me);
             r?
         }
+        Target::Http(url) => http_post(url, req.to_string().as_bytes())?,
         Target::Fifo(fifo, reply_dir) => {
             let name = format!("siphon_ctl_reply_{id}");
             let reply = reply_dir.join(&name);
@@ -110,6 +113,62 @@ pub fn call(target: &Target, method: &str, params: &[String]) -> Result<Value, S
         }
     };
     serde_json::from_slice(&text).map_err(|e| format!("the reply is not JSON: {e}"))
+}
+
+/// POSTs `body` to an `http://host:port/path` URL and returns the reply
+/// body. A few lines of HTTP/1.1 (one request, `Connection: close`) rather
+/// than an HTTP client crate: `ctl` is synchronous and needs nothing more.
+fn http_post(url: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/RPC"),
+    };
+    let addr = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    use std::net::ToSocketAddrs;
+    let to = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&to, WAIT)
+        .map_err(|e| format!("cannot connect to {to}: {e}"))?;
+    s.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|_| s.write_all(body))
+        .map_err(|e| format!("cannot send to {to}: {e}"))?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .map_err(|e| format!("no reply from {url}: {e}"))?;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("{url}: not an HTTP reply"))?;
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if status == "204" {
+        return Ok(b"{\"result\": null}".to_vec());
+    }
+    if !status.starts_with('2') {
+        let line = head.lines().next().unwrap_or_default().to_string();
+        return Err(format!("{url}: {line}"));
+    }
+    Ok(out.split_off(split + 4))
 }
 
 /// Reads one JSON document from a FIFO within the wait time.

@@ -26,6 +26,7 @@ pub fn registry_with_core() -> (Registry, Arc<Core>) {
     let core = Core::new();
     core.register(&mut reg);
     reg.add(siphon_mod_jsonrpcs::def());
+    reg.add(siphon_mod_xhttp::def(&core));
     (reg, core)
 }
 

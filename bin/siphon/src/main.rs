@@ -52,17 +52,20 @@ enum Cmd {
     /// Run a management command over jsonrpcs (as kamcmd/kamcli do).
     Ctl {
         /// The server's FIFO.
-        #[arg(long, value_name = "PATH", conflicts_with_all = ["udp", "unix"])]
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["udp", "unix", "http"])]
         fifo: Option<PathBuf>,
         /// Directory for the reply FIFO (the server's fifo_reply_dir).
         #[arg(long, value_name = "DIR", default_value = "/tmp")]
         reply_dir: PathBuf,
         /// The server's UDP datagram socket (default: 127.0.0.1:5090, what the default configuration opens).
-        #[arg(long, value_name = "ADDR:PORT", conflicts_with = "unix")]
+        #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["unix", "http"])]
         udp: Option<String>,
         /// The server's unix datagram socket.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "http")]
         unix: Option<PathBuf>,
+        /// The server's HTTP JSON-RPC URL (the default configuration's is http://127.0.0.1:5060/RPC).
+        #[arg(long, value_name = "URL")]
+        http: Option<String>,
         /// The command, e.g. core.version, stats.get_statistics.
         method: String,
         /// Params: numbers when they read as numbers; `s:` forces a string.
@@ -91,15 +94,17 @@ fn main() -> ExitCode {
         reply_dir,
         udp,
         unix,
+        http,
         method,
         params,
     }) = cmd
     {
         use siphon::ctl::{DEFAULT_UDP, Target, call};
-        let target = match (fifo, unix, udp) {
-            (Some(f), _, _) => Target::Fifo(f, reply_dir),
-            (_, Some(u), _) => Target::Unix(u),
-            (_, _, u) => Target::Udp(u.unwrap_or_else(|| DEFAULT_UDP.to_string())),
+        let target = match (fifo, unix, http, udp) {
+            (Some(f), _, _, _) => Target::Fifo(f, reply_dir),
+            (_, Some(u), _, _) => Target::Unix(u),
+            (_, _, Some(h), _) => Target::Http(h),
+            (_, _, _, u) => Target::Udp(u.unwrap_or_else(|| DEFAULT_UDP.to_string())),
         };
         return match call(&target, &method, &params) {
             Ok(reply) => match reply.get("error") {

@@ -17,7 +17,7 @@ pub mod transport;
 
 pub use script::SipCtx;
 pub use tm::{TmConfig, TxId};
-pub use transport::{Bound, Peer, Transport};
+pub use transport::{Bound, HttpService, Peer, PrefixedStream, Transport};
 
 use bytes::Bytes;
 use siphon_script::{Outcome, Program, Registry, RouteType};
@@ -34,6 +34,7 @@ pub struct Core {
     /// Counters.
     pub stats: stats::Stats,
     bound: OnceLock<Vec<Bound>>,
+    pub(crate) http: OnceLock<Arc<dyn HttpService>>,
     to_tag_seed: u64,
 }
 
@@ -58,6 +59,7 @@ impl Core {
             out: Default::default(),
             stats: Default::default(),
             bound: OnceLock::new(),
+            http: OnceLock::new(),
             to_tag_seed: seed,
         })
     }
@@ -65,6 +67,12 @@ impl Core {
     /// Adds the core's functions, PVs and the `tm`/`sl` modules to a registry.
     pub fn register(self: &Arc<Self>, reg: &mut Registry) {
         script::register(self, reg);
+    }
+
+    /// Hands HTTP connections on the SIP TCP listeners to `service` (xhttp
+    /// does this when it starts). Only the first call takes effect.
+    pub fn set_http_service(&self, service: Arc<dyn HttpService>) -> bool {
+        self.http.set(service).is_ok()
     }
 
     /// The compiled program.

@@ -43,6 +43,8 @@ pub struct Stats {
     pub tcp_bad_frames: AtomicU64,
     /// TCP connections refused over `tcp_max_connections`.
     pub tcp_refused: AtomicU64,
+    /// TCP connections handed to the HTTP server (xhttp).
+    pub http_conns: AtomicU64,
 }
 
 impl Stats {
@@ -68,6 +70,7 @@ impl Stats {
             ("core:send_failures".into(), g(&self.send_failures)),
             ("core:tcp_bad_frames".into(), g(&self.tcp_bad_frames)),
             ("core:tcp_refused".into(), g(&self.tcp_refused)),
+            ("core:http_connections".into(), g(&self.http_conns)),
             ("tm:current".into(), self.tm_current.load(Ordering::Relaxed)),
             ("tm:created".into(), g(&self.tm_created)),
             (
@@ -107,6 +110,7 @@ impl Stats {
             "core:send_failures" => z(&self.send_failures),
             "core:tcp_bad_frames" => z(&self.tcp_bad_frames),
             "core:tcp_refused" => z(&self.tcp_refused),
+            "core:http_connections" => z(&self.http_conns),
             "tm:created" => z(&self.tm_created),
             "tm:timeouts" => z(&self.tm_timeouts),
             "tm:late_resume" => z(&self.tm_late_resume),

@@ -84,6 +84,8 @@ impl Outbound {
                     None => false,
                 }
             }
+            // A TCP peer without a SIP connection (an HTTP request in xhttp): nowhere to send.
+            (Transport::Tcp, None) => false,
             _ => self.send_udp(Some(peer.local), to, bytes),
         };
         if !ok {
@@ -298,13 +300,145 @@ async fn tcp_accept_loop(
     }
 }
 
+/// A TCP connection handed to an HTTP server (xhttp) after its first line
+/// showed HTTP: the bytes already read come first, then the socket.
+#[derive(Debug)]
+pub struct PrefixedStream {
+    prefix: BytesMut,
+    inner: TcpStream,
+}
+
+impl PrefixedStream {
+    /// Bytes read before the hand-over, then `inner`.
+    pub fn new(prefix: BytesMut, inner: TcpStream) -> Self {
+        PrefixedStream { prefix, inner }
+    }
+}
+
+impl tokio::io::AsyncRead for PrefixedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PrefixedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves HTTP on connections of the SIP TCP listeners (xhttp registers one).
+pub trait HttpService: Send + Sync {
+    /// Serves one connection until it closes or `shutdown` fires.
+    fn serve(
+        &self,
+        io: PrefixedStream,
+        peer: Peer,
+        shutdown: CancellationToken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
+/// The longest first line looked at to tell HTTP from SIP.
+const SNIFF_MAX: usize = 8192;
+
+/// Whether a connection's first bytes are HTTP: `Some(true)` for a request
+/// line ending in `HTTP/1.x`, `Some(false)` for anything else, `None` while
+/// the first line is incomplete. Leading CRLFs (SIP keep-alives) are skipped.
+pub fn sniff_http(buf: &[u8]) -> Option<bool> {
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let b = &buf[start..];
+    match memchr_nl(b) {
+        Some(eol) => {
+            let line = b[..eol].strip_suffix(b"\r").unwrap_or(&b[..eol]);
+            Some(line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
+        }
+        None if b.len() >= SNIFF_MAX => Some(false),
+        None => None,
+    }
+}
+
+fn memchr_nl(b: &[u8]) -> Option<usize> {
+    b.iter().position(|c| *c == b'\n')
+}
+
 async fn tcp_conn(
     core: Arc<Core>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     src: SocketAddr,
     local: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    let peer = Peer {
+        transport: Transport::Tcp,
+        src,
+        local,
+        conn: None,
+    };
+    // Read the first line: HTTP goes to xhttp (when loaded), the rest is SIP.
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        match sniff_http(&buf) {
+            Some(true) => match core.http.get() {
+                Some(http) => {
+                    crate::stats::Stats::inc(&core.stats.http_conns);
+                    http.serve(PrefixedStream::new(buf, stream), peer, shutdown)
+                        .await;
+                    return;
+                }
+                None => {
+                    tracing::debug!("HTTP request from {src} and xhttp is not loaded: closing");
+                    crate::stats::Stats::inc(&core.stats.tcp_bad_frames);
+                    return;
+                }
+            },
+            Some(false) => break,
+            None => {}
+        }
+        let n = tokio::select! {
+            r = stream.read_buf(&mut buf) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match n {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    tcp_sip(core, stream, buf, peer, shutdown).await;
+}
+
+async fn tcp_sip(
+    core: Arc<Core>,
+    stream: TcpStream,
+    mut buf: BytesMut,
+    peer: Peer,
+    shutdown: CancellationToken,
+) {
+    let src = peer.src;
     let id = core.out.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Bytes>(TCP_QUEUE);
@@ -319,21 +453,23 @@ async fn tcp_conn(
         }
     });
     let peer = Peer {
-        transport: Transport::Tcp,
-        src,
-        local,
         conn: Some(id),
+        ..peer
     };
-    let mut buf = BytesMut::with_capacity(8192);
+    // The first read happened while sniffing: frame what it brought first.
+    let mut have_data = true;
     'conn: loop {
-        let n = tokio::select! {
-            r = rd.read_buf(&mut buf) => r,
-            _ = shutdown.cancelled() => break,
-        };
-        match n {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        if !have_data {
+            let n = tokio::select! {
+                r = rd.read_buf(&mut buf) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            match n {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
         }
+        have_data = false;
         loop {
             match siphon_sip::tcp_frame_len(&buf, siphon_sip::MAX_MESSAGE) {
                 Ok(Some(n)) => {

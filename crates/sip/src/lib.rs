@@ -21,7 +21,8 @@ mod views;
 mod write;
 
 pub use msg::{
-    FrameError, Header, HeaderName, Kind, Method, ParseError, Rng, SipMsg, parse, tcp_frame_len,
+    FrameError, Header, HeaderName, Kind, Method, ParseError, Rng, SipMsg, parse,
+    parse_http_request, tcp_frame_len,
 };
 pub use tx::{ServerTx, TxAction, TxState};
 pub use uri::{Uri, UriError, parse_uri};

@@ -239,6 +239,21 @@ fn trim(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
 
 /// Parses one message (a UDP datagram, or a frame cut by [`tcp_frame_len`]).
 pub fn parse(buf: Bytes) -> Result<SipMsg, ParseError> {
+    parse_start(buf, false)
+}
+
+/// Parses an HTTP/1.x request as a SIP request whose version is `HTTP/1.0`
+/// or `HTTP/1.1`, as Kamailio's xhttp does, so the script's header and body
+/// accessors work on it. Only requests: an HTTP status line is refused.
+pub fn parse_http_request(buf: Bytes) -> Result<SipMsg, ParseError> {
+    let m = parse_start(buf, true)?;
+    match m.kind {
+        Kind::Request { .. } => Ok(m),
+        Kind::Response { .. } => Err(ParseError::BadStartLine),
+    }
+}
+
+fn parse_start(buf: Bytes, http: bool) -> Result<SipMsg, ParseError> {
     let b: &[u8] = &buf;
     let mut pos = 0;
     while pos < b.len() && (b[pos] == b'\r' || b[pos] == b'\n') {
@@ -275,7 +290,8 @@ pub fn parse(buf: Bytes) -> Result<SipMsg, ParseError> {
         let sp1 = memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
         let sp2 = memchr::memrchr(b' ', line).ok_or(ParseError::BadStartLine)?;
         if sp2 <= sp1 + 1
-            || &line[sp2 + 1..] != b"SIP/2.0"
+            || !(&line[sp2 + 1..] == b"SIP/2.0"
+                || (http && matches!(&line[sp2 + 1..], b"HTTP/1.1" | b"HTTP/1.0")))
             || sp1 == 0
             || !line[..sp1].iter().all(|c| c.is_ascii_alphabetic())
         {

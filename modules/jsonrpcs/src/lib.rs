@@ -4,7 +4,11 @@
 //! that name in `fifo_reply_dir`) and datagrams (a unix socket path or
 //! `udp:ADDR:PORT`, replies to the sender). `jsonrpc_exec(json)` runs a
 //! command from the script with the result in `$jsonrpl(code|text|body)`.
-//! The HTTP transport (xhttp, `jsonrpc_dispatch`) is not built yet.
+//! Over HTTP, `jsonrpc_dispatch()` in `event_route[xhttp:request]` answers
+//! the request body through xhttp's [`Exchange`]: 200 with the reply
+//! document (errors included, as JSON-RPC 2.0 servers do), 204 when the body
+//! held only notifications; an asynchronous command answers when it completes
+//! and holds no worker meanwhile.
 
 mod dispatch;
 mod transport;
@@ -13,11 +17,30 @@ pub use dispatch::{Mode, dispatch, render};
 
 use bytes::Bytes;
 use serde_json::Value;
+use siphon_mod_xhttp::{Exchange, HttpReply};
 use siphon_script::api::*;
 use siphon_script::rpc::RpcSpec;
 use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+
+/// The HTTP answer for a dispatched body.
+fn http_answer(reply: Option<Value>, pretty: bool) -> HttpReply {
+    match reply {
+        None => HttpReply {
+            status: 204,
+            reason: "No Content".into(),
+            content_type: String::new(),
+            body: Bytes::new(),
+        },
+        Some(v) => HttpReply {
+            status: 200,
+            reason: "OK".into(),
+            content_type: "application/json".into(),
+            body: Bytes::from(render(&v, pretty)),
+        },
+    }
+}
 
 /// The module's configuration, from its parameters.
 #[derive(Debug, Clone)]
@@ -125,10 +148,34 @@ impl Module for Jsonrpcs {
     fn functions(&self) -> Vec<FunctionSpec> {
         let program = self.program.clone();
         let pretty = self.cfg.pretty;
-        vec![FunctionSpec::new(
-            "jsonrpc_exec",
-            &[ArgKind::Str],
-            move |ex, args| {
+        let dispatch_program = self.program.clone();
+        let http_dispatch = FunctionSpec::new("jsonrpc_dispatch", &[], move |ex, _| {
+            let Some(p) = dispatch_program.get().cloned() else {
+                return (-1).into();
+            };
+            let Some(x) = ex.ctx.ext.get_mut::<Exchange>() else {
+                tracing::warn!("jsonrpc_dispatch: not handling an HTTP request (use it in event_route[xhttp:request])");
+                return (-1).into();
+            };
+            if x.answered() {
+                tracing::warn!("jsonrpc_dispatch: the request was answered already");
+                return (-1).into();
+            }
+            let body = x.body().clone();
+            let mut answer = Box::pin(async move {
+                http_answer(dispatch::dispatch(&p, &body, Mode::Async).await, pretty)
+            });
+            // Commands that answer at once are answered at once; the others later.
+            let ok = match dispatch::now(answer.as_mut()) {
+                Some(r) => x.reply(r),
+                None => x.reply_later(answer),
+            };
+            if ok { 1.into() } else { (-1).into() }
+        })
+        .routes(siphon_script::RouteType::REQUEST.or(siphon_script::RouteType::EVENT));
+        vec![
+            http_dispatch,
+            FunctionSpec::new("jsonrpc_exec", &[ArgKind::Str], move |ex, args| {
                 let doc = args.bytes(0, ex);
                 let Some(p) = program.get() else {
                     return (-1).into();
@@ -163,8 +210,8 @@ impl Module for Jsonrpcs {
                 let ok = state.code == 200;
                 ex.ctx.ext.insert(state);
                 if ok { 1.into() } else { (-1).into() }
-            },
-        )]
+            }),
+        ]
     }
 
     fn pv_classes(&self) -> Vec<PvClassSpec> {
@@ -210,8 +257,10 @@ impl Module for Jsonrpcs {
         if self.cfg.wants(4) {
             transport::start_dgram(&self.cfg, cx.program.clone())?;
         }
-        if self.cfg.transport & 1 != 0 {
-            tracing::warn!("jsonrpcs: the HTTP transport (xhttp) is not available yet");
+        if self.cfg.wants(1) && !cx.program.modules().iter().any(|(n, _)| n == "xhttp") {
+            tracing::warn!(
+                "jsonrpcs: transport includes HTTP (1) but xhttp is not loaded: no HTTP transport"
+            );
         }
         Ok(())
     }

@@ -7,3 +7,4 @@ mod jsonrpcs;
 mod seeds;
 mod sip;
 mod stubs;
+mod xhttp;

@@ -54,6 +54,23 @@ fn default_config_answers_options_and_rejects_the_rest() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("siphon"));
+    // And over HTTP at /RPC on the SIP TCP listener.
+    let url = format!("http://{}/RPC", srv.tcp);
+    let out = ctl(&["--http", &url, "core.echo", "s:7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!(["7"]));
+    let out = ctl(&[
+        "--http",
+        &format!("http://{}/elsewhere", srv.tcp),
+        "core.version",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
     let uac = UdpUac::new(srv.udp);
     uac.send(&request("OPTIONS", uac.addr(), "o1", "c-opt", ""));
     let r = uac.recv(W).expect("reply");

@@ -1,5 +1,5 @@
 //! Test-only stand-ins for the modules and SIP-core functions that later
-//! issues build (jsonrpcc, event_jsonrpc, jsonrpcs, xhttp, evapi, async_http,
+//! issues build (jsonrpcc, event_jsonrpc, evapi, async_http,
 //! and the event interface's functions). They declare the seed's parameters, functions
 //! (with argument kinds, so route names and result PVs are checked) and PVs;
 //! they are never run. Each issue that builds the real thing removes its stub
@@ -108,53 +108,6 @@ pub(crate) fn registry() -> Registry {
             .push(f("subscribe_event", &[Str, Str, Int]).min_args(2));
         r.core_functions
             .push(f("raise_event", &[Str, Pv, Pv]).min_args(1));
-    }
-    if r.def("jsonrpcs").is_none() {
-        r.add(module(
-            "jsonrpcs",
-            [
-                "pretty_format",
-                "transport",
-                "fifo_mode",
-                "dgram_workers",
-                "dgram_mode",
-                "dgram_timeout",
-            ]
-            .into_iter()
-            .map(ParamSpec::int)
-            .chain(
-                ["fifo_name", "fifo_reply_dir", "dgram_socket"]
-                    .into_iter()
-                    .map(ParamSpec::str),
-            )
-            .chain(
-                ["fifo_user", "fifo_group", "dgram_user", "dgram_group"]
-                    .into_iter()
-                    .map(ParamSpec::int_or_str),
-            )
-            .collect(),
-            vec![f("jsonrpc_dispatch", &[]), f("jsonrpc_exec", &[Str])],
-            vec![pv("jsonrpl", PvInner::Required)],
-            vec![],
-        ));
-    }
-    if !r
-        .core_functions
-        .iter()
-        .any(|f| f.name == "jsonrpc_dispatch")
-        && r.def("xhttp").is_none()
-    {
-        // jsonrpcs is built, its HTTP side (xhttp) is not: only jsonrpc_dispatch is stubbed.
-        r.core_functions.push(f("jsonrpc_dispatch", &[]));
-    }
-    if r.def("xhttp").is_none() {
-        r.add(module(
-            "xhttp",
-            vec![ParamSpec::str("url_match"), ParamSpec::str("url_skip")],
-            vec![f("xhttp_reply", &[Str, Str, Str, Str])],
-            vec![pv("hu", PvInner::None)],
-            vec!["xhttp:request"],
-        ));
     }
     if r.def("evapi").is_none() {
         r.add(module(

@@ -282,3 +282,21 @@ mod props {
         }
     }
 }
+
+#[test]
+fn http_requests_parse_only_through_parse_http_request() {
+    let raw = "POST /RPC HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+    assert!(siphon_sip::parse(Bytes::from(raw)).is_err());
+    let m = siphon_sip::parse_http_request(Bytes::from(raw)).unwrap();
+    assert_eq!(&m.method_bytes()[..], b"POST");
+    assert_eq!(m.ruri().as_deref(), Some(&b"/RPC"[..]));
+    assert_eq!(&m.body_bytes()[..], b"{}");
+    // A status line is not a request; a SIP request still parses.
+    assert!(siphon_sip::parse_http_request(Bytes::from("HTTP/1.1 200 OK\r\n\r\n")).is_err());
+    assert!(
+        siphon_sip::parse_http_request(Bytes::from(
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n"
+        ))
+        .is_ok()
+    );
+}

@@ -1,0 +1,261 @@
+//! `siphon-load`: closed-loop load for siphon's benchmarks. N requests in
+//! flight (one per connection or socket), each sent when the previous answer
+//! arrived; stops after a number of requests or seconds, whichever comes
+//! first; prints requests/s and latency percentiles. Only loopback targets
+//! are accepted (the project's network rule).
+//!
+//! Modes:
+//! - `http URL`: JSON-RPC POSTs on keep-alive connections (xhttp/jsonrpcs).
+//! - `udp ADDR`: JSON-RPC datagrams (jsonrpcs' `dgram_socket=udp:…`).
+//!
+//! Its own small HTTP/1.1 client (Content-Length answers only) rather than
+//! hyper's: the tool must cost as little CPU as possible on a 2-core box
+//! where it shares the machine with the server it measures.
+
+use clap::{Parser, Subcommand};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "siphon-load",
+    about = "Closed-loop JSON-RPC load over HTTP or UDP (loopback only)"
+)]
+struct Cli {
+    /// Requests in flight (connections or sockets).
+    #[arg(long, default_value_t = 8)]
+    inflight: usize,
+    /// Stop after this many requests.
+    #[arg(long, default_value_t = 100_000)]
+    requests: i64,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// The JSON-RPC document to send.
+    #[arg(
+        long,
+        default_value = r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#
+    )]
+    body: String,
+    /// A label for the result line.
+    #[arg(long, default_value = "")]
+    label: String,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// POST to an http://127.0.0.x:PORT/PATH URL on keep-alive connections.
+    Http { url: String },
+    /// Datagrams to 127.0.0.x:PORT.
+    Udp { addr: String },
+}
+
+/// What one worker measured.
+#[derive(Default)]
+struct Tally {
+    lat_us: Vec<u32>,
+    errors: u64,
+}
+
+fn loopback(addr: &str) -> Result<SocketAddr, String> {
+    let a = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    if !a.ip().is_loopback() {
+        return Err(format!(
+            "{a}: not a loopback address (benchmarks only send to 127.0.0.0/8 or ::1)"
+        ));
+    }
+    Ok(a)
+}
+
+fn take(budget: &AtomicI64) -> bool {
+    budget.fetch_sub(1, Ordering::Relaxed) > 0
+}
+
+async fn http_worker(
+    to: SocketAddr,
+    request: Arc<Vec<u8>>,
+    budget: Arc<AtomicI64>,
+    deadline: Instant,
+) -> Tally {
+    let mut t = Tally::default();
+    let Ok(mut s) = tokio::net::TcpStream::connect(to).await else {
+        t.errors += 1;
+        return t;
+    };
+    let _ = s.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    while Instant::now() < deadline && take(&budget) {
+        let start = Instant::now();
+        if s.write_all(&request).await.is_err() {
+            t.errors += 1;
+            return t;
+        }
+        match read_http_answer(&mut s, &mut buf).await {
+            Some(200) => t.lat_us.push(start.elapsed().as_micros() as u32),
+            Some(_) => t.errors += 1,
+            None => {
+                t.errors += 1;
+                return t;
+            }
+        }
+    }
+    t
+}
+
+/// Reads one answer; its status, or `None` when the connection broke.
+async fn read_http_answer(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).ok()?;
+            let status = head.split(' ').nth(1)?.parse().ok()?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let total = end + 4 + len;
+            if buf.len() >= total {
+                buf.drain(..total);
+                return Some(status);
+            }
+        }
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_buf(buf)).await;
+        match r {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+async fn udp_worker(
+    to: SocketAddr,
+    request: Arc<Vec<u8>>,
+    budget: Arc<AtomicI64>,
+    deadline: Instant,
+) -> Tally {
+    let mut t = Tally::default();
+    let bind: SocketAddr = if to.is_ipv4() {
+        "127.0.0.1:0".parse().unwrap()
+    } else {
+        "[::1]:0".parse().unwrap()
+    };
+    let Ok(s) = tokio::net::UdpSocket::bind(bind).await else {
+        t.errors += 1;
+        return t;
+    };
+    if s.connect(to).await.is_err() {
+        t.errors += 1;
+        return t;
+    }
+    let mut buf = vec![0u8; 70_000];
+    while Instant::now() < deadline && take(&budget) {
+        let start = Instant::now();
+        if s.send(&request).await.is_err() {
+            t.errors += 1;
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), s.recv(&mut buf)).await {
+            Ok(Ok(_)) => t.lat_us.push(start.elapsed().as_micros() as u32),
+            _ => t.errors += 1,
+        }
+    }
+    t
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let (to, request, kind) = match &cli.mode {
+        Mode::Http { url } => {
+            let Some(rest) = url.strip_prefix("http://") else {
+                eprintln!("{url}: only http:// URLs");
+                return std::process::ExitCode::from(2);
+            };
+            let (auth, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let path = if path.is_empty() { "/" } else { path };
+            let to = match loopback(auth) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let mut req = format!(
+                "POST {path} HTTP/1.1\r\nHost: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                cli.body.len()
+            )
+            .into_bytes();
+            req.extend_from_slice(cli.body.as_bytes());
+            (to, req, "http")
+        }
+        Mode::Udp { addr } => match loopback(addr) {
+            Ok(a) => (a, cli.body.clone().into_bytes(), "udp"),
+            Err(e) => {
+                eprintln!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let request = Arc::new(request);
+    let budget = Arc::new(AtomicI64::new(cli.requests));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(cli.seconds);
+    let tallies: Vec<Tally> = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..cli.inflight.max(1) {
+            let (request, budget) = (request.clone(), budget.clone());
+            if kind == "http" {
+                set.spawn(http_worker(to, request, budget, deadline));
+            } else {
+                set.spawn(udp_worker(to, request, budget, deadline));
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(t) = set.join_next().await {
+            out.extend(t.ok());
+        }
+        out
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let errors: u64 = tallies.iter().map(|t| t.errors).sum();
+    let mut lat: Vec<u32> = tallies.into_iter().flat_map(|t| t.lat_us).collect();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            0
+        } else {
+            lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)]
+        }
+    };
+    println!(
+        "{:<10} {:<5} {:>3} in flight {:>8} ok {:>5} errors {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
+        cli.label,
+        kind,
+        cli.inflight,
+        lat.len(),
+        errors,
+        lat.len() as f64 / secs,
+        pct(0.50),
+        pct(0.99)
+    );
+    if lat.is_empty() {
+        std::process::ExitCode::from(1)
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,330 @@
+//! xhttp + jsonrpcs over HTTP end to end: the real binary, HTTP on its SIP
+//! TCP listener, our own keep-alive client, curl, and Python's jsonrpcclient.
+
+use super::harness::{Server, TcpUac, request};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// The seed's xhttp example (jsonrpcs README), with a 403 for a header
+/// instead of a non-local source address (tests only use loopback).
+const CFG: &str = r#"
+loadmodule "tm.so"
+loadmodule "xhttp.so"
+loadmodule "jsonrpcs.so"
+modparam("jsonrpcs", "transport", 1)
+modparam("xhttp", "url_skip", "^/skipped")
+tcp_accept_no_cl=yes
+event_route[xhttp:request] {
+    if ($hdr(X-Deny) != $null) {
+        xhttp_reply("403", "Forbidden", "text/html", "<html><body>Not allowed from $si</body></html>");
+        exit;
+    }
+    if ($hu =~ "^/RPC") {
+        jsonrpc_dispatch();
+    } else if ($hu =~ "^/silent") {
+        xlog("L_INFO", "no reply for $hu\n");
+    } else {
+        xhttp_reply("200", "OK", "text/html", "<html><body>Wrong URL $hu from $si:$sp to port $Rp, $rm, body [$rb]</body></html>");
+    }
+    return;
+}
+request_route {
+    sl_send_reply("200", "OK");
+}
+"#;
+
+/// One HTTP/1.1 answer.
+#[derive(Debug)]
+pub(crate) struct HttpAnswer {
+    pub(crate) status: u16,
+    pub(crate) reason: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// A keep-alive HTTP/1.1 client (Content-Length bodies only: what siphon sends).
+pub(crate) struct HttpConn {
+    rd: BufReader<TcpStream>,
+    wr: TcpStream,
+}
+
+impl HttpConn {
+    pub(crate) fn new(to: SocketAddr) -> HttpConn {
+        let s = TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        HttpConn {
+            rd: BufReader::new(s.try_clone().unwrap()),
+            wr: s,
+        }
+    }
+    pub(crate) fn send(&mut self, method: &str, path: &str, headers: &str, body: &[u8]) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.wr.write_all(head.as_bytes()).unwrap();
+        self.wr.write_all(body).unwrap();
+    }
+    pub(crate) fn recv(&mut self) -> Option<HttpAnswer> {
+        let mut line = String::new();
+        if self.rd.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let mut it = line.trim_end().splitn(3, ' ');
+        let _version = it.next()?;
+        let status = it.next()?.parse().ok()?;
+        let reason = it.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.rd.read_line(&mut h).ok()?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (n, v) = h.split_once(':')?;
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        self.rd.read_exact(&mut body).ok()?;
+        Some(HttpAnswer {
+            status,
+            reason,
+            headers,
+            body,
+        })
+    }
+    pub(crate) fn post(&mut self, path: &str, body: &str) -> HttpAnswer {
+        self.send(
+            "POST",
+            path,
+            "Content-Type: application/json\r\n",
+            body.as_bytes(),
+        );
+        self.recv().expect("an HTTP answer")
+    }
+}
+
+#[test]
+fn json_rpc_over_http_on_the_sip_tcp_listener() {
+    let srv = Server::start(CFG);
+    let mut c = HttpConn::new(srv.tcp);
+    // Success, on one keep-alive connection for everything below.
+    let a = c.post(
+        "/RPC",
+        r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#,
+    );
+    assert_eq!(
+        (a.status, a.header("content-type")),
+        (200, Some("application/json"))
+    );
+    assert!(
+        a.json()["result"].as_str().unwrap().starts_with("siphon "),
+        "{a:?}"
+    );
+    assert_eq!(a.json()["id"], json!(1));
+    // Each JSON-RPC error, always answered (also a parse error).
+    let code = |c: &mut HttpConn, doc: &str| c.post("/RPC", doc).json()["error"]["code"].clone();
+    assert_eq!(code(&mut c, "{nope"), json!(-32700));
+    assert_eq!(code(&mut c, r#"{"jsonrpc":"2.0","id":3}"#), json!(-32600));
+    assert_eq!(
+        code(&mut c, r#"{"jsonrpc":"2.0","method":"no.such","id":4}"#),
+        json!(-32601)
+    );
+    assert_eq!(
+        code(
+            &mut c,
+            r#"{"jsonrpc":"2.0","method":"system.methodHelp","id":5}"#
+        ),
+        json!(-32602)
+    );
+    assert_eq!(code(&mut c, ""), json!(-32700));
+    // A batch, string ids echoed as strings; notifications in it are not answered.
+    let a = c.post(
+        "/RPC",
+        r#"[{"jsonrpc":"2.0","method":"core.echo","params":["x"],"id":"a"},
+            {"jsonrpc":"2.0","method":"core.echo","params":["quiet"]},
+            {"jsonrpc":"2.0","method":"core.echo","params":{"n":7},"id":9}]"#,
+    );
+    assert_eq!(
+        a.json(),
+        json!([{"jsonrpc":"2.0","result":["x"],"id":"a"},{"jsonrpc":"2.0","result":[7],"id":9}])
+    );
+    // Only notifications: 204 No Content, and the connection goes on.
+    let a = c.post(
+        "/RPC",
+        r#"{"jsonrpc":"2.0","method":"core.echo","params":[1]}"#,
+    );
+    assert_eq!((a.status, a.body.len()), (204, 0));
+    // The script's own replies, with PVs of the HTTP request.
+    c.send("PUT", "/other?q=1", "", b"payload");
+    let a = c.recv().unwrap();
+    assert_eq!((a.status, a.reason.as_str()), (200, "OK"));
+    let text = String::from_utf8(a.body).unwrap();
+    assert!(
+        text.contains("Wrong URL /other?q=1 from 127.0.0.1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("to port {}, PUT, body [payload]", srv.tcp.port())),
+        "{text}"
+    );
+    c.send("GET", "/RPC", "X-Deny: 1\r\n", b"");
+    let a = c.recv().unwrap();
+    assert_eq!((a.status, a.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(a.header("server"), Some("siphon"));
+    // url_skip: not given to the script.
+    c.send("GET", "/skipped/x", "", b"");
+    assert_eq!(c.recv().unwrap().status, 404);
+    // No reply from the script: 500, not silence.
+    c.send("GET", "/silent", "", b"");
+    assert_eq!(c.recv().unwrap().status, 500);
+    // Pipelined requests, answered in order.
+    for id in 10..13 {
+        c.send(
+            "POST",
+            "/RPC",
+            "",
+            format!(r#"{{"jsonrpc":"2.0","method":"core.echo","params":[{id}],"id":{id}}}"#)
+                .as_bytes(),
+        );
+    }
+    for id in 10..13 {
+        assert_eq!(c.recv().unwrap().json()["result"], json!([id]));
+    }
+    // SIP still works on the same listener.
+    let mut uac = TcpUac::new(srv.tcp);
+    uac.send(&request("OPTIONS", uac.addr(), "h1", "c1", ""));
+    assert_eq!(
+        uac.recv(Duration::from_secs(3)).map(|m| m.status()),
+        Some(Some(200))
+    );
+}
+
+#[test]
+fn oversized_bodies_and_broken_http_lose_only_their_connection() {
+    let srv = Server::start(CFG);
+    let mut big = HttpConn::new(srv.tcp);
+    let body = vec![b' '; (1 << 20) + 1];
+    big.send("POST", "/RPC", "", &body);
+    let a = big.recv().unwrap();
+    assert_eq!(a.status, 413);
+    assert_eq!(a.json()["error"]["code"], json!(-32600));
+    // A garbage header line: 400 from hyper, the server goes on.
+    let mut bad = TcpStream::connect(srv.tcp).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    bad.write_all(b"GET /RPC HTTP/1.1\r\nno colon here\r\n\r\n")
+        .unwrap();
+    let mut got = String::new();
+    let _ = bad.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got:?}");
+    // A client that stops half way through its headers does not hold anyone else.
+    let mut slow = TcpStream::connect(srv.tcp).unwrap();
+    slow.write_all(b"POST /RPC HTTP/1.1\r\nContent-Le").unwrap();
+    let mut c = HttpConn::new(srv.tcp);
+    let a = c.post("/RPC", r#"{"jsonrpc":"2.0","method":"core.uptime","id":1}"#);
+    assert!(a.json()["result"]["uptime"].is_number(), "{a:?}");
+    let stats = c.post(
+        "/RPC",
+        r#"{"jsonrpc":"2.0","method":"stats.get_statistics","params":["xhttp:"],"id":2}"#,
+    );
+    let list = stats.json()["result"].clone();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "xhttp:too_large = 1"),
+        "{list}"
+    );
+    drop(slow);
+}
+
+#[test]
+fn curl_posts_to_the_rpc_url() {
+    let srv = Server::start(CFG);
+    let url = format!("http://{}/RPC", srv.tcp);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+        ])
+        .arg(r#"{"jsonrpc":"2.0","method":"core.echo","params":["from curl"],"id":"c1"}"#)
+        .arg(&url)
+        .output()
+        .expect("curl (apt-get install curl; .ci/run does it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, json!({"jsonrpc":"2.0","result":["from curl"],"id":"c1"}));
+    // The seed's own curl example: GET with a body.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-X", "GET", "-d"])
+        .arg(r#"{"jsonrpc": "2.0", "method": "core.psx", "id": 1}"#)
+        .arg(&url)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["result"].is_array(), "{v}");
+}
+
+#[test]
+fn python_jsonrpcclient_over_http() {
+    let srv = Server::start(CFG);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/jsonrpcclient_http.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/RPC", srv.tcp))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "jsonrpcclient over HTTP failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn without_xhttp_http_connections_are_closed_and_sip_goes_on() {
+    let srv = Server::start("request_route { sl_send_reply(\"200\", \"OK\"); }\n");
+    let mut s = TcpStream::connect(srv.tcp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    let mut uac = TcpUac::new(srv.tcp);
+    uac.send(&request("OPTIONS", uac.addr(), "h2", "c2", ""));
+    assert_eq!(
+        uac.recv(Duration::from_secs(3)).map(|m| m.status()),
+        Some(Some(200))
+    );
+}

@@ -1,0 +1,454 @@
+//! xhttp: HTTP on the SIP TCP listeners, as Kamailio's xhttp module.
+//!
+//! The SIP transport looks at the first line of every TCP connection; when it
+//! ends in `HTTP/1.x` the connection comes here ([`siphon_core::HttpService`])
+//! and hyper speaks HTTP/1.1 on it (keep-alive, pipelining, chunked bodies).
+//! Each request becomes a SIP-shaped message (the request line with its
+//! `HTTP/1.x` version, the headers and the body, as Kamailio fakes it) so the
+//! script's `$hdr(...)`, `$rb`, `$rm`, `$si`, `$sp`, `$Rp` work unchanged,
+//! and runs `event_route[xhttp:request]`. The route answers with
+//! `xhttp_reply(code, reason, content_type, body)` or a module that fills the
+//! [`Exchange`] (jsonrpcs' `jsonrpc_dispatch()`); an answer may come later
+//! (an asynchronous RPC command) without holding a worker.
+//!
+//! Parameters: `url_match`, `url_skip` (regular expressions on the URL; skip
+//! wins; a filtered URL gets 404 without running the route),
+//! `event_callback` (KEMI only: refused with an explanation).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use siphon_core::{Core, HttpService, Peer, PrefixedStream, SipCtx};
+use siphon_script::api::*;
+use siphon_script::{
+    ArgKind, FunctionSpec, ModuleDef, Outcome, ParamSpec, Program, PvClassSpec, RouteType, Value,
+};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The largest request body accepted; larger gets 413 (with a JSON-RPC error body).
+pub const MAX_BODY: usize = 1 << 20;
+/// The event route HTTP requests run.
+pub const EVENT_ROUTE: &str = "xhttp:request";
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    /// Status code (100–999).
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// `Content-Type`, none when empty.
+    pub content_type: String,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// An answer that is computed later (an asynchronous RPC command).
+pub type ReplyFuture = Pin<Box<dyn Future<Output = HttpReply> + Send>>;
+
+enum Answer {
+    Now(HttpReply),
+    Later(ReplyFuture),
+}
+
+/// The HTTP request being handled, in the route's context: what modules read
+/// the request body from and give their answer to.
+pub struct Exchange {
+    body: Bytes,
+    answer: Option<Answer>,
+}
+
+impl Exchange {
+    /// The request body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+    /// Whether an answer was given already.
+    pub fn answered(&self) -> bool {
+        self.answer.is_some()
+    }
+    /// Gives the answer; `false` when one was given already.
+    pub fn reply(&mut self, r: HttpReply) -> bool {
+        self.set(Answer::Now(r))
+    }
+    /// Gives an answer that completes later; `false` when one was given already.
+    pub fn reply_later(&mut self, f: ReplyFuture) -> bool {
+        self.set(Answer::Later(f))
+    }
+    fn set(&mut self, a: Answer) -> bool {
+        if self.answer.is_some() {
+            return false;
+        }
+        self.answer = Some(a);
+        true
+    }
+}
+
+struct Inner {
+    core: Arc<Core>,
+    url_match: Option<regex::Regex>,
+    url_skip: Option<regex::Regex>,
+    program: OnceLock<Arc<Program>>,
+    requests: AtomicU64,
+    unanswered: AtomicU64,
+    too_large: AtomicU64,
+}
+
+/// The loaded module.
+pub struct Xhttp {
+    inner: Arc<Inner>,
+}
+
+fn reply(status: u16, reason: &str, ctype: &str, body: impl Into<Bytes>) -> HttpReply {
+    HttpReply {
+        status,
+        reason: reason.into(),
+        content_type: ctype.into(),
+        body: body.into(),
+    }
+}
+
+fn to_response(r: HttpReply) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(r.body));
+    *resp.status_mut() =
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if resp.status().canonical_reason() != Some(r.reason.as_str())
+        && !r.reason.is_empty()
+        && let Ok(p) = hyper::ext::ReasonPhrase::try_from(r.reason.into_bytes())
+    {
+        resp.extensions_mut().insert(p);
+    }
+    let h = resp.headers_mut();
+    if !r.content_type.is_empty()
+        && let Ok(v) = hyper::header::HeaderValue::from_str(&r.content_type)
+    {
+        h.insert(hyper::header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        hyper::header::SERVER,
+        hyper::header::HeaderValue::from_static("siphon"),
+    );
+    resp
+}
+
+/// The request as the SIP parser reads it: request line, headers (without
+/// the framing ones, which hyper consumed), our Content-Length, body.
+fn as_message(parts: &hyper::http::request::Parts, url: &str, body: &Bytes) -> Bytes {
+    let mut b = BytesMut::with_capacity(256 + body.len());
+    let version = match parts.version {
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    b.put_slice(parts.method.as_str().as_bytes());
+    b.put_u8(b' ');
+    b.put_slice(url.as_bytes());
+    b.put_u8(b' ');
+    b.put_slice(version.as_bytes());
+    b.put_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == hyper::header::CONTENT_LENGTH || name == hyper::header::TRANSFER_ENCODING {
+            continue;
+        }
+        b.put_slice(name.as_str().as_bytes());
+        b.put_slice(b": ");
+        b.put_slice(value.as_bytes());
+        b.put_slice(b"\r\n");
+    }
+    b.put_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    b.put_slice(body);
+    b.freeze()
+}
+
+impl Inner {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> HttpReply {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let url = match req.uri().path_and_query() {
+            Some(pq) if req.uri().scheme().is_none() => pq.as_str().to_string(),
+            _ => req.uri().to_string(),
+        };
+        let filtered = self.url_skip.as_ref().is_some_and(|r| r.is_match(&url))
+            || self.url_match.as_ref().is_some_and(|r| !r.is_match(&url));
+        let (program, route) = match self.program.get() {
+            Some(p) => (p.clone(), p.event_route(EVENT_ROUTE)),
+            None => return reply(503, "Service Unavailable", "", Bytes::new()),
+        };
+        let Some(route) = route.filter(|_| !filtered) else {
+            return reply(404, "Not Found", "text/plain", "Not Found\n");
+        };
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                self.too_large.fetch_add(1, Ordering::Relaxed);
+                return reply(
+                    413,
+                    "Payload Too Large",
+                    "application/json",
+                    format!(
+                        "{{\"jsonrpc\":\"2.0\",\"error\":{{\"code\":-32600,\"message\":\"Invalid Request: body over {MAX_BODY} bytes\"}},\"id\":null}}\n"
+                    ),
+                );
+            }
+            Err(_) => return reply(400, "Bad Request", "text/plain", "unreadable body\n"),
+        };
+        let msg = match siphon_sip::parse_http_request(as_message(&parts, &url, &body)) {
+            Ok(m) => m,
+            Err(e) => {
+                return reply(
+                    400,
+                    "Bad Request",
+                    "text/plain",
+                    format!("bad request: {e}\n"),
+                );
+            }
+        };
+        let mut ctx = program.new_ctx(RouteType::EVENT);
+        ctx.ext.insert(SipCtx::new(msg, peer));
+        ctx.ext.insert(Exchange { body, answer: None });
+        let outcome = program.run(route, &mut ctx);
+        if let Outcome::Suspended(_) = outcome {
+            tracing::error!("event_route[{EVENT_ROUTE}]: cannot suspend, there is no transaction");
+        }
+        match ctx.ext.get_mut::<Exchange>().and_then(|x| x.answer.take()) {
+            Some(Answer::Now(r)) => r,
+            Some(Answer::Later(f)) => {
+                // The context is not needed while the answer is computed.
+                drop(ctx);
+                f.await
+            }
+            None => {
+                self.unanswered.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("event_route[{EVENT_ROUTE}] gave no reply to {url}: answering 500");
+                reply(
+                    500,
+                    "Server Internal Error",
+                    "text/plain",
+                    "no reply from the routing script\n",
+                )
+            }
+        }
+    }
+}
+
+struct Service(Arc<Inner>);
+
+impl HttpService for Service {
+    fn serve(
+        &self,
+        io: PrefixedStream,
+        peer: Peer,
+        shutdown: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let inner = inner.clone();
+                async move { Ok::<_, Infallible>(to_response(inner.handle(req, peer).await)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(io), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("http connection from {}: {e}", peer.src);
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            }
+        })
+    }
+}
+
+struct Hu;
+
+impl PvAccess for Hu {
+    fn get(&self, ex: &mut siphon_script::Exec<'_>, _: PvIdx) -> Value {
+        match ex.ctx.ext.get::<SipCtx>() {
+            Some(s) if ex.ctx.ext.get::<Exchange>().is_some() => {
+                s.msg.ruri().map_or(Value::Null, Value::Str)
+            }
+            _ => Value::Null,
+        }
+    }
+}
+
+struct XhttpStats(Arc<Inner>);
+
+impl siphon_script::rpc::StatSource for XhttpStats {
+    fn snapshot(&self) -> Vec<(String, i64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+        vec![
+            ("xhttp:requests".into(), g(&self.0.requests)),
+            ("xhttp:unanswered".into(), g(&self.0.unanswered)),
+            ("xhttp:too_large".into(), g(&self.0.too_large)),
+        ]
+    }
+    fn reset(&self, name: &str) {
+        let c = match name {
+            "xhttp:requests" => &self.0.requests,
+            "xhttp:unanswered" => &self.0.unanswered,
+            "xhttp:too_large" => &self.0.too_large,
+            _ => return,
+        };
+        c.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Module for Xhttp {
+    fn functions(&self) -> Vec<FunctionSpec> {
+        vec![FunctionSpec::new(
+            "xhttp_reply",
+            &[ArgKind::Any, ArgKind::Str, ArgKind::Str, ArgKind::Str],
+            |ex, args| {
+                let code = args.int(0, ex).unwrap_or(0);
+                let reason = args.text(1, ex);
+                let ctype = args.text(2, ex);
+                let body = args.bytes(3, ex);
+                let Some(x) = ex.ctx.ext.get_mut::<Exchange>() else {
+                    tracing::warn!("xhttp_reply: not handling an HTTP request");
+                    return (-1).into();
+                };
+                if !(100..=999).contains(&code) {
+                    tracing::warn!("xhttp_reply: bad status code {code}");
+                    return (-1).into();
+                }
+                if x.reply(reply(code as u16, &reason, &ctype, body)) {
+                    1.into()
+                } else {
+                    tracing::warn!("xhttp_reply: the request was answered already");
+                    (-1).into()
+                }
+            },
+        )]
+    }
+
+    fn pv_classes(&self) -> Vec<PvClassSpec> {
+        vec![PvClassSpec::new(
+            "hu",
+            PvInner::None,
+            Arc::new(|_| Ok(Arc::new(Hu) as Arc<dyn PvAccess>)),
+        )]
+    }
+
+    fn event_routes(&self) -> Vec<&'static str> {
+        vec![EVENT_ROUTE]
+    }
+
+    fn stats(&self) -> Option<Arc<dyn siphon_script::rpc::StatSource>> {
+        Some(Arc::new(XhttpStats(self.inner.clone())))
+    }
+
+    fn start(&self, cx: &StartCx) -> Result<(), String> {
+        let _ = self.inner.program.set(cx.program.clone());
+        if cx.program.event_route(EVENT_ROUTE).is_none() {
+            tracing::warn!(
+                "xhttp: no event_route[{EVENT_ROUTE}]: HTTP requests will get 404 Not Found"
+            );
+        }
+        if !self
+            .inner
+            .core
+            .set_http_service(Arc::new(Service(self.inner.clone())))
+        {
+            return Err("another HTTP service is registered already".into());
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn regex_param(cfg: &ModuleConfig, name: &str) -> Result<Option<regex::Regex>, String> {
+    cfg.str(name)
+        .filter(|s| !s.is_empty())
+        .map(|s| regex::Regex::new(&s).map_err(|e| format!("{name}: bad regular expression: {e}")))
+        .transpose()
+}
+
+/// The module definition; HTTP connections of `core`'s TCP listeners come here.
+pub fn def(core: &Arc<Core>) -> ModuleDef {
+    let core = core.clone();
+    ModuleDef {
+        name: "xhttp",
+        params: vec![
+            ParamSpec::str("url_match"),
+            ParamSpec::str("url_skip"),
+            ParamSpec::str("event_callback"),
+        ],
+        instantiate: Arc::new(move |cfg| {
+            if let Some(cb) = cfg.str("event_callback").filter(|s| !s.is_empty()) {
+                return Err(format!(
+                    "event_callback \"{cb}\" names a KEMI function; siphon runs native \
+                     configuration scripts: use event_route[{EVENT_ROUTE}] instead"
+                ));
+            }
+            Ok(Arc::new(Xhttp {
+                inner: Arc::new(Inner {
+                    core: core.clone(),
+                    url_match: regex_param(cfg, "url_match")?,
+                    url_skip: regex_param(cfg, "url_skip")?,
+                    program: OnceLock::new(),
+                    requests: AtomicU64::new(0),
+                    unanswered: AtomicU64::new(0),
+                    too_large: AtomicU64::new(0),
+                }),
+            }) as Arc<dyn Module>)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_faked_message_parses_with_headers_and_body() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/RPC?x=1")
+            .header("Content-Type", "application/json")
+            .header("Transfer-Encoding", "chunked")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let body = Bytes::from_static(b"{\"a\":1}");
+        let raw = as_message(&parts, "/RPC?x=1", &body);
+        let m = siphon_sip::parse_http_request(raw).unwrap();
+        assert_eq!(m.ruri().as_deref(), Some(&b"/RPC?x=1"[..]));
+        assert_eq!(&m.body_bytes()[..], &body[..]);
+        assert_eq!(m.headers_named(b"transfer-encoding").count(), 0);
+        assert_eq!(m.headers_named(b"content-type").count(), 1);
+    }
+
+    #[test]
+    fn custom_reasons_are_kept_and_bad_codes_become_500() {
+        let r = to_response(reply(403, "Not Allowed Here", "text/html", "x"));
+        assert_eq!(r.status(), 403);
+        assert_eq!(
+            r.extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|p| p.as_bytes().to_vec()),
+            Some(b"Not Allowed Here".to_vec())
+        );
+        assert_eq!(to_response(reply(1000, "x", "", "")).status(), 500);
+    }
+}
