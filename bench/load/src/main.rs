@@ -7,6 +7,8 @@
 //! Modes:
 //! - `http URL`: JSON-RPC POSTs on keep-alive connections (xhttp/jsonrpcs).
 //! - `udp ADDR`: JSON-RPC datagrams (jsonrpcs' `dgram_socket=udp:…`).
+//! - `sink BASE`: event subscribers for event_jsonrpc (counts documents,
+//!   answers sync_mode requests), reporting events/s.
 //!
 //! Its own small HTTP/1.1 client (Content-Length answers only) rather than
 //! hyper's: the tool must cost as little CPU as possible on a 2-core box
@@ -53,6 +55,22 @@ enum Mode {
     Http { url: String },
     /// Datagrams to 127.0.0.x:PORT.
     Udp { addr: String },
+    /// Event subscribers (event_jsonrpc): listen on 127.0.0.1:BASE.. (one per
+    /// subscriber), count the JSON documents, answer requests when `--reply`;
+    /// report events/s from the first to the last document.
+    Sink {
+        /// First port.
+        base: u16,
+        /// How many subscribers.
+        #[arg(long, default_value_t = 1)]
+        subscribers: u16,
+        /// Stop after this many documents in all.
+        #[arg(long)]
+        expect: u64,
+        /// Answer requests (sync_mode).
+        #[arg(long)]
+        reply: bool,
+    },
 }
 
 /// What one worker measured.
@@ -174,8 +192,113 @@ async fn udp_worker(
     t
 }
 
+/// Counts concatenated JSON documents on one connection; answers those with a numeric id.
+async fn sink_conn(
+    mut s: tokio::net::TcpStream,
+    reply: bool,
+    count: Arc<AtomicI64>,
+    first: Arc<std::sync::OnceLock<Instant>>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        match s.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+        let _ = first.set(Instant::now());
+        let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<serde_json::Value>();
+        let mut used = 0;
+        let mut n = 0;
+        while let Some(Ok(v)) = it.next() {
+            used = it.byte_offset();
+            n += 1;
+            if reply && let Some(id) = v.get("id").and_then(serde_json::Value::as_u64) {
+                out.extend_from_slice(
+                    format!("{{\"jsonrpc\":\"2.0\",\"result\":8,\"id\":{id}}}").as_bytes(),
+                );
+            }
+        }
+        buf.drain(..used);
+        if !out.is_empty() {
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        count.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn sink(
+    base: u16,
+    subscribers: u16,
+    expect: u64,
+    reply: bool,
+    seconds: u64,
+) -> std::process::ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let count = Arc::new(AtomicI64::new(0));
+        let first = Arc::new(std::sync::OnceLock::new());
+        for i in 0..subscribers {
+            let l = match tokio::net::TcpListener::bind(("127.0.0.1", base + i)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("bind 127.0.0.1:{}: {e}", base + i);
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let (count, first) = (count.clone(), first.clone());
+            tokio::spawn(async move {
+                while let Ok((s, _)) = l.accept().await {
+                    tokio::spawn(sink_conn(s, reply, count.clone(), first.clone()));
+                }
+            });
+        }
+        println!("ready");
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut last = Instant::now();
+        let mut seen = 0;
+        while (seen as u64) < expect && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let n = count.load(Ordering::Relaxed);
+            if n != seen {
+                seen = n;
+                last = Instant::now();
+            }
+        }
+        let secs = first
+            .get()
+            .map_or(0.0, |f| last.duration_since(*f).as_secs_f64())
+            .max(1e-6);
+        println!(
+            "sink {subscribers} subscriber(s) {} {seen} documents in {secs:.3} s: {:.0} events/s",
+            if reply { "sync_mode" } else { "notification" },
+            seen as f64 / secs
+        );
+        if seen as u64 >= expect {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(1)
+        }
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Mode::Sink {
+        base,
+        subscribers,
+        expect,
+        reply,
+    } = cli.mode
+    {
+        return sink(base, subscribers, expect, reply, cli.seconds);
+    }
     let (to, request, kind) = match &cli.mode {
         Mode::Http { url } => {
             let Some(rest) = url.strip_prefix("http://") else {
@@ -206,6 +329,7 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         },
+        Mode::Sink { .. } => unreachable!("handled above"),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -224,6 +224,13 @@ fn run(program: siphon_script::Program, core: Arc<siphon_core::Core>) -> ExitCod
                 tracing::error!("startup_route cannot suspend: there is no transaction");
             }
         }
+        let _ = program.evi().raise(
+            siphon_script::evi::E_CORE_START,
+            siphon_script::evi::EventParams::Named(vec![
+                ("version".into(), env!("CARGO_PKG_VERSION").into()),
+                ("pid".into(), std::process::id().into()),
+            ]),
+        );
         tracing::info!(workers, "siphon started");
         println!("siphon started");
         signals.wait(&shutdown).await;

@@ -176,6 +176,14 @@ pub trait Module: Send + Sync + Any {
     fn event_routes(&self) -> Vec<&'static str> {
         Vec::new()
     }
+    /// Events it raises through the event interface (`E_EVAPI_CONNECTION`).
+    fn events(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Subscriber transports it provides to the event interface (`jsonrpc:`).
+    fn event_transports(&self) -> Vec<Arc<dyn crate::evi::EventTransport>> {
+        Vec::new()
+    }
     /// RPC commands it exports (`evapi.clients`, `jsonrpcc.servers`).
     fn rpc_commands(&self) -> Vec<crate::rpc::RpcSpec> {
         Vec::new()

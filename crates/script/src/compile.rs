@@ -503,7 +503,17 @@ impl Compiler<'_> {
             .cloned()
             .chain(self.instances.iter().filter_map(|(_, m)| m.stats()))
             .collect();
+        let evi = self.reg.evi.clone();
+        for (_, m) in &self.instances {
+            for e in m.events() {
+                let _ = evi.declare(e);
+            }
+            for t in m.event_transports() {
+                evi.add_transport(t);
+            }
+        }
         let prog = Program {
+            evi,
             stat_sources,
             rpcs,
             started: std::time::SystemTime::now(),

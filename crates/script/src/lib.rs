@@ -16,6 +16,7 @@ pub mod api;
 mod compile;
 pub mod core;
 pub mod ctx;
+pub mod evi;
 pub mod interp;
 pub mod pv;
 pub mod rpc;
@@ -66,6 +67,8 @@ pub struct Registry {
     pub stat_sources: Vec<Arc<dyn rpc::StatSource>>,
     /// Core callbacks.
     pub hooks: Hooks,
+    /// The event interface the program will raise events through.
+    pub evi: Arc<evi::Evi>,
 }
 
 impl Default for Registry {
@@ -77,14 +80,22 @@ impl Default for Registry {
 impl Registry {
     /// The core alone: core functions and the modules kept in the core.
     pub fn new() -> Self {
+        let evi = Arc::new(evi::Evi::new());
+        let mut core_functions = core::core_functions();
+        core_functions.extend(evi::script_functions(&evi));
+        let mut core_rpcs = rpc::builtin_commands();
+        core_rpcs.extend(evi::rpc_commands());
+        let stat_sources: Vec<Arc<dyn rpc::StatSource>> =
+            vec![Arc::new(evi::EviStats(evi.clone()))];
         Registry {
             defs: core::core_modules(),
-            core_functions: core::core_functions(),
+            core_functions,
             core_pvs: vec![],
             core_events: vec![],
-            core_rpcs: rpc::builtin_commands(),
-            stat_sources: vec![],
+            core_rpcs,
+            stat_sources,
             hooks: Hooks::default(),
+            evi,
         }
     }
     /// Adds (or replaces) a module definition.
@@ -186,6 +197,7 @@ pub struct Program {
     rpcs: HashMap<&'static str, rpc::RpcSpec>,
     started: std::time::SystemTime,
     stat_sources: Vec<Arc<dyn rpc::StatSource>>,
+    evi: Arc<evi::Evi>,
 }
 
 impl std::fmt::Debug for Program {
@@ -258,6 +270,10 @@ impl Program {
     /// The loaded modules.
     pub fn modules(&self) -> &[(String, Arc<dyn Module>)] {
         &self.modules
+    }
+    /// The event interface.
+    pub fn evi(&self) -> &Arc<evi::Evi> {
+        &self.evi
     }
     /// An RPC command by name.
     pub fn rpc(&self, name: &str) -> Option<&rpc::RpcSpec> {

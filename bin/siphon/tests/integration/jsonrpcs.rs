@@ -29,7 +29,7 @@ request_route {{
     )
 }
 
-fn udp_addr(srv: &Server) -> std::net::SocketAddr {
+pub(crate) fn udp_addr(srv: &Server) -> std::net::SocketAddr {
     srv.log
         .lock()
         .unwrap()
@@ -41,7 +41,7 @@ fn udp_addr(srv: &Server) -> std::net::SocketAddr {
         .expect("jsonrpcs udp address")
 }
 
-fn rpc_udp(sock: &UdpSocket, to: std::net::SocketAddr, doc: &str) -> Option<Value> {
+pub(crate) fn rpc_udp(sock: &UdpSocket, to: std::net::SocketAddr, doc: &str) -> Option<Value> {
     sock.send_to(doc.as_bytes(), to).unwrap();
     let mut buf = vec![0u8; 70_000];
     let (n, _) = sock.recv_from(&mut buf).ok()?;

@@ -1,6 +1,5 @@
-//! Test-only stand-ins for the modules and SIP-core functions that later
-//! issues build (jsonrpcc, event_jsonrpc, evapi, async_http,
-//! and the event interface's functions). They declare the seed's parameters, functions
+//! Test-only stand-ins for the modules that later issues build (jsonrpcc,
+//! evapi, async_http). They declare the seed's parameters, functions
 //! (with argument kinds, so route names and result PVs are checked) and PVs;
 //! they are never run. Each issue that builds the real thing removes its stub
 //! from here (the SIP core's stubs are gone: it is built): the shipped
@@ -91,23 +90,6 @@ pub(crate) fn registry() -> Registry {
             vec![],
             vec![],
         ));
-    }
-    if r.def("event_jsonrpc").is_none() {
-        r.add(module(
-            "event_jsonrpc",
-            vec![
-                ParamSpec::int("sync_mode"),
-                ParamSpec::int("timeout"),
-                ParamSpec::str("event_param"),
-            ],
-            vec![],
-            vec![],
-            vec![],
-        ));
-        r.core_functions
-            .push(f("subscribe_event", &[Str, Str, Int]).min_args(2));
-        r.core_functions
-            .push(f("raise_event", &[Str, Pv, Pv]).min_args(1));
     }
     if r.def("evapi").is_none() {
         r.add(module(

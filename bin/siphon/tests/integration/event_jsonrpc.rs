@@ -1,0 +1,337 @@
+//! The event interface and event_jsonrpc end to end: the real binary raising
+//! events to a Python subscriber built on PyPI's jsonrpcserver.
+
+use super::harness::{Server, UdpUac, request};
+use super::jsonrpcs::{rpc_udp, udp_addr};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const W: Duration = Duration::from_secs(5);
+
+/// The Python subscriber: every document it received, in order.
+struct Subscriber {
+    child: Child,
+    port: u16,
+    docs: mpsc::Receiver<Value>,
+}
+
+impl Subscriber {
+    fn start(port: u16, mode: &str) -> Subscriber {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/jsonrpc_subscriber.py"
+        );
+        let mut child = Command::new("python3")
+            .args([script, &port.to_string(), mode])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let port = first
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("subscriber did not start (pip install jsonrpcserver; .ci/run does it): {first:?}"));
+        let (tx, docs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                if let Some(d) = l.strip_prefix("recv ") {
+                    let _ = tx.send(serde_json::from_str(d).unwrap());
+                }
+            }
+        });
+        Subscriber { child, port, docs }
+    }
+    fn next(&self) -> Option<Value> {
+        self.docs.recv_timeout(W).ok()
+    }
+    fn nothing_within(&self, d: Duration) -> bool {
+        self.docs.recv_timeout(d).is_err()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cfg(modparams: &str, socket: &str) -> String {
+    format!(
+        r#"
+loadmodule "event_jsonrpc.so"
+loadmodule "jsonrpcs.so"
+{modparams}
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:0")
+max_while_loops=20000
+startup_route {{
+    subscribe_event("E_MY_EVENT", "{socket}");
+    subscribe_event("E_PIKE_BLOCKED", "{socket}");
+}}
+request_route {{
+    if (is_method("MESSAGE")) {{
+        # The seed's script example.
+        $avp(attr-val) = 3;
+        $avp(attr-val) = 5;
+        raise_event("E_MY_EVENT", $avp(attr-val));
+    }} else if (is_method("INFO")) {{
+        # What the pike module raises in the seed's examples.
+        $avp(names) = "ip";
+        $avp(values) = $si;
+        raise_event("E_PIKE_BLOCKED", $avp(values), $avp(names));
+    }} else if (is_method("PUBLISH")) {{
+        $var(i) = 0;
+        while ($var(i) < 10000) {{
+            raise_event("E_SEQ", $var(i));
+            $var(i) = $var(i) + 1;
+        }}
+    }}
+    sl_send_reply("200", "OK");
+}}
+"#
+    )
+}
+
+fn stat(srv: &Server, name: &str) -> i64 {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(W)).unwrap();
+    let doc = json!({"jsonrpc":"2.0","method":"stats.get_statistics","params":[name],"id":1});
+    let r = rpc_udp(&sock, udp_addr(srv), &doc.to_string()).unwrap();
+    r["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| {
+            s.as_str()?
+                .strip_prefix(&format!("{name} = "))?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in {r}"))
+}
+
+fn rpc(srv: &Server, method: &str, params: Value) -> Value {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(W)).unwrap();
+    let doc = json!({"jsonrpc":"2.0","method":method,"params":params,"id":1});
+    rpc_udp(&sock, udp_addr(srv), &doc.to_string()).unwrap()
+}
+
+fn send(srv: &Server, method: &str, n: u32) {
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request(
+        method,
+        uac.addr(),
+        &format!("{method}{n}"),
+        &format!("c{method}{n}"),
+        "",
+    ));
+    assert_eq!(uac.recv(W).and_then(|r| r.status()), Some(200));
+}
+
+#[test]
+fn the_seed_examples_as_notifications() {
+    let sub = Subscriber::start(0, "reply");
+    let srv = Server::start(&cfg("", &format!("jsonrpc:127.0.0.1:{}", sub.port)));
+    send(&srv, "MESSAGE", 1);
+    assert_eq!(
+        sub.next().unwrap(),
+        json!({"id": null, "jsonrpc": "2.0", "method": "E_MY_EVENT", "params": [3, 5]})
+    );
+    send(&srv, "INFO", 1);
+    assert_eq!(
+        sub.next().unwrap(),
+        json!({"id": null, "jsonrpc": "2.0", "method": "E_PIKE_BLOCKED", "params": {"ip": "127.0.0.1"}})
+    );
+    // 10,000 events from one request arrive complete and in order (E_SEQ is
+    // declared by the script's raise_event, subscribed over RPC).
+    let socket = format!("jsonrpc:127.0.0.1:{}", sub.port);
+    assert_eq!(
+        rpc(&srv, "event_subscribe", json!(["E_SEQ", socket]))["result"],
+        json!("OK")
+    );
+    send(&srv, "PUBLISH", 1);
+    for i in 0..10_000 {
+        let d = sub.next().unwrap_or_else(|| panic!("event {i} missing"));
+        assert_eq!(d["params"], json!([i]), "event {i}");
+        assert_eq!(d["method"], json!("E_SEQ"));
+    }
+    assert_eq!(stat(&srv, "event_jsonrpc:sent"), 10_002);
+    assert_eq!(stat(&srv, "event_jsonrpc:dropped"), 0);
+}
+
+#[test]
+fn method_and_event_param_and_sync_mode_replies() {
+    let sub = Subscriber::start(0, "reply");
+    let srv = Server::start(&cfg(
+        "modparam(\"event_jsonrpc\", \"event_param\", \"opensips_event\")\nmodparam(\"event_jsonrpc\", \"sync_mode\", yes)\nmodparam(\"event_jsonrpc\", \"timeout\", 200)",
+        &format!("jsonrpc:127.0.0.1:{}/handle_cmd", sub.port),
+    ));
+    send(&srv, "INFO", 2);
+    let d = sub.next().unwrap();
+    let id = d["id"].as_u64().expect("sync_mode: a numeric id");
+    assert_eq!(
+        d,
+        json!({"id": id, "jsonrpc": "2.0", "method": "handle_cmd",
+               "params": {"opensips_event": "E_PIKE_BLOCKED", "ip": "127.0.0.1"}})
+    );
+    // The key order is the seed's too.
+    let keys: Vec<&str> = d["params"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["opensips_event", "ip"]);
+    send(&srv, "MESSAGE", 2);
+    let d2 = sub.next().unwrap();
+    assert_eq!(d2["params"], json!([3, 5, "E_MY_EVENT"]));
+    assert_ne!(d2["id"], d["id"], "ids are unique");
+    // Both replies (result 8) were matched to their requests.
+    let deadline = std::time::Instant::now() + W;
+    while stat(&srv, "event_jsonrpc:replied") < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stat(&srv, "event_jsonrpc:replied"), 2);
+    assert_eq!(stat(&srv, "event_jsonrpc:timeouts"), 0);
+}
+
+#[test]
+fn a_subscriber_that_never_replies_costs_only_its_own_events() {
+    let sub = Subscriber::start(0, "silent");
+    let srv = Server::start(&cfg(
+        "modparam(\"event_jsonrpc\", \"sync_mode\", 1)\nmodparam(\"event_jsonrpc\", \"timeout\", 3000)",
+        &format!("jsonrpc:127.0.0.1:{}", sub.port),
+    ));
+    // Five events, each waiting 3 s for a reply that never comes: the raiser
+    // is not held (each SIP reply comes within the UAC's 5 s, 15 s would be
+    // needed otherwise).
+    for n in 0..5 {
+        send(&srv, "MESSAGE", 10 + n);
+    }
+    for _ in 0..5 {
+        assert!(sub.next().is_some());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stat(&srv, "event_jsonrpc:timeouts") < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stat(&srv, "event_jsonrpc:timeouts"), 5);
+    assert_eq!(stat(&srv, "event_jsonrpc:replied"), 0);
+}
+
+#[test]
+fn a_subscriber_that_is_down_then_up() {
+    // A port nothing listens on (yet).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let srv = Server::start(&cfg("", &format!("jsonrpc:127.0.0.1:{port}")));
+    for n in 0..3 {
+        send(&srv, "MESSAGE", 20 + n);
+    }
+    let deadline = std::time::Instant::now() + W;
+    while stat(&srv, "event_jsonrpc:failed") < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stat(&srv, "event_jsonrpc:failed"), 3);
+    // It comes up: after the backoff the next event reconnects.
+    let sub = Subscriber::start(port, "reply");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut got = None;
+    while got.is_none() && std::time::Instant::now() < deadline {
+        send(&srv, "INFO", 30);
+        got = sub.docs.recv_timeout(Duration::from_millis(300)).ok();
+    }
+    assert_eq!(got.unwrap()["method"], json!("E_PIKE_BLOCKED"));
+}
+
+#[test]
+fn subscriptions_over_rpc_with_expiry() {
+    let sub = Subscriber::start(0, "reply");
+    let socket = format!("jsonrpc:127.0.0.1:{}/rpc_events", sub.port);
+    let srv = Server::start(&cfg("", &format!("jsonrpc:127.0.0.1:{}", sub.port)));
+    // Unknown events and sockets are errors.
+    let r = rpc(&srv, "event_subscribe", json!(["E_NOPE", socket]));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown event"),
+        "{r}"
+    );
+    let r = rpc(&srv, "event_subscribe", json!(["E_SEQ", "udp:127.0.0.1:9"]));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown subscriber socket"),
+        "{r}"
+    );
+    let r = rpc(&srv, "event_subscribe", json!(["E_SEQ", socket, -1]));
+    assert_eq!(r["error"]["code"], json!(-32602));
+    // Subscribe for 1 s; raise over RPC (named params from an object).
+    assert_eq!(
+        rpc(&srv, "event_subscribe", json!(["E_SEQ", socket, 1]))["result"],
+        json!("OK")
+    );
+    let list = rpc(&srv, "subscribers_list", json!(["E_SEQ"]))["result"].clone();
+    assert_eq!(list[0]["socket"], json!(socket));
+    assert_eq!(list[0]["expire"], json!(1));
+    let r = rpc(&srv, "raise_event", json!(["E_SEQ", {"a": 1, "b": "x"}]));
+    assert_eq!(r["result"], json!({"subscribers": 1}));
+    assert_eq!(
+        sub.next().unwrap(),
+        json!({"id": null, "jsonrpc": "2.0", "method": "rpc_events", "params": {"a": 1, "b": "x"}})
+    );
+    let events = rpc(&srv, "events_list", json!([]))["result"].clone();
+    for e in ["E_CORE_START", "E_MY_EVENT", "E_PIKE_BLOCKED", "E_SEQ"] {
+        assert!(
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == json!(e)),
+            "{e} in {events}"
+        );
+    }
+    // Expired: no longer delivered.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        rpc(&srv, "raise_event", json!(["E_SEQ", 1, 2]))["result"],
+        json!({"subscribers": 0})
+    );
+    // Re-subscribe (default expiry 3600 s), then unsubscribe with 0.
+    rpc(&srv, "event_subscribe", json!(["E_SEQ", socket]));
+    let list = rpc(&srv, "subscribers_list", json!(["E_SEQ", socket]))["result"].clone();
+    assert_eq!(list[0]["expire"], json!(3600));
+    rpc(&srv, "raise_event", json!(["E_SEQ", 1, 2]));
+    assert_eq!(sub.next().unwrap()["params"], json!([1, 2]));
+    rpc(&srv, "event_subscribe", json!(["E_SEQ", socket, 0]));
+    assert_eq!(
+        rpc(&srv, "subscribers_list", json!(["E_SEQ"]))["result"],
+        json!([])
+    );
+    assert!(sub.nothing_within(Duration::from_millis(200)));
+}
+
+#[test]
+fn core_start_reaches_subscribers_from_the_startup_route() {
+    let sub = Subscriber::start(0, "reply");
+    let srv = Server::start(&format!(
+        "loadmodule \"event_jsonrpc.so\"\nstartup_route {{ subscribe_event(\"E_CORE_START\", \"jsonrpc:127.0.0.1:{}\"); }}\nrequest_route {{ drop; }}\n",
+        sub.port
+    ));
+    let d = sub.next().unwrap();
+    assert_eq!(d["method"], json!("E_CORE_START"));
+    assert!(d["params"]["pid"].is_number(), "{d}");
+    drop(srv);
+}

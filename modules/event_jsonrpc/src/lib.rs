@@ -1,0 +1,283 @@
+//! event_jsonrpc (seed 001, OpenSIPS): the event interface's `jsonrpc:`
+//! transport. A subscriber `jsonrpc:host:port[/method]` receives every event
+//! it subscribed to as a JSON-RPC 2.0 document, written back to back (no
+//! framing) on one persistent TCP connection per destination, exactly as
+//! the seed shows: `{"id":null,"jsonrpc":"2.0","method":M,"params":P}`.
+//!
+//! Parameters: `sync_mode` (each event is a request with a unique id whose
+//! reply is awaited — by the destination's task, never by the code that
+//! raised the event), `timeout` (ms, default 1000: how old an event may get
+//! before it is sent, and in sync_mode how long its reply may take),
+//! `event_param` (adds the event name under that key, or as the last array
+//! element).
+//!
+//! Each destination has a bounded queue and its own task: a subscriber that
+//! is down or slow loses only its own events (dropped, counted, logged);
+//! a broken connection is reopened by the next event, with a backoff while
+//! the peer refuses.
+
+mod sender;
+
+use serde_json::{Value, json};
+use siphon_script::api::*;
+use siphon_script::evi::{Event, EventSubscriber, EventTransport};
+use siphon_script::rpc::StatSource;
+use siphon_script::{ModuleDef, ParamSpec};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Events waiting per destination before new ones are dropped.
+pub const QUEUE: usize = 16_384;
+
+/// The module's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sync_mode`.
+    pub sync: bool,
+    /// `timeout`.
+    pub timeout: Duration,
+    /// `event_param`.
+    pub event_param: Option<String>,
+}
+
+/// Delivery counters (per subscriber and for the module).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events written to the connection.
+    pub sent: AtomicU64,
+    /// sync_mode: replies received (success).
+    pub replied: AtomicU64,
+    /// sync_mode: replies carrying an `error`.
+    pub errors: AtomicU64,
+    /// sync_mode: no reply within `timeout`.
+    pub timeouts: AtomicU64,
+    /// Could not be sent: connection refused or broken, or too old to send.
+    pub failed: AtomicU64,
+    /// Dropped because the destination's queue was full.
+    pub dropped: AtomicU64,
+}
+
+impl Counters {
+    fn json(&self) -> Value {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "sent": g(&self.sent), "replied": g(&self.replied), "errors": g(&self.errors),
+            "timeouts": g(&self.timeouts), "failed": g(&self.failed), "dropped": g(&self.dropped),
+        })
+    }
+}
+
+/// Bumps a counter of the subscriber and of the module.
+pub(crate) fn bump(pair: &[Arc<Counters>; 2], f: fn(&Counters) -> &AtomicU64) {
+    for c in pair {
+        f(c).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One event on its way to a destination.
+pub(crate) struct Job {
+    pub(crate) event: Arc<Event>,
+    pub(crate) method: Option<Arc<str>>,
+    pub(crate) counters: [Arc<Counters>; 2],
+    pub(crate) queued: Instant,
+}
+
+/// `jsonrpc:host:port[/method]` → address and method.
+pub fn parse_target(target: &str) -> Result<(SocketAddr, Option<String>), String> {
+    let (hostport, method) = match target.split_once('/') {
+        Some((h, m)) if !m.is_empty() => (h, Some(m.to_string())),
+        Some((h, _)) => (h, None),
+        None => (target, None),
+    };
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{target}`: expected host:port[/method]"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("`{target}`: bad port `{port}`"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{target}`: no host"));
+    }
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{host}`: {e}"))?
+        .min_by_key(|a| !a.is_ipv4())
+        .ok_or_else(|| format!("`{host}`: no address"))?;
+    Ok((addr, method))
+}
+
+struct Subscriber {
+    queue: tokio::sync::mpsc::Sender<Job>,
+    method: Option<Arc<str>>,
+    counters: [Arc<Counters>; 2],
+}
+
+impl EventSubscriber for Subscriber {
+    fn deliver(&self, event: &Arc<Event>) -> bool {
+        let job = Job {
+            event: event.clone(),
+            method: self.method.clone(),
+            counters: self.counters.clone(),
+            queued: Instant::now(),
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => true,
+            Err(e) => {
+                let job = e.into_inner();
+                bump(&job.counters, |c| &c.dropped);
+                let n = job.counters[0].dropped.load(Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        "event_jsonrpc: queue full, {} dropped for this subscriber so far",
+                        n
+                    );
+                }
+                false
+            }
+        }
+    }
+    fn stats(&self) -> Value {
+        self.counters[0].json()
+    }
+}
+
+struct Transport {
+    cfg: Arc<Config>,
+    dests: Mutex<HashMap<SocketAddr, tokio::sync::mpsc::Sender<Job>>>,
+    totals: Arc<Counters>,
+}
+
+impl EventTransport for Transport {
+    fn proto(&self) -> &'static str {
+        "jsonrpc"
+    }
+    fn subscriber(&self, target: &str) -> Result<Arc<dyn EventSubscriber>, String> {
+        let (addr, method) = parse_target(target)?;
+        let queue = {
+            let mut dests = self.dests.lock().map_err(|_| "poisoned".to_string())?;
+            match dests.get(&addr).filter(|q| !q.is_closed()) {
+                Some(q) => q.clone(),
+                None => {
+                    let handle = tokio::runtime::Handle::try_current()
+                        .map_err(|_| "subscriptions start once the server runs".to_string())?;
+                    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+                    handle.spawn(sender::run(addr, rx, self.cfg.clone()));
+                    dests.insert(addr, tx.clone());
+                    tx
+                }
+            }
+        };
+        Ok(Arc::new(Subscriber {
+            queue,
+            method: method.map(Arc::from),
+            counters: [Arc::new(Counters::default()), self.totals.clone()],
+        }))
+    }
+}
+
+struct Stats(Arc<Counters>);
+
+impl StatSource for Stats {
+    fn snapshot(&self) -> Vec<(String, i64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+        let c = &self.0;
+        vec![
+            ("event_jsonrpc:sent".into(), g(&c.sent)),
+            ("event_jsonrpc:replied".into(), g(&c.replied)),
+            ("event_jsonrpc:errors".into(), g(&c.errors)),
+            ("event_jsonrpc:timeouts".into(), g(&c.timeouts)),
+            ("event_jsonrpc:failed".into(), g(&c.failed)),
+            ("event_jsonrpc:dropped".into(), g(&c.dropped)),
+        ]
+    }
+    fn reset(&self, name: &str) {
+        let c = &self.0;
+        let f = match name {
+            "event_jsonrpc:sent" => &c.sent,
+            "event_jsonrpc:replied" => &c.replied,
+            "event_jsonrpc:errors" => &c.errors,
+            "event_jsonrpc:timeouts" => &c.timeouts,
+            "event_jsonrpc:failed" => &c.failed,
+            "event_jsonrpc:dropped" => &c.dropped,
+            _ => return,
+        };
+        f.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The loaded module.
+pub struct EventJsonrpc {
+    transport: Arc<Transport>,
+}
+
+impl Module for EventJsonrpc {
+    fn event_transports(&self) -> Vec<Arc<dyn EventTransport>> {
+        vec![self.transport.clone()]
+    }
+    fn stats(&self) -> Option<Arc<dyn StatSource>> {
+        Some(Arc::new(Stats(self.transport.totals.clone())))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The module definition for the registry.
+pub fn def() -> ModuleDef {
+    ModuleDef {
+        name: "event_jsonrpc",
+        params: vec![
+            ParamSpec::int("sync_mode"),
+            ParamSpec::int("timeout"),
+            ParamSpec::str("event_param"),
+        ],
+        instantiate: Arc::new(|cfg| {
+            let timeout = cfg.int("timeout").unwrap_or(1000);
+            if timeout <= 0 {
+                return Err(format!(
+                    "timeout must be a positive number of milliseconds, found {timeout}"
+                ));
+            }
+            let cfg = Config {
+                sync: cfg.int("sync_mode").unwrap_or(0) != 0,
+                timeout: Duration::from_millis(timeout as u64),
+                event_param: cfg.str("event_param").filter(|s| !s.is_empty()),
+            };
+            Ok(Arc::new(EventJsonrpc {
+                transport: Arc::new(Transport {
+                    cfg: Arc::new(cfg),
+                    dests: Mutex::new(HashMap::new()),
+                    totals: Arc::new(Counters::default()),
+                }),
+            }) as Arc<dyn Module>)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let (a, m) = parse_target("127.0.0.1:8080/block_ip").unwrap();
+        assert_eq!(
+            (a.to_string().as_str(), m.as_deref()),
+            ("127.0.0.1:8080", Some("block_ip"))
+        );
+        let (a, m) = parse_target("127.0.0.1:8080").unwrap();
+        assert_eq!((a.port(), m), (8080, None));
+        let (a, _) = parse_target("[::1]:9").unwrap();
+        assert!(a.is_ipv6());
+        assert!(parse_target("127.0.0.1").is_err());
+        assert!(parse_target("127.0.0.1:0").is_err());
+        assert!(parse_target(":80").is_err());
+        assert!(parse_target("127.0.0.1:x").is_err());
+    }
+}

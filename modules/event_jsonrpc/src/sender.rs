@@ -1,0 +1,378 @@
+//! One task per destination: takes events from its queue in order, writes
+//! them (several per write when they pile up) on its connection, and in
+//! sync_mode matches the replies a reader task parses from the stream of
+//! concatenated JSON values.
+
+use crate::{Config, Counters, Job, bump};
+use bytes::BytesMut;
+use serde_json::Value;
+use siphon_script::evi::{Event, EventParams};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Events written in one go at most.
+const BATCH: usize = 256;
+/// The largest reply accepted (sync_mode); more without a complete value closes the connection.
+const MAX_REPLY: usize = 1 << 20;
+/// Longest wait between connection attempts while a destination refuses.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The document for one event, as the seed shows it: `id`, `jsonrpc`,
+/// `method`, `params` in that order, compact.
+pub(crate) fn document(
+    ev: &Event,
+    method: Option<&str>,
+    id: Option<u64>,
+    event_param: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    use serde_json::Map;
+    let params = match &ev.params {
+        EventParams::Named(kv) => {
+            let mut m = Map::new();
+            if let Some(k) = event_param {
+                m.insert(k.to_string(), Value::String(ev.name.to_string()));
+            }
+            for (k, v) in kv {
+                m.insert(k.clone(), v.clone());
+            }
+            Value::Object(m)
+        }
+        EventParams::Values(vs) => {
+            let mut a = vs.clone();
+            if event_param.is_some() {
+                a.push(Value::String(ev.name.to_string()));
+            }
+            Value::Array(a)
+        }
+    };
+    let mut doc = Map::new();
+    doc.insert("id".into(), id.map_or(Value::Null, Value::from));
+    doc.insert("jsonrpc".into(), Value::from("2.0"));
+    doc.insert("method".into(), Value::from(method.unwrap_or(&ev.name)));
+    doc.insert("params".into(), params);
+    let _ = serde_json::to_writer(&mut *out, &Value::Object(doc));
+}
+
+struct Pending {
+    deadline: Instant,
+    event: Arc<str>,
+    counters: [Arc<Counters>; 2],
+}
+
+type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
+
+struct Conn {
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    closed: Arc<AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn next_id() -> u64 {
+    // Unique per process, positive, not starting at 1 (so ids of two runs rarely collide).
+    if NEXT_ID.load(Ordering::Relaxed) == 0 {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos() as u64)
+            & 0x3fff_ffff;
+        let _ = NEXT_ID.compare_exchange(0, seed.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+fn fail_all(pending: &PendingMap, why: &str, addr: SocketAddr) {
+    let drained: Vec<Pending> = pending
+        .lock()
+        .map(|mut p| p.drain().map(|(_, v)| v).collect())
+        .unwrap_or_default();
+    if !drained.is_empty() {
+        tracing::warn!(
+            "event_jsonrpc: {addr}: {why}: {} events without reply",
+            drained.len()
+        );
+    }
+    for p in drained {
+        bump(&p.counters, |c| &c.failed);
+    }
+}
+
+/// Reads replies (sync_mode) or discards whatever the peer sends.
+async fn read_replies(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    pending: PendingMap,
+    closed: Arc<AtomicBool>,
+    addr: SocketAddr,
+) {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let mut used = 0;
+        let mut bad = false;
+        {
+            let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+            loop {
+                match it.next() {
+                    Some(Ok(v)) => {
+                        used = it.byte_offset();
+                        let id = v.get("id").and_then(Value::as_u64);
+                        let p = id.and_then(|id| pending.lock().ok()?.remove(&id));
+                        match p {
+                            Some(p) if v.get("error").is_some() => {
+                                bump(&p.counters, |c| &c.errors);
+                                tracing::info!(
+                                    "event_jsonrpc: {addr} answered {} with an error: {}",
+                                    p.event,
+                                    v["error"]
+                                );
+                            }
+                            Some(p) => bump(&p.counters, |c| &c.replied),
+                            None => {}
+                        }
+                    }
+                    Some(Err(e)) if e.is_eof() => break,
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            "event_jsonrpc: {addr} sent something that is not JSON ({e}): closing"
+                        );
+                        bad = true;
+                        break;
+                    }
+                    None => {
+                        used = buf.len();
+                        break;
+                    }
+                }
+            }
+        }
+        if bad {
+            break;
+        }
+        let _ = buf.split_to(used);
+        if buf.len() > MAX_REPLY {
+            tracing::warn!(
+                "event_jsonrpc: {addr} sent over {MAX_REPLY} bytes without a complete reply: closing"
+            );
+            break;
+        }
+    }
+    closed.store(true, Ordering::Relaxed);
+    fail_all(&pending, "connection closed", addr);
+}
+
+/// The destination's task; ends when every subscriber using it is gone.
+pub(crate) async fn run(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, cfg: Arc<Config>) {
+    let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
+    let mut conn: Option<Conn> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut jobs: Vec<Job> = Vec::with_capacity(BATCH);
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut sweep = tokio::time::interval((cfg.timeout / 4).max(Duration::from_millis(10)));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        jobs.clear();
+        tokio::select! {
+            n = rx.recv_many(&mut jobs, BATCH) => if n == 0 { break },
+            _ = sweep.tick() => {
+                if cfg.sync {
+                    expire(&pending, addr);
+                }
+                continue;
+            }
+        }
+        // Too old to be worth sending (the peer was unreachable for a while).
+        let now = Instant::now();
+        jobs.retain(|j| {
+            let fresh = now.duration_since(j.queued) <= cfg.timeout;
+            if !fresh {
+                bump(&j.counters, |c| &c.failed);
+            }
+            fresh
+        });
+        if jobs.is_empty() {
+            continue;
+        }
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.closed.load(Ordering::Relaxed))
+        {
+            conn = None;
+        }
+        if conn.is_none() {
+            if retry_at.is_some_and(|t| now < t) {
+                for j in &jobs {
+                    bump(&j.counters, |c| &c.failed);
+                }
+                continue;
+            }
+            match tokio::time::timeout(cfg.timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    if retry_at.take().is_some() {
+                        tracing::info!("event_jsonrpc: {addr} is reachable again");
+                    }
+                    backoff = Duration::from_millis(100);
+                    let (rd, wr) = s.into_split();
+                    let closed = Arc::new(AtomicBool::new(false));
+                    let reader =
+                        tokio::spawn(read_replies(rd, pending.clone(), closed.clone(), addr));
+                    conn = Some(Conn { wr, closed, reader });
+                }
+                r => {
+                    let why = match r {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "connect timed out".into(),
+                    };
+                    if retry_at.is_none() {
+                        tracing::warn!(
+                            "event_jsonrpc: cannot connect to {addr}: {why}; events to it fail until it is back"
+                        );
+                    }
+                    retry_at = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    for j in &jobs {
+                        bump(&j.counters, |c| &c.failed);
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        out.clear();
+        for j in &jobs {
+            let id = cfg.sync.then(next_id);
+            document(
+                &j.event,
+                j.method.as_deref(),
+                id,
+                cfg.event_param.as_deref(),
+                &mut out,
+            );
+            if let (Some(id), Ok(mut p)) = (id, pending.lock()) {
+                p.insert(
+                    id,
+                    Pending {
+                        deadline: j.queued + cfg.timeout,
+                        event: j.event.name.clone(),
+                        counters: j.counters.clone(),
+                    },
+                );
+            }
+        }
+        match tokio::time::timeout(cfg.timeout, c.wr.write_all(&out)).await {
+            Ok(Ok(())) => {
+                for j in &jobs {
+                    bump(&j.counters, |c| &c.sent);
+                }
+            }
+            r => {
+                let why = match r {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "write timed out (the peer does not read)".into(),
+                };
+                tracing::warn!("event_jsonrpc: {addr}: {why}: closing the connection");
+                if !cfg.sync {
+                    for j in &jobs {
+                        bump(&j.counters, |c| &c.failed);
+                    }
+                }
+                conn = None;
+                fail_all(&pending, "write failed", addr);
+            }
+        }
+    }
+    fail_all(&pending, "no subscribers left", addr);
+}
+
+fn expire(pending: &PendingMap, addr: SocketAddr) {
+    let now = Instant::now();
+    let Ok(mut p) = pending.lock() else { return };
+    let late: Vec<u64> = p
+        .iter()
+        .filter(|(_, v)| v.deadline <= now)
+        .map(|(k, _)| *k)
+        .collect();
+    for id in &late {
+        if let Some(v) = p.remove(id) {
+            bump(&v.counters, |c| &c.timeouts);
+        }
+    }
+    if !late.is_empty() {
+        tracing::info!(
+            "event_jsonrpc: {addr}: {} events got no reply in time",
+            late.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(name: &str, params: EventParams) -> Event {
+        Event {
+            name: Arc::from(name),
+            params,
+        }
+    }
+
+    fn doc(e: &Event, m: Option<&str>, id: Option<u64>, p: Option<&str>) -> String {
+        let mut out = Vec::new();
+        document(e, m, id, p, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_seed_documents() {
+        let pike = ev(
+            "E_PIKE_BLOCKED",
+            EventParams::Named(vec![("ip".into(), json!("127.0.0.11"))]),
+        );
+        assert_eq!(
+            doc(&pike, None, None, None),
+            r#"{"id":null,"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"127.0.0.11"}}"#
+        );
+        assert_eq!(
+            doc(&pike, None, Some(915243442), None),
+            r#"{"id":915243442,"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"127.0.0.11"}}"#
+        );
+        assert_eq!(
+            doc(&pike, Some("handle_cmd"), None, Some("opensips_event")),
+            r#"{"id":null,"jsonrpc":"2.0","method":"handle_cmd","params":{"opensips_event":"E_PIKE_BLOCKED","ip":"127.0.0.11"}}"#
+        );
+        let mine = ev("E_MY_EVENT", EventParams::Values(vec![json!(3), json!(5)]));
+        assert_eq!(
+            doc(&mine, None, None, None),
+            r#"{"id":null,"jsonrpc":"2.0","method":"E_MY_EVENT","params":[3,5]}"#
+        );
+        assert_eq!(
+            doc(&mine, None, None, Some("ev")),
+            r#"{"id":null,"jsonrpc":"2.0","method":"E_MY_EVENT","params":[3,5,"E_MY_EVENT"]}"#
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_and_positive() {
+        let a = next_id();
+        let b = next_id();
+        assert!(a > 0 && b > a);
+    }
+}
