@@ -4,6 +4,7 @@ mod cli;
 mod event_jsonrpc;
 mod golden;
 mod harness;
+mod jsonrpcc;
 mod jsonrpcs;
 mod seeds;
 mod sip;

@@ -1,5 +1,5 @@
-//! Test-only stand-ins for the modules that later issues build (jsonrpcc,
-//! evapi, async_http). They declare the seed's parameters, functions
+//! Test-only stand-ins for the modules that later issues build (evapi,
+//! async_http). They declare the seed's parameters, functions
 //! (with argument kinds, so route names and result PVs are checked) and PVs;
 //! they are never run. Each issue that builds the real thing removes its stub
 //! from here (the SIP core's stubs are gone: it is built): the shipped
@@ -76,21 +76,6 @@ pub(crate) fn registry() -> Registry {
     use ArgKind::*;
     let mut r = siphon::registry();
     let route = Route(RouteTable::Named);
-    if r.def("jsonrpcc").is_none() {
-        r.add(module(
-            "jsonrpcc",
-            vec![
-                ParamSpec::str("servers"),
-                ParamSpec::int("max_conn_attempts"),
-            ],
-            vec![
-                f("jsonrpc_notification", &[Str, Str]),
-                f("jsonrpc_request", &[Str, Str, route, route, PvWritable]),
-            ],
-            vec![],
-            vec![],
-        ));
-    }
     if r.def("evapi").is_none() {
         r.add(module(
             "evapi",

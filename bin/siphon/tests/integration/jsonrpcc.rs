@@ -1,0 +1,394 @@
+//! jsonrpcc end to end: the real binary asks application servers over TCP
+//! netstrings while the call waits — a Python app (jsonrpcserver +
+//! pynetstring) and our own Rust server for the fault modes. "Other hosts"
+//! are 127.0.0.2 and 127.0.0.3.
+
+use super::harness::{Server, UdpUac, request};
+use super::jsonrpcs::{rpc_udp, udp_addr};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+const W: Duration = Duration::from_secs(5);
+
+fn cfg(servers: &str, extra: &str) -> String {
+    format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "jsonrpcc.so"
+loadmodule "jsonrpcs.so"
+modparam("jsonrpcc", "servers", "{servers}")
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:0")
+{extra}
+request_route {{
+    if (is_method("MESSAGE")) {{
+        jsonrpc_notification("update_user", "{{'id': 1234, 'name': 'Petros'}}");
+        sl_send_reply("200", "OK");
+        exit;
+    }}
+    $var(kept) = "yes";
+    if ($hdr(X-Method) == "badparams") {{
+        # Params that are no JSON at all: the function returns -1, routing goes on.
+        jsonrpc_request("m", "not json at all", "RESPONSE", "ERROR", "$var(result)");
+        sl_send_reply("488", "Not Acceptable Here");
+        exit;
+    }}
+    jsonrpc_request("$hdr(X-Method)", "{{'id': 1234}}", "RESPONSE", "ERROR", "$var(result)");
+}}
+route[RESPONSE] {{
+    append_to_reply("X-Result: $var(result)\r\nX-Kept: $var(kept)\r\n");
+    t_reply("200", "OK");
+}}
+route[ERROR] {{
+    append_to_reply("X-Error: $var(result)\r\n");
+    t_reply("500", "Error");
+}}
+"#
+    )
+}
+
+/// Sends an INVITE asking `method`; the final reply's code and X-Result/X-Error.
+fn ask(srv: &Server, method: &str, n: &str) -> (u16, String) {
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request(
+        "INVITE",
+        uac.addr(),
+        &format!("{method}{n}"),
+        &format!("c{method}{n}"),
+        &format!("X-Method: {method}\r\n"),
+    ));
+    let deadline = std::time::Instant::now() + W;
+    while let Some(m) = uac.recv(deadline.saturating_duration_since(std::time::Instant::now())) {
+        let code = m.status().unwrap();
+        if code >= 200 {
+            let h = m
+                .headers_named(b"x-result")
+                .chain(m.headers_named(b"x-error"))
+                .next()
+                .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned())
+                .unwrap_or_default();
+            return (code, h);
+        }
+    }
+    panic!("no final reply for {method}");
+}
+
+/// X-Kept of a get_user answer: the $var set before the suspension.
+fn ask_kept(srv: &Server) -> String {
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request(
+        "INVITE",
+        uac.addr(),
+        "kept",
+        "ckept",
+        "X-Method: get_user\r\n",
+    ));
+    loop {
+        let m = uac.recv(W).expect("a reply");
+        if m.status().unwrap() >= 200 {
+            return m
+                .headers_named(b"x-kept")
+                .next()
+                .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned())
+                .unwrap_or_default();
+        }
+    }
+}
+
+fn rpc(srv: &Server, method: &str) -> Value {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(W)).unwrap();
+    let doc = json!({"jsonrpc":"2.0","method":method,"id":1});
+    rpc_udp(&sock, udp_addr(srv), &doc.to_string()).unwrap()["result"].clone()
+}
+
+/// Our own application server, answering by method name: `ok` → "fine",
+/// `err` → an error object, `garbage` → a frame that is not JSON, `silent`
+/// → nothing, `close` → closes the connection, `slow` → "fine" after 20 ms.
+struct RustApp {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+}
+
+impl RustApp {
+    fn start(ip: &str) -> RustApp {
+        Self::on(TcpListener::bind((ip, 0)).unwrap())
+    }
+    fn on(l: TcpListener) -> RustApp {
+        let addr = l.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().map_while(Result::ok) {
+                let count = count.clone();
+                std::thread::spawn(move || serve_rust(s, count));
+            }
+        });
+        RustApp { addr, requests }
+    }
+}
+
+fn read_netstring(r: &mut impl Read) -> Option<Vec<u8>> {
+    let mut len = 0usize;
+    let mut b = [0u8; 1];
+    loop {
+        r.read_exact(&mut b).ok()?;
+        match b[0] {
+            b'0'..=b'9' => len = len * 10 + (b[0] - b'0') as usize,
+            b':' => break,
+            _ => return None,
+        }
+    }
+    let mut data = vec![0; len + 1];
+    r.read_exact(&mut data).ok()?;
+    data.pop();
+    Some(data)
+}
+
+fn serve_rust(mut s: TcpStream, count: Arc<AtomicUsize>) {
+    let mut w = s.try_clone().unwrap();
+    while let Some(frame) = read_netstring(&mut s) {
+        count.fetch_add(1, Ordering::Relaxed);
+        let v: Value = serde_json::from_slice(&frame).unwrap();
+        let id = v["id"].clone();
+        let reply = match v["method"].as_str().unwrap_or("") {
+            "ok" => json!({"jsonrpc":"2.0","result":"fine","id":id}).to_string(),
+            "slow" => {
+                std::thread::sleep(Duration::from_millis(20));
+                json!({"jsonrpc":"2.0","result":"fine","id":id}).to_string()
+            }
+            "err" => json!({"jsonrpc":"2.0","error":{"code":-32000,"message":"nope"},"id":id}).to_string(),
+            "garbage" => "{not json".to_string(),
+            "silent" => continue,
+            "close" => return,
+            _ => json!({"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":id}).to_string(),
+        };
+        let _ = w.write_all(format!("{}:{},", reply.len(), reply).as_bytes());
+    }
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_state(srv: &Server, server: &str, state: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = rpc(srv, "jsonrpcc.servers");
+        if list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["server"] == json!(server) && s["state"] == json!(state))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{server} never {state}: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct PythonApp {
+    child: Child,
+    port: u16,
+    notes: mpsc::Receiver<Value>,
+}
+
+impl Drop for PythonApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_app() -> PythonApp {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/netstring_app.py"
+    );
+    let mut child = Command::new("python3")
+        .args([script, "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    let port = first
+        .strip_prefix("port ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("app did not start (pip install jsonrpcserver pynetstring): {first:?}")
+        });
+    let (tx, notes) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if let Some(d) = l.strip_prefix("notify ") {
+                let _ = tx.send(serde_json::from_str(d).unwrap());
+            }
+        }
+    });
+    PythonApp { child, port, notes }
+}
+
+#[test]
+fn python_app_results_errors_and_notifications() {
+    let app = python_app();
+    let srv = Server::start(&cfg(&format!("127.0.0.1:{},1", app.port), ""));
+    wait_state(&srv, &format!("127.0.0.1:{}", app.port), "connected");
+    // An object result as compact JSON, the suspended request's $vars kept.
+    assert_eq!(
+        ask(&srv, "get_user", "1"),
+        (200, r#"{"id":1234,"name":"Petros"}"#.into())
+    );
+    assert_eq!(ask_kept(&srv), "yes");
+    // A string result without quotes.
+    assert_eq!(ask(&srv, "get_name", "1"), (200, "Petros".into()));
+    // A JSON-RPC error: the error object.
+    assert_eq!(
+        ask(&srv, "fail", "1"),
+        (500, r#"{"code":7,"message":"no such user"}"#.into())
+    );
+    // The seed's notification, single-quoted params and all.
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("MESSAGE", uac.addr(), "n1", "cn1", ""));
+    assert_eq!(uac.final_code(W), Some(200));
+    assert_eq!(
+        app.notes.recv_timeout(W).unwrap(),
+        json!({"jsonrpc":"2.0","method":"update_user","params":{"id":1234,"name":"Petros"}})
+    );
+}
+
+#[test]
+fn fault_modes_reach_the_error_route() {
+    let app = RustApp::start("127.0.0.2");
+    let srv = Server::start(&cfg(
+        &format!("{},1", app.addr),
+        "modparam(\"jsonrpcc\", \"timeout\", 3000)",
+    ));
+    wait_state(&srv, &app.addr.to_string(), "connected");
+    assert_eq!(ask(&srv, "ok", "1"), (200, "fine".into()));
+    assert_eq!(
+        ask(&srv, "err", "1"),
+        (500, r#"{"code":-32000,"message":"nope"}"#.into())
+    );
+    // The connection closes mid-request: failure at once (well before the 3 s timeout).
+    let t = std::time::Instant::now();
+    assert_eq!(ask(&srv, "close", "1"), (500, "failure".into()));
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    // Reconnected by itself.
+    wait_state(&srv, &app.addr.to_string(), "connected");
+    // A reply that is not JSON: that connection is dropped, its request fails.
+    assert_eq!(ask(&srv, "garbage", "1"), (500, "failure".into()));
+    wait_state(&srv, &app.addr.to_string(), "connected");
+    // Many in flight on one connection, matched by id.
+    let uacs: Vec<UdpUac> = (0..20).map(|_| UdpUac::new(srv.udp)).collect();
+    for (i, u) in uacs.iter().enumerate() {
+        u.send(&request(
+            "INVITE",
+            u.addr(),
+            &format!("p{i}"),
+            &format!("cp{i}"),
+            "X-Method: slow\r\n",
+        ));
+    }
+    for u in &uacs {
+        assert_eq!(u.final_code(W), Some(200));
+    }
+    let stats = rpc(&srv, "jsonrpcc.servers");
+    assert!(stats[0]["reconnects"].as_u64().unwrap() >= 2, "{stats}");
+}
+
+#[test]
+fn no_reply_is_a_timeout() {
+    let app = RustApp::start("127.0.0.1");
+    let srv = Server::start(&cfg(
+        &format!("{},1", app.addr),
+        "modparam(\"jsonrpcc\", \"timeout\", 200)",
+    ));
+    wait_state(&srv, &app.addr.to_string(), "connected");
+    assert_eq!(ask(&srv, "silent", "1"), (500, "timeout".into()));
+    assert_eq!(ask(&srv, "ok", "2"), (200, "fine".into()));
+    assert_eq!(ask(&srv, "badparams", "1"), (488, String::new()));
+}
+
+#[test]
+fn round_robin_in_a_group_and_failover_to_the_next() {
+    let a = RustApp::start("127.0.0.2");
+    let b = RustApp::start("127.0.0.3");
+    let low = RustApp::start("127.0.0.1");
+    let down = free_port("127.0.0.1");
+    let servers = format!(
+        "{},2 {},2 {},1 127.0.0.1:{down},3",
+        a.addr, b.addr, low.addr
+    );
+    let srv = Server::start(&cfg(&servers, ""));
+    wait_state(&srv, &a.addr.to_string(), "connected");
+    wait_state(&srv, &b.addr.to_string(), "connected");
+    wait_state(&srv, &low.addr.to_string(), "connected");
+    // The priority-3 server is down: group 2 serves, both of its servers.
+    for i in 0..10 {
+        assert_eq!(ask(&srv, "ok", &format!("rr{i}")), (200, "fine".into()));
+    }
+    assert_eq!(a.requests.load(Ordering::Relaxed), 5);
+    assert_eq!(b.requests.load(Ordering::Relaxed), 5);
+    assert_eq!(low.requests.load(Ordering::Relaxed), 0);
+    // Group 2 goes away: the next group takes over.
+    let stats_before = low.requests.load(Ordering::Relaxed);
+    drop(srv);
+    let srv = Server::start(&cfg(&format!("127.0.0.2:{down},2 {},1", low.addr), ""));
+    wait_state(&srv, &low.addr.to_string(), "connected");
+    assert_eq!(ask(&srv, "ok", "fo"), (200, "fine".into()));
+    assert_eq!(low.requests.load(Ordering::Relaxed), stats_before + 1);
+}
+
+#[test]
+fn reconnects_after_the_server_comes_back_and_max_conn_attempts() {
+    let port = free_port("127.0.0.2");
+    let port0 = free_port("127.0.0.3");
+    let srv = Server::start(&cfg(
+        &format!("127.0.0.2:{port},2 127.0.0.3:{port0},1"),
+        "modparam(\"jsonrpcc\", \"max_conn_attempts\", -1)",
+    ));
+    // Both down at start: failure.
+    assert_eq!(ask(&srv, "ok", "d1"), (500, "failure".into()));
+    let app = RustApp::on(TcpListener::bind(("127.0.0.2", port)).unwrap());
+    wait_state(&srv, &format!("127.0.0.2:{port}"), "connected");
+    assert_eq!(ask(&srv, "ok", "d2"), (200, "fine".into()));
+    assert_eq!(app.requests.load(Ordering::Relaxed), 1);
+    drop(srv);
+    // max_conn_attempts 0: down at start, never tried again.
+    let srv = Server::start(&cfg(
+        &format!("127.0.0.3:{port0},1"),
+        "modparam(\"jsonrpcc\", \"max_conn_attempts\", 0)",
+    ));
+    wait_state(&srv, &format!("127.0.0.3:{port0}"), "gave up");
+    let _late = RustApp::on(TcpListener::bind(("127.0.0.3", port0)).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ask(&srv, "ok", "d3"), (500, "failure".into()));
+    drop(srv);
+    // max_conn_attempts 2: two more tries, then it gives up.
+    let port2 = free_port("127.0.0.1");
+    let srv = Server::start(&cfg(
+        &format!("127.0.0.1:{port2},1"),
+        "modparam(\"jsonrpcc\", \"max_conn_attempts\", 2)",
+    ));
+    wait_state(&srv, &format!("127.0.0.1:{port2}"), "gave up");
+    let s = rpc(&srv, "jsonrpcc.servers");
+    assert_eq!(s[0]["reconnects"], json!(2), "{s}");
+}
