@@ -204,7 +204,14 @@ pub(crate) async fn start(
                 }
                 _ => addr,
             };
-            let l = TcpListener::bind(tcp_addr).await?;
+            let l = match TcpListener::bind(tcp_addr).await {
+                Ok(l) => l,
+                // The UDP port the system chose may be taken for TCP: any port will do then.
+                Err(e) if tcp_addr != addr && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    TcpListener::bind(addr).await?
+                }
+                Err(e) => return Err(e),
+            };
             let actual = l.local_addr()?;
             tokio::spawn(tcp_accept_loop(
                 core.clone(),

@@ -51,7 +51,14 @@ impl Server {
         let (mut udp, mut tcp) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            // A server that exited (a bind error) says so at once, not after the deadline.
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            let line = if exited {
+                rx.recv_timeout(Duration::from_millis(200))
+            } else {
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)))
+            };
+            let Ok(line) = line.or_else(|e| if exited || Instant::now() >= deadline { Err(e) } else { Ok(String::new()) })
             else {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -1,6 +1,7 @@
 //! siphon's end-to-end tests: one test binary (see the crate layout in docs/architecture.md).
 
 mod cli;
+mod evapi;
 mod event_jsonrpc;
 mod golden;
 mod harness;

@@ -1,5 +1,5 @@
-//! Test-only stand-ins for the modules that later issues build (evapi,
-//! async_http). They declare the seed's parameters, functions
+//! Test-only stand-ins for the modules that later issues build
+//! (async_http). They declare the seed's parameters, functions
 //! (with argument kinds, so route names and result PVs are checked) and PVs;
 //! they are never run. Each issue that builds the real thing removes its stub
 //! from here (the SIP core's stubs are gone: it is built): the shipped
@@ -76,34 +76,6 @@ pub(crate) fn registry() -> Registry {
     use ArgKind::*;
     let mut r = siphon::registry();
     let route = Route(RouteTable::Named);
-    if r.def("evapi").is_none() {
-        r.add(module(
-            "evapi",
-            vec![
-                ParamSpec::int("workers"),
-                ParamSpec::str("bind_addr"),
-                ParamSpec::int("netstring_format"),
-                ParamSpec::str("event_callback"),
-                ParamSpec::int("max_clients"),
-            ],
-            vec![
-                f("evapi_relay", &[Str]),
-                f("evapi_async_relay", &[Str]),
-                f("evapi_multicast", &[Str, Str]),
-                f("evapi_async_multicast", &[Str, Str]),
-                f("evapi_unicast", &[Str, Str]),
-                f("evapi_async_unicast", &[Str, Str]),
-                f("evapi_close", &[]),
-                f("evapi_set_tag", &[Str]),
-            ],
-            vec![pv("evapi", PvInner::Required)],
-            vec![
-                "evapi:connection-new",
-                "evapi:connection-closed",
-                "evapi:message-received",
-            ],
-        ));
-    }
     if r.def("async_http").is_none() {
         r.add(module(
             "async_http",

@@ -1,0 +1,401 @@
+//! evapi end to end: the real binary, our own netstring clients in Rust, a
+//! Python client on PyPI's pynetstring, and sipp traffic next to a client
+//! that never reads.
+
+use super::harness::{Server, UdpUac, request};
+use super::jsonrpcs::{rpc_udp, udp_addr};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+const W: Duration = Duration::from_secs(5);
+
+fn cfg(extra: &str) -> String {
+    format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "evapi.so"
+loadmodule "jsonrpcs.so"
+modparam("evapi", "bind_addr", "127.0.0.1:0")
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:0")
+{extra}
+event_route[evapi:connection-new] {{
+    xlog("L_INFO", "evapi new $evapi(conidx) from $evapi(srcaddr)\n");
+}}
+event_route[evapi:connection-closed] {{
+    xlog("L_INFO", "evapi closed $evapi(conidx)\n");
+}}
+event_route[evapi:message-received] {{
+    $var(kind) = $(evapi(msg){{s.select,0,|}});
+    if ($var(kind) == "tag") {{
+        evapi_set_tag("$(evapi(msg){{s.select,1,|}})");
+    }} else if ($var(kind) == "close") {{
+        evapi_close();
+    }} else if ($var(kind) == "answer") {{
+        $var(contact) = $(evapi(msg){{s.select,3,|}});
+        t_continue("$(evapi(msg){{s.select,1,|}})", "$(evapi(msg){{s.select,2,|}})", "ANSWER");
+    }} else {{
+        xlog("L_INFO", "evapi msg [$evapi(msg)] from $evapi(conidx)\n");
+    }}
+}}
+request_route {{
+    if (is_method("ACK")) {{ exit; }}
+    if (is_method("MESSAGE")) {{
+        evapi_relay("relay $hdr(X-N)");
+    }} else if (is_method("INFO")) {{
+        evapi_multicast("multi $hdr(X-N)", "$hdr(X-Tag)");
+    }} else if (is_method("NOTIFY")) {{
+        evapi_unicast("uni $hdr(X-N)", "$hdr(X-Tag)");
+    }} else if (is_method("OPTIONS")) {{
+        # 64 KiB per event: a client that does not read fills up fast.
+        $var(big) = "0123456789abcdef";
+        $var(i) = 0;
+        while ($var(i) < 12) {{ $var(big) = $var(big) + $var(big); $var(i) = $var(i) + 1; }}
+        evapi_relay("$var(big)");
+    }} else if (is_method("INVITE")) {{
+        evapi_async_relay("suspend|$T(id_index)|$T(id_label)");
+        exit;
+    }}
+    sl_send_reply("200", "OK");
+}}
+route[ANSWER] {{
+    append_to_reply("Contact: $var(contact)\r\n");
+    t_reply("302", "Moved Temporarily");
+}}
+"#
+    )
+}
+
+fn evapi_addr(srv: &Server) -> SocketAddr {
+    let deadline = Instant::now() + W;
+    loop {
+        if let Some(a) = srv.log.lock().unwrap().iter().find_map(|l| {
+            l.strip_prefix("evapi listening on ").map(|a| a.trim().parse().unwrap())
+        }) {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "no evapi address");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn rpc(srv: &Server, method: &str, params: Value) -> Value {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(W)).unwrap();
+    let doc = json!({"jsonrpc":"2.0","method":method,"params":params,"id":1});
+    rpc_udp(&sock, udp_addr(srv), &doc.to_string()).unwrap()["result"].clone()
+}
+
+fn stat(srv: &Server, name: &str) -> i64 {
+    rpc(srv, "stats.get_statistics", json!([name]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| s.as_str()?.strip_prefix(&format!("{name} = "))?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+/// Waits until the server lists `n` clients (and returns them).
+fn clients(srv: &Server, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + W;
+    loop {
+        let c = rpc(srv, "evapi.clients", json!([]));
+        if c.as_array().unwrap().len() == n {
+            return c.as_array().unwrap().clone();
+        }
+        assert!(Instant::now() < deadline, "expected {n} clients: {c}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Our netstring client.
+struct Ev {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Ev {
+    fn connect(a: SocketAddr) -> Ev {
+        let s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Ev { s, buf: Vec::new() }
+    }
+    fn frame(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(colon) = self.buf.iter().position(|b| *b == b':') {
+                let len: usize = std::str::from_utf8(&self.buf[..colon]).unwrap().parse().unwrap();
+                if self.buf.len() > colon + len + 1 {
+                    assert_eq!(self.buf[colon + 1 + len], b',');
+                    let f = String::from_utf8(self.buf[colon + 1..colon + 1 + len].to_vec()).unwrap();
+                    self.buf.drain(..colon + len + 2);
+                    return Some(f);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut b = [0u8; 65536];
+            match self.s.read(&mut b) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+    fn send(&mut self, payload: &str) {
+        self.s
+            .write_all(format!("{}:{payload},", payload.len()).as_bytes())
+            .unwrap();
+    }
+    /// Whether the server closed this connection within `wait`.
+    fn closed(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut b = [0u8; 65536];
+        while Instant::now() < deadline {
+            match self.s.read(&mut b) {
+                Ok(0) => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                _ => {}
+            }
+        }
+        false
+    }
+}
+
+fn sip(srv: &Server, method: &str, n: u32, extra: &str) -> u16 {
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request(method, uac.addr(), &format!("{method}{n}"), &format!("c{method}{n}"), &format!("X-N: {n}\r\n{extra}")));
+    uac.final_code(W).expect("a final reply")
+}
+
+#[test]
+fn relay_multicast_unicast_tags_and_max_clients() {
+    let srv = Server::start(&cfg(""));
+    let a = evapi_addr(&srv);
+    let mut cs: Vec<Ev> = (0..4).map(|_| Ev::connect(a)).collect();
+    clients(&srv, 4);
+    // Relay: every client.
+    assert_eq!(sip(&srv, "MESSAGE", 1, ""), 200);
+    for c in &mut cs {
+        assert_eq!(c.frame(W).as_deref(), Some("relay 1"));
+    }
+    // Tags: clients 0 and 2 are "blue" (0 connected first).
+    cs[0].send("tag|blue");
+    cs[2].send("tag|blue");
+    cs[1].send("tag|red");
+    let deadline = Instant::now() + W;
+    while clients(&srv, 4).iter().filter(|c| c["tag"] == json!("blue")).count() < 2 {
+        assert!(Instant::now() < deadline);
+    }
+    assert_eq!(sip(&srv, "INFO", 2, "X-Tag: blue\r\n"), 200);
+    assert_eq!(cs[0].frame(W).as_deref(), Some("multi 2"));
+    assert_eq!(cs[2].frame(W).as_deref(), Some("multi 2"));
+    assert_eq!(cs[1].frame(Duration::from_millis(200)), None);
+    assert_eq!(cs[3].frame(Duration::from_millis(50)), None);
+    // Unicast: the oldest client with the tag only.
+    assert_eq!(sip(&srv, "NOTIFY", 3, "X-Tag: blue\r\n"), 200);
+    assert_eq!(cs[0].frame(W).as_deref(), Some("uni 3"));
+    assert_eq!(cs[2].frame(Duration::from_millis(200)), None);
+    // A tag does not survive its connection: the slot's next client starts untagged.
+    drop(cs.remove(1));
+    clients(&srv, 3);
+    let mut again = Ev::connect(a);
+    let list = clients(&srv, 4);
+    assert!(list.iter().all(|c| c["tag"] != json!("red")), "{list:?}");
+    assert_eq!(sip(&srv, "INFO", 4, "X-Tag: red\r\n"), 200);
+    assert_eq!(again.frame(Duration::from_millis(300)), None);
+    // Up to max_clients (8): the 9th is accepted and closed at once.
+    let mut more: Vec<Ev> = (0..4).map(|_| Ev::connect(a)).collect();
+    clients(&srv, 8);
+    let mut ninth = Ev::connect(a);
+    assert!(ninth.closed(W));
+    assert_eq!(stat(&srv, "evapi:connections_refused"), 1);
+    assert_eq!(clients(&srv, 8).len(), 8);
+    // evapi_close() from the message route.
+    more[0].send("close");
+    assert!(more[0].closed(W));
+    clients(&srv, 7);
+    // Messages run the message route with $evapi(msg) and $evapi(conidx).
+    more[1].send("hello");
+    let deadline = Instant::now() + W;
+    while !srv.log_contains("evapi msg [hello] from ") {
+        assert!(Instant::now() < deadline, "message route did not run");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(srv.log_contains("evapi closed 1"), "connection-closed ran for the dropped client");
+}
+
+#[test]
+fn partial_coalesced_garbage_and_oversized_frames() {
+    let srv = Server::start(&cfg(""));
+    let a = evapi_addr(&srv);
+    // A frame split across writes, then two frames in one write.
+    let mut c = Ev::connect(a);
+    clients(&srv, 1);
+    c.s.write_all(b"11:hel").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.s.write_all(b"lo world,5:one|1,5:two|2,").unwrap();
+    let deadline = Instant::now() + W;
+    while !(srv.log_contains("evapi msg [hello world]")
+        && srv.log_contains("evapi msg [one|1]")
+        && srv.log_contains("evapi msg [two|2]"))
+    {
+        assert!(Instant::now() < deadline, "frames not all received");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Garbage closes that client only.
+    let mut bad = Ev::connect(a);
+    clients(&srv, 2);
+    bad.s.write_all(b"hello, this is not a netstring").unwrap();
+    assert!(bad.closed(W));
+    // So does a frame over 1 MiB (refused from its length, nothing buffered).
+    let mut big = Ev::connect(a);
+    clients(&srv, 2);
+    big.s.write_all(b"2000000:xxxx").unwrap();
+    assert!(big.closed(W));
+    assert_eq!(stat(&srv, "evapi:bad_frames"), 2);
+    // The first client is still served.
+    assert_eq!(sip(&srv, "MESSAGE", 1, ""), 200);
+    assert_eq!(c.frame(W).as_deref(), Some("relay 1"));
+}
+
+#[test]
+fn raw_mode() {
+    let srv = Server::start(&cfg("modparam(\"evapi\", \"netstring_format\", 0)"));
+    let a = evapi_addr(&srv);
+    let mut c = TcpStream::connect(a).unwrap();
+    c.set_read_timeout(Some(W)).unwrap();
+    clients(&srv, 1);
+    assert_eq!(sip(&srv, "MESSAGE", 7, ""), 200);
+    let mut b = [0u8; 64];
+    let n = c.read(&mut b).unwrap();
+    assert_eq!(&b[..n], b"relay 7");
+    c.write_all(b"raw text").unwrap();
+    let deadline = Instant::now() + W;
+    while !srv.log_contains("evapi msg [raw text]") {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn async_relay_then_t_continue_and_a_late_answer() {
+    let srv = Server::start(&cfg("modparam(\"tm\", \"fr_timer\", 1000)"));
+    let a = evapi_addr(&srv);
+    let mut app = Ev::connect(a);
+    clients(&srv, 1);
+    // INVITE → the event names the suspended transaction → the answer resumes it → 302.
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("INVITE", uac.addr(), "inv1", "cinv1", ""));
+    let ev = app.frame(W).expect("the suspend event");
+    let parts: Vec<&str> = ev.split('|').collect();
+    assert_eq!(parts[0], "suspend");
+    app.send(&format!("answer|{}|{}|<sip:moved@127.0.0.1:5099>", parts[1], parts[2]));
+    let deadline = Instant::now() + W;
+    let reply = loop {
+        let m = uac.recv(deadline.saturating_duration_since(Instant::now())).expect("a reply");
+        if m.status().unwrap() >= 200 {
+            break m;
+        }
+    };
+    assert_eq!(reply.status(), Some(302));
+    let contact = reply.headers_named(b"contact").next().map(|h| reply.header_value(h)).unwrap();
+    assert_eq!(&contact[..], b"<sip:moved@127.0.0.1:5099>");
+    // An answer after fr_timer: the caller got 408, the answer is ignored and counted.
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("INVITE", uac.addr(), "inv2", "cinv2", ""));
+    let ev = app.frame(W).expect("the suspend event");
+    let parts: Vec<&str> = ev.split('|').collect();
+    assert_eq!(uac.final_code(W), Some(408));
+    app.send(&format!("answer|{}|{}|<sip:late@127.0.0.1>", parts[1], parts[2]));
+    let deadline = Instant::now() + W;
+    while stat(&srv, "tm:late_resume") < 1 {
+        assert!(Instant::now() < deadline, "late answer not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_stalls_nothing() {
+    let srv = Server::start(&cfg(""));
+    let a = evapi_addr(&srv);
+    let stuck = TcpStream::connect(a).unwrap();
+    let mut reader = Ev::connect(a);
+    clients(&srv, 2);
+    // Count what the reading client gets, in a thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while reader.frame(Duration::from_secs(3)).is_some() {
+            n += 1;
+        }
+        let _ = tx.send(n);
+    });
+    // 600 OPTIONS, each relaying 64 KiB: the stuck client's queue fills and it is dropped.
+    let out = std::process::Command::new("sipp")
+        .args([
+            "-sf",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/sipp/options.xml"),
+            &srv.udp.to_string(),
+            "-t",
+            "u1",
+            "-m",
+            "600",
+            "-r",
+            "300",
+            "-l",
+            "20",
+            "-nostdin",
+            "-timeout",
+            "30",
+            "-timeout_error",
+            "-i",
+            "127.0.0.1",
+        ])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("sipp (apt-get install sip-tester)");
+    assert!(out.status.success(), "sipp: {}", String::from_utf8_lossy(&out.stdout));
+    let got = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(got, 600, "the reading client got every event");
+    assert_eq!(stat(&srv, "evapi:slow_clients_closed"), 1);
+    assert!(srv.log_contains("does not read"));
+    drop(stuck);
+}
+
+#[test]
+fn python_pynetstring_client() {
+    let srv = Server::start(&cfg(""));
+    let a = evapi_addr(&srv);
+    let script = r#"
+import socket, sys, time
+import pynetstring
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.settimeout(5)
+print("connected", flush=True)
+d = pynetstring.Decoder()
+got = []
+while len(got) < 3:
+    got += d.feed(s.recv(65536))
+s.sendall(pynetstring.encode("from python"))
+print(" ".join(g.decode() for g in got), flush=True)
+time.sleep(0.3)
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script, &a.ip().to_string(), &a.port().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    clients(&srv, 1);
+    for n in 1..=3 {
+        assert_eq!(sip(&srv, "MESSAGE", n, ""), 200);
+    }
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let _ = child.wait();
+    assert_eq!(out, "connected\nrelay 1 relay 2 relay 3\n");
+    assert!(srv.log_contains("evapi msg [from python]"));
+}
