@@ -71,6 +71,27 @@ enum Mode {
         #[arg(long)]
         reply: bool,
     },
+    /// evapi clients: connect to ADDR, count the netstrings received; with
+    /// `--answer`, answer `suspend|INDEX|LABEL` events with
+    /// `answer|INDEX|LABEL|<sip:moved@127.0.0.1:5099>`. Runs until the
+    /// time is up or `--expect` events arrived.
+    Evapi {
+        /// evapi's address.
+        addr: String,
+        /// How many clients.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Stop after this many events in all (0: run for --seconds).
+        #[arg(long, default_value_t = 0)]
+        expect: u64,
+        /// Answer suspend events.
+        #[arg(long)]
+        answer: bool,
+        /// Once connected, send a SIP MESSAGE to this UDP address and time
+        /// from then (a burst raised by one request).
+        #[arg(long)]
+        trigger: Option<String>,
+    },
 }
 
 /// What one worker measured.
@@ -230,6 +251,130 @@ async fn sink_conn(
     }
 }
 
+/// One evapi client: counts netstring frames, answers suspend events.
+async fn evapi_conn(
+    mut s: tokio::net::TcpStream,
+    answer: bool,
+    count: Arc<AtomicI64>,
+    first: Arc<std::sync::OnceLock<Instant>>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        match s.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+        let _ = first.set(Instant::now());
+        let mut pos = 0;
+        let mut n = 0;
+        while let Some(colon) = buf[pos..].iter().position(|b| *b == b':') {
+            let Some(len) = std::str::from_utf8(&buf[pos..pos + colon])
+                .ok()
+                .and_then(|l| l.trim().parse::<usize>().ok())
+            else {
+                eprintln!("not a netstring");
+                return;
+            };
+            let start = pos + colon + 1;
+            if buf.len() < start + len + 1 {
+                break;
+            }
+            let frame = &buf[start..start + len];
+            if answer && let Some(rest) = frame.strip_prefix(b"suspend|") {
+                let text = format!(
+                    "answer|{}|<sip:moved@127.0.0.1:5099>",
+                    String::from_utf8_lossy(rest)
+                );
+                out.extend_from_slice(format!("{}:{text},", text.len()).as_bytes());
+            }
+            pos = start + len + 1;
+            n += 1;
+        }
+        buf.drain(..pos);
+        if !out.is_empty() {
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        count.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn evapi_clients(
+    addr: &str,
+    clients: usize,
+    expect: u64,
+    answer: bool,
+    trigger: Option<&str>,
+    seconds: u64,
+) -> std::process::ExitCode {
+    let trigger = match trigger.map(loopback).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let to = match loopback(addr) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let count = Arc::new(AtomicI64::new(0));
+        let first = Arc::new(std::sync::OnceLock::new());
+        for _ in 0..clients {
+            match tokio::net::TcpStream::connect(to).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(evapi_conn(s, answer, count.clone(), first.clone()));
+                }
+                Err(e) => {
+                    eprintln!("connect {to}: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            }
+        }
+        println!("ready");
+        if let Some(t) = trigger {
+            // Let the server register every client before the burst.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let msg = "MESSAGE sip:b@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKburst\r\nFrom: <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>\r\nCall-ID: burst\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+            let _ = first.set(Instant::now());
+            let _ = sock.send_to(msg.as_bytes(), t);
+        }
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut last = Instant::now();
+        let mut seen = 0;
+        while (expect == 0 || (seen as u64) < expect) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let n = count.load(Ordering::Relaxed);
+            if n != seen {
+                seen = n;
+                last = Instant::now();
+            }
+        }
+        let secs = first
+            .get()
+            .map_or(0.0, |f| last.duration_since(*f).as_secs_f64())
+            .max(1e-6);
+        println!(
+            "evapi {clients} client(s): {seen} events in {secs:.3} s: {:.0} events/s",
+            seen as f64 / secs
+        );
+        std::process::ExitCode::SUCCESS
+    })
+}
+
 fn sink(
     base: u16,
     subscribers: u16,
@@ -299,6 +444,23 @@ fn main() -> std::process::ExitCode {
     {
         return sink(base, subscribers, expect, reply, cli.seconds);
     }
+    if let Mode::Evapi {
+        addr,
+        clients,
+        expect,
+        answer,
+        trigger,
+    } = &cli.mode
+    {
+        return evapi_clients(
+            addr,
+            *clients,
+            *expect,
+            *answer,
+            trigger.as_deref(),
+            cli.seconds,
+        );
+    }
     let (to, request, kind) = match &cli.mode {
         Mode::Http { url } => {
             let Some(rest) = url.strip_prefix("http://") else {
@@ -329,7 +491,7 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         },
-        Mode::Sink { .. } => unreachable!("handled above"),
+        Mode::Sink { .. } | Mode::Evapi { .. } => unreachable!("handled above"),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -15,10 +15,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Frames waiting per client.
-pub const QUEUE_FRAMES: usize = 4096;
-/// Bytes waiting per client; beyond this a client is too slow and is disconnected.
-pub const QUEUE_BYTES: usize = 4 << 20;
+/// What may wait per client (frame bytes plus a per-frame cost); beyond
+/// it the client is too slow and is disconnected. Large enough for a burst
+/// of 100,000 small events from one route run.
+pub const QUEUE_BYTES: usize = 8 << 20;
+/// The bookkeeping cost counted per queued frame.
+const FRAME_COST: usize = 32;
 /// The largest incoming frame.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Longest tag.
@@ -44,7 +46,7 @@ pub struct Client {
     /// Its address.
     pub addr: SocketAddr,
     tag: Mutex<Option<String>>,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::UnboundedSender<Bytes>,
     queued: AtomicUsize,
     closed: AtomicBool,
     stop: CancellationToken,
@@ -147,41 +149,54 @@ impl Hub {
             Bytes::copy_from_slice(data)
         };
         let targets: Vec<Arc<Client>> = {
-            let Ok(all) = self.clients.read() else { return 0 };
+            let Ok(all) = self.clients.read() else {
+                return 0;
+            };
             match target {
                 Target::All => all.clone(),
-                Target::Tag(t) => all.iter().filter(|c| c.tag().as_deref() == Some(t)).cloned().collect(),
-                Target::First(t) => all.iter().find(|c| c.tag().as_deref() == Some(t)).cloned().into_iter().collect(),
+                Target::Tag(t) => all
+                    .iter()
+                    .filter(|c| c.tag().as_deref() == Some(t))
+                    .cloned()
+                    .collect(),
+                Target::First(t) => all
+                    .iter()
+                    .find(|c| c.tag().as_deref() == Some(t))
+                    .cloned()
+                    .into_iter()
+                    .collect(),
             }
         };
         let mut n = 0;
         for c in targets {
-            let len = frame.len();
-            let fits = c.queued.load(Ordering::Relaxed) + len <= QUEUE_BYTES;
-            if fits && c.tx.try_send(frame.clone()).is_ok() {
+            let len = frame.len() + FRAME_COST;
+            if c.queued.load(Ordering::Relaxed) + len > QUEUE_BYTES {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                let queued = c.queued();
+                if self.close(&c, true) {
+                    self.counters.slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "evapi: client {} ({}) does not read: {queued} bytes waiting; disconnecting it",
+                        c.conidx,
+                        c.addr,
+                    );
+                }
+            } else if c.tx.send(frame.clone()).is_ok() {
                 c.queued.fetch_add(len, Ordering::Relaxed);
                 self.counters.relayed.fetch_add(1, Ordering::Relaxed);
                 n += 1;
-            } else {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                self.counters.slow.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "evapi: client {} ({}) does not read: {} bytes waiting; disconnecting it",
-                    c.conidx,
-                    c.addr,
-                    c.queued()
-                );
-                self.close(&c, true);
             }
+            // A failed send: the client is closing; nothing to count.
         }
         n
     }
 
     /// Closes a client once: removes it, stops its tasks, runs
     /// `connection-closed` when `run_route`, raises the event.
-    pub fn close(self: &Arc<Self>, c: &Arc<Client>, run_route: bool) {
+    /// Whether this call closed it (false: it was closed already).
+    pub fn close(self: &Arc<Self>, c: &Arc<Client>, run_route: bool) -> bool {
         if c.closed.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
         if let Ok(mut all) = self.clients.write() {
             all.retain(|x| !Arc::ptr_eq(x, c));
@@ -196,6 +211,7 @@ impl Hub {
                 hub.run_route("evapi:connection-closed", &c, None);
             });
         }
+        true
     }
 
     fn raise(&self, c: &Client, state: &str) {
@@ -214,8 +230,12 @@ impl Hub {
 
     /// Runs an evapi event route for `c`; whether it asked to close the client.
     pub(crate) fn run_route(&self, name: &str, c: &Arc<Client>, msg: Option<Bytes>) -> bool {
-        let Some(p) = self.program.get() else { return false };
-        let Some(route) = p.event_route(name) else { return false };
+        let Some(p) = self.program.get() else {
+            return false;
+        };
+        let Some(route) = p.event_route(name) else {
+            return false;
+        };
         let mut ctx = p.new_ctx(RouteType::EVENT);
         ctx.ext.insert(EvapiCtx {
             client: c.clone(),
@@ -244,13 +264,17 @@ impl Hub {
                 }
             };
             let client = {
-                let Ok(mut all) = self.clients.write() else { continue };
+                let Ok(mut all) = self.clients.write() else {
+                    continue;
+                };
                 if all.len() >= self.settings.max_clients {
                     None
                 } else {
                     // The lowest free slot, as Kamailio numbers them.
-                    let conidx = (0..).find(|i| !all.iter().any(|c| c.conidx == *i)).unwrap_or(0);
-                    let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+                    let conidx = (0..)
+                        .find(|i| !all.iter().any(|c| c.conidx == *i))
+                        .unwrap_or(0);
+                    let (tx, rx) = mpsc::unbounded_channel();
                     let c = Arc::new(Client {
                         conidx,
                         addr,
@@ -268,7 +292,10 @@ impl Hub {
             };
             let Some((c, rx)) = client else {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("evapi: too many clients ({}): refusing {addr}", self.settings.max_clients);
+                tracing::warn!(
+                    "evapi: too many clients ({}): refusing {addr}",
+                    self.settings.max_clients
+                );
                 drop(stream);
                 continue;
             };
@@ -277,23 +304,28 @@ impl Hub {
             self.raise(&c, "connected");
             if self.run_route("evapi:connection-new", &c, None) {
                 // evapi_close() in connection-new: gone without connection-closed.
-                self.close(&c, false);
+                let _ = self.close(&c, false);
                 continue;
             }
             tokio::spawn(self.clone().client_task(c, stream, rx));
         }
     }
 
-    async fn client_task(self: Arc<Self>, c: Arc<Client>, stream: TcpStream, mut rx: mpsc::Receiver<Bytes>) {
+    async fn client_task(
+        self: Arc<Self>,
+        c: Arc<Client>,
+        stream: TcpStream,
+        mut rx: mpsc::UnboundedReceiver<Bytes>,
+    ) {
         let (mut rd, mut wr) = stream.into_split();
         let writer = {
             let c = c.clone();
             tokio::spawn(async move {
-                let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+                let mut batch: Vec<Bytes> = Vec::with_capacity(1024);
                 let mut out = BytesMut::new();
                 loop {
                     let n = tokio::select! {
-                        n = rx.recv_many(&mut batch, 64) => n,
+                        n = rx.recv_many(&mut batch, 1024) => n,
                         _ = c.stop.cancelled() => return,
                     };
                     if n == 0 {
@@ -303,6 +335,7 @@ impl Hub {
                     for b in batch.drain(..) {
                         out.extend_from_slice(&b);
                     }
+                    let cost = out.len() + n * FRAME_COST;
                     let r = tokio::select! {
                         r = wr.write_all(&out) => r,
                         _ = c.stop.cancelled() => return,
@@ -310,7 +343,7 @@ impl Hub {
                     if r.is_err() {
                         return;
                     }
-                    c.queued.fetch_sub(out.len().min(c.queued()), Ordering::Relaxed);
+                    c.queued.fetch_sub(cost.min(c.queued()), Ordering::Relaxed);
                     c.sent.fetch_add(n as u64, Ordering::Relaxed);
                 }
             })
@@ -360,7 +393,7 @@ impl Hub {
             Some(_) => self.close(&c, true),
             // Closed by evapi_close(), a slow-client disconnect or shutdown: already handled.
             None => self.close(&c, false),
-        }
+        };
         writer.abort();
     }
 

@@ -20,7 +20,9 @@ use hub::{EvapiCtx, Hub, Settings, Target};
 use serde_json::{Value, json};
 use siphon_script::api::*;
 use siphon_script::rpc::{RpcFailure, RpcSpec, StatSource};
-use siphon_script::{ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec, RouteType};
+use siphon_script::{
+    ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec, RouteType,
+};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
@@ -75,9 +77,15 @@ impl Call for AsyncCall {
             start: Box::new(move |ctx, _resumer| {
                 let mut ex = Exec::new(&program, ctx);
                 let data = args.bytes(0, &mut ex);
-                let tag = if args.len() > 1 { args.text(1, &mut ex) } else { String::new() };
+                let tag = if args.len() > 1 {
+                    args.text(1, &mut ex)
+                } else {
+                    String::new()
+                };
                 if data.is_empty() || (!matches!(kind, Kind::Relay) && tag.is_empty()) {
-                    tracing::error!("evapi async relay: empty data or tag; the transaction stays suspended until its timer");
+                    tracing::error!(
+                        "evapi async relay: empty data or tag; the transaction stays suspended until its timer"
+                    );
                     return;
                 }
                 let target = match kind {
@@ -86,7 +94,9 @@ impl Call for AsyncCall {
                     Kind::Unicast => Target::First(&tag),
                 };
                 if hub.relay(&data, target) == 0 {
-                    tracing::warn!("evapi async relay: no client took the event; the transaction waits for its timer");
+                    tracing::warn!(
+                        "evapi async relay: no client took the event; the transaction waits for its timer"
+                    );
                 }
                 // The client's answer resumes it (t_continue); the resumer is not needed.
             }),
@@ -94,7 +104,13 @@ impl Call for AsyncCall {
     }
 }
 
-fn async_fn(name: &'static str, kind: Kind, params: &[ArgKind], hub: &Arc<Hub>, program: &Arc<OnceLock<Arc<Program>>>) -> FunctionSpec {
+fn async_fn(
+    name: &'static str,
+    kind: Kind,
+    params: &[ArgKind],
+    hub: &Arc<Hub>,
+    program: &Arc<OnceLock<Arc<Program>>>,
+) -> FunctionSpec {
     let (hub, program) = (hub.clone(), program.clone());
     FunctionSpec::with_bind(
         name,
@@ -121,7 +137,10 @@ impl PvAccess for EvapiPv {
         match self.0 {
             0 => siphon_script::Value::from(x.client.addr.ip().to_string()),
             1 => siphon_script::Value::Int(x.client.addr.port() as i64),
-            2 => x.msg.clone().map_or(siphon_script::Value::Null, siphon_script::Value::Str),
+            2 => x
+                .msg
+                .clone()
+                .map_or(siphon_script::Value::Null, siphon_script::Value::Str),
             _ => siphon_script::Value::Int(x.client.conidx as i64),
         }
     }
@@ -132,46 +151,86 @@ impl Module for Evapi {
         let mut v = Vec::new();
         for (name, kind, params) in [
             ("evapi_relay", Kind::Relay, &[ArgKind::Str][..]),
-            ("evapi_multicast", Kind::Multicast, &[ArgKind::Str, ArgKind::Str][..]),
-            ("evapi_unicast", Kind::Unicast, &[ArgKind::Str, ArgKind::Str][..]),
+            (
+                "evapi_multicast",
+                Kind::Multicast,
+                &[ArgKind::Str, ArgKind::Str][..],
+            ),
+            (
+                "evapi_unicast",
+                Kind::Unicast,
+                &[ArgKind::Str, ArgKind::Str][..],
+            ),
         ] {
             let hub = self.hub.clone();
             v.push(FunctionSpec::new(name, params, move |ex, a| {
                 let data = a.bytes(0, ex);
-                let tag = if a.len() > 1 { a.text(1, ex) } else { String::new() };
+                let tag = if a.len() > 1 {
+                    a.text(1, ex)
+                } else {
+                    String::new()
+                };
                 relay(&hub, kind, &data, &tag)
             }));
         }
-        v.push(async_fn("evapi_async_relay", Kind::Relay, &[ArgKind::Str], &self.hub, &self.program));
-        v.push(async_fn("evapi_async_multicast", Kind::Multicast, &[ArgKind::Str, ArgKind::Str], &self.hub, &self.program));
-        v.push(async_fn("evapi_async_unicast", Kind::Unicast, &[ArgKind::Str, ArgKind::Str], &self.hub, &self.program));
-        v.push(FunctionSpec::new("evapi_close", &[], |ex, _| match ex.ctx.ext.get_mut::<EvapiCtx>() {
-            Some(x) => {
-                x.close = true;
-                1.into()
-            }
-            None => {
-                tracing::warn!("evapi_close: not in an evapi event route");
-                (-1).into()
-            }
-        }));
-        v.push(FunctionSpec::new("evapi_set_tag", &[ArgKind::Str], |ex, a| {
-            let tag = a.text(0, ex);
-            if tag.is_empty() || tag.len() > hub::MAX_TAG {
-                tracing::warn!("evapi_set_tag: a tag is 1 to {} bytes, got {}", hub::MAX_TAG, tag.len());
-                return (-1).into();
-            }
-            match ex.ctx.ext.get::<EvapiCtx>() {
+        v.push(async_fn(
+            "evapi_async_relay",
+            Kind::Relay,
+            &[ArgKind::Str],
+            &self.hub,
+            &self.program,
+        ));
+        v.push(async_fn(
+            "evapi_async_multicast",
+            Kind::Multicast,
+            &[ArgKind::Str, ArgKind::Str],
+            &self.hub,
+            &self.program,
+        ));
+        v.push(async_fn(
+            "evapi_async_unicast",
+            Kind::Unicast,
+            &[ArgKind::Str, ArgKind::Str],
+            &self.hub,
+            &self.program,
+        ));
+        v.push(FunctionSpec::new("evapi_close", &[], |ex, _| {
+            match ex.ctx.ext.get_mut::<EvapiCtx>() {
                 Some(x) => {
-                    x.client.set_tag(&tag);
+                    x.close = true;
                     1.into()
                 }
                 None => {
-                    tracing::warn!("evapi_set_tag: not in an evapi event route");
+                    tracing::warn!("evapi_close: not in an evapi event route");
                     (-1).into()
                 }
             }
         }));
+        v.push(FunctionSpec::new(
+            "evapi_set_tag",
+            &[ArgKind::Str],
+            |ex, a| {
+                let tag = a.text(0, ex);
+                if tag.is_empty() || tag.len() > hub::MAX_TAG {
+                    tracing::warn!(
+                        "evapi_set_tag: a tag is 1 to {} bytes, got {}",
+                        hub::MAX_TAG,
+                        tag.len()
+                    );
+                    return (-1).into();
+                }
+                match ex.ctx.ext.get::<EvapiCtx>() {
+                    Some(x) => {
+                        x.client.set_tag(&tag);
+                        1.into()
+                    }
+                    None => {
+                        tracing::warn!("evapi_set_tag: not in an evapi event route");
+                        (-1).into()
+                    }
+                }
+            },
+        ));
         v
     }
 
@@ -185,7 +244,11 @@ impl Module for Evapi {
                     "srcport" => 1,
                     "msg" => 2,
                     "conidx" => 3,
-                    other => return Err(format!("unknown key `{other}` (srcaddr, srcport, msg, conidx)")),
+                    other => {
+                        return Err(format!(
+                            "unknown key `{other}` (srcaddr, srcport, msg, conidx)"
+                        ));
+                    }
                 };
                 Ok(Arc::new(EvapiPv(k)) as Arc<dyn PvAccess>)
             }),
@@ -193,7 +256,11 @@ impl Module for Evapi {
     }
 
     fn event_routes(&self) -> Vec<&'static str> {
-        vec!["evapi:connection-new", "evapi:connection-closed", "evapi:message-received"]
+        vec![
+            "evapi:connection-new",
+            "evapi:connection-closed",
+            "evapi:message-received",
+        ]
     }
 
     fn events(&self) -> Vec<&'static str> {
@@ -204,8 +271,11 @@ impl Module for Evapi {
         let hub = self.hub.clone();
         let hub2 = self.hub.clone();
         vec![
-            RpcSpec::new("evapi.clients", "The connected clients: conidx, address, port, tag, queued bytes, events sent and messages received.", move |_| {
-                Ok(Value::Array(
+            RpcSpec::new(
+                "evapi.clients",
+                "The connected clients: conidx, address, port, tag, queued bytes, events sent and messages received.",
+                move |_| {
+                    Ok(Value::Array(
                     hub.clients()
                         .iter()
                         .map(|c| {
@@ -217,21 +287,26 @@ impl Module for Evapi {
                         })
                         .collect(),
                 ))
-            }),
-            RpcSpec::new("evapi.close", "Closes a client: evapi.close CONIDX.", move |c| {
-                let idx = c
-                    .params
-                    .first()
-                    .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
-                    .ok_or_else(|| RpcFailure::params("expected a conidx"))?;
-                let client = hub2
-                    .clients()
-                    .into_iter()
-                    .find(|x| x.conidx as u64 == idx)
-                    .ok_or_else(|| RpcFailure::failed(format!("no client {idx}")))?;
-                hub2.close(&client, true);
-                Ok(json!("OK"))
-            }),
+                },
+            ),
+            RpcSpec::new(
+                "evapi.close",
+                "Closes a client: evapi.close CONIDX.",
+                move |c| {
+                    let idx = c
+                        .params
+                        .first()
+                        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+                        .ok_or_else(|| RpcFailure::params("expected a conidx"))?;
+                    let client = hub2
+                        .clients()
+                        .into_iter()
+                        .find(|x| x.conidx as u64 == idx)
+                        .ok_or_else(|| RpcFailure::failed(format!("no client {idx}")))?;
+                    let _ = hub2.close(&client, true);
+                    Ok(json!("OK"))
+                },
+            ),
         ]
     }
 
@@ -243,11 +318,16 @@ impl Module for Evapi {
         let _ = self.program.set(cx.program.clone());
         let _ = self.hub.program.set(cx.program.clone());
         let bind = &self.hub.settings.bind;
-        let l = std::net::TcpListener::bind(bind.as_str()).map_err(|e| format!("bind_addr {bind}: {e}"))?;
+        let l = std::net::TcpListener::bind(bind.as_str())
+            .map_err(|e| format!("bind_addr {bind}: {e}"))?;
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
         let addr = l.local_addr().map_err(|e| e.to_string())?;
         let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-        tokio::spawn(self.hub.clone().serve(l, tokio_util::sync::CancellationToken::new()));
+        tokio::spawn(
+            self.hub
+                .clone()
+                .serve(l, tokio_util::sync::CancellationToken::new()),
+        );
         tracing::info!("evapi listening on {addr}");
         // On stdout whatever the log level: tests and scripts read the port here.
         println!("evapi listening on {addr}");
@@ -320,7 +400,9 @@ pub fn def() -> ModuleDef {
                 return Err("workers must be 0 or more".into());
             }
             let hub = Hub::new(Settings {
-                bind: cfg.str("bind_addr").unwrap_or_else(|| "127.0.0.1:8448".into()),
+                bind: cfg
+                    .str("bind_addr")
+                    .unwrap_or_else(|| "127.0.0.1:8448".into()),
                 netstrings: cfg.int("netstring_format").unwrap_or(1) != 0,
                 max_clients: max_clients as usize,
             });

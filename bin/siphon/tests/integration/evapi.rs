@@ -72,7 +72,8 @@ fn evapi_addr(srv: &Server) -> SocketAddr {
     let deadline = Instant::now() + W;
     loop {
         if let Some(a) = srv.log.lock().unwrap().iter().find_map(|l| {
-            l.strip_prefix("evapi listening on ").map(|a| a.trim().parse().unwrap())
+            l.strip_prefix("evapi listening on ")
+                .map(|a| a.trim().parse().unwrap())
         }) {
             return a;
         }
@@ -93,7 +94,12 @@ fn stat(srv: &Server, name: &str) -> i64 {
         .as_array()
         .unwrap()
         .iter()
-        .find_map(|s| s.as_str()?.strip_prefix(&format!("{name} = "))?.parse().ok())
+        .find_map(|s| {
+            s.as_str()?
+                .strip_prefix(&format!("{name} = "))?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no {name}"))
 }
 
@@ -119,17 +125,22 @@ struct Ev {
 impl Ev {
     fn connect(a: SocketAddr) -> Ev {
         let s = TcpStream::connect(a).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         Ev { s, buf: Vec::new() }
     }
     fn frame(&mut self, wait: Duration) -> Option<String> {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(colon) = self.buf.iter().position(|b| *b == b':') {
-                let len: usize = std::str::from_utf8(&self.buf[..colon]).unwrap().parse().unwrap();
+                let len: usize = std::str::from_utf8(&self.buf[..colon])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 if self.buf.len() > colon + len + 1 {
                     assert_eq!(self.buf[colon + 1 + len], b',');
-                    let f = String::from_utf8(self.buf[colon + 1..colon + 1 + len].to_vec()).unwrap();
+                    let f =
+                        String::from_utf8(self.buf[colon + 1..colon + 1 + len].to_vec()).unwrap();
                     self.buf.drain(..colon + len + 2);
                     return Some(f);
                 }
@@ -167,7 +178,13 @@ impl Ev {
 
 fn sip(srv: &Server, method: &str, n: u32, extra: &str) -> u16 {
     let uac = UdpUac::new(srv.udp);
-    uac.send(&request(method, uac.addr(), &format!("{method}{n}"), &format!("c{method}{n}"), &format!("X-N: {n}\r\n{extra}")));
+    uac.send(&request(
+        method,
+        uac.addr(),
+        &format!("{method}{n}"),
+        &format!("c{method}{n}"),
+        &format!("X-N: {n}\r\n{extra}"),
+    ));
     uac.final_code(W).expect("a final reply")
 }
 
@@ -187,7 +204,12 @@ fn relay_multicast_unicast_tags_and_max_clients() {
     cs[2].send("tag|blue");
     cs[1].send("tag|red");
     let deadline = Instant::now() + W;
-    while clients(&srv, 4).iter().filter(|c| c["tag"] == json!("blue")).count() < 2 {
+    while clients(&srv, 4)
+        .iter()
+        .filter(|c| c["tag"] == json!("blue"))
+        .count()
+        < 2
+    {
         assert!(Instant::now() < deadline);
     }
     assert_eq!(sip(&srv, "INFO", 2, "X-Tag: blue\r\n"), 200);
@@ -225,7 +247,10 @@ fn relay_multicast_unicast_tags_and_max_clients() {
         assert!(Instant::now() < deadline, "message route did not run");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(srv.log_contains("evapi closed 1"), "connection-closed ran for the dropped client");
+    assert!(
+        srv.log_contains("evapi closed 1"),
+        "connection-closed ran for the dropped client"
+    );
 }
 
 #[test]
@@ -293,16 +318,25 @@ fn async_relay_then_t_continue_and_a_late_answer() {
     let ev = app.frame(W).expect("the suspend event");
     let parts: Vec<&str> = ev.split('|').collect();
     assert_eq!(parts[0], "suspend");
-    app.send(&format!("answer|{}|{}|<sip:moved@127.0.0.1:5099>", parts[1], parts[2]));
+    app.send(&format!(
+        "answer|{}|{}|<sip:moved@127.0.0.1:5099>",
+        parts[1], parts[2]
+    ));
     let deadline = Instant::now() + W;
     let reply = loop {
-        let m = uac.recv(deadline.saturating_duration_since(Instant::now())).expect("a reply");
+        let m = uac
+            .recv(deadline.saturating_duration_since(Instant::now()))
+            .expect("a reply");
         if m.status().unwrap() >= 200 {
             break m;
         }
     };
     assert_eq!(reply.status(), Some(302));
-    let contact = reply.headers_named(b"contact").next().map(|h| reply.header_value(h)).unwrap();
+    let contact = reply
+        .headers_named(b"contact")
+        .next()
+        .map(|h| reply.header_value(h))
+        .unwrap();
     assert_eq!(&contact[..], b"<sip:moved@127.0.0.1:5099>");
     // An answer after fr_timer: the caller got 408, the answer is ignored and counted.
     let uac = UdpUac::new(srv.udp);
@@ -310,7 +344,10 @@ fn async_relay_then_t_continue_and_a_late_answer() {
     let ev = app.frame(W).expect("the suspend event");
     let parts: Vec<&str> = ev.split('|').collect();
     assert_eq!(uac.final_code(W), Some(408));
-    app.send(&format!("answer|{}|{}|<sip:late@127.0.0.1>", parts[1], parts[2]));
+    app.send(&format!(
+        "answer|{}|{}|<sip:late@127.0.0.1>",
+        parts[1], parts[2]
+    ));
     let deadline = Instant::now() + W;
     while stat(&srv, "tm:late_resume") < 1 {
         assert!(Instant::now() < deadline, "late answer not counted");
@@ -358,7 +395,11 @@ fn a_client_that_never_reads_stalls_nothing() {
         .current_dir(std::env::temp_dir())
         .output()
         .expect("sipp (apt-get install sip-tester)");
-    assert!(out.status.success(), "sipp: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "sipp: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let got = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(got, 600, "the reading client got every event");
     assert_eq!(stat(&srv, "evapi:slow_clients_closed"), 1);
@@ -394,7 +435,12 @@ time.sleep(0.3)
         assert_eq!(sip(&srv, "MESSAGE", n, ""), 200);
     }
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let _ = child.wait();
     assert_eq!(out, "connected\nrelay 1 relay 2 relay 3\n");
     assert!(srv.log_contains("evapi msg [from python]"));

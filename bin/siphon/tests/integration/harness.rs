@@ -56,10 +56,19 @@ impl Server {
             let line = if exited {
                 rx.recv_timeout(Duration::from_millis(200))
             } else {
-                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)))
+                rx.recv_timeout(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(100)),
+                )
             };
-            let Ok(line) = line.or_else(|e| if exited || Instant::now() >= deadline { Err(e) } else { Ok(String::new()) })
-            else {
+            let Ok(line) = line.or_else(|e| {
+                if exited || Instant::now() >= deadline {
+                    Err(e)
+                } else {
+                    Ok(String::new())
+                }
+            }) else {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("siphon did not start: {:#?}", log.lock().unwrap());

@@ -27,11 +27,15 @@ fn every_seed_example_compiles() {
         let loaded = siphon_script::load(f, &FsLoader, &PreOptions::default(), &registry);
         let text = std::fs::read_to_string(f).unwrap();
         // A fixture may say the example is refused, and why (KEMI-only parameters).
-        let expected = text.lines().find_map(|l| l.strip_prefix("# expect error: "));
+        let expected = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect error: "));
         let diags = siphon::render(&loaded.diags, &loaded.sources);
         match (expected, loaded.program.is_some()) {
             (None, false) => failures.push_str(&diags),
-            (Some(e), true) => failures.push_str(&format!("{}: loaded, expected `{e}`\n", f.display())),
+            (Some(e), true) => {
+                failures.push_str(&format!("{}: loaded, expected `{e}`\n", f.display()))
+            }
             (Some(e), false) if !diags.contains(e) => failures.push_str(&diags),
             _ => {}
         }
