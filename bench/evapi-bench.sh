@@ -12,6 +12,7 @@
 # Usage: bench/evapi-bench.sh [burst-events] [calls]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 EVENTS=${1:-100000}
 CALLS=${2:-20000}
 [ -x target/release/siphon ] && [ -x target/release/siphon-load ] || cargo build --release -p siphon -p siphon-load
@@ -20,14 +21,6 @@ LOAD=target/release/siphon-load
 TICKS=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; kill $(jobs -p) 2>/dev/null || true' EXIT
-
-cpu_ticks() {
-  local total=0 pid
-  for pid in $1 $(pgrep -P "$1" || true); do
-    [ -r /proc/$pid/stat ] && total=$((total + $(awk '{print $14 + $15}' /proc/$pid/stat)))
-  done
-  echo $total
-}
 
 config() { # sip-port evapi-port kamailio?
   echo '#!KAMAILIO'

@@ -8,6 +8,7 @@
 # Usage: bench/rpc-bench.sh [requests] [in-flight]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 REQUESTS=${1:-100000}
 INFLIGHT=${2:-8}
 SECS=30
@@ -17,14 +18,6 @@ LOAD=target/release/siphon-load
 TICKS=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; kill $(jobs -p) 2>/dev/null || true' EXIT
-
-cpu_ticks() {
-  local total=0 pid
-  for pid in $1 $(pgrep -P "$1" || true); do
-    [ -r /proc/$pid/stat ] && total=$((total + $(awk '{print $14 + $15}' /proc/$pid/stat)))
-  done
-  echo $total
-}
 
 run() { # label mode target
   local t0 t1 line ok

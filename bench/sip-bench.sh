@@ -11,6 +11,7 @@
 # Usage: bench/sip-bench.sh [calls-per-scenario] [in-flight]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 CALLS=${1:-100000}
 INFLIGHT=${2:-200}
 MAXSECS=60
@@ -20,17 +21,6 @@ command -v sipp >/dev/null || { echo "sipp is not installed (apt-get install sip
 TICKS=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; kill $(jobs -p) 2>/dev/null || true' EXIT
-
-# CPU ticks (user+system) of a process and its children (Kamailio forks workers).
-cpu_ticks() {
-  local total=0 pid
-  for pid in $1 $(pgrep -P "$1" || true); do
-    if [ -r /proc/$pid/stat ]; then
-      total=$((total + $(awk '{print $14 + $15}' /proc/$pid/stat)))
-    fi
-  done
-  echo $total
-}
 
 run_sipp() { # name port scenario transport
   local start end t0 t1 ok failed

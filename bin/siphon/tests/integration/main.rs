@@ -1,5 +1,6 @@
 //! siphon's end-to-end tests: one test binary (see the crate layout in docs/architecture.md).
 
+mod async_http;
 mod cli;
 mod evapi;
 mod event_jsonrpc;
@@ -9,5 +10,4 @@ mod jsonrpcc;
 mod jsonrpcs;
 mod seeds;
 mod sip;
-mod stubs;
 mod xhttp;

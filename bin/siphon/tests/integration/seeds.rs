@@ -19,7 +19,7 @@ fn fixtures() -> Vec<PathBuf> {
 
 #[test]
 fn every_seed_example_compiles() {
-    let registry = super::stubs::registry();
+    let registry = siphon::registry();
     let files = fixtures();
     assert!(files.len() >= 17, "fixtures missing: {files:?}");
     let mut failures = String::new();
@@ -45,7 +45,7 @@ fn every_seed_example_compiles() {
 
 #[test]
 fn seed_examples_resolve_what_they_name() {
-    let registry = super::stubs::registry();
+    let registry = siphon::registry();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/seeds");
     let load = |name: &str| {
         siphon_script::load(dir.join(name), &FsLoader, &PreOptions::default(), &registry)
@@ -76,7 +76,7 @@ fn seed_examples_resolve_what_they_name() {
 
 #[test]
 fn misspelled_seed_function_is_caught() {
-    let registry = super::stubs::registry();
+    let registry = siphon::registry();
     let l = siphon_script::load_str(
         "x.cfg",
         "loadmodule \"jsonrpcc\"\nrequest_route { jsonrpc_requets(\"m\", \"{}\", \"R\", \"R\", \"$var(r)\"); }\nroute[R] { }",

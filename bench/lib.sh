@@ -1,0 +1,30 @@
+# Shared by the bench/*.sh scripts (sourced, not run).
+
+# CPU ticks (user+system) of a process and its children (Kamailio forks workers).
+cpu_ticks() {
+  local total=0 pid
+  for pid in $1 $(pgrep -P "$1" || true); do
+    if [ -r /proc/$pid/stat ]; then
+      total=$((total + $(awk '{print $14 + $15}' /proc/$pid/stat)))
+    fi
+  done
+  echo $total
+}
+
+# sipp INVITE -> 302 against NAME on PORT, with an application server
+# (APP_PID) in the loop: calls/s and CPU seconds per 10k calls of the SIP
+# server (SERVER_PID) and of the app. Uses CALLS, INFLIGHT, WORK, TICKS.
+run_sipp_with_app() { # name port
+  local start end t0 t1 a0 a1 ok failed
+  sleep 1
+  t0=$(cpu_ticks "$SERVER_PID"); a0=$(cpu_ticks "$APP_PID")
+  start=$(date +%s.%N)
+  (cd "$WORK" && timeout 80 sipp -sf "$OLDPWD/bench/sipp/invite302.xml" "127.0.0.1:$2" -t u1 -i 127.0.0.1 \
+      -m "$CALLS" -l "$INFLIGHT" -r 1000000 -buff_size 8388608 -nostdin -timeout 60s > "$WORK/sipp.out" 2>&1) || true
+  end=$(date +%s.%N)
+  t1=$(cpu_ticks "$SERVER_PID"); a1=$(cpu_ticks "$APP_PID")
+  ok=$(grep "Successful call" "$WORK/sipp.out" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
+  failed=$(grep "Failed call" "$WORK/sipp.out" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
+  awk -v n="$1" -v ok="${ok:-0}" -v f="${failed:-0}" -v a="$start" -v b="$end" -v c=$((t1 - t0)) -v app=$((a1 - a0)) -v tk="$TICKS" \
+    'BEGIN { w = b - a; printf "%-9s %8d ok %5d failed %8.0f calls/s  server %6.3f CPU-s/10k  app %6.3f CPU-s/10k\n", n, ok, f, ok / w, (ok > 0 ? c / tk / ok * 10000 : 0), (ok > 0 ? app / tk / ok * 10000 : 0) }' | tee -a "$WORK/results"
+}
