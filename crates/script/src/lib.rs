@@ -18,6 +18,7 @@ pub mod core;
 pub mod ctx;
 pub mod evi;
 pub mod interp;
+pub mod jansson;
 pub mod pv;
 pub mod rpc;
 pub mod value;
@@ -83,6 +84,7 @@ impl Registry {
         let evi = Arc::new(evi::Evi::new());
         let mut core_functions = core::core_functions();
         core_functions.extend(evi::script_functions(&evi));
+        core_functions.extend(jansson::functions());
         let mut core_rpcs = rpc::builtin_commands();
         core_rpcs.extend(evi::rpc_commands());
         let stat_sources: Vec<Arc<dyn rpc::StatSource>> =

@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 use siphon_proto::netstring;
 use siphon_script::Program;
 use siphon_script::evi::EventParams;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -34,8 +35,21 @@ pub enum Outcome {
     Error(Value),
     /// No reply within the timeout.
     Timeout,
-    /// No server could take it, or its connection failed.
+    /// No server could take it.
     Failure,
+    /// Its connection was lost before the reply.
+    Dropped,
+    /// The reply had both or neither of `result` and `error`.
+    BadResponse(Value),
+}
+
+/// How a client picks a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// jsonrpcc: the highest priority number first, round robin inside.
+    HighFirstRoundRobin,
+    /// janssonrpcc: the lowest priority number first, weighted random inside.
+    LowFirstWeighted,
 }
 
 /// No server could take the message (all down, given up or full).
@@ -64,8 +78,9 @@ pub struct Settings {
 /// A message for a server's task.
 pub(crate) struct Cmd {
     method: Arc<str>,
-    params: Value,
+    params: Option<Value>,
     reply: Option<oneshot::Sender<Outcome>>,
+    timeout: Option<Duration>,
 }
 
 const DOWN: u8 = 0;
@@ -109,6 +124,8 @@ struct Group {
 /// The client: every server, grouped by priority.
 pub struct Client {
     groups: Vec<Group>,
+    policy: Policy,
+    seed: AtomicU64,
     settings: Settings,
     program: OnceLock<Arc<Program>>,
     /// Messages no server could take.
@@ -119,8 +136,20 @@ pub struct Client {
 impl Client {
     /// A client for `servers` (not connected until [`Client::start`]).
     pub fn new(servers: Vec<ServerSpec>, settings: Settings) -> Arc<Client> {
+        Self::with_policy(servers, settings, Policy::HighFirstRoundRobin)
+    }
+
+    /// A client choosing servers by `policy`.
+    pub fn with_policy(
+        servers: Vec<ServerSpec>,
+        settings: Settings,
+        policy: Policy,
+    ) -> Arc<Client> {
         let mut prios: Vec<i64> = servers.iter().map(|s| s.priority).collect();
-        prios.sort_unstable_by(|a, b| b.cmp(a));
+        match policy {
+            Policy::HighFirstRoundRobin => prios.sort_unstable_by(|a, b| b.cmp(a)),
+            Policy::LowFirstWeighted => prios.sort_unstable(),
+        }
         prios.dedup();
         let groups = prios
             .iter()
@@ -143,8 +172,14 @@ impl Client {
                 next: AtomicUsize::new(0),
             })
             .collect();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            | 1;
         Arc::new_cyclic(|me| Client {
             groups,
+            policy,
+            seed: AtomicU64::new(seed),
             settings,
             program: OnceLock::new(),
             no_server: AtomicU64::new(0),
@@ -174,12 +209,23 @@ impl Client {
         method: &str,
         params: Value,
     ) -> Result<oneshot::Receiver<Outcome>, NoServer> {
+        self.request_with(method, Some(params), None)
+    }
+
+    /// A request with its own timeout and possibly no `params` member.
+    pub fn request_with(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        timeout: Option<Duration>,
+    ) -> Result<oneshot::Receiver<Outcome>, NoServer> {
         let (tx, rx) = oneshot::channel();
         self.route(
             Cmd {
                 method: Arc::from(method),
                 params,
                 reply: Some(tx),
+                timeout,
             },
             None,
         )
@@ -189,11 +235,17 @@ impl Client {
 
     /// Sends a notification; `Err` when no server can take it now.
     pub fn notify(&self, method: &str, params: Value) -> Result<(), NoServer> {
+        self.notify_with(method, Some(params))
+    }
+
+    /// A notification, possibly without `params`.
+    pub fn notify_with(&self, method: &str, params: Option<Value>) -> Result<(), NoServer> {
         self.route(
             Cmd {
                 method: Arc::from(method),
                 params,
                 reply: None,
+                timeout: None,
             },
             None,
         )
@@ -205,12 +257,24 @@ impl Client {
     fn route(&self, mut cmd: Cmd, except: Option<&Server>) -> Result<(), Cmd> {
         for g in &self.groups {
             let n = g.servers.len();
-            let start = g.next.fetch_add(1, Ordering::Relaxed);
-            for k in 0..n {
-                let s = &g.servers[(start + k) % n];
+            // The order to try this group's servers in.
+            let order: Vec<usize> = match self.policy {
+                Policy::HighFirstRoundRobin => {
+                    let start = g.next.fetch_add(1, Ordering::Relaxed);
+                    (0..n).map(|k| (start + k) % n).collect()
+                }
+                Policy::LowFirstWeighted => self.weighted_order(&g.servers),
+            };
+            for i in order {
+                let s = &g.servers[i];
+                let limit = if s.spec.hwm > 0 {
+                    s.spec.hwm
+                } else {
+                    self.settings.max_pending
+                };
                 if except.is_some_and(|e| std::ptr::eq(e, &**s))
                     || s.state.load(Ordering::Relaxed) != UP
-                    || s.in_flight.load(Ordering::Relaxed) >= self.settings.max_pending
+                    || s.in_flight.load(Ordering::Relaxed) >= limit
                 {
                     continue;
                 }
@@ -231,6 +295,54 @@ impl Client {
         }
         self.no_server.fetch_add(1, Ordering::Relaxed);
         Err(cmd)
+    }
+
+    /// A weighted random order of the servers that are up (weight 0 only
+    /// when every weight is 0), as janssonrpcc picks.
+    fn weighted_order(&self, servers: &[Arc<Server>]) -> Vec<usize> {
+        let mut left: Vec<usize> = (0..servers.len())
+            .filter(|i| servers[*i].state.load(Ordering::Relaxed) == UP)
+            .collect();
+        let all_zero = left.iter().all(|i| servers[*i].spec.weight == 0);
+        let weight = |i: usize| {
+            if all_zero {
+                1
+            } else {
+                servers[i].spec.weight as u64
+            }
+        };
+        let mut out = Vec::with_capacity(left.len());
+        while !left.is_empty() {
+            let total: u64 = left.iter().map(|i| weight(*i)).sum();
+            if total == 0 {
+                break;
+            }
+            let mut r = self.random() % total;
+            let pos = left
+                .iter()
+                .position(|i| {
+                    let w = weight(*i);
+                    if r < w {
+                        true
+                    } else {
+                        r -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            out.push(left.remove(pos));
+        }
+        out
+    }
+
+    fn random(&self) -> u64 {
+        // xorshift64*: a cheap spread for server choice, not for secrets.
+        let mut x = self.seed.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.seed.store(x, Ordering::Relaxed);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     /// Re-sends a message its server could not send, or fails it.
@@ -275,16 +387,24 @@ impl Server {
     }
 }
 
-/// A request's wire document: `id`, `jsonrpc`, `method`, `params` (no `id`: a notification).
-pub fn document(id: Option<u64>, method: &str, params: &Value) -> Vec<u8> {
+/// A request's wire document: `id`, `jsonrpc`, `method`, `params` (no `id`:
+/// a notification; no `params` when there are none).
+pub fn document(id: Option<u64>, method: &str, params: Option<&Value>) -> Vec<u8> {
+    serde_json::to_vec(&document_value(id, method, params)).unwrap_or_default()
+}
+
+/// [`document`] as a value.
+pub fn document_value(id: Option<u64>, method: &str, params: Option<&Value>) -> Value {
     let mut m = Map::new();
     if let Some(id) = id {
         m.insert("id".into(), json!(id));
     }
     m.insert("jsonrpc".into(), json!("2.0"));
     m.insert("method".into(), json!(method));
-    m.insert("params".into(), params.clone());
-    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+    if let Some(p) = params {
+        m.insert("params".into(), p.clone());
+    }
+    Value::Object(m)
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -395,7 +515,7 @@ fn resolve(server: &Server, pending: &mut HashMap<u64, Pending>, id: u64, o: Out
             Outcome::Result(_) => &c.replies,
             Outcome::Error(_) => &c.errors,
             Outcome::Timeout => &c.timeouts,
-            Outcome::Failure => &c.failures,
+            Outcome::Failure | Outcome::Dropped | Outcome::BadResponse(_) => &c.failures,
         }
         .fetch_add(1, Ordering::Relaxed);
         let _ = p.reply.send(o);
@@ -412,7 +532,8 @@ async fn serve(
 ) -> Option<String> {
     let (mut rd, mut wr) = stream.into_split();
     let mut pending: HashMap<u64, Pending> = HashMap::new();
-    let mut deadlines: VecDeque<(tokio::time::Instant, u64)> = VecDeque::new();
+    // Requests may carry their own timeouts: the earliest deadline first.
+    let mut deadlines: BinaryHeap<Reverse<(tokio::time::Instant, u64)>> = BinaryHeap::new();
     let mut next_id: u64 = 0;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut decoder = netstring::Decoder::new(MAX_FRAME);
@@ -420,13 +541,13 @@ async fn serve(
     let mut out = BytesMut::with_capacity(16 * 1024);
     let why = loop {
         // Expired entries at the front (answered ones are skipped lazily).
-        while let Some(&(_, id)) = deadlines.front() {
-            if pending.contains_key(&id) {
+        while let Some(Reverse((_, id))) = deadlines.peek() {
+            if pending.contains_key(id) {
                 break;
             }
-            deadlines.pop_front();
+            deadlines.pop();
         }
-        let next_deadline = deadlines.front().map(|d| d.0);
+        let next_deadline = deadlines.peek().map(|Reverse(d)| d.0);
         tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
@@ -439,17 +560,17 @@ async fn serve(
                         next_id = next_id.wrapping_add(1).max(1);
                         next_id
                     });
-                    netstring::encode(&document(id, &cmd.method, &cmd.params), &mut out);
+                    netstring::encode(&document(id, &cmd.method, cmd.params.as_ref()), &mut out);
                     ids.push(id);
                 }
                 match tokio::time::timeout(settings.timeout, wr.write_all(&out)).await {
                     Ok(Ok(())) => {
-                        let deadline = tokio::time::Instant::now() + settings.timeout;
+                        let now = tokio::time::Instant::now();
                         for (cmd, id) in batch.drain(..).zip(ids) {
                             server.counters.sent.fetch_add(1, Ordering::Relaxed);
                             if let (Some(id), Some(reply)) = (id, cmd.reply) {
                                 pending.insert(id, Pending { reply });
-                                deadlines.push_back((deadline, id));
+                                deadlines.push(Reverse((now + cmd.timeout.unwrap_or(settings.timeout), id)));
                             }
                         }
                     }
@@ -487,13 +608,14 @@ async fn serve(
                                 tracing::debug!("jsonrpcc: {}: reply without a known id: {v}", server.spec.addr_text());
                                 continue;
                             };
-                            let o = if let Some(r) = v.get("result") {
-                                Outcome::Result(r.clone())
-                            } else if let Some(e) = v.get("error") {
-                                Outcome::Error(e.clone())
-                            } else {
-                                tracing::warn!("jsonrpcc: {}: reply {id} has neither result nor error", server.spec.addr_text());
-                                continue;
+                            // `error: null` is no error; both or neither is a bad response.
+                            let o = match (v.get("result"), v.get("error").filter(|e| !e.is_null())) {
+                                (Some(r), None) => Outcome::Result(r.clone()),
+                                (None, Some(e)) => Outcome::Error(e.clone()),
+                                _ => {
+                                    tracing::warn!("jsonrpcc: {}: reply {id} has both or neither of result and error", server.spec.addr_text());
+                                    Outcome::BadResponse(v.clone())
+                                }
                             };
                             resolve(server, &mut pending, id, o);
                         }
@@ -510,11 +632,11 @@ async fn serve(
             }
             _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(tokio::time::Instant::now)), if next_deadline.is_some() => {
                 let now = tokio::time::Instant::now();
-                while let Some(&(d, id)) = deadlines.front() {
+                while let Some(&Reverse((d, id))) = deadlines.peek() {
                     if d > now {
                         break;
                     }
-                    deadlines.pop_front();
+                    deadlines.pop();
                     resolve(server, &mut pending, id, Outcome::Timeout);
                 }
             }
@@ -524,7 +646,7 @@ async fn serve(
     server.state.store(DOWN, Ordering::Relaxed);
     let ids: Vec<u64> = pending.keys().copied().collect();
     for id in ids {
-        resolve(server, &mut pending, id, Outcome::Failure);
+        resolve(server, &mut pending, id, Outcome::Dropped);
     }
     why
 }
@@ -537,11 +659,11 @@ mod tests {
     fn documents_have_the_seed_field_order() {
         let p = json!({"id": 1234, "name": "Petros"});
         assert_eq!(
-            String::from_utf8(document(Some(2), "get_user", &p)).unwrap(),
+            String::from_utf8(document(Some(2), "get_user", Some(&p))).unwrap(),
             r#"{"id":2,"jsonrpc":"2.0","method":"get_user","params":{"id":1234,"name":"Petros"}}"#
         );
         assert_eq!(
-            String::from_utf8(document(None, "update_user", &p)).unwrap(),
+            String::from_utf8(document(None, "update_user", Some(&p))).unwrap(),
             r#"{"jsonrpc":"2.0","method":"update_user","params":{"id":1234,"name":"Petros"}}"#
         );
     }

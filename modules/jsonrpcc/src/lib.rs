@@ -15,6 +15,7 @@
 //! `jsonrpcc.servers`, statistics.
 
 pub mod client;
+pub mod janssonrpcc;
 pub mod servers;
 
 use client::{Client, Outcome, Settings};
@@ -33,7 +34,7 @@ pub struct Jsonrpcc {
 }
 
 /// Params text → JSON (lenient: single quotes allowed). `None` when it is no JSON at all.
-fn params_of(text: &str) -> Option<Value> {
+pub(crate) fn params_of(text: &str) -> Option<Value> {
     siphon_proto::lenient::parse(text).ok()
 }
 
@@ -43,7 +44,7 @@ pub fn result_text(o: &Outcome) -> String {
         Outcome::Result(Value::String(s)) => s.clone(),
         Outcome::Result(v) | Outcome::Error(v) => v.to_string(),
         Outcome::Timeout => "timeout".into(),
-        Outcome::Failure => "failure".into(),
+        Outcome::Failure | Outcome::Dropped | Outcome::BadResponse(_) => "failure".into(),
     }
 }
 
@@ -165,7 +166,7 @@ impl Module for Jsonrpcc {
     }
 
     fn stats(&self) -> Option<Arc<dyn StatSource>> {
-        Some(Arc::new(Stats(self.client.clone())))
+        Some(Arc::new(Stats(vec![self.client.clone()], "jsonrpcc")))
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
@@ -179,7 +180,8 @@ impl Module for Jsonrpcc {
     }
 }
 
-struct Stats(Arc<Client>);
+/// Counters of a module's clients, as `GROUP:name`.
+pub(crate) struct Stats(pub(crate) Vec<Arc<Client>>, pub(crate) &'static str);
 
 const STAT_NAMES: [&str; 7] = [
     "sent",
@@ -191,52 +193,52 @@ const STAT_NAMES: [&str; 7] = [
     "no_server",
 ];
 
+fn counter<'a>(c: &'a client::Counters, name: &str) -> Option<&'a std::sync::atomic::AtomicU64> {
+    Some(match name {
+        "sent" => &c.sent,
+        "replies" => &c.replies,
+        "errors" => &c.errors,
+        "timeouts" => &c.timeouts,
+        "failures" => &c.failures,
+        "reconnects" => &c.reconnects,
+        _ => return None,
+    })
+}
+
 impl StatSource for Stats {
     fn snapshot(&self) -> Vec<(String, i64)> {
-        let mut sums = [0u64; 7];
-        for s in self.0.servers() {
-            let c = &s.counters;
-            for (i, a) in [
-                &c.sent,
-                &c.replies,
-                &c.errors,
-                &c.timeouts,
-                &c.failures,
-                &c.reconnects,
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                sums[i] += a.load(Ordering::Relaxed);
-            }
-        }
-        sums[6] = self.0.no_server.load(Ordering::Relaxed);
         STAT_NAMES
             .iter()
-            .zip(sums)
-            .map(|(n, v)| (format!("jsonrpcc:{n}"), v as i64))
+            .map(|n| {
+                let v: u64 = self
+                    .0
+                    .iter()
+                    .map(|client| match *n {
+                        "no_server" => client.no_server.load(Ordering::Relaxed),
+                        _ => client
+                            .servers()
+                            .filter_map(|s| counter(&s.counters, n))
+                            .map(|a| a.load(Ordering::Relaxed))
+                            .sum(),
+                    })
+                    .sum();
+                (format!("{}:{n}", self.1), v as i64)
+            })
             .collect()
     }
     fn reset(&self, name: &str) {
-        let Some(n) = name.strip_prefix("jsonrpcc:") else {
+        let Some(n) = name.strip_prefix(self.1).and_then(|r| r.strip_prefix(':')) else {
             return;
         };
-        if n == "no_server" {
-            self.0.no_server.store(0, Ordering::Relaxed);
-            return;
-        }
-        for s in self.0.servers() {
-            let c = &s.counters;
-            let a = match n {
-                "sent" => &c.sent,
-                "replies" => &c.replies,
-                "errors" => &c.errors,
-                "timeouts" => &c.timeouts,
-                "failures" => &c.failures,
-                "reconnects" => &c.reconnects,
-                _ => return,
-            };
-            a.store(0, Ordering::Relaxed);
+        for client in &self.0 {
+            if n == "no_server" {
+                client.no_server.store(0, Ordering::Relaxed);
+            }
+            for s in client.servers() {
+                if let Some(a) = counter(&s.counters, n) {
+                    a.store(0, Ordering::Relaxed);
+                }
+            }
         }
     }
 }

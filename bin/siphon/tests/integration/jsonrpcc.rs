@@ -392,3 +392,134 @@ fn reconnects_after_the_server_comes_back_and_max_conn_attempts() {
     let s = rpc(&srv, "jsonrpcc.servers");
     assert_eq!(s[0]["reconnects"], json!(2), "{s}");
 }
+
+fn jansson_cfg(servers: &[&str]) -> String {
+    let params: String = servers
+        .iter()
+        .map(|s| format!("modparam(\"janssonrpcc\", \"server\", \"{s}\")\n"))
+        .collect();
+    format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "jansson.so"
+loadmodule "janssonrpcc.so"
+{params}
+modparam("janssonrpcc", "result_pv", "$var(jsrpc_result)")
+request_route {{
+    if (is_method("ACK")) {{ exit; }}
+    if (is_method("MESSAGE")) {{
+        janssonrpc_notification("users", "update_user", '{{"id": 1234, "name": "Petros"}}');
+        sl_send_reply("200", "OK");
+        exit;
+    }}
+    janssonrpc_request("users", "$hdr(X-Method)", '{{"id": 1234}}', "route=RESULT;retry=$hdr(X-Retry);timeout=300");
+}}
+route[RESULT] {{
+    if (jansson_get("result.name", "$var(jsrpc_result)", "$var(name)")) {{
+        append_to_reply("X-Result: $var(name)\r\n");
+        t_reply("200", "OK");
+        exit;
+    }}
+    jansson_get("error.code", "$var(jsrpc_result)", "$var(code)");
+    jansson_get("internal_error.code", "$var(jsrpc_result)", "$var(icode)");
+    append_to_reply("X-Error: $var(code)|$var(icode)\r\n");
+    t_reply("500", "Error");
+}}
+"#
+    )
+}
+
+fn ask_retry(srv: &Server, method: &str, n: &str, retry: u32) -> (u16, String) {
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request(
+        "INVITE",
+        uac.addr(),
+        &format!("j{method}{n}"),
+        &format!("cj{method}{n}"),
+        &format!("X-Method: {method}\r\nX-Retry: {retry}\r\n"),
+    ));
+    let deadline = std::time::Instant::now() + W;
+    while let Some(m) = uac.recv(deadline.saturating_duration_since(std::time::Instant::now())) {
+        let code = m.status().unwrap();
+        if code >= 200 {
+            let h = m
+                .headers_named(b"x-result")
+                .chain(m.headers_named(b"x-error"))
+                .next()
+                .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned())
+                .unwrap_or_default();
+            return (code, h);
+        }
+    }
+    panic!("no final reply");
+}
+
+#[test]
+fn janssonrpcc_api_with_jansson_get() {
+    let app = python_app();
+    let srv = Server::start(&jansson_cfg(&[&format!(
+        "conn=users;addr=127.0.0.1;port={};priority=0",
+        app.port
+    )]));
+    let deadline = std::time::Instant::now() + W;
+    // The result document read with jansson_get.
+    let mut got = ask_retry(&srv, "get_user", "1", 0);
+    while got.0 != 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        got = ask_retry(&srv, "get_user", "1b", 0);
+    }
+    assert_eq!(got, (200, "Petros".into()));
+    // {"error": {...}} (an unset $var reads 0).
+    assert_eq!(ask_retry(&srv, "fail", "1", 0), (500, "7|0".into()));
+    // Notifications, params strict JSON.
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("MESSAGE", uac.addr(), "jn1", "cjn1", ""));
+    assert_eq!(uac.final_code(W), Some(200));
+    assert_eq!(
+        app.notes.recv_timeout(W).unwrap(),
+        json!({"jsonrpc":"2.0","method":"update_user","params":{"id":1234,"name":"Petros"}})
+    );
+}
+
+#[test]
+fn janssonrpcc_lower_priority_first_weighted_and_retries() {
+    let a = RustApp::start("127.0.0.2");
+    let b = RustApp::start("127.0.0.3");
+    let backup = RustApp::start("127.0.0.1");
+    let srv = Server::start(&jansson_cfg(&[
+        &format!(
+            "conn=users;addr=127.0.0.2;port={};priority=0;weight=1",
+            a.addr.port()
+        ),
+        &format!(
+            "conn=users;addr=127.0.0.3;port={};priority=0;weight=3",
+            b.addr.port()
+        ),
+        &format!(
+            "conn=users;addr=127.0.0.1;port={};priority=1",
+            backup.addr.port()
+        ),
+    ]));
+    // Wait until all three are connected (the first answers may go to the backup).
+    std::thread::sleep(Duration::from_millis(300));
+    let before = backup.requests.load(Ordering::Relaxed);
+    for i in 0..40 {
+        let (code, _) = ask_retry(&srv, "ok", &format!("w{i}"), 0);
+        assert_eq!(code, 500, "\"fine\" has no .name: the error branch");
+    }
+    let (na, nb) = (
+        a.requests.load(Ordering::Relaxed),
+        b.requests.load(Ordering::Relaxed),
+    );
+    assert_eq!(na + nb, 40, "priority 0 takes everything");
+    assert_eq!(backup.requests.load(Ordering::Relaxed), before);
+    assert!(na > 0 && nb > na, "weights 1:3 → {na}:{nb}");
+    drop(srv);
+    // Nothing reachable: retried twice (100·1² + 100·2² ms), then "Retry failed".
+    let down = free_port("127.0.0.1");
+    let srv = Server::start(&jansson_cfg(&[&format!(
+        "conn=users;addr=127.0.0.1;port={down}"
+    )]));
+    assert_eq!(ask_retry(&srv, "ok", "r1", 2), (500, "0|-50".into()));
+    assert_eq!(ask_retry(&srv, "ok", "r2", 0), (500, "0|-5".into()));
+}
