@@ -54,13 +54,18 @@ route[ERROR] {{
 
 /// Sends an INVITE asking `method`; the final reply's code and X-Result/X-Error.
 fn ask(srv: &Server, method: &str, n: &str) -> (u16, String) {
+    ask_with(srv, method, n, "")
+}
+
+/// [`ask`] with extra header lines.
+fn ask_with(srv: &Server, method: &str, n: &str, extra: &str) -> (u16, String) {
     let uac = UdpUac::new(srv.udp);
     uac.send(&request(
         "INVITE",
         uac.addr(),
         &format!("{method}{n}"),
         &format!("c{method}{n}"),
-        &format!("X-Method: {method}\r\n"),
+        &format!("X-Method: {method}\r\n{extra}"),
     ));
     let deadline = std::time::Instant::now() + W;
     while let Some(m) = uac.recv(deadline.saturating_duration_since(std::time::Instant::now())) {
@@ -430,28 +435,12 @@ route[RESULT] {{
 }
 
 fn ask_retry(srv: &Server, method: &str, n: &str, retry: u32) -> (u16, String) {
-    let uac = UdpUac::new(srv.udp);
-    uac.send(&request(
-        "INVITE",
-        uac.addr(),
-        &format!("j{method}{n}"),
-        &format!("cj{method}{n}"),
-        &format!("X-Method: {method}\r\nX-Retry: {retry}\r\n"),
-    ));
-    let deadline = std::time::Instant::now() + W;
-    while let Some(m) = uac.recv(deadline.saturating_duration_since(std::time::Instant::now())) {
-        let code = m.status().unwrap();
-        if code >= 200 {
-            let h = m
-                .headers_named(b"x-result")
-                .chain(m.headers_named(b"x-error"))
-                .next()
-                .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned())
-                .unwrap_or_default();
-            return (code, h);
-        }
-    }
-    panic!("no final reply");
+    ask_with(
+        srv,
+        method,
+        &format!("j{n}"),
+        &format!("X-Retry: {retry}\r\n"),
+    )
 }
 
 #[test]
