@@ -12,6 +12,7 @@
 
 mod script;
 pub mod stats;
+pub mod tls;
 mod tm;
 pub mod transport;
 
@@ -67,6 +68,7 @@ impl Core {
     /// Adds the core's functions, PVs and the `tm`/`sl` modules to a registry.
     pub fn register(self: &Arc<Self>, reg: &mut Registry) {
         script::register(self, reg);
+        reg.add(tls::def());
     }
 
     /// Hands HTTP connections on the SIP TCP listeners to `service` (xhttp
@@ -307,7 +309,7 @@ impl Core {
 /// Where replies to a request go (RFC 3261 §18.2.2, RFC 3581): the source
 /// address when `rport` is present, else the source IP and the Via port.
 pub(crate) fn reply_destination(msg: &SipMsg, peer: &Peer) -> Option<SocketAddr> {
-    if peer.transport == Transport::Tcp {
+    if peer.transport.is_reliable() {
         return Some(peer.src);
     }
     let via = msg.top_via()?;

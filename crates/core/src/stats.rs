@@ -45,6 +45,8 @@ pub struct Stats {
     pub tcp_refused: AtomicU64,
     /// TCP connections handed to the HTTP server (xhttp).
     pub http_conns: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failed: AtomicU64,
 }
 
 impl Stats {
@@ -71,6 +73,7 @@ impl Stats {
             ("core:tcp_bad_frames".into(), g(&self.tcp_bad_frames)),
             ("core:tcp_refused".into(), g(&self.tcp_refused)),
             ("core:http_connections".into(), g(&self.http_conns)),
+            ("core:tls_handshake_failures".into(), g(&self.tls_failed)),
             ("tm:current".into(), self.tm_current.load(Ordering::Relaxed)),
             ("tm:created".into(), g(&self.tm_created)),
             (
@@ -111,6 +114,7 @@ impl Stats {
             "core:tcp_bad_frames" => z(&self.tcp_bad_frames),
             "core:tcp_refused" => z(&self.tcp_refused),
             "core:http_connections" => z(&self.http_conns),
+            "core:tls_handshake_failures" => z(&self.tls_failed),
             "tm:created" => z(&self.tm_created),
             "tm:timeouts" => z(&self.tm_timeouts),
             "tm:late_resume" => z(&self.tm_late_resume),

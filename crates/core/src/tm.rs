@@ -284,7 +284,7 @@ impl Tm {
         let label = self.next_label.fetch_add(1, Ordering::Relaxed);
         let id = TxId { index: idx, label };
         let invite = sip.msg.method() == Method::Invite;
-        let reliable = sip.peer.transport == crate::Transport::Tcp;
+        let reliable = sip.peer.transport.is_reliable();
         let entry = TxEntry {
             key: key.clone(),
             req: sip.msg.clone(),

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,8 @@ pub enum Transport {
     Udp,
     /// TCP.
     Tcp,
+    /// TLS over TCP.
+    Tls,
 }
 
 impl Transport {
@@ -29,7 +31,12 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
+    }
+    /// Connection-oriented: replies go back on the connection, no retransmissions.
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
     }
 }
 
@@ -77,7 +84,7 @@ impl Outbound {
     /// Sends to a peer: over the connection it came on, or from the UDP socket it arrived on.
     pub(crate) fn send(&self, core: &Core, peer: &Peer, to: SocketAddr, bytes: Bytes) {
         let ok = match (peer.transport, peer.conn) {
-            (Transport::Tcp, Some(id)) => {
+            (Transport::Tcp | Transport::Tls, Some(id)) => {
                 let tx = self.conns.lock().ok().and_then(|c| c.get(&id).cloned());
                 match tx {
                     Some(tx) => tx.try_send(bytes).is_ok(),
@@ -85,7 +92,7 @@ impl Outbound {
                 }
             }
             // A TCP peer without a SIP connection (an HTTP request in xhttp): nowhere to send.
-            (Transport::Tcp, None) => false,
+            (Transport::Tcp | Transport::Tls, None) => false,
             _ => self.send_udp(Some(peer.local), to, bytes),
         };
         if !ok {
@@ -213,9 +220,10 @@ pub(crate) async fn start(
                 Err(e) => return Err(e),
             };
             let actual = l.local_addr()?;
-            tokio::spawn(tcp_accept_loop(
+            tokio::spawn(accept_loop(
                 core.clone(),
                 l,
+                None,
                 tcp_limit.clone(),
                 shutdown.clone(),
             ));
@@ -225,10 +233,28 @@ pub(crate) async fn start(
             });
         }
         if spec.proto == Proto::Tls {
-            tracing::warn!(
-                "listen=tls:{}: TLS listeners are not supported yet; skipped",
-                spec.host
-            );
+            let Some(tls) = core
+                .program()
+                .and_then(|p| p.module::<crate::tls::TlsModule>())
+            else {
+                return Err(std::io::Error::other(format!(
+                    "listen=tls:{}: TLS listeners need loadmodule \"tls.so\" with its certificate and private_key",
+                    spec.host
+                )));
+            };
+            let l = TcpListener::bind(addr).await?;
+            let actual = l.local_addr()?;
+            tokio::spawn(accept_loop(
+                core.clone(),
+                l,
+                Some(tls.acceptor.clone()),
+                tcp_limit.clone(),
+                shutdown.clone(),
+            ));
+            bound.push(Bound {
+                transport: Transport::Tls,
+                addr: actual,
+            });
         }
     }
     Ok(bound)
@@ -272,52 +298,29 @@ async fn udp_loop(
     }
 }
 
-async fn tcp_accept_loop(
-    core: Arc<Core>,
-    l: TcpListener,
-    limit: Arc<tokio::sync::Semaphore>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let r = tokio::select! {
-            r = l.accept() => r,
-            _ = shutdown.cancelled() => return,
-        };
-        match r {
-            Ok((stream, src)) => {
-                // Over tcp_max_connections: accepted and closed at once, counted.
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    crate::stats::Stats::inc(&core.stats.tcp_refused);
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().unwrap_or(src);
-                let (core, shutdown) = (core.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    tcp_conn(core, stream, src, local, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::warn!("tcp accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
 /// A TCP connection handed to an HTTP server (xhttp) after its first line
 /// showed HTTP: the bytes already read come first, then the socket.
-#[derive(Debug)]
 pub struct PrefixedStream {
     prefix: BytesMut,
-    inner: TcpStream,
+    inner: Box<dyn Io>,
+}
+
+/// A byte stream a connection runs on (TCP, or TLS over TCP).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl std::fmt::Debug for PrefixedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixedStream")
+            .field("prefix", &self.prefix.len())
+            .finish()
+    }
 }
 
 impl PrefixedStream {
     /// Bytes read before the hand-over, then `inner`.
-    pub fn new(prefix: BytesMut, inner: TcpStream) -> Self {
+    pub fn new(prefix: BytesMut, inner: Box<dyn Io>) -> Self {
         PrefixedStream { prefix, inner }
     }
 }
@@ -393,15 +396,78 @@ fn memchr_nl(b: &[u8]) -> Option<usize> {
     b.iter().position(|c| *c == b'\n')
 }
 
-async fn tcp_conn(
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts TCP connections (`tls`: and does the TLS handshake first) up to
+/// the shared `tcp_max_connections` limit; each connection runs on its own task.
+async fn accept_loop(
     core: Arc<Core>,
-    mut stream: TcpStream,
+    l: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limit: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let r = tokio::select! {
+            r = l.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match r {
+            Ok((stream, src)) => {
+                // Over tcp_max_connections: accepted and closed at once, counted.
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    crate::stats::Stats::inc(&core.stats.tcp_refused);
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().unwrap_or(src);
+                let (core, shutdown, tls) = (core.clone(), shutdown.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => {
+                            stream_conn(core, stream, src, local, Transport::Tcp, shutdown).await
+                        }
+                        // The handshake runs on this connection's task, bounded in time.
+                        Some(acceptor) => {
+                            match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await
+                            {
+                                Ok(Ok(s)) => {
+                                    stream_conn(core, s, src, local, Transport::Tls, shutdown).await
+                                }
+                                r => {
+                                    crate::stats::Stats::inc(&core.stats.tls_failed);
+                                    let why = r.map_or("timed out".to_string(), |e| {
+                                        e.err().map(|e| e.to_string()).unwrap_or_default()
+                                    });
+                                    tracing::debug!("tls handshake with {src}: {why}");
+                                }
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A TCP or TLS connection: HTTP (to xhttp) or SIP, by its first line.
+async fn stream_conn<S: Io + 'static>(
+    core: Arc<Core>,
+    mut stream: S,
     src: SocketAddr,
     local: SocketAddr,
+    transport: Transport,
     shutdown: CancellationToken,
 ) {
     let peer = Peer {
-        transport: Transport::Tcp,
+        transport,
         src,
         local,
         conn: None,
@@ -413,7 +479,7 @@ async fn tcp_conn(
             Some(true) => match core.http.get() {
                 Some(http) => {
                     crate::stats::Stats::inc(&core.stats.http_conns);
-                    http.serve(PrefixedStream::new(buf, stream), peer, shutdown)
+                    http.serve(PrefixedStream::new(buf, Box::new(stream)), peer, shutdown)
                         .await;
                     return;
                 }
@@ -438,23 +504,24 @@ async fn tcp_conn(
     tcp_sip(core, stream, buf, peer, shutdown).await;
 }
 
-async fn tcp_sip(
+async fn tcp_sip<S: Io + 'static>(
     core: Arc<Core>,
-    stream: TcpStream,
+    stream: S,
     mut buf: BytesMut,
     peer: Peer,
     shutdown: CancellationToken,
 ) {
     let src = peer.src;
     let id = core.out.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Bytes>(TCP_QUEUE);
     if let Ok(mut c) = core.out.conns.lock() {
         c.insert(id, tx);
     }
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
+            // TLS keeps records until flushed; for TCP the flush is free.
+            if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
                 break;
             }
         }

@@ -184,74 +184,7 @@ fn the_seed_api_against_aiohttp_and_fault_modes() {
 #[test]
 fn http_async_client_api_and_https() {
     let dir = super::cli::Scratch::new("https");
-    // A test CA and a server certificate it signed (for 127.0.0.1).
-    let (ca, ca_key) = (dir.0.join("ca.pem"), dir.0.join("ca.key"));
-    let (cert, key, csr) = (
-        dir.0.join("cert.pem"),
-        dir.0.join("key.pem"),
-        dir.0.join("leaf.csr"),
-    );
-    let ext = dir.write(
-        "ext.cnf",
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    );
-    let openssl = |args: Vec<std::ffi::OsString>| {
-        let ok = Command::new("openssl")
-            .args(args)
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl");
-        assert!(ok.success());
-    };
-    let os = |v: &[&dyn AsRef<std::ffi::OsStr>]| {
-        v.iter()
-            .map(|a| a.as_ref().to_os_string())
-            .collect::<Vec<_>>()
-    };
-    openssl(os(&[
-        &"req",
-        &"-x509",
-        &"-newkey",
-        &"rsa:2048",
-        &"-nodes",
-        &"-days",
-        &"1",
-        &"-subj",
-        &"/CN=siphon test CA",
-        &"-keyout",
-        &ca_key,
-        &"-out",
-        &ca,
-    ]));
-    openssl(os(&[
-        &"req",
-        &"-newkey",
-        &"rsa:2048",
-        &"-nodes",
-        &"-subj",
-        &"/CN=localhost",
-        &"-keyout",
-        &key,
-        &"-out",
-        &csr,
-    ]));
-    openssl(os(&[
-        &"x509",
-        &"-req",
-        &"-in",
-        &csr,
-        &"-CA",
-        &ca,
-        &"-CAkey",
-        &ca_key,
-        &"-CAcreateserial",
-        &"-days",
-        &"1",
-        &"-extfile",
-        &ext,
-        &"-out",
-        &cert,
-    ]));
+    let (ca, cert, key) = super::harness::test_certs(&dir);
     let https = app(Some((cert.to_str().unwrap(), key.to_str().unwrap())));
     let plain = app(None);
     let cfg = |params: &str| {

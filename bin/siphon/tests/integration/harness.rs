@@ -204,3 +204,74 @@ impl TcpUac {
         }
     }
 }
+
+/// A test CA and a server certificate it signed for 127.0.0.1, made by
+/// openssl in `dir`: (ca.pem, cert.pem, key.pem).
+pub(crate) fn test_certs(
+    dir: &super::cli::Scratch,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let (ca, ca_key) = (dir.0.join("ca.pem"), dir.0.join("ca.key"));
+    let (cert, key, csr) = (
+        dir.0.join("cert.pem"),
+        dir.0.join("key.pem"),
+        dir.0.join("leaf.csr"),
+    );
+    let ext = dir.write(
+        "ext.cnf",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    );
+    let run = |args: &[&std::ffi::OsStr]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (apt-get install openssl; .ci/run does it)");
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    let o = |s: &'static str| std::ffi::OsStr::new(s);
+    run(&[
+        o("req"),
+        o("-x509"),
+        o("-newkey"),
+        o("rsa:2048"),
+        o("-nodes"),
+        o("-days"),
+        o("1"),
+        o("-subj"),
+        o("/CN=siphon test CA"),
+        o("-keyout"),
+        ca_key.as_os_str(),
+        o("-out"),
+        ca.as_os_str(),
+    ]);
+    run(&[
+        o("req"),
+        o("-newkey"),
+        o("rsa:2048"),
+        o("-nodes"),
+        o("-subj"),
+        o("/CN=localhost"),
+        o("-keyout"),
+        key.as_os_str(),
+        o("-out"),
+        csr.as_os_str(),
+    ]);
+    run(&[
+        o("x509"),
+        o("-req"),
+        o("-in"),
+        csr.as_os_str(),
+        o("-CA"),
+        ca.as_os_str(),
+        o("-CAkey"),
+        ca_key.as_os_str(),
+        o("-CAcreateserial"),
+        o("-days"),
+        o("1"),
+        o("-extfile"),
+        std::ffi::OsStr::new(&ext),
+        o("-out"),
+        cert.as_os_str(),
+    ]);
+    (ca, cert, key)
+}

@@ -10,4 +10,5 @@ mod jsonrpcc;
 mod jsonrpcs;
 mod seeds;
 mod sip;
+mod tls;
 mod xhttp;
