@@ -335,3 +335,69 @@ fn core_start_reaches_subscribers_from_the_startup_route() {
     assert!(d["params"]["pid"].is_number(), "{d}");
     drop(srv);
 }
+
+#[test]
+fn evapi_and_jsonrpcc_raise_their_events() {
+    let sub = Subscriber::start(0, "reply");
+    // A JSON-RPC "server" that accepts and later hangs up.
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let srv = Server::start(&format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "event_jsonrpc.so"
+loadmodule "evapi.so"
+loadmodule "jsonrpcc.so"
+modparam("evapi", "bind_addr", "127.0.0.1:0")
+modparam("jsonrpcc", "servers", "{app_addr},1")
+startup_route {{
+    subscribe_event("E_EVAPI_CONNECTION", "jsonrpc:127.0.0.1:{p}");
+    subscribe_event("E_JSONRPCC_SERVER_STATE", "jsonrpc:127.0.0.1:{p}");
+}}
+request_route {{ drop; }}
+"#,
+        p = sub.port
+    ));
+    // jsonrpcc connects at start: "connected".
+    let (conn, _) = app.accept().unwrap();
+    let d = sub.next().unwrap();
+    assert_eq!(d["method"], json!("E_JSONRPCC_SERVER_STATE"));
+    assert_eq!(
+        d["params"],
+        json!({"server": app_addr.to_string(), "priority": 1, "state": "connected"})
+    );
+    // The server hangs up: "disconnected".
+    drop(conn);
+    let d = sub.next().unwrap();
+    assert_eq!(d["params"]["state"], json!("disconnected"));
+    // An evapi client connects and leaves.
+    let ev = srv
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("evapi listening on ")
+                .map(|a| a.trim().to_string())
+        })
+        .unwrap();
+    let c = std::net::TcpStream::connect(&ev).unwrap();
+    let local = c.local_addr().unwrap();
+    let mut seen = Vec::new();
+    // (jsonrpcc keeps reconnecting; skip its events.)
+    while seen.len() < 2 {
+        let d = sub.next().expect("evapi events");
+        if d["method"] == json!("E_EVAPI_CONNECTION") {
+            seen.push(d["params"].clone());
+        }
+        if seen.len() == 1 && seen[0]["state"] == json!("connected") {
+            // Leave once the connection was reported.
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    assert_eq!(
+        seen[0],
+        json!({"conidx": 0, "srcaddr": "127.0.0.1", "srcport": local.port(), "state": "connected"})
+    );
+    assert_eq!(seen[1]["state"], json!("closed"));
+}
