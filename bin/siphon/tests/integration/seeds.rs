@@ -89,3 +89,17 @@ fn misspelled_seed_function_is_caught() {
         "{msg}"
     );
 }
+
+#[test]
+fn every_seed_example_starts() {
+    // Beyond compiling: the real binary starts on each (the harness adds
+    // loopback listeners), one after another since some bind fixed ports.
+    for f in fixtures() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        if text.contains("# expect error: ") {
+            continue;
+        }
+        let srv = super::harness::Server::start(&text);
+        assert!(srv.log_contains("siphon started"), "{}", f.display());
+    }
+}
