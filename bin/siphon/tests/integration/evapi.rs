@@ -248,7 +248,7 @@ fn relay_multicast_unicast_tags_and_max_clients() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(
-        srv.log_contains("evapi closed 1"),
+        srv.log_soon("evapi closed 1"),
         "connection-closed ran for the dropped client"
     );
 }
@@ -403,7 +403,7 @@ fn a_client_that_never_reads_stalls_nothing() {
     let got = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(got, 600, "the reading client got every event");
     assert_eq!(stat(&srv, "evapi:slow_clients_closed"), 1);
-    assert!(srv.log_contains("does not read"));
+    assert!(srv.log_soon("does not read"));
     drop(stuck);
 }
 
@@ -443,5 +443,5 @@ time.sleep(0.3)
         .unwrap();
     let _ = child.wait();
     assert_eq!(out, "connected\nrelay 1 relay 2 relay 3\n");
-    assert!(srv.log_contains("evapi msg [from python]"));
+    assert!(srv.log_soon("evapi msg [from python]"));
 }

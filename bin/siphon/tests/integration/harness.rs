@@ -93,6 +93,19 @@ impl Server {
         }
     }
 
+    /// Whether the log has a line containing `s` within 5 s: log lines are
+    /// read by other threads and may trail the reply that follows them.
+    pub(crate) fn log_soon(&self, s: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.log_contains(s) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     pub(crate) fn log_contains(&self, s: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(s))
     }
