@@ -15,6 +15,8 @@
 //! wins; a filtered URL gets 404 without running the route),
 //! `event_callback` (KEMI only: refused with an explanation).
 
+pub mod prom;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;

@@ -71,6 +71,17 @@ fn default_config_answers_options_and_rejects_the_rest() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    // Prometheus metrics at /metrics.
+    let mut http = super::xhttp::HttpConn::new(srv.tcp);
+    http.send("GET", "/metrics", "", b"");
+    let m = http.recv().expect("a /metrics answer");
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("kamailio_core_rcv_requests ")),
+        "{text}"
+    );
     let uac = UdpUac::new(srv.udp);
     uac.send(&request("OPTIONS", uac.addr(), "o1", "c-opt", ""));
     let r = uac.recv(W).expect("reply");

@@ -328,3 +328,62 @@ fn without_xhttp_http_connections_are_closed_and_sip_goes_on() {
         Some(Some(200))
     );
 }
+
+#[test]
+fn prometheus_metrics_parsed_by_prometheus_client() {
+    let srv = Server::start(
+        r#"
+loadmodule "xhttp.so"
+loadmodule "xhttp_prom.so"
+modparam("xhttp_prom", "xhttp_prom_stats", "core: sl:")
+modparam("xhttp_prom", "prom_counter", "name=calls; label=method:result")
+modparam("xhttp_prom", "prom_gauge", "name=load")
+event_route[xhttp:request] {
+    if (prom_check_uri()) {
+        prom_dispatch();
+        exit;
+    }
+    xhttp_reply("404", "Not Found", "text/plain", "");
+}
+request_route {
+    prom_counter_inc("calls", "1", "$rm", "ok");
+    prom_gauge_set("load", "2.5");
+    sl_send_reply("200", "OK");
+}
+"#,
+    );
+    let uac = super::harness::UdpUac::new(srv.udp);
+    for i in 0..3 {
+        uac.send(&request(
+            "OPTIONS",
+            uac.addr(),
+            &format!("p{i}"),
+            &format!("cp{i}"),
+            "",
+        ));
+        assert_eq!(uac.final_code(Duration::from_secs(3)), Some(200));
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/prom_scrape.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/metrics", srv.tcp))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "prometheus_client (pip install prometheus_client; .ci/run does it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // (The parser names counter samples `_total`.)
+    assert_eq!(
+        m["kamailio_calls_total"],
+        json!([[{"method": "OPTIONS", "result": "ok"}, 3.0]]),
+        "{m}"
+    );
+    assert_eq!(m["kamailio_load"], json!([[{}, 2.5]]));
+    assert_eq!(m["kamailio_core_rcv_requests"], json!([[{}, 3.0]]));
+    assert_eq!(m["kamailio_sl_2xx_replies"], json!([[{}, 3.0]]));
+    // Only the groups asked for.
+    assert!(m.get("kamailio_tm_created").is_none(), "{m}");
+}
