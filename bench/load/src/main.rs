@@ -14,7 +14,9 @@
 //! hyper's: the tool must cost as little CPU as possible on a 2-core box
 //! where it shares the machine with the server it measures.
 
+use bytes::BytesMut;
 use clap::{Parser, Subcommand};
+use siphon_proto::netstring;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -213,14 +215,16 @@ async fn udp_worker(
     t
 }
 
-/// Counts concatenated JSON documents on one connection; answers those with a numeric id.
-async fn sink_conn(
+/// Counts what arrives on one connection until it closes: `split` takes the
+/// complete frames off the front of the buffer, writes any answers to `out`
+/// and says how many frames it took.
+async fn count_frames(
     mut s: tokio::net::TcpStream,
-    reply: bool,
     count: Arc<AtomicI64>,
     first: Arc<std::sync::OnceLock<Instant>>,
+    mut split: impl FnMut(&mut BytesMut, &mut Vec<u8>) -> Option<i64>,
 ) {
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut buf = BytesMut::with_capacity(1 << 16);
     let mut out: Vec<u8> = Vec::new();
     loop {
         match s.read_buf(&mut buf).await {
@@ -228,19 +232,10 @@ async fn sink_conn(
             _ => return,
         }
         let _ = first.set(Instant::now());
-        let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<serde_json::Value>();
-        let mut used = 0;
-        let mut n = 0;
-        while let Some(Ok(v)) = it.next() {
-            used = it.byte_offset();
-            n += 1;
-            if reply && let Some(id) = v.get("id").and_then(serde_json::Value::as_u64) {
-                out.extend_from_slice(
-                    format!("{{\"jsonrpc\":\"2.0\",\"result\":8,\"id\":{id}}}").as_bytes(),
-                );
-            }
-        }
-        buf.drain(..used);
+        let Some(n) = split(&mut buf, &mut out) else {
+            eprintln!("unexpected bytes: closing");
+            return;
+        };
         if !out.is_empty() {
             if s.write_all(&out).await.is_err() {
                 return;
@@ -251,55 +246,75 @@ async fn sink_conn(
     }
 }
 
-/// One evapi client: counts netstring frames, answers suspend events.
-async fn evapi_conn(
-    mut s: tokio::net::TcpStream,
-    answer: bool,
-    count: Arc<AtomicI64>,
-    first: Arc<std::sync::OnceLock<Instant>>,
-) {
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-    let mut out: Vec<u8> = Vec::new();
-    loop {
-        match s.read_buf(&mut buf).await {
-            Ok(n) if n > 0 => {}
-            _ => return,
-        }
-        let _ = first.set(Instant::now());
-        let mut pos = 0;
-        let mut n = 0;
-        while let Some(colon) = buf[pos..].iter().position(|b| *b == b':') {
-            let Some(len) = std::str::from_utf8(&buf[pos..pos + colon])
-                .ok()
-                .and_then(|l| l.trim().parse::<usize>().ok())
-            else {
-                eprintln!("not a netstring");
-                return;
-            };
-            let start = pos + colon + 1;
-            if buf.len() < start + len + 1 {
-                break;
-            }
-            let frame = &buf[start..start + len];
-            if answer && let Some(rest) = frame.strip_prefix(b"suspend|") {
-                let text = format!(
-                    "answer|{}|<sip:moved@127.0.0.1:5099>",
-                    String::from_utf8_lossy(rest)
-                );
-                out.extend_from_slice(format!("{}:{text},", text.len()).as_bytes());
-            }
-            pos = start + len + 1;
+/// event_jsonrpc documents (concatenated JSON): answers those with a numeric id.
+fn split_json(reply: bool) -> impl FnMut(&mut BytesMut, &mut Vec<u8>) -> Option<i64> {
+    move |buf, out| {
+        let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<serde_json::Value>();
+        let (mut used, mut n) = (0, 0);
+        while let Some(Ok(v)) = it.next() {
+            used = it.byte_offset();
             n += 1;
-        }
-        buf.drain(..pos);
-        if !out.is_empty() {
-            if s.write_all(&out).await.is_err() {
-                return;
+            if reply && let Some(id) = v.get("id").and_then(serde_json::Value::as_u64) {
+                out.extend_from_slice(
+                    format!("{{\"jsonrpc\":\"2.0\",\"result\":8,\"id\":{id}}}").as_bytes(),
+                );
             }
-            out.clear();
         }
-        count.fetch_add(n, Ordering::Relaxed);
+        let _ = buf.split_to(used);
+        Some(n)
     }
+}
+
+/// evapi netstrings: answers `suspend|INDEX|LABEL` with `answer|INDEX|LABEL|<contact>`.
+fn split_netstrings(answer: bool) -> impl FnMut(&mut BytesMut, &mut Vec<u8>) -> Option<i64> {
+    let mut decoder = netstring::Decoder::new(netstring::DEFAULT_MAX);
+    move |buf, out| {
+        let mut n = 0;
+        loop {
+            match decoder.decode(buf) {
+                Ok(Some(frame)) => {
+                    n += 1;
+                    if answer && let Some(rest) = frame.strip_prefix(b"suspend|") {
+                        let text = format!(
+                            "answer|{}|<sip:moved@127.0.0.1:5099>",
+                            String::from_utf8_lossy(rest)
+                        );
+                        let mut framed = BytesMut::new();
+                        netstring::encode(text.as_bytes(), &mut framed);
+                        out.extend_from_slice(&framed);
+                    }
+                }
+                Ok(None) => return Some(n),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Waits until `expect` frames were counted (0: until the time is up);
+/// returns how many and the seconds from the first to the last.
+async fn wait_counted(
+    count: &AtomicI64,
+    first: &std::sync::OnceLock<Instant>,
+    expect: u64,
+    seconds: u64,
+) -> (i64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut last = Instant::now();
+    let mut seen = 0;
+    while (expect == 0 || (seen as u64) < expect) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let n = count.load(Ordering::Relaxed);
+        if n != seen {
+            seen = n;
+            last = Instant::now();
+        }
+    }
+    let secs = first
+        .get()
+        .map_or(0.0, |f| last.duration_since(*f).as_secs_f64())
+        .max(1e-6);
+    (seen, secs)
 }
 
 fn evapi_clients(
@@ -335,7 +350,7 @@ fn evapi_clients(
             match tokio::net::TcpStream::connect(to).await {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    tokio::spawn(evapi_conn(s, answer, count.clone(), first.clone()));
+                    tokio::spawn(count_frames(s, count.clone(), first.clone(), split_netstrings(answer)));
                 }
                 Err(e) => {
                     eprintln!("connect {to}: {e}");
@@ -352,21 +367,7 @@ fn evapi_clients(
             let _ = first.set(Instant::now());
             let _ = sock.send_to(msg.as_bytes(), t);
         }
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let mut last = Instant::now();
-        let mut seen = 0;
-        while (expect == 0 || (seen as u64) < expect) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            let n = count.load(Ordering::Relaxed);
-            if n != seen {
-                seen = n;
-                last = Instant::now();
-            }
-        }
-        let secs = first
-            .get()
-            .map_or(0.0, |f| last.duration_since(*f).as_secs_f64())
-            .max(1e-6);
+        let (seen, secs) = wait_counted(&count, &first, expect, seconds).await;
         println!(
             "evapi {clients} client(s): {seen} events in {secs:.3} s: {:.0} events/s",
             seen as f64 / secs
@@ -400,26 +401,17 @@ fn sink(
             let (count, first) = (count.clone(), first.clone());
             tokio::spawn(async move {
                 while let Ok((s, _)) = l.accept().await {
-                    tokio::spawn(sink_conn(s, reply, count.clone(), first.clone()));
+                    tokio::spawn(count_frames(
+                        s,
+                        count.clone(),
+                        first.clone(),
+                        split_json(reply),
+                    ));
                 }
             });
         }
         println!("ready");
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let mut last = Instant::now();
-        let mut seen = 0;
-        while (seen as u64) < expect && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            let n = count.load(Ordering::Relaxed);
-            if n != seen {
-                seen = n;
-                last = Instant::now();
-            }
-        }
-        let secs = first
-            .get()
-            .map_or(0.0, |f| last.duration_since(*f).as_secs_f64())
-            .max(1e-6);
+        let (seen, secs) = wait_counted(&count, &first, expect.max(1), seconds).await;
         println!(
             "sink {subscribers} subscriber(s) {} {seen} documents in {secs:.3} s: {:.0} events/s",
             if reply { "sync_mode" } else { "notification" },
