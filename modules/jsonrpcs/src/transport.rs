@@ -312,37 +312,22 @@ mod tests {
                 .flatten()
                 .map(|u| u.uid)
         };
-        assert_eq!(
+        let user = |v: Option<&str>| {
             lookup(
-                &Some("0".into()),
+                &v.map(String::from),
                 "user",
                 nix::unistd::Uid::from_raw,
-                by_name
-            ),
-            Ok(Some(nix::unistd::Uid::from_raw(0)))
-        );
-        assert_eq!(
-            lookup(
-                &Some("root".into()),
-                "user",
-                nix::unistd::Uid::from_raw,
-                by_name
-            ),
-            Ok(Some(nix::unistd::Uid::from_raw(0)))
-        );
-        assert_eq!(
-            lookup(&None, "user", nix::unistd::Uid::from_raw, by_name),
-            Ok(None)
-        );
-        assert!(
-            lookup(
-                &Some("no-such-user-here".into()),
-                "user",
-                nix::unistd::Uid::from_raw,
-                by_name
+                by_name,
             )
-            .unwrap_err()
-            .contains("unknown user")
+        };
+        let root = Ok(Some(nix::unistd::Uid::from_raw(0)));
+        assert_eq!(user(Some("0")), root);
+        assert_eq!(user(Some("root")), root);
+        assert_eq!(user(None), Ok(None));
+        assert!(
+            user(Some("no-such-user-here"))
+                .unwrap_err()
+                .contains("unknown user")
         );
     }
 

@@ -2,44 +2,20 @@
 //! aiohttp application (PyPI) and our own Rust server for the fault modes,
 //! over HTTP and HTTPS (a self-signed certificate made by openssl).
 
-use super::harness::{Server, UdpUac, request};
-use std::io::{BufRead, BufReader, Read, Write};
+use super::harness::{PyPeer, Server, UdpUac, request};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const W: Duration = Duration::from_secs(5);
 
-struct App {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn app(tls: Option<(&str, &str)>) -> App {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/http_app.py");
-    let mut cmd = Command::new("python3");
-    cmd.args([script, "0"]);
-    if let Some((cert, key)) = tls {
-        cmd.args([cert, key]);
-    }
-    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("port ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("aiohttp app did not start (pip install aiohttp): {line:?}"));
-    App { child, port }
+/// The aiohttp app (HTTPS with a certificate and key).
+fn app(tls: Option<(&str, &str)>) -> PyPeer {
+    let args = match tls {
+        Some((cert, key)) => vec!["0", cert, key],
+        None => vec!["0"],
+    };
+    PyPeer::start("http_app.py", &args, "-", "aiohttp")
 }
 
 /// Our own server: `silent` never answers, `close` closes without a reply,

@@ -3,10 +3,10 @@
 //! that never reads.
 
 use super::harness::{Server, UdpUac, request};
-use super::jsonrpcs::{rpc_udp, udp_addr};
+use super::jsonrpcs::{rpc_doc, stat};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 const W: Duration = Duration::from_secs(5);
@@ -82,32 +82,11 @@ fn evapi_addr(srv: &Server) -> SocketAddr {
     }
 }
 
-fn rpc(srv: &Server, method: &str, params: Value) -> Value {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(W)).unwrap();
-    let doc = json!({"jsonrpc":"2.0","method":method,"params":params,"id":1});
-    rpc_udp(&sock, udp_addr(srv), &doc.to_string()).unwrap()["result"].clone()
-}
-
-fn stat(srv: &Server, name: &str) -> i64 {
-    rpc(srv, "stats.get_statistics", json!([name]))
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|s| {
-            s.as_str()?
-                .strip_prefix(&format!("{name} = "))?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {name}"))
-}
-
 /// Waits until the server lists `n` clients (and returns them).
 fn clients(srv: &Server, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + W;
     loop {
-        let c = rpc(srv, "evapi.clients", json!([]));
+        let c = rpc_doc(srv, "evapi.clients", json!([]))["result"].clone();
         if c.as_array().unwrap().len() == n {
             return c.as_array().unwrap().clone();
         }
@@ -372,34 +351,7 @@ fn a_client_that_never_reads_stalls_nothing() {
         let _ = tx.send(n);
     });
     // 600 OPTIONS, each relaying 64 KiB: the stuck client's queue fills and it is dropped.
-    let out = std::process::Command::new("sipp")
-        .args([
-            "-sf",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/sipp/options.xml"),
-            &srv.udp.to_string(),
-            "-t",
-            "u1",
-            "-m",
-            "600",
-            "-r",
-            "300",
-            "-l",
-            "20",
-            "-nostdin",
-            "-timeout",
-            "30",
-            "-timeout_error",
-            "-i",
-            "127.0.0.1",
-        ])
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("sipp (apt-get install sip-tester)");
-    assert!(
-        out.status.success(),
-        "sipp: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    super::harness::sipp("options.xml", srv.udp, "u1", 600, 300, 20);
     let got = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(got, 600, "the reading client got every event");
     assert_eq!(stat(&srv, "evapi:slow_clients_closed"), 1);

@@ -1,64 +1,21 @@
 //! The event interface and event_jsonrpc end to end: the real binary raising
 //! events to a Python subscriber built on PyPI's jsonrpcserver.
 
-use super::harness::{Server, UdpUac, request};
-use super::jsonrpcs::{rpc_udp, udp_addr};
-use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use super::harness::{PyPeer, Server, UdpUac, request};
+use super::jsonrpcs::{rpc_doc as rpc, stat};
+use serde_json::json;
 use std::time::Duration;
 
 const W: Duration = Duration::from_secs(5);
 
-/// The Python subscriber: every document it received, in order.
-struct Subscriber {
-    child: Child,
-    port: u16,
-    docs: mpsc::Receiver<Value>,
-}
-
-impl Subscriber {
-    fn start(port: u16, mode: &str) -> Subscriber {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/jsonrpc_subscriber.py"
-        );
-        let mut child = Command::new("python3")
-            .args([script, &port.to_string(), mode])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        let port = first
-            .strip_prefix("port ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("subscriber did not start (pip install jsonrpcserver; .ci/run does it): {first:?}"));
-        let (tx, docs) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                if let Some(d) = l.strip_prefix("recv ") {
-                    let _ = tx.send(serde_json::from_str(d).unwrap());
-                }
-            }
-        });
-        Subscriber { child, port, docs }
-    }
-    fn next(&self) -> Option<Value> {
-        self.docs.recv_timeout(W).ok()
-    }
-    fn nothing_within(&self, d: Duration) -> bool {
-        self.docs.recv_timeout(d).is_err()
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The Python subscriber (jsonrpcserver): every document it received, in order.
+fn subscriber(port: u16, mode: &str) -> PyPeer {
+    PyPeer::start(
+        "jsonrpc_subscriber.py",
+        &[&port.to_string(), mode],
+        "recv ",
+        "jsonrpcserver",
+    )
 }
 
 fn cfg(modparams: &str, socket: &str) -> String {
@@ -98,31 +55,6 @@ request_route {{
     )
 }
 
-fn stat(srv: &Server, name: &str) -> i64 {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(W)).unwrap();
-    let doc = json!({"jsonrpc":"2.0","method":"stats.get_statistics","params":[name],"id":1});
-    let r = rpc_udp(&sock, udp_addr(srv), &doc.to_string()).unwrap();
-    r["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|s| {
-            s.as_str()?
-                .strip_prefix(&format!("{name} = "))?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {name} in {r}"))
-}
-
-fn rpc(srv: &Server, method: &str, params: Value) -> Value {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(W)).unwrap();
-    let doc = json!({"jsonrpc":"2.0","method":method,"params":params,"id":1});
-    rpc_udp(&sock, udp_addr(srv), &doc.to_string()).unwrap()
-}
-
 fn send(srv: &Server, method: &str, n: u32) {
     let uac = UdpUac::new(srv.udp);
     uac.send(&request(
@@ -137,7 +69,7 @@ fn send(srv: &Server, method: &str, n: u32) {
 
 #[test]
 fn the_seed_examples_as_notifications() {
-    let sub = Subscriber::start(0, "reply");
+    let sub = subscriber(0, "reply");
     let srv = Server::start(&cfg("", &format!("jsonrpc:127.0.0.1:{}", sub.port)));
     send(&srv, "MESSAGE", 1);
     assert_eq!(
@@ -168,7 +100,7 @@ fn the_seed_examples_as_notifications() {
 
 #[test]
 fn method_and_event_param_and_sync_mode_replies() {
-    let sub = Subscriber::start(0, "reply");
+    let sub = subscriber(0, "reply");
     let srv = Server::start(&cfg(
         "modparam(\"event_jsonrpc\", \"event_param\", \"opensips_event\")\nmodparam(\"event_jsonrpc\", \"sync_mode\", yes)\nmodparam(\"event_jsonrpc\", \"timeout\", 200)",
         &format!("jsonrpc:127.0.0.1:{}/handle_cmd", sub.port),
@@ -204,7 +136,7 @@ fn method_and_event_param_and_sync_mode_replies() {
 
 #[test]
 fn a_subscriber_that_never_replies_costs_only_its_own_events() {
-    let sub = Subscriber::start(0, "silent");
+    let sub = subscriber(0, "silent");
     let srv = Server::start(&cfg(
         "modparam(\"event_jsonrpc\", \"sync_mode\", 1)\nmodparam(\"event_jsonrpc\", \"timeout\", 3000)",
         &format!("jsonrpc:127.0.0.1:{}", sub.port),
@@ -244,7 +176,7 @@ fn a_subscriber_that_is_down_then_up() {
     }
     assert_eq!(stat(&srv, "event_jsonrpc:failed"), 3);
     // It comes up: after the backoff the next event reconnects.
-    let sub = Subscriber::start(port, "reply");
+    let sub = subscriber(port, "reply");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let mut got = None;
     while got.is_none() && std::time::Instant::now() < deadline {
@@ -256,7 +188,7 @@ fn a_subscriber_that_is_down_then_up() {
 
 #[test]
 fn subscriptions_over_rpc_with_expiry() {
-    let sub = Subscriber::start(0, "reply");
+    let sub = subscriber(0, "reply");
     let socket = format!("jsonrpc:127.0.0.1:{}/rpc_events", sub.port);
     let srv = Server::start(&cfg("", &format!("jsonrpc:127.0.0.1:{}", sub.port)));
     // Unknown events and sockets are errors.
@@ -325,7 +257,7 @@ fn subscriptions_over_rpc_with_expiry() {
 
 #[test]
 fn core_start_reaches_subscribers_from_the_startup_route() {
-    let sub = Subscriber::start(0, "reply");
+    let sub = subscriber(0, "reply");
     let srv = Server::start(&format!(
         "loadmodule \"event_jsonrpc.so\"\nstartup_route {{ subscribe_event(\"E_CORE_START\", \"jsonrpc:127.0.0.1:{}\"); }}\nrequest_route {{ drop; }}\n",
         sub.port
@@ -338,7 +270,7 @@ fn core_start_reaches_subscribers_from_the_startup_route() {
 
 #[test]
 fn evapi_and_jsonrpcc_raise_their_events() {
-    let sub = Subscriber::start(0, "reply");
+    let sub = subscriber(0, "reply");
     // A JSON-RPC "server" that accepts and later hangs up.
     let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let app_addr = app.local_addr().unwrap();

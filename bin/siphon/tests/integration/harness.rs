@@ -288,3 +288,96 @@ pub(crate) fn test_certs(
     ]);
     (ca, cert, key)
 }
+
+/// Runs a sipp scenario of `bench/sipp` against `target` (`u1` UDP, `t1`
+/// TCP): `calls` calls at `rate`/s, at most `inflight` at once; asserts it
+/// ended with zero failed calls.
+pub(crate) fn sipp(
+    scenario: &str,
+    target: SocketAddr,
+    transport: &str,
+    calls: u32,
+    rate: u32,
+    inflight: u32,
+) {
+    let path = format!("{}/../../bench/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+    let n = |v: u32| v.to_string();
+    let out = Command::new("sipp")
+        .args(["-sf", &path, &target.to_string(), "-t", transport])
+        .args(["-m", &n(calls), "-r", &n(rate), "-l", &n(inflight)])
+        .args([
+            "-nostdin",
+            "-timeout",
+            "30",
+            "-timeout_error",
+            "-i",
+            "127.0.0.1",
+        ])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("sipp is installed (apt-get install sip-tester; .ci/run does it)");
+    assert!(
+        out.status.success(),
+        "sipp {scenario} over {transport} failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// A Python peer from `tests/interop`, killed when dropped. It prints
+/// `port N` first; later lines that start with `prefix` carry one JSON
+/// document each (what the peer received), in order.
+pub(crate) struct PyPeer {
+    child: Child,
+    pub(crate) port: u16,
+    pub(crate) docs: mpsc::Receiver<serde_json::Value>,
+}
+
+impl PyPeer {
+    /// Starts `tests/interop/SCRIPT ARGS…`; `needs` names what to install when it does not start.
+    pub(crate) fn start(script: &str, args: &[&str], prefix: &'static str, needs: &str) -> PyPeer {
+        let path = format!("{}/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new("python3")
+            .arg(path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let port = first
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("{script} did not start (pip install {needs}; .ci/run does it): {first:?}")
+            });
+        let (tx, docs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                if let Some(d) = l.strip_prefix(prefix) {
+                    let _ = tx.send(serde_json::from_str(d).expect("a JSON line"));
+                }
+            }
+        });
+        PyPeer { child, port, docs }
+    }
+    /// The next document within 5 s.
+    pub(crate) fn next(&self) -> Option<serde_json::Value> {
+        self.docs.recv_timeout(Duration::from_secs(5)).ok()
+    }
+    /// Whether nothing arrives within `d`.
+    pub(crate) fn nothing_within(&self, d: Duration) -> bool {
+        self.docs.recv_timeout(d).is_err()
+    }
+}
+
+impl Drop for PyPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

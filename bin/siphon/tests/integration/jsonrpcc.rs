@@ -3,14 +3,13 @@
 //! pynetstring) and our own Rust server for the fault modes. "Other hosts"
 //! are 127.0.0.2 and 127.0.0.3.
 
-use super::harness::{Server, UdpUac, request};
-use super::jsonrpcs::{rpc_udp, udp_addr};
+use super::harness::{PyPeer, Server, UdpUac, request};
+use super::jsonrpcs::rpc_doc;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 const W: Duration = Duration::from_secs(5);
@@ -105,13 +104,6 @@ fn ask_kept(srv: &Server) -> String {
     }
 }
 
-fn rpc(srv: &Server, method: &str) -> Value {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(W)).unwrap();
-    let doc = json!({"jsonrpc":"2.0","method":method,"id":1});
-    rpc_udp(&sock, udp_addr(srv), &doc.to_string()).unwrap()["result"].clone()
-}
-
 /// Our own application server, answering by method name: `ok` → "fine",
 /// `err` → an error object, `garbage` → a frame that is not JSON, `silent`
 /// → nothing, `close` → closes the connection, `slow` → "fine" after 20 ms.
@@ -188,7 +180,7 @@ fn free_port(ip: &str) -> u16 {
 fn wait_state(srv: &Server, server: &str, state: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let list = rpc(srv, "jsonrpcc.servers");
+        let list = rpc_doc(srv, "jsonrpcc.servers", json!([]))["result"].clone();
         if list
             .as_array()
             .unwrap()
@@ -205,46 +197,14 @@ fn wait_state(srv: &Server, server: &str, state: &str) {
     }
 }
 
-struct PythonApp {
-    child: Child,
-    port: u16,
-    notes: mpsc::Receiver<Value>,
-}
-
-impl Drop for PythonApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn python_app() -> PythonApp {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/netstring_app.py"
-    );
-    let mut child = Command::new("python3")
-        .args([script, "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    let port = first
-        .strip_prefix("port ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| {
-            panic!("app did not start (pip install jsonrpcserver pynetstring): {first:?}")
-        });
-    let (tx, notes) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            if let Some(d) = l.strip_prefix("notify ") {
-                let _ = tx.send(serde_json::from_str(d).unwrap());
-            }
-        }
-    });
-    PythonApp { child, port, notes }
+/// The Python app (jsonrpcserver + pynetstring); its docs are the notifications it got.
+fn python_app() -> PyPeer {
+    PyPeer::start(
+        "netstring_app.py",
+        &["0"],
+        "notify ",
+        "jsonrpcserver pynetstring",
+    )
 }
 
 #[test]
@@ -270,7 +230,7 @@ fn python_app_results_errors_and_notifications() {
     uac.send(&request("MESSAGE", uac.addr(), "n1", "cn1", ""));
     assert_eq!(uac.final_code(W), Some(200));
     assert_eq!(
-        app.notes.recv_timeout(W).unwrap(),
+        app.next().unwrap(),
         json!({"jsonrpc":"2.0","method":"update_user","params":{"id":1234,"name":"Petros"}})
     );
 }
@@ -315,7 +275,7 @@ fn fault_modes_reach_the_error_route() {
     for u in &uacs {
         assert_eq!(u.final_code(W), Some(200));
     }
-    let stats = rpc(&srv, "jsonrpcc.servers");
+    let stats = rpc_doc(&srv, "jsonrpcc.servers", json!([]))["result"].clone();
     assert!(stats[0]["reconnects"].as_u64().unwrap() >= 2, "{stats}");
 }
 
@@ -394,7 +354,7 @@ fn reconnects_after_the_server_comes_back_and_max_conn_attempts() {
         "modparam(\"jsonrpcc\", \"max_conn_attempts\", 2)",
     ));
     wait_state(&srv, &format!("127.0.0.1:{port2}"), "gave up");
-    let s = rpc(&srv, "jsonrpcc.servers");
+    let s = rpc_doc(&srv, "jsonrpcc.servers", json!([]))["result"].clone();
     assert_eq!(s[0]["reconnects"], json!(2), "{s}");
 }
 
@@ -465,7 +425,7 @@ fn janssonrpcc_api_with_jansson_get() {
     uac.send(&request("MESSAGE", uac.addr(), "jn1", "cjn1", ""));
     assert_eq!(uac.final_code(W), Some(200));
     assert_eq!(
-        app.notes.recv_timeout(W).unwrap(),
+        app.next().unwrap(),
         json!({"jsonrpc":"2.0","method":"update_user","params":{"id":1234,"name":"Petros"}})
     );
 }

@@ -41,6 +41,30 @@ pub(crate) fn udp_addr(srv: &Server) -> std::net::SocketAddr {
         .expect("jsonrpcs udp address")
 }
 
+/// One command over the server's jsonrpcs UDP socket: the whole reply document.
+pub(crate) fn rpc_doc(srv: &Server, method: &str, params: Value) -> Value {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let doc = json!({"jsonrpc":"2.0","method":method,"params":params,"id":1});
+    rpc_udp(&sock, udp_addr(srv), &doc.to_string()).expect("a jsonrpcs reply")
+}
+
+/// A statistic's value (`stats.get_statistics NAME`).
+pub(crate) fn stat(srv: &Server, name: &str) -> i64 {
+    let r = rpc_doc(srv, "stats.get_statistics", json!([name]));
+    r["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| {
+            s.as_str()?
+                .strip_prefix(&format!("{name} = "))?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in {r}"))
+}
+
 pub(crate) fn rpc_udp(sock: &UdpSocket, to: std::net::SocketAddr, doc: &str) -> Option<Value> {
     sock.send_to(doc.as_bytes(), to).unwrap();
     let mut buf = vec![0u8; 70_000];

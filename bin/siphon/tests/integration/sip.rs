@@ -401,46 +401,13 @@ fn sipp_options_and_invite_302_with_zero_failed_calls() {
     ))
     .expect("bench config");
     let srv = Server::start(&cfg);
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/sipp");
     for (scenario, transport) in [
         ("options.xml", "u1"),
         ("invite302.xml", "u1"),
         ("invite302.xml", "t1"),
     ] {
         let target = if transport == "t1" { srv.tcp } else { srv.udp };
-        let out = std::process::Command::new("sipp")
-            .args([
-                "-sf",
-                &format!("{dir}/{scenario}"),
-                &target.to_string(),
-                "-t",
-                transport,
-                "-m",
-                "300",
-                "-r",
-                "500",
-                "-l",
-                "30",
-                "-nostdin",
-                "-timeout",
-                "30",
-                "-timeout_error",
-                "-i",
-                "127.0.0.1",
-            ])
-            .current_dir(std::env::temp_dir())
-            .output()
-            .expect("sipp is installed (apt-get install sip-tester; .ci/run does it)");
-        assert!(
-            out.status.success(),
-            "sipp {scenario} over {transport} failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        super::harness::sipp(scenario, target, transport, 300, 500, 30);
     }
 }
 
