@@ -425,6 +425,20 @@ impl FunctionSpec {
             Arc::new(move |args| Ok(Box::new(SimpleCall { args, f: f.clone() }) as Box<dyn Call>));
         Self::with_bind(name, params, bind)
     }
+    /// Like [`FunctionSpec::new`], with `check` run once on the arguments at
+    /// load (its error is reported at the call).
+    pub fn checked<C, F>(name: &'static str, params: &[ArgKind], check: C, f: F) -> Self
+    where
+        C: Fn(&Args) -> Result<(), String> + Send + Sync + 'static,
+        F: Fn(&mut Exec<'_>, &Args) -> FnResult + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let bind: Bind = Arc::new(move |args| {
+            check(&args)?;
+            Ok(Box::new(SimpleCall { args, f: f.clone() }) as Box<dyn Call>)
+        });
+        Self::with_bind(name, params, bind)
+    }
     /// A function with its own bind step (checks or precomputes at load).
     pub fn with_bind(name: &'static str, params: &[ArgKind], bind: Bind) -> Self {
         FunctionSpec {

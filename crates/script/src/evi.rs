@@ -385,20 +385,6 @@ pub fn param_value(v: &crate::Value) -> Value {
 
 // ---------- the script's functions ----------
 
-struct EviCall<F> {
-    args: crate::api::Args,
-    f: F,
-}
-
-impl<F> crate::api::Call for EviCall<F>
-where
-    F: Fn(&mut crate::interp::Exec<'_>, &crate::api::Args) -> crate::api::FnResult + Send + Sync,
-{
-    fn call(&self, ex: &mut crate::interp::Exec<'_>) -> crate::api::FnResult {
-        (self.f)(ex, &self.args)
-    }
-}
-
 /// Declares a constant event name at load (so it can be subscribed to before it is raised).
 fn declare_const(evi: &Evi, args: &crate::api::Args) -> Result<(), String> {
     if let Some(v) = args.const_value(0) {
@@ -410,104 +396,87 @@ fn declare_const(evi: &Evi, args: &crate::api::Args) -> Result<(), String> {
 
 /// `subscribe_event(event, socket[, expire])` and `raise_event(event[, values[, names]])`.
 pub fn script_functions(evi: &Arc<Evi>) -> Vec<crate::api::FunctionSpec> {
-    use crate::api::{ArgKind, Args, Bind, Call, FunctionSpec};
-    let e = evi.clone();
-    let subscribe: Bind = Arc::new(move |args: Args| {
-        declare_const(&e, &args)?;
-        let e = e.clone();
-        Ok(Box::new(EviCall {
-            args,
-            f: move |ex: &mut crate::interp::Exec<'_>, args: &Args| {
-                let event = args.text(0, ex);
-                let socket = args.text(1, ex);
-                // From the script, no expire means the subscription never expires.
-                let expire = if args.len() > 2 {
-                    match args.int(2, ex) {
-                        Some(n) if n >= 0 => Some(n as u64),
-                        _ => {
-                            tracing::error!("subscribe_event({event}, {socket}): bad expire");
-                            return (-1).into();
-                        }
+    use crate::api::{ArgKind, Args, FunctionSpec};
+    let (e, declare) = (evi.clone(), evi.clone());
+    let subscribe = FunctionSpec::checked(
+        "subscribe_event",
+        &[ArgKind::Str, ArgKind::Str, ArgKind::Int],
+        move |args| declare_const(&declare, args),
+        move |ex: &mut crate::interp::Exec<'_>, args: &Args| {
+            let event = args.text(0, ex);
+            let socket = args.text(1, ex);
+            // From the script, no expire means the subscription never expires.
+            let expire = if args.len() > 2 {
+                match args.int(2, ex) {
+                    Some(n) if n >= 0 => Some(n as u64),
+                    _ => {
+                        tracing::error!("subscribe_event({event}, {socket}): bad expire");
+                        return (-1).into();
                     }
+                }
+            } else {
+                None
+            };
+            match e.subscribe(&event, &socket, expire) {
+                Ok(()) => 1.into(),
+                Err(err) => {
+                    tracing::error!("subscribe_event: {err}");
+                    (-1).into()
+                }
+            }
+        },
+    );
+    let (e, declare) = (evi.clone(), evi.clone());
+    let raise = FunctionSpec::checked(
+        "raise_event",
+        &[ArgKind::Str, ArgKind::Pv, ArgKind::Pv],
+        move |args| declare_const(&declare, args),
+        move |ex: &mut crate::interp::Exec<'_>, args: &Args| {
+            let event = args.text(0, ex);
+            if !e.has_subscribers(&event) {
+                // Nobody listens: nothing to build. An unknown name is still an error.
+                return if e.is_declared(&event) {
+                    1.into()
                 } else {
-                    None
+                    tracing::error!("raise_event: unknown event `{event}`");
+                    (-1).into()
                 };
-                match e.subscribe(&event, &socket, expire) {
-                    Ok(()) => 1.into(),
-                    Err(err) => {
-                        tracing::error!("subscribe_event: {err}");
-                        (-1).into()
+            }
+            let values: Vec<Value> = match args.pv(1) {
+                Some(pv) => ex.get_pv_all(pv).iter().map(param_value).collect(),
+                None => vec![],
+            };
+            let params = match args.pv(2) {
+                Some(pv) => {
+                    let names = ex.get_pv_all(pv);
+                    if names.len() != values.len() {
+                        tracing::error!(
+                            "raise_event({event}): {} names for {} values",
+                            names.len(),
+                            values.len()
+                        );
+                        return (-1).into();
                     }
+                    EventParams::Named(
+                        names
+                            .iter()
+                            .map(|n| n.to_text().into_owned())
+                            .zip(values)
+                            .collect(),
+                    )
                 }
-            },
-        }) as Box<dyn Call>)
-    });
-    let e = evi.clone();
-    let raise: Bind = Arc::new(move |args: Args| {
-        declare_const(&e, &args)?;
-        let e = e.clone();
-        Ok(Box::new(EviCall {
-            args,
-            f: move |ex: &mut crate::interp::Exec<'_>, args: &Args| {
-                let event = args.text(0, ex);
-                if !e.has_subscribers(&event) {
-                    // Nobody listens: nothing to build. An unknown name is still an error.
-                    return if e.is_declared(&event) {
-                        1.into()
-                    } else {
-                        tracing::error!("raise_event: unknown event `{event}`");
-                        (-1).into()
-                    };
+                None => EventParams::Values(values),
+            };
+            match e.raise(&event, params) {
+                Ok(_) => 1.into(),
+                Err(err) => {
+                    tracing::error!("raise_event: {err}");
+                    (-1).into()
                 }
-                let values: Vec<Value> = match args.pv(1) {
-                    Some(pv) => ex.get_pv_all(pv).iter().map(param_value).collect(),
-                    None => vec![],
-                };
-                let params = match args.pv(2) {
-                    Some(pv) => {
-                        let names = ex.get_pv_all(pv);
-                        if names.len() != values.len() {
-                            tracing::error!(
-                                "raise_event({event}): {} names for {} values",
-                                names.len(),
-                                values.len()
-                            );
-                            return (-1).into();
-                        }
-                        EventParams::Named(
-                            names
-                                .iter()
-                                .map(|n| n.to_text().into_owned())
-                                .zip(values)
-                                .collect(),
-                        )
-                    }
-                    None => EventParams::Values(values),
-                };
-                match e.raise(&event, params) {
-                    Ok(_) => 1.into(),
-                    Err(err) => {
-                        tracing::error!("raise_event: {err}");
-                        (-1).into()
-                    }
-                }
-            },
-        }) as Box<dyn Call>)
-    });
-    vec![
-        FunctionSpec::with_bind(
-            "subscribe_event",
-            &[ArgKind::Str, ArgKind::Str, ArgKind::Int],
-            subscribe,
-        )
-        .min_args(2),
-        FunctionSpec::with_bind(
-            "raise_event",
-            &[ArgKind::Str, ArgKind::Pv, ArgKind::Pv],
-            raise,
-        )
-        .min_args(1),
-    ]
+            }
+        },
+    );
+    vec![subscribe.min_args(2), raise.min_args(1)]
 }
 
 /// The RPC commands: `event_subscribe`, `events_list`, `subscribers_list`, `raise_event`.
