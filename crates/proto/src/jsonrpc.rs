@@ -202,16 +202,38 @@ fn classify(v: Value) -> Result<Message, Rejected> {
     }
 }
 
-/// A request document (`id: None` writes a notification).
+/// Writes a request document, compact, with its members in the order
+/// Kamailio and OpenSIPS send them: `id` (when given; `Some(Null)` writes
+/// `"id":null`), `jsonrpc`, `method`, `params` (when given). Nothing is
+/// copied: `params` is serialised where it is.
+pub fn write_request<P: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    id: Option<&Value>,
+    method: &str,
+    params: Option<&P>,
+) {
+    use serde::ser::{SerializeMap, Serializer};
+    let mut ser = serde_json::Serializer::new(out);
+    let Ok(mut m) = ser.serialize_map(None) else {
+        return;
+    };
+    let _ = id.map(|id| m.serialize_entry("id", id));
+    let _ = m.serialize_entry("jsonrpc", "2.0");
+    let _ = m.serialize_entry("method", method);
+    let _ = params.map(|p| m.serialize_entry("params", p));
+    let _ = m.end();
+}
+
+/// [`write_request`]'s document as a value (`id: None`: a notification).
 pub fn request(id: Option<&Value>, method: &str, params: Option<&Value>) -> Value {
     let mut m = Map::new();
+    if let Some(id) = id {
+        m.insert("id".into(), id.clone());
+    }
     m.insert("jsonrpc".into(), json!("2.0"));
     m.insert("method".into(), json!(method));
     if let Some(p) = params {
         m.insert("params".into(), p.clone());
-    }
-    if let Some(id) = id {
-        m.insert("id".into(), id.clone());
     }
     Value::Object(m)
 }
@@ -229,6 +251,31 @@ pub fn error(id: Option<&Value>, err: &RpcError) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_requests_keep_the_seed_order() {
+        let mut out = Vec::new();
+        write_request(
+            &mut out,
+            Some(&json!(2)),
+            "get_user",
+            Some(&json!({"id": 1234})),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"id":2,"jsonrpc":"2.0","method":"get_user","params":{"id":1234}}"#
+        );
+        let mut out = Vec::new();
+        write_request::<Value>(&mut out, Some(&Value::Null), "E", None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"id":null,"jsonrpc":"2.0","method":"E"}"#
+        );
+        assert_eq!(
+            request(None, "m", Some(&json!([1]))).to_string(),
+            r#"{"jsonrpc":"2.0","method":"m","params":[1]}"#
+        );
+    }
 
     #[test]
     fn requests_notifications_responses() {

@@ -23,6 +23,52 @@ const MAX_REPLY: usize = 1 << 20;
 /// Longest wait between connection attempts while a destination refuses.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// An event's params as the wire shows them, serialised in place: an
+/// object for named values (with `event_param` first), an array otherwise
+/// (with the event name last). A name given twice keeps its first place and
+/// its last value, as a JSON object would.
+struct Params<'a> {
+    ev: &'a Event,
+    event_param: Option<&'a str>,
+}
+
+impl serde::Serialize for Params<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let name = &*self.ev.name;
+        match &self.ev.params {
+            EventParams::Named(kv) => {
+                let last = |k: &str| kv.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v);
+                let mut m = ser.serialize_map(None)?;
+                if let Some(k) = self.event_param {
+                    match last(k) {
+                        Some(v) => m.serialize_entry(k, v)?,
+                        None => m.serialize_entry(k, name)?,
+                    }
+                }
+                for (i, (k, _)) in kv.iter().enumerate() {
+                    let seen =
+                        Some(k.as_str()) == self.event_param || kv[..i].iter().any(|(n, _)| n == k);
+                    if !seen && let Some(v) = last(k) {
+                        m.serialize_entry(k, v)?;
+                    }
+                }
+                m.end()
+            }
+            EventParams::Values(vs) => {
+                let mut a = ser.serialize_seq(None)?;
+                for v in vs {
+                    a.serialize_element(v)?;
+                }
+                if self.event_param.is_some() {
+                    a.serialize_element(name)?;
+                }
+                a.end()
+            }
+        }
+    }
+}
+
 /// The document for one event, as the seed shows it: `id`, `jsonrpc`,
 /// `method`, `params` in that order, compact.
 pub(crate) fn document(
@@ -32,32 +78,9 @@ pub(crate) fn document(
     event_param: Option<&str>,
     out: &mut Vec<u8>,
 ) {
-    use serde_json::Map;
-    let params = match &ev.params {
-        EventParams::Named(kv) => {
-            let mut m = Map::new();
-            if let Some(k) = event_param {
-                m.insert(k.to_string(), Value::String(ev.name.to_string()));
-            }
-            for (k, v) in kv {
-                m.insert(k.clone(), v.clone());
-            }
-            Value::Object(m)
-        }
-        EventParams::Values(vs) => {
-            let mut a = vs.clone();
-            if event_param.is_some() {
-                a.push(Value::String(ev.name.to_string()));
-            }
-            Value::Array(a)
-        }
-    };
-    let mut doc = Map::new();
-    doc.insert("id".into(), id.map_or(Value::Null, Value::from));
-    doc.insert("jsonrpc".into(), Value::from("2.0"));
-    doc.insert("method".into(), Value::from(method.unwrap_or(&ev.name)));
-    doc.insert("params".into(), params);
-    let _ = serde_json::to_writer(&mut *out, &Value::Object(doc));
+    let id = id.map_or(Value::Null, Value::from);
+    let params = Params { ev, event_param };
+    siphon_proto::jsonrpc::write_request(out, Some(&id), method.unwrap_or(&ev.name), Some(&params));
 }
 
 struct Pending {
@@ -366,6 +389,22 @@ mod tests {
         assert_eq!(
             doc(&mine, None, None, Some("ev")),
             r#"{"id":null,"jsonrpc":"2.0","method":"E_MY_EVENT","params":[3,5,"E_MY_EVENT"]}"#
+        );
+    }
+
+    #[test]
+    fn repeated_names_keep_their_first_place_and_last_value() {
+        let ev = ev(
+            "E",
+            EventParams::Named(vec![
+                ("a".into(), json!(1)),
+                ("ev".into(), json!(2)),
+                ("a".into(), json!(3)),
+            ]),
+        );
+        assert_eq!(
+            doc(&ev, None, None, Some("ev")),
+            r#"{"id":null,"jsonrpc":"2.0","method":"E","params":{"ev":2,"a":3}}"#
         );
     }
 

@@ -6,7 +6,7 @@
 
 use crate::servers::ServerSpec;
 use bytes::BytesMut;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use siphon_proto::netstring;
 use siphon_script::Program;
 use siphon_script::evi::EventParams;
@@ -387,26 +387,6 @@ impl Server {
     }
 }
 
-/// A request's wire document: `id`, `jsonrpc`, `method`, `params` (no `id`:
-/// a notification; no `params` when there are none).
-pub fn document(id: Option<u64>, method: &str, params: Option<&Value>) -> Vec<u8> {
-    serde_json::to_vec(&document_value(id, method, params)).unwrap_or_default()
-}
-
-/// [`document`] as a value.
-pub fn document_value(id: Option<u64>, method: &str, params: Option<&Value>) -> Value {
-    let mut m = Map::new();
-    if let Some(id) = id {
-        m.insert("id".into(), json!(id));
-    }
-    m.insert("jsonrpc".into(), json!("2.0"));
-    m.insert("method".into(), json!(method));
-    if let Some(p) = params {
-        m.insert("params".into(), p.clone());
-    }
-    Value::Object(m)
-}
-
 fn jitter(d: Duration) -> Duration {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -539,6 +519,7 @@ async fn serve(
     let mut decoder = netstring::Decoder::new(MAX_FRAME);
     let mut batch: Vec<Cmd> = Vec::with_capacity(BATCH);
     let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut doc: Vec<u8> = Vec::with_capacity(256);
     let why = loop {
         // Expired entries at the front (answered ones are skipped lazily).
         while let Some(Reverse((_, id))) = deadlines.peek() {
@@ -560,7 +541,9 @@ async fn serve(
                         next_id = next_id.wrapping_add(1).max(1);
                         next_id
                     });
-                    netstring::encode(&document(id, &cmd.method, cmd.params.as_ref()), &mut out);
+                    doc.clear();
+                    siphon_proto::jsonrpc::write_request(&mut doc, id.map(Value::from).as_ref(), &cmd.method, cmd.params.as_ref());
+                    netstring::encode(&doc, &mut out);
                     ids.push(id);
                 }
                 match tokio::time::timeout(settings.timeout, wr.write_all(&out)).await {
@@ -657,6 +640,17 @@ mod tests {
 
     #[test]
     fn documents_have_the_seed_field_order() {
+        // What the server task writes for one message.
+        let document = |id: Option<u64>, method: &str, params: Option<&Value>| {
+            let mut out = Vec::new();
+            siphon_proto::jsonrpc::write_request(
+                &mut out,
+                id.map(Value::from).as_ref(),
+                method,
+                params,
+            );
+            out
+        };
         let p = json!({"id": 1234, "name": "Petros"});
         assert_eq!(
             String::from_utf8(document(Some(2), "get_user", Some(&p))).unwrap(),

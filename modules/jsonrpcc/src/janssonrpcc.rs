@@ -149,7 +149,7 @@ struct Call {
 impl Call {
     /// Sends, retrying as the options say; the result document.
     async fn run(self) -> Value {
-        let request = crate::client::document_value(None, &self.method, self.params.as_ref());
+        let request = siphon_proto::jsonrpc::request(None, &self.method, self.params.as_ref());
         let mut tries: i64 = 0;
         loop {
             let o = match self.client.request_with(
