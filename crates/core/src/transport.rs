@@ -380,9 +380,12 @@ const SNIFF_MAX: usize = 8192;
 /// line ending in `HTTP/1.x`, `Some(false)` for anything else, `None` while
 /// the first line is incomplete. Leading CRLFs (SIP keep-alives) are skipped.
 pub fn sniff_http(buf: &[u8]) -> Option<bool> {
-    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let Some(start) = buf.iter().position(|b| *b != b'\r' && *b != b'\n') else {
+        // Only keep-alives so far: SIP's framing takes them (and bounds them).
+        return (buf.len() >= SNIFF_MAX).then_some(false);
+    };
     let b = &buf[start..];
-    match memchr_nl(b) {
+    match b.iter().position(|c| *c == b'\n') {
         Some(eol) => {
             let line = b[..eol].strip_suffix(b"\r").unwrap_or(&b[..eol]);
             Some(line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
@@ -390,10 +393,6 @@ pub fn sniff_http(buf: &[u8]) -> Option<bool> {
         None if b.len() >= SNIFF_MAX => Some(false),
         None => None,
     }
-}
-
-fn memchr_nl(b: &[u8]) -> Option<usize> {
-    b.iter().position(|c| *c == b'\n')
 }
 
 /// How long a TLS client may take to finish its handshake.
@@ -567,4 +566,21 @@ async fn tcp_sip<S: Io + 'static>(
     }
     // Let queued replies go out before the writer ends with the channel.
     let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_is_told_from_sip_by_the_first_line() {
+        assert_eq!(sniff_http(b"GET /RPC HTTP/1.1\r\nHost: x\r\n"), Some(true));
+        assert_eq!(sniff_http(b"\r\n\r\nPOST /RPC HTTP/1.0\n"), Some(true));
+        assert_eq!(sniff_http(b"OPTIONS sip:a@b SIP/2.0\r\n"), Some(false));
+        assert_eq!(sniff_http(b"GET /RPC HTT"), None);
+        assert_eq!(sniff_http(&[b'x'; SNIFF_MAX]), Some(false));
+        // Keep-alives alone are bounded too.
+        assert_eq!(sniff_http(b"\r\n\r\n"), None);
+        assert_eq!(sniff_http(&b"\r\n".repeat(SNIFF_MAX)), Some(false));
+    }
 }

@@ -61,6 +61,10 @@ impl Client {
     pub fn tag(&self) -> Option<String> {
         self.tag.lock().ok().and_then(|t| t.clone())
     }
+    /// Whether its tag is `t` (no copy: relays ask this for every client).
+    pub fn has_tag(&self, t: &str) -> bool {
+        self.tag.lock().is_ok_and(|g| g.as_deref() == Some(t))
+    }
     /// Sets its tag.
     pub fn set_tag(&self, t: &str) {
         if let Ok(mut g) = self.tag.lock() {
@@ -154,14 +158,10 @@ impl Hub {
             };
             match target {
                 Target::All => all.clone(),
-                Target::Tag(t) => all
-                    .iter()
-                    .filter(|c| c.tag().as_deref() == Some(t))
-                    .cloned()
-                    .collect(),
+                Target::Tag(t) => all.iter().filter(|c| c.has_tag(t)).cloned().collect(),
                 Target::First(t) => all
                     .iter()
-                    .find(|c| c.tag().as_deref() == Some(t))
+                    .find(|c| c.has_tag(t))
                     .cloned()
                     .into_iter()
                     .collect(),
