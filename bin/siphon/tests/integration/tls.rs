@@ -138,10 +138,7 @@ fn tls_listener_without_the_tls_module_is_an_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("loadmodule \\\"tls.so\\\"") || err.contains("tls.so"),
-        "{err}"
-    );
+    assert!(err.contains("tls.so"), "{err}");
     // A missing certificate is a configuration error at loadmodule.
     let f = dir.write("u.cfg", "loadmodule \"tls.so\"\nmodparam(\"tls\", \"certificate\", \"/nonexistent.pem\")\nmodparam(\"tls\", \"private_key\", \"/nonexistent.key\")\nrequest_route { drop; }\n");
     let out = Command::new(env!("CARGO_BIN_EXE_siphon"))
