@@ -102,8 +102,7 @@ struct Launch {
 fn launch(ex: &mut Exec<'_>, job: HttpJob, l: Launch) -> FnResult {
     let Some(slot) = l.engine.slot() else {
         tracing::warn!(
-            "http: {} requests in flight already: refusing {}",
-            "all",
+            "http: the in-flight table (hash_size) is full: refusing {}",
             job.url
         );
         return (-1).into();

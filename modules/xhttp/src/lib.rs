@@ -192,13 +192,18 @@ impl Inner {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 self.too_large.fetch_add(1, Ordering::Relaxed);
+                let err = siphon_proto::jsonrpc::error(
+                    None,
+                    &siphon_proto::jsonrpc::RpcError::new(
+                        siphon_proto::jsonrpc::INVALID_REQUEST,
+                        format!("Invalid Request: body over {MAX_BODY} bytes"),
+                    ),
+                );
                 return reply(
                     413,
                     "Payload Too Large",
                     "application/json",
-                    format!(
-                        "{{\"jsonrpc\":\"2.0\",\"error\":{{\"code\":-32600,\"message\":\"Invalid Request: body over {MAX_BODY} bytes\"}},\"id\":null}}\n"
-                    ),
+                    format!("{err}\n"),
                 );
             }
             Err(_) => return reply(400, "Bad Request", "text/plain", "unreadable body\n"),
@@ -214,6 +219,8 @@ impl Inner {
                 );
             }
         };
+        // The body as the route's modules read it: a view of the message, not a second copy.
+        let body = msg.body_bytes();
         let mut ctx = program.new_ctx(RouteType::EVENT);
         ctx.ext.insert(SipCtx::new(msg, peer));
         ctx.ext.insert(Exchange { body, answer: None });
