@@ -22,7 +22,7 @@ mod write;
 
 pub use msg::{
     FrameError, Header, HeaderName, Kind, Method, ParseError, Rng, SipMsg, parse,
-    parse_http_request, tcp_frame_len,
+    parse_for_error_reply, parse_http_request, tcp_frame_len,
 };
 pub use tx::{ServerTx, TxAction, TxState};
 pub use uri::{Uri, UriError, parse_uri};

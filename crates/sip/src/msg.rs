@@ -52,6 +52,10 @@ pub enum ParseError {
     /// Content-Length is not a number.
     #[error("bad Content-Length")]
     BadContentLength,
+    /// More than one Content-Length header (`l:` counts): which one frames the
+    /// body is ambiguous, a request smuggling vector. Kamailio rejects these too.
+    #[error("duplicate Content-Length")]
+    DuplicateContentLength,
     /// Content-Length says more than the datagram holds.
     #[error("body shorter than Content-Length ({have} of {want} bytes)")]
     Truncated {
@@ -239,21 +243,29 @@ fn trim(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
 
 /// Parses one message (a UDP datagram, or a frame cut by [`tcp_frame_len`]).
 pub fn parse(buf: Bytes) -> Result<SipMsg, ParseError> {
-    parse_start(buf, false)
+    parse_start(buf, false, true)
+}
+
+/// Parses as [`parse`] does, except that of several Content-Length headers
+/// the first frames the body. Only for answering a message [`parse`] refused
+/// with [`ParseError::DuplicateContentLength`] (a 400 needs its headers); never
+/// route what this returns.
+pub fn parse_for_error_reply(buf: Bytes) -> Result<SipMsg, ParseError> {
+    parse_start(buf, false, false)
 }
 
 /// Parses an HTTP/1.x request as a SIP request whose version is `HTTP/1.0`
 /// or `HTTP/1.1`, as Kamailio's xhttp does, so the script's header and body
 /// accessors work on it. Only requests: an HTTP status line is refused.
 pub fn parse_http_request(buf: Bytes) -> Result<SipMsg, ParseError> {
-    let m = parse_start(buf, true)?;
+    let m = parse_start(buf, true, true)?;
     match m.kind {
         Kind::Request { .. } => Ok(m),
         Kind::Response { .. } => Err(ParseError::BadStartLine),
     }
 }
 
-fn parse_start(buf: Bytes, http: bool) -> Result<SipMsg, ParseError> {
+fn parse_start(buf: Bytes, http: bool, one_content_length: bool) -> Result<SipMsg, ParseError> {
     let b: &[u8] = &buf;
     let mut pos = 0;
     while pos < b.len() && (b[pos] == b'\r' || b[pos] == b'\n') {
@@ -358,7 +370,12 @@ fn parse_start(buf: Bytes, http: bool) -> Result<SipMsg, ParseError> {
     }
     // Body, bounded by Content-Length when there is one.
     let available = b.len() - pos;
-    let body_len = match headers.iter().find(|h| h.name == HeaderName::ContentLength) {
+    let mut lengths = headers.iter().filter(|h| h.name == HeaderName::ContentLength);
+    let first_length = lengths.next();
+    if one_content_length && lengths.next().is_some() {
+        return Err(ParseError::DuplicateContentLength);
+    }
+    let body_len = match first_length {
         Some(h) => {
             let v = &b[h.value.range()];
             let n = std::str::from_utf8(v)
@@ -560,11 +577,20 @@ pub enum FrameError {
     /// Content-Length is not a number.
     #[error("bad Content-Length")]
     BadContentLength,
+    /// More than one Content-Length header: the framing of the stream is lost
+    /// (a body could carry a request of its own).
+    #[error("duplicate Content-Length")]
+    DuplicateContentLength,
 }
 
 /// How many bytes at the start of `buf` form one message on a stream:
 /// `Ok(Some(n))` a whole message of n bytes (leading CRLF keep-alives
 /// included, so the caller can drop them), `Ok(None)` more bytes are needed.
+///
+/// The headers are read line by line as [`parse`] reads them (the first empty
+/// line, LF or CRLF, ends them; folded continuation lines belong to the
+/// header before), so the Content-Length that frames a message is the one
+/// the parser sees; a second Content-Length is an error.
 pub fn tcp_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     let mut start = 0;
     while start < buf.len() && (buf[start] == b'\r' || buf[start] == b'\n') {
@@ -573,28 +599,51 @@ pub fn tcp_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError
     if start == buf.len() {
         return Ok(if start > 0 { Some(start) } else { None });
     }
-    let Some(hend) = memchr::memmem::find(&buf[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
-        if buf.len() - start > max {
+    let mut cl = None;
+    let mut pos = start;
+    let mut start_line = true;
+    let hend = loop {
+        let Some(eol) = memchr(b'\n', &buf[pos..]).map(|i| pos + i) else {
+            if buf.len() - start > max {
+                return Err(FrameError::TooLarge(max));
+            }
+            return Ok(None);
+        };
+        let line_end = eol + 1;
+        if line_end - start > max {
             return Err(FrameError::TooLarge(max));
         }
-        return Ok(None);
-    };
-    let head = &buf[start..hend];
-    let mut cl = None;
-    for line in head.split(|&c| c == b'\n') {
-        let Some(colon) = memchr(b':', line) else {
-            continue;
+        let content_end = if eol > pos && buf[eol - 1] == b'\r' {
+            eol - 1
+        } else {
+            eol
         };
-        let name = line[..colon].trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let v = std::str::from_utf8(line[colon + 1..].trim_ascii())
-                .map_err(|_| FrameError::BadContentLength)?;
-            cl = Some(
-                v.parse::<usize>()
-                    .map_err(|_| FrameError::BadContentLength)?,
-            );
+        let line = &buf[pos..content_end];
+        if !start_line {
+            if line.is_empty() {
+                break line_end;
+            }
+            if line[0] != b' '
+                && line[0] != b'\t'
+                && let Some(colon) = memchr(b':', line)
+            {
+                let name = line[..colon].trim_ascii();
+                if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
+                    if cl.is_some() {
+                        return Err(FrameError::DuplicateContentLength);
+                    }
+                    let v = std::str::from_utf8(line[colon + 1..].trim_ascii())
+                        .map_err(|_| FrameError::BadContentLength)?;
+                    cl = Some(
+                        v.parse::<usize>()
+                            .map_err(|_| FrameError::BadContentLength)?,
+                    );
+                }
+            }
         }
-    }
+        start_line = false;
+        pos = line_end;
+    };
     let cl = cl.ok_or(FrameError::NoContentLength)?;
     // Compare before adding: a peer-chosen Content-Length must not overflow.
     if cl > max || hend - start + cl > max {

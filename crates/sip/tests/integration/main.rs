@@ -253,6 +253,52 @@ fn tcp_framing() {
     ));
 }
 
+#[test]
+fn duplicate_content_length_is_refused_in_framing_and_parsing() {
+    let head = "INVITE sip:a@h SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nFrom: <sip:x@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n";
+    let inner = "BYE sip:a@h SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+    for (first, second) in [
+        ("Content-Length: 0", format!("Content-Length: {}", inner.len())),
+        (&*format!("l: {}", inner.len()), "Content-Length: 0".to_string()),
+        // Equal values are refused too, as Kamailio does.
+        ("Content-Length: 0", "content-length: 0".to_string()),
+    ] {
+        let raw = format!("{head}{first}\r\n{second}\r\n\r\n{inner}");
+        assert_eq!(
+            tcp_frame_len(raw.as_bytes(), MAX_MESSAGE),
+            Err(FrameError::DuplicateContentLength),
+            "{raw:?}"
+        );
+        assert_eq!(
+            parse(Bytes::from(raw.clone())).unwrap_err(),
+            ParseError::DuplicateContentLength
+        );
+        // The lenient parse (for the 400) reads the headers, the first length frames the body.
+        let m = siphon_sip::parse_for_error_reply(Bytes::from(raw)).unwrap();
+        assert!(m.check_required().is_ok());
+    }
+}
+
+#[test]
+fn framing_reads_headers_as_the_parser_does() {
+    // A folded line is part of the header before it: not a Content-Length of its own.
+    let folded = "OPTIONS sip:a SIP/2.0\r\nContent-Length: 0\r\nX-A: b\r\n Content-Length: 40\r\n\r\n";
+    assert_eq!(
+        tcp_frame_len(folded.as_bytes(), MAX_MESSAGE),
+        Ok(Some(folded.len()))
+    );
+    assert_eq!(parse(Bytes::from(folded)).unwrap().body.len(), 0);
+    // Headers end at the first empty line, LF or CRLF: a Content-Length after it is body.
+    let lf = "OPTIONS sip:a SIP/2.0\nContent-Length: 4\n\nl: 9\r\n\r\n";
+    assert_eq!(tcp_frame_len(lf.as_bytes(), MAX_MESSAGE), Ok(Some(lf.len() - 4)));
+    assert_eq!(&parse(Bytes::from(lf)).unwrap().body_bytes()[..], b"l: 9");
+    // The start line is not a header.
+    assert_eq!(
+        tcp_frame_len(b"l: 5 x SIP/2.0\r\nContent-Length: 0\r\n\r\n", MAX_MESSAGE),
+        Ok(Some(37))
+    );
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;
