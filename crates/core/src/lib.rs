@@ -127,8 +127,23 @@ impl Core {
         let Some(program) = self.program.get().cloned() else {
             return;
         };
-        let msg = match siphon_sip::parse(buf) {
+        let msg = match siphon_sip::parse(buf.clone()) {
             Ok(m) => m,
+            Err(e @ siphon_sip::ParseError::DuplicateContentLength) => {
+                // Which length frames the body is ambiguous: refused, answered when possible.
+                stats::Stats::inc(&self.stats.bad_msgs);
+                stats::Stats::inc(&self.stats.duplicate_content_length);
+                tracing::info!(
+                    "refusing a message with two Content-Lengths from {}",
+                    peer.src
+                );
+                if let Ok(m) = siphon_sip::parse_for_error_reply(buf)
+                    && m.check_required().is_ok()
+                {
+                    self.bad_request(&m, &peer, &e);
+                }
+                return;
+            }
             Err(e) => {
                 stats::Stats::inc(&self.stats.bad_msgs);
                 tracing::debug!("dropping unparsable message from {}: {e}", peer.src);
@@ -137,11 +152,7 @@ impl Core {
         };
         if let Err(e) = msg.check_required() {
             stats::Stats::inc(&self.stats.bad_msgs);
-            if msg.is_request() && msg.method() != Method::Ack && msg.top_via().is_some() {
-                stats::Stats::inc(&self.stats.err_requests);
-                let reason = format!("Bad Request - {e}");
-                self.sl_reply(&msg, &peer, 400, reason.as_bytes(), &[]);
-            }
+            self.bad_request(&msg, &peer, &e);
             return;
         }
         if msg.is_request() {
@@ -150,6 +161,15 @@ impl Core {
         } else {
             stats::Stats::inc(&self.stats.rcv_replies);
             self.on_reply(&program, msg, peer);
+        }
+    }
+
+    /// A 400 to a malformed request (not to an ACK, nor without a Via to answer to).
+    fn bad_request(&self, msg: &SipMsg, peer: &Peer, e: &siphon_sip::ParseError) {
+        if msg.is_request() && msg.method() != Method::Ack && msg.top_via().is_some() {
+            stats::Stats::inc(&self.stats.err_requests);
+            let reason = format!("Bad Request - {e}");
+            self.sl_reply(msg, peer, 400, reason.as_bytes(), &[]);
         }
     }
 
@@ -240,13 +260,42 @@ impl Core {
         extra: &[Bytes],
     ) -> bool {
         let tag = self.to_tag(msg);
-        let bytes = self.build_reply(msg, peer, code, reason, &tag, extra);
+        let (code, bytes) = self.sendable_reply(msg, peer, code, reason, &tag, extra);
         let Some(dest) = reply_destination(msg, peer) else {
             return false;
         };
         self.out.send(self, peer, dest, bytes);
         stats::Stats::class(&self.stats.sl_replies, code);
         true
+    }
+
+    /// [`Core::build_reply`], unless the reply is too large for a UDP datagram
+    /// (65,507 bytes over IPv4, 65,527 over IPv6): then it is counted
+    /// (`core:oversized_replies`), logged and replaced by a short `500`, so the
+    /// caller gets a final answer instead of retransmitting until timer H.
+    /// Returns the code actually sent with the bytes.
+    pub(crate) fn sendable_reply(
+        &self,
+        msg: &SipMsg,
+        peer: &Peer,
+        code: u16,
+        reason: &[u8],
+        to_tag: &[u8],
+        extra: &[Bytes],
+    ) -> (u16, Bytes) {
+        let bytes = self.build_reply(msg, peer, code, reason, to_tag, extra);
+        let max = transport::max_datagram(peer.src);
+        if peer.transport.is_reliable() || bytes.len() <= max {
+            return (code, bytes);
+        }
+        stats::Stats::inc(&self.stats.oversized_replies);
+        tracing::warn!(
+            "reply {code} to {} is {} bytes, more than a UDP datagram holds ({max}): sending 500 instead",
+            peer.src,
+            bytes.len()
+        );
+        let reason = b"Server Internal Error - Reply Too Large";
+        (500, self.build_reply(msg, peer, 500, reason, to_tag, &[]))
     }
 
     /// Builds a reply with `received`/`rport` filled into the top Via.

@@ -47,6 +47,16 @@ pub struct Stats {
     pub http_conns: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_failed: AtomicU64,
+    /// TCP/TLS connections closed after `tcp_connection_lifetime` without traffic.
+    pub tcp_idle_closed: AtomicU64,
+    /// TCP/TLS connections closed because a message did not arrive whole within `tcp_msg_read_timeout`.
+    pub tcp_read_timeouts: AtomicU64,
+    /// TCP connections refused over `tcp_max_connections_per_ip`.
+    pub tcp_refused_per_ip: AtomicU64,
+    /// Messages refused for carrying more than one Content-Length (TCP framing and parsing).
+    pub duplicate_content_length: AtomicU64,
+    /// Replies too large for a UDP datagram, replaced by a 500.
+    pub oversized_replies: AtomicU64,
 }
 
 impl Stats {
@@ -74,6 +84,17 @@ impl Stats {
             ("core:tcp_refused".into(), g(&self.tcp_refused)),
             ("core:http_connections".into(), g(&self.http_conns)),
             ("core:tls_handshake_failures".into(), g(&self.tls_failed)),
+            ("core:tcp_idle_closed".into(), g(&self.tcp_idle_closed)),
+            ("core:tcp_read_timeouts".into(), g(&self.tcp_read_timeouts)),
+            (
+                "core:tcp_refused_per_ip".into(),
+                g(&self.tcp_refused_per_ip),
+            ),
+            (
+                "core:duplicate_content_length".into(),
+                g(&self.duplicate_content_length),
+            ),
+            ("core:oversized_replies".into(), g(&self.oversized_replies)),
             ("tm:current".into(), self.tm_current.load(Ordering::Relaxed)),
             ("tm:created".into(), g(&self.tm_created)),
             (
@@ -115,6 +136,11 @@ impl Stats {
             "core:tcp_refused" => z(&self.tcp_refused),
             "core:http_connections" => z(&self.http_conns),
             "core:tls_handshake_failures" => z(&self.tls_failed),
+            "core:tcp_idle_closed" => z(&self.tcp_idle_closed),
+            "core:tcp_read_timeouts" => z(&self.tcp_read_timeouts),
+            "core:tcp_refused_per_ip" => z(&self.tcp_refused_per_ip),
+            "core:duplicate_content_length" => z(&self.duplicate_content_length),
+            "core:oversized_replies" => z(&self.oversized_replies),
             "tm:created" => z(&self.tm_created),
             "tm:timeouts" => z(&self.tm_timeouts),
             "tm:late_resume" => z(&self.tm_late_resume),

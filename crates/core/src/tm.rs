@@ -346,7 +346,7 @@ impl Tm {
         reason: &[u8],
         extra: &[Bytes],
     ) -> bool {
-        let bytes = core.build_reply(&e.req, &e.peer, code, reason, &e.to_tag, extra);
+        let (code, bytes) = core.sendable_reply(&e.req, &e.peer, code, reason, &e.to_tag, extra);
         match e.st.on_reply(code, bytes, Instant::now()) {
             Some(TxAction::Send(b)) => {
                 if let Some(d) = crate::reply_destination(&e.req, &e.peer) {

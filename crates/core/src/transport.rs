@@ -3,12 +3,13 @@
 //! is in `siphon-sip`; this file only moves bytes.
 
 use crate::Core;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use siphon_script::core::{ListenSpec, Proto};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -71,6 +72,11 @@ impl std::fmt::Display for Bound {
 /// Bytes waiting per TCP connection before it is considered stuck.
 const TCP_QUEUE: usize = 1024;
 const UDP_RECV_BUF: usize = 65_535;
+
+/// The largest UDP payload towards `to`: 65,507 bytes over IPv4, 65,527 over IPv6.
+pub(crate) fn max_datagram(to: SocketAddr) -> usize {
+    if to.is_ipv4() { 65_507 } else { 65_527 }
+}
 
 /// The send side of every listener.
 #[derive(Default)]
@@ -171,9 +177,7 @@ pub(crate) async fn start(
 ) -> std::io::Result<Vec<Bound>> {
     let mut bound = Vec::new();
     // One limit for all TCP listeners together, as Kamailio's tcp_max_connections.
-    let tcp_limit = Arc::new(tokio::sync::Semaphore::new(
-        core.program().map_or(2048, |p| p.core.tcp_max_connections),
-    ));
+    let tcp_limit = Arc::new(TcpShared::new(core.program().map(|p| &p.core)));
     for spec in specs {
         let addr = resolve(spec)?;
         if matches!(spec.proto, Proto::Udp | Proto::Any) {
@@ -266,23 +270,22 @@ async fn udp_loop(
     local: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let mut buf = BytesMut::with_capacity(UDP_RECV_BUF * 4);
+    // One reusable receive buffer; each message is copied out to exactly its
+    // own bytes, so what a transaction keeps does not pin the datagrams around it.
+    let mut buf = vec![0u8; UDP_RECV_BUF];
     loop {
-        if buf.capacity() < UDP_RECV_BUF {
-            buf.reserve(UDP_RECV_BUF * 4);
-        }
         let r = tokio::select! {
-            r = sock.recv_buf_from(&mut buf) => r,
+            r = sock.recv_from(&mut buf) => r,
             _ = shutdown.cancelled() => return,
         };
         match r {
             Ok((n, src)) => {
-                let data = buf.split_to(n).freeze();
+                let data = &buf[..n];
                 if data.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
                     continue; // keep-alive
                 }
                 core.on_message(
-                    data,
+                    Bytes::copy_from_slice(data),
                     Peer {
                         transport: Transport::Udp,
                         src,
@@ -398,13 +401,200 @@ pub fn sniff_http(buf: &[u8]) -> Option<bool> {
 /// How long a TLS client may take to finish its handshake.
 const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Why a connection's clock closed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// No byte read or written for `tcp_connection_lifetime`.
+    Idle,
+    /// A message begun and not finished within `tcp_msg_read_timeout`.
+    SlowMessage,
+}
+
+/// The deadlines of one TCP/TLS connection, with `now` passed in: idle for
+/// `lifetime` since the last byte read or written, or a message begun and
+/// not whole within `msg_timeout`. `None` disables either.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnClock {
+    lifetime: Option<Duration>,
+    msg_timeout: Option<Duration>,
+    last_io: Instant,
+    msg_start: Option<Instant>,
+}
+
+impl ConnClock {
+    pub(crate) fn new(
+        now: Instant,
+        lifetime: Option<Duration>,
+        msg_timeout: Option<Duration>,
+    ) -> Self {
+        ConnClock {
+            lifetime,
+            msg_timeout,
+            last_io: now,
+            msg_start: None,
+        }
+    }
+
+    /// Bytes went in or out at `at` (a write reported late is fine: earlier times are ignored).
+    pub(crate) fn activity(&mut self, at: Instant) {
+        self.last_io = self.last_io.max(at);
+    }
+
+    /// Bytes were read at `now`; `finished`: a whole message was taken from
+    /// the buffer; `pending`: part of a message waits for more. The message
+    /// clock starts with a message's first byte and stops when none is partial.
+    pub(crate) fn read(&mut self, now: Instant, finished: bool, pending: bool) {
+        self.activity(now);
+        self.msg_start = match (pending, self.msg_start) {
+            (false, _) => None,
+            (true, Some(t)) if !finished => Some(t),
+            (true, _) => Some(now),
+        };
+    }
+
+    /// The next moment something may expire.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let idle = self.lifetime.map(|l| self.last_io + l);
+        let msg = self.msg_start.zip(self.msg_timeout).map(|(s, t)| s + t);
+        match (idle, msg) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What has expired at `now`, if anything.
+    pub(crate) fn expired(&self, now: Instant) -> Option<Expiry> {
+        if let (Some(s), Some(t)) = (self.msg_start, self.msg_timeout)
+            && s + t <= now
+        {
+            return Some(Expiry::SlowMessage);
+        }
+        match self.lifetime {
+            Some(l) if self.last_io + l <= now => Some(Expiry::Idle),
+            _ => None,
+        }
+    }
+}
+
+/// The last write on a connection, for its reader's idle clock.
+#[derive(Debug)]
+struct WriteMark {
+    base: Instant,
+    /// Milliseconds after `base`.
+    at: AtomicU64,
+}
+
+impl WriteMark {
+    fn new(base: Instant) -> Self {
+        WriteMark {
+            base,
+            at: AtomicU64::new(0),
+        }
+    }
+    fn mark(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.at.fetch_max(ms, Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.at.load(Ordering::Relaxed))
+    }
+}
+
+/// Connections open per source address, bounded by `tcp_max_connections_per_ip`.
+#[derive(Debug, Default)]
+pub(crate) struct PerIp {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerIp`]; given back when dropped.
+pub(crate) struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    pub(crate) fn new(max: usize) -> Self {
+        PerIp {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+    /// A slot for one more connection from `ip`, or `None` over the limit (0: no limit).
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        if self.max == 0 {
+            return Some(IpSlot {
+                table: self.clone(),
+                ip,
+            });
+        }
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+    fn open(&self, ip: IpAddr) -> usize {
+        self.open
+            .lock()
+            .map_or(0, |o| o.get(&ip).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if self.table.max == 0 {
+            return;
+        }
+        if let Ok(mut open) = self.table.open.lock()
+            && let Some(n) = open.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What every TCP/TLS listener shares: the connection limits and deadlines.
+pub(crate) struct TcpShared {
+    limit: Arc<tokio::sync::Semaphore>,
+    per_ip: Arc<PerIp>,
+    lifetime: Option<Duration>,
+    msg_timeout: Option<Duration>,
+}
+
+impl TcpShared {
+    fn new(p: Option<&siphon_script::core::CoreParams>) -> Self {
+        let d = siphon_script::core::CoreParams::default();
+        let p = p.unwrap_or(&d);
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        TcpShared {
+            limit: Arc::new(tokio::sync::Semaphore::new(p.tcp_max_connections)),
+            per_ip: Arc::new(PerIp::new(p.tcp_max_connections_per_ip)),
+            lifetime: secs(p.tcp_connection_lifetime),
+            msg_timeout: secs(p.tcp_msg_read_timeout),
+        }
+    }
+    fn clock(&self) -> ConnClock {
+        ConnClock::new(Instant::now(), self.lifetime, self.msg_timeout)
+    }
+}
+
 /// Accepts TCP connections (`tls`: and does the TLS handshake first) up to
-/// the shared `tcp_max_connections` limit; each connection runs on its own task.
+/// the shared `tcp_max_connections` limit and `tcp_max_connections_per_ip`;
+/// each connection runs on its own task.
 async fn accept_loop(
     core: Arc<Core>,
     l: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    limit: Arc<tokio::sync::Semaphore>,
+    shared: Arc<TcpShared>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -414,8 +604,18 @@ async fn accept_loop(
         };
         match r {
             Ok((stream, src)) => {
+                // Over tcp_max_connections_per_ip: closed at once, counted.
+                let Some(slot) = shared.per_ip.take(src.ip()) else {
+                    crate::stats::Stats::inc(&core.stats.tcp_refused_per_ip);
+                    tracing::debug!(
+                        "refusing tcp connection from {src}: {} open from it",
+                        shared.per_ip.open(src.ip())
+                    );
+                    drop(stream);
+                    continue;
+                };
                 // Over tcp_max_connections: accepted and closed at once, counted.
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
                     crate::stats::Stats::inc(&core.stats.tcp_refused);
                     drop(stream);
                     continue;
@@ -423,17 +623,30 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(src);
                 let (core, shutdown, tls) = (core.clone(), shutdown.clone(), tls.clone());
+                let shared = shared.clone();
                 tokio::spawn(async move {
+                    let clock = shared.clock();
                     match tls {
                         None => {
-                            stream_conn(core, stream, src, local, Transport::Tcp, shutdown).await
+                            stream_conn(core, stream, src, local, Transport::Tcp, clock, shutdown)
+                                .await
                         }
                         // The handshake runs on this connection's task, bounded in time.
                         Some(acceptor) => {
                             match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await
                             {
                                 Ok(Ok(s)) => {
-                                    stream_conn(core, s, src, local, Transport::Tls, shutdown).await
+                                    let clock = shared.clock();
+                                    stream_conn(
+                                        core,
+                                        s,
+                                        src,
+                                        local,
+                                        Transport::Tls,
+                                        clock,
+                                        shutdown,
+                                    )
+                                    .await
                                 }
                                 r => {
                                     crate::stats::Stats::inc(&core.stats.tls_failed);
@@ -445,7 +658,7 @@ async fn accept_loop(
                             }
                         }
                     }
-                    drop(permit);
+                    drop((permit, slot));
                 });
             }
             Err(e) => {
@@ -455,6 +668,58 @@ async fn accept_loop(
         }
     }
 }
+/// Reads into `buf` until bytes come (`Some(n)`), or `None`: the connection
+/// ended, the server stops, or `clock` closed it (counted, logged).
+async fn read_timed<R: AsyncRead + Unpin>(
+    core: &Core,
+    rd: &mut R,
+    buf: &mut BytesMut,
+    clock: &mut ConnClock,
+    written: Option<&WriteMark>,
+    src: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Option<usize> {
+    loop {
+        let deadline = clock.deadline();
+        let expiry = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = rd.read_buf(buf) => return match r {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some(n),
+            },
+            _ = shutdown.cancelled() => return None,
+            _ = expiry => {}
+        }
+        if let Some(w) = written {
+            clock.activity(w.last());
+        }
+        match clock.expired(Instant::now()) {
+            Some(Expiry::Idle) => {
+                crate::stats::Stats::inc(&core.stats.tcp_idle_closed);
+                tracing::debug!("closing idle tcp connection from {src} (tcp_connection_lifetime)");
+                return None;
+            }
+            Some(Expiry::SlowMessage) => {
+                crate::stats::Stats::inc(&core.stats.tcp_read_timeouts);
+                tracing::info!(
+                    "closing tcp connection from {src}: a message not whole within tcp_msg_read_timeout"
+                );
+                return None;
+            }
+            None => {}
+        }
+    }
+}
+
+/// Whether `buf` holds the start of a message (not only CRLF keep-alives).
+fn has_partial(buf: &[u8]) -> bool {
+    buf.iter().any(|b| *b != b'\r' && *b != b'\n')
+}
 
 /// A TCP or TLS connection: HTTP (to xhttp) or SIP, by its first line.
 async fn stream_conn<S: Io + 'static>(
@@ -463,6 +728,7 @@ async fn stream_conn<S: Io + 'static>(
     src: SocketAddr,
     local: SocketAddr,
     transport: Transport,
+    mut clock: ConnClock,
     shutdown: CancellationToken,
 ) {
     let peer = Peer {
@@ -472,6 +738,8 @@ async fn stream_conn<S: Io + 'static>(
         conn: None,
     };
     // Read the first line: HTTP goes to xhttp (when loaded), the rest is SIP.
+    // A connection that sends nothing is closed after tcp_connection_lifetime,
+    // a first line that trickles after tcp_msg_read_timeout.
     let mut buf = BytesMut::with_capacity(8192);
     loop {
         match sniff_http(&buf) {
@@ -491,16 +759,21 @@ async fn stream_conn<S: Io + 'static>(
             Some(false) => break,
             None => {}
         }
-        let n = tokio::select! {
-            r = stream.read_buf(&mut buf) => r,
-            _ = shutdown.cancelled() => return,
-        };
-        match n {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        let read = read_timed(
+            &core,
+            &mut stream,
+            &mut buf,
+            &mut clock,
+            None,
+            src,
+            &shutdown,
+        );
+        if read.await.is_none() {
+            return;
         }
+        clock.read(Instant::now(), false, has_partial(&buf));
     }
-    tcp_sip(core, stream, buf, peer, shutdown).await;
+    tcp_sip(core, stream, buf, peer, clock, shutdown).await;
 }
 
 async fn tcp_sip<S: Io + 'static>(
@@ -508,6 +781,7 @@ async fn tcp_sip<S: Io + 'static>(
     stream: S,
     mut buf: BytesMut,
     peer: Peer,
+    mut clock: ConnClock,
     shutdown: CancellationToken,
 ) {
     let src = peer.src;
@@ -517,12 +791,15 @@ async fn tcp_sip<S: Io + 'static>(
     if let Ok(mut c) = core.out.conns.lock() {
         c.insert(id, tx);
     }
+    let written = Arc::new(WriteMark::new(Instant::now()));
+    let mark = written.clone();
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
             // TLS keeps records until flushed; for TCP the flush is free.
             if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
                 break;
             }
+            mark.mark();
         }
     });
     let peer = Peer {
@@ -533,44 +810,139 @@ async fn tcp_sip<S: Io + 'static>(
     let mut have_data = true;
     'conn: loop {
         if !have_data {
-            let n = tokio::select! {
-                r = rd.read_buf(&mut buf) => r,
-                _ = shutdown.cancelled() => break,
-            };
-            match n {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            let read = read_timed(
+                &core,
+                &mut rd,
+                &mut buf,
+                &mut clock,
+                Some(&written),
+                src,
+                &shutdown,
+            );
+            if read.await.is_none() {
+                break;
             }
         }
         have_data = false;
+        let mut finished = false;
         loop {
             match siphon_sip::tcp_frame_len(&buf, siphon_sip::MAX_MESSAGE) {
                 Ok(Some(n)) => {
-                    let frame = buf.split_to(n).freeze();
-                    if frame.iter().all(|b| *b == b'\r' || *b == b'\n') {
-                        continue;
+                    // Copied out to exactly its bytes: a message kept by a
+                    // transaction does not pin the connection's buffer.
+                    let keepalive = buf[..n].iter().all(|b| *b == b'\r' || *b == b'\n');
+                    let frame = (!keepalive).then(|| Bytes::copy_from_slice(&buf[..n]));
+                    buf.advance(n);
+                    if let Some(frame) = frame {
+                        finished = true;
+                        core.on_message(frame, peer);
                     }
-                    core.on_message(frame, peer);
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::info!("closing tcp connection from {src}: {e}");
                     crate::stats::Stats::inc(&core.stats.tcp_bad_frames);
+                    if e == siphon_sip::FrameError::DuplicateContentLength {
+                        crate::stats::Stats::inc(&core.stats.duplicate_content_length);
+                    }
                     break 'conn;
                 }
             }
         }
+        clock.read(Instant::now(), finished, has_partial(&buf));
     }
     if let Ok(mut c) = core.out.conns.lock() {
         c.remove(&id);
     }
-    // Let queued replies go out before the writer ends with the channel.
-    let _ = writer.await;
+    // Let queued replies go out before the writer ends with the channel; a
+    // peer that does not read gets a little while, then the connection goes.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
+        abort.abort();
+    }
 }
+
+/// How long replies still queued may take to go out once a connection is closing.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_silent_connection_expires_after_its_lifetime() {
+        let t0 = Instant::now();
+        let c = ConnClock::new(t0, Some(120 * S), Some(20 * S));
+        assert_eq!(c.deadline(), Some(t0 + 120 * S));
+        assert_eq!(c.expired(t0 + 119 * S), None);
+        assert_eq!(c.expired(t0 + 120 * S), Some(Expiry::Idle));
+        // 0 (None) disables both.
+        let never = ConnClock::new(t0, None, None);
+        assert_eq!(never.deadline(), None);
+        assert_eq!(never.expired(t0 + 100_000 * S), None);
+    }
+
+    #[test]
+    fn reads_and_writes_push_the_idle_deadline() {
+        let t0 = Instant::now();
+        let mut c = ConnClock::new(t0, Some(10 * S), Some(3 * S));
+        c.read(t0 + 5 * S, true, false);
+        assert_eq!(c.deadline(), Some(t0 + 15 * S));
+        // A reply written later keeps the connection too; an older mark changes nothing.
+        c.activity(t0 + 12 * S);
+        c.activity(t0 + 7 * S);
+        assert_eq!(c.expired(t0 + 21 * S), None);
+        assert_eq!(c.expired(t0 + 22 * S), Some(Expiry::Idle));
+    }
+
+    #[test]
+    fn a_message_must_be_whole_within_the_read_timeout() {
+        let t0 = Instant::now();
+        let mut c = ConnClock::new(t0, Some(120 * S), Some(20 * S));
+        // First bytes of a message at 1 s, more trickling every 5 s: the message clock
+        // runs from the first byte, though each read keeps the connection from idling.
+        c.read(t0 + S, false, true);
+        for i in 1..4 {
+            c.read(t0 + S + i * 5 * S, false, true);
+        }
+        assert_eq!(c.deadline(), Some(t0 + 21 * S));
+        assert_eq!(c.expired(t0 + 20 * S), None);
+        assert_eq!(c.expired(t0 + 21 * S), Some(Expiry::SlowMessage));
+        // A message that completes stops the clock; the next one starts its own.
+        c.read(t0 + 18 * S, true, true);
+        assert_eq!(c.expired(t0 + 21 * S), None);
+        assert_eq!(c.deadline(), Some(t0 + 38 * S));
+        c.read(t0 + 19 * S, true, false);
+        assert_eq!(c.deadline(), Some(t0 + 139 * S));
+    }
+
+    #[test]
+    fn per_ip_slots_are_bounded_and_given_back() {
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let other: IpAddr = [127, 0, 0, 2].into();
+        let t = Arc::new(PerIp::new(2));
+        let a = t.take(ip).expect("first");
+        let b = t.take(ip).expect("second");
+        assert!(t.take(ip).is_none());
+        let c = t.take(other).expect("another address has its own count");
+        drop(a);
+        assert_eq!(t.open(ip), 1);
+        let a2 = t.take(ip).expect("a slot given back is free again");
+        drop((a2, b, c));
+        assert!(t.open.lock().unwrap().is_empty());
+        // 0: unlimited, nothing kept.
+        let free = Arc::new(PerIp::new(0));
+        let all: Vec<_> = (0..100).filter_map(|_| free.take(ip)).collect();
+        assert_eq!(all.len(), 100);
+    }
+
+    #[test]
+    fn has_partial_ignores_keepalives() {
+        assert!(!has_partial(b"\r\n\r\n"));
+        assert!(has_partial(b"\r\nOPT"));
+    }
 
     #[test]
     fn http_is_told_from_sip_by_the_first_line() {

@@ -141,6 +141,15 @@ pub struct CoreParams {
     pub run_dir: Option<String>,
     /// `tcp_max_connections`: TCP connections open at once (default 2048); more are closed at accept.
     pub tcp_max_connections: usize,
+    /// `tcp_connection_lifetime` (seconds, default 120): a TCP/TLS connection
+    /// with no bytes read or written for this long is closed; 0: never.
+    pub tcp_connection_lifetime: u64,
+    /// `tcp_msg_read_timeout` (seconds, default 20): a message whose first byte
+    /// arrived must be whole within this; else the connection is closed. 0: no limit.
+    pub tcp_msg_read_timeout: u64,
+    /// `tcp_max_connections_per_ip` (siphon's own; default 0, unlimited): TCP
+    /// connections open at once from one source address.
+    pub tcp_max_connections_per_ip: usize,
     /// Parameters accepted without effect (warned about once each).
     pub(crate) ignored: Vec<(String, Span)>,
 }
@@ -161,6 +170,9 @@ impl Default for CoreParams {
             mpath: None,
             run_dir: None,
             tcp_max_connections: 2048,
+            tcp_connection_lifetime: 120,
+            tcp_msg_read_timeout: 20,
+            tcp_max_connections_per_ip: 0,
             ignored: vec![],
         }
     }
@@ -184,6 +196,10 @@ pub const EFFECTIVE_GLOBALS: &[&str] = &[
     "mpath",
     "run_dir",
     "rundir",
+    "tcp_max_connections",
+    "tcp_connection_lifetime",
+    "tcp_msg_read_timeout",
+    "tcp_max_connections_per_ip",
 ];
 
 /// Kamailio/OpenSIPS core parameters that mean nothing in siphon: accepted with a warning.
@@ -201,10 +217,8 @@ pub const IGNORED_GLOBALS: &[&str] = &[
     "dns_cache_init",
     "dst_blocklist_init",
     "auto_aliases",
-    "tcp_connection_lifetime",
     "http_reply_parse",
     "mhomed",
-    "tcp_max_connections",
     "tls_max_connections",
     "enable_tls",
     "enable_sctp",
@@ -350,6 +364,20 @@ impl CoreParams {
                     ));
                 }
                 self.tcp_max_connections = m as usize;
+            }
+            "tcp_connection_lifetime" | "tcp_msg_read_timeout" | "tcp_max_connections_per_ip" => {
+                let m = int("a number (0: no limit)")?;
+                if m < 0 {
+                    return Err(Diagnostic::error(
+                        vspan,
+                        format!("`{n}` cannot be negative (0: no limit)"),
+                    ));
+                }
+                match n {
+                    "tcp_connection_lifetime" => self.tcp_connection_lifetime = m as u64,
+                    "tcp_msg_read_timeout" => self.tcp_msg_read_timeout = m as u64,
+                    _ => self.tcp_max_connections_per_ip = m as usize,
+                }
             }
             _ if IGNORED_GLOBALS.contains(&n) => self.ignored.push((n.to_string(), name.span)),
             _ => {

@@ -106,6 +106,11 @@ impl Server {
         false
     }
 
+    /// The server's process id (to read its memory from /proc).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn log_contains(&self, s: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(s))
     }

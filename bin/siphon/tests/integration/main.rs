@@ -11,4 +11,5 @@ mod jsonrpcs;
 mod seeds;
 mod sip;
 mod tls;
+mod transport_limits;
 mod xhttp;
