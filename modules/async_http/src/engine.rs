@@ -1,9 +1,9 @@
 //! The HTTP client shared by both APIs: pooled keep-alive connections
-//! (reqwest on hyper, rustls with ring), a bounded in-flight table, a total
-//! deadline per request, counters. A request is a plain value in, a
-//! [`HttpResult`] out.
+//! (reqwest on hyper, rustls with ring), a bound on requests in flight, a
+//! total deadline per request, a cap on the reply body, counters. A request
+//! is a plain value in, a [`HttpResult`] out.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -14,8 +14,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct Settings {
     /// Client instances (each with its own connection pool), used in turn.
     pub workers: usize,
-    /// Requests in flight at most (`hash_size`, a power of two).
+    /// Requests in flight at most (`max_in_flight`).
     pub in_flight: usize,
+    /// The largest reply body read (`max_body_size`); a longer one fails
+    /// the request with [`BODY_TOO_LARGE`].
+    pub max_body: usize,
     /// Default deadline of a request.
     pub timeout: Duration,
     /// Verify the server's certificate.
@@ -31,6 +34,16 @@ pub struct Settings {
     /// The text `http_error`/`$http_err` holds after a timeout.
     pub timeout_text: &'static str,
 }
+
+/// The error text of a reply whose body is over `max_body_size`.
+pub const BODY_TOO_LARGE: &str = "body too large";
+
+/// The Content-Type a body goes out with when the script sets none: what
+/// libcurl sends for `CURLOPT_POSTFIELDS`, so what Kamailio's module sends.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+
+/// The default of `max_body_size`: 1 MiB, as jsonrpcc's frames and xhttp's bodies.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
 /// One request.
 #[derive(Debug, Clone)]
@@ -102,8 +115,42 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Deadlines reached.
     pub timeouts: AtomicU64,
-    /// Refused at once: the in-flight table was full.
+    /// Refused at once: `max_in_flight` requests were in flight.
     pub refused: AtomicU64,
+    /// Replies whose body was over `max_body_size` (also counted in `errors`).
+    pub too_large: AtomicU64,
+}
+
+/// Why a reply was not taken.
+#[derive(Debug)]
+enum FetchError {
+    Http(reqwest::Error),
+    TooLarge,
+}
+
+impl From<reqwest::Error> for FetchError {
+    fn from(e: reqwest::Error) -> Self {
+        FetchError::Http(e)
+    }
+}
+
+/// Reads a body of at most `max` bytes, chunk by chunk: the first chunk
+/// past the cap ends the read (the connection is then dropped, not pooled).
+async fn read_capped(resp: &mut reqwest::Response, max: usize) -> Result<Bytes, FetchError> {
+    // An announced length over the cap fails before a byte of it is read.
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(FetchError::TooLarge);
+    }
+    // Copied out of the connection's buffers into one of its own size, so a
+    // kept `$http_rb` pins nothing else.
+    let mut body = BytesMut::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Err(FetchError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// The client.
@@ -210,8 +257,10 @@ impl Engine {
         let started = Instant::now();
         let timeout = job.timeout.unwrap_or(self.settings.timeout);
         let mut rb = client.request(job.method.clone(), &job.url);
+        let mut typed = false;
         for h in &job.headers {
             if let Some((n, v)) = h.split_once(':') {
+                typed |= n.trim().eq_ignore_ascii_case("content-type");
                 rb = rb.header(n.trim(), v.trim());
             }
         }
@@ -219,10 +268,14 @@ impl Engine {
             rb = rb.basic_auth(u, p.as_ref());
         }
         if let Some(b) = job.body.clone() {
+            if !typed {
+                rb = rb.header(reqwest::header::CONTENT_TYPE, DEFAULT_CONTENT_TYPE);
+            }
             rb = rb.body(b);
         }
+        let max_body = self.settings.max_body;
         let fetch = async {
-            let resp = rb.send().await?;
+            let mut resp = rb.send().await?;
             let status = resp.status();
             let version = format!("{:?}", resp.version());
             let headers = resp
@@ -235,8 +288,8 @@ impl Engine {
                     )
                 })
                 .collect();
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>((status, version, headers, body))
+            let body = read_capped(&mut resp, max_body).await?;
+            Ok::<_, FetchError>((status, version, headers, body))
         };
         let mut r = HttpResult {
             id: job.id,
@@ -252,11 +305,23 @@ impl Engine {
                 r.headers = headers;
                 r.body = body;
             }
-            Ok(Err(e)) if e.is_timeout() => {
+            Ok(Err(FetchError::TooLarge)) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let n = self.counters.too_large.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        "http: {}: the reply body is over max_body_size ({} bytes); {n} such replies so far",
+                        job.url,
+                        max_body
+                    );
+                }
+                r.err = Some(BODY_TOO_LARGE.to_string());
+            }
+            Ok(Err(FetchError::Http(e))) if e.is_timeout() => {
                 self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                 r.err = Some(self.settings.timeout_text.to_string());
             }
-            Ok(Err(e)) => {
+            Ok(Err(FetchError::Http(e))) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 r.err = Some(error_text(&e));
             }

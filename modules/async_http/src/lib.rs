@@ -4,7 +4,7 @@
 //!   `http_async_post(url, data, route)`; the route runs with
 //!   `$avp(http_rc)`, `$avp(http_rb)`, `$avp(http_error)` (`timeout` after
 //!   `http_timeout`). Params `workers`, `http_timeout` (ms, a total
-//!   deadline), `hash_size` (the in-flight table).
+//!   deadline), `hash_size` (Kamailio's table size: accepted, no limit).
 //! - **http_async_client** (today's Kamailio): `http_async_query(url,
 //!   route)`, `http_async_send(url, route)`, `http_async_send_xdata(url,
 //!   route, xdata)`, `$http_req(key)` setters for the next query, results in
@@ -14,8 +14,13 @@
 //!
 //! In a request route the transaction is created if needed and suspended;
 //! the reply resumes it in the route. Elsewhere the route runs on its own
-//! context (with the caller's `$var`s) when the reply comes. A full in-flight
-//! table makes the call return -1 at once (counted); nothing waits.
+//! context (with the caller's `$var`s) when the reply comes.
+//!
+//! Both modules also take `max_in_flight` (default 10,000: beyond it a call
+//! returns -1 at once, counted; nothing waits) and `max_body_size` (default
+//! 1 MiB: a longer reply body fails the request with "body too large"). A
+//! body goes out as `application/x-www-form-urlencoded`, as libcurl sends it,
+//! unless the script sets a Content-Type.
 
 pub mod engine;
 
@@ -102,7 +107,7 @@ struct Launch {
 fn launch(ex: &mut Exec<'_>, job: HttpJob, l: Launch) -> FnResult {
     let Some(slot) = l.engine.slot() else {
         tracing::warn!(
-            "http: the in-flight table (hash_size) is full: refusing {}",
+            "http: max_in_flight requests are in flight: refusing {}",
             job.url
         );
         return (-1).into();
@@ -486,6 +491,7 @@ impl StatSource for Stats {
             ("errors", &c.errors),
             ("timeouts", &c.timeouts),
             ("refused", &c.refused),
+            ("too_large", &c.too_large),
         ]
         .iter()
         .map(|(n, a)| (format!("{}:{n}", self.1), a.load(Ordering::Relaxed) as i64))
@@ -496,10 +502,24 @@ impl StatSource for Stats {
     }
 }
 
-fn in_flight(cfg: &ModuleConfig) -> usize {
+/// The default of `max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: i64 = 10_000;
+
+/// `hash_size` is the size of Kamailio's table of requests (a power of two,
+/// rounded down); it never limited them. Requests are kept by the runtime
+/// here, so it only has to be valid.
+fn hash_size(cfg: &ModuleConfig) -> usize {
     let n = cfg.int("hash_size").unwrap_or(2048).max(1) as usize;
-    // A power of two, rounded down (as the seed says).
     1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
+/// `max_in_flight` and `max_body_size`, the bounds both modules share.
+fn bounds(cfg: &ModuleConfig) -> Result<(usize, usize), String> {
+    let _ = hash_size(cfg);
+    Ok((
+        positive(cfg, "max_in_flight", DEFAULT_MAX_IN_FLIGHT)? as usize,
+        positive(cfg, "max_body_size", engine::DEFAULT_MAX_BODY as i64)? as usize,
+    ))
 }
 
 fn positive(cfg: &ModuleConfig, name: &str, default: i64) -> Result<i64, String> {
@@ -527,14 +547,18 @@ pub fn def() -> ModuleDef {
             ParamSpec::int("workers"),
             ParamSpec::int("http_timeout"),
             ParamSpec::int("hash_size"),
+            ParamSpec::int("max_in_flight"),
+            ParamSpec::int("max_body_size"),
         ],
         instantiate: Arc::new(|cfg| {
+            let (in_flight, max_body) = bounds(cfg)?;
             module(
                 Api::Seed,
                 "async_http",
                 Settings {
                     workers: positive(cfg, "workers", 1)? as usize,
-                    in_flight: in_flight(cfg),
+                    in_flight,
+                    max_body,
                     timeout: Duration::from_millis(positive(cfg, "http_timeout", 500)? as u64),
                     verify_peer: true,
                     verify_host: true,
@@ -569,8 +593,11 @@ pub fn def_client() -> ModuleDef {
             ParamSpec::int("tcp_ka_interval").no_effect(),
             ParamSpec::int("authmethod").no_effect(),
             ParamSpec::str("memory_manager").no_effect(),
+            ParamSpec::int("max_in_flight"),
+            ParamSpec::int("max_body_size"),
         ],
         instantiate: Arc::new(|cfg| {
+            let (in_flight, max_body) = bounds(cfg)?;
             let keepalive = (cfg.int("tcp_keepalive").unwrap_or(0) != 0)
                 .then(|| Duration::from_secs(cfg.int("tcp_ka_idle").unwrap_or(60).max(1) as u64));
             module(
@@ -578,7 +605,8 @@ pub fn def_client() -> ModuleDef {
                 "http_async_client",
                 Settings {
                     workers: positive(cfg, "workers", 1)? as usize,
-                    in_flight: in_flight(cfg),
+                    in_flight,
+                    max_body,
                     timeout: Duration::from_millis(positive(cfg, "connection_timeout", 500)? as u64),
                     verify_peer: cfg.int("tls_verify_peer").unwrap_or(1) != 0,
                     verify_host: cfg.int("tls_verify_host").unwrap_or(1) != 0,
@@ -597,15 +625,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hash_size_rounds_down_to_a_power_of_two() {
+    fn hash_size_rounds_down_to_a_power_of_two_and_limits_nothing() {
         let mut cfg = ModuleConfig::default();
         for (given, want) in [(1024, 1024), (1000, 512), (1, 1), (0, 1), (3000, 2048)] {
             cfg.params.insert(
                 "hash_size".into(),
                 vec![siphon_script::api::ParamValue::Int(given)],
             );
-            assert_eq!(in_flight(&cfg), want, "{given}");
+            assert_eq!(hash_size(&cfg), want, "{given}");
+            assert_eq!(
+                bounds(&cfg),
+                Ok((DEFAULT_MAX_IN_FLIGHT as usize, 1 << 20)),
+                "{given}"
+            );
         }
+        cfg.params.insert(
+            "max_in_flight".into(),
+            vec![siphon_script::api::ParamValue::Int(0)],
+        );
+        assert!(bounds(&cfg).unwrap_err().contains("max_in_flight"));
     }
 
     #[test]

@@ -239,3 +239,195 @@ route[Q] {{
     let (_, hs) = ask(&srv, "INVITE", &url, 5);
     assert_eq!((h(&hs, "x-ok"), h(&hs, "x-rs")), ("1", "200"), "{hs:?}");
 }
+
+/// `http_async_client` with `extra` params and jsonrpcs (for statistics and
+/// `core.shmmem`); route Q reports the result in X- headers.
+fn client_cfg(extra: &str) -> String {
+    format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "jsonrpcs.so"
+loadmodule "http_async_client.so"
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:0")
+modparam("http_async_client", "connection_timeout", 5000)
+{extra}
+request_route {{
+    if (is_method("ACK")) {{ exit; }}
+    if (is_method("MESSAGE")) {{
+        $http_req(body) = "{{\"a\":1}}";
+        $http_req(hdr) = "Content-Type: application/json";
+    }} else if (is_method("INFO")) {{
+        $http_req(body) = "a=1&b=2";
+    }}
+    http_async_query("$hdr(X-Url)", "Q");
+}}
+route[Q] {{
+    # A long body would not fit the UDP reply.
+    $var(rb) = "long";
+    if ($http_ok == 1 && $http_bs < 1000) {{ $var(rb) = $http_rb; }}
+    append_to_reply("X-Ok: $http_ok\r\nX-Rs: $http_rs\r\nX-Rb: $var(rb)\r\nX-Bs: $http_bs\r\nX-Err: $http_err\r\n");
+    t_reply("200", "OK");
+}}
+"#
+    )
+}
+
+/// Resident memory of the server (`core.shmmem`).
+fn rss(srv: &Server) -> u64 {
+    super::jsonrpcs::rpc_doc(srv, "core.shmmem", serde_json::json!([]))["result"]["used"]
+        .as_u64()
+        .expect("core.shmmem used")
+}
+
+#[test]
+fn reply_bodies_over_max_body_size_fail_as_body_too_large() {
+    let app = app(None);
+    let srv = Server::start(&client_cfg(
+        "modparam(\"http_async_client\", \"max_body_size\", 100000)",
+    ));
+    let base = format!("http://127.0.0.1:{}/big", app.port);
+    // At the cap: taken, announced or chunked.
+    for (n, url) in [
+        (1, format!("{base}/100000")),
+        (2, format!("{base}/100000?chunked=1")),
+    ] {
+        let (_, hs) = ask(&srv, "INVITE", &url, n);
+        assert_eq!((h(&hs, "x-ok"), h(&hs, "x-bs")), ("1", "100000"), "{url}");
+    }
+    // One byte over: refused on the Content-Length, or as the chunks pass the cap.
+    for (n, url) in [
+        (3, format!("{base}/100001")),
+        (4, format!("{base}/100001?chunked=1")),
+        (5, format!("{base}/104857600?chunked=1")),
+    ] {
+        let (_, hs) = ask(&srv, "INVITE", &url, n);
+        assert_eq!(
+            (h(&hs, "x-ok"), h(&hs, "x-err"), h(&hs, "x-rs")),
+            ("0", "body too large", "<null>"),
+            "{url}"
+        );
+    }
+    assert_eq!(
+        super::jsonrpcs::stat(&srv, "http_async_client:too_large"),
+        3
+    );
+    assert_eq!(super::jsonrpcs::stat(&srv, "http_async_client:errors"), 3);
+    // The seed's API says so in $avp(http_error).
+    let seed = Server::start(&SEED_CFG.replace(
+        "modparam(\"async_http\", \"hash_size\", 1024)",
+        "modparam(\"async_http\", \"http_timeout\", 5000)\nmodparam(\"async_http\", \"max_body_size\", 1000)",
+    ));
+    let (_, hs) = ask(&seed, "INVITE", &format!("{base}/1001?chunked=1"), 6);
+    assert_eq!(
+        (h(&hs, "x-err"), h(&hs, "x-rc")),
+        ("body too large", "<null>")
+    );
+}
+
+#[test]
+fn a_100_mb_reply_costs_no_memory_with_the_default_cap() {
+    let app = app(None);
+    let srv = Server::start(&client_cfg(""));
+    let base = format!("http://127.0.0.1:{}/big", app.port);
+    // Warm up the client and its pool with one body at the cap (1 MiB).
+    let (_, hs) = ask(&srv, "INVITE", &format!("{base}/1048576"), 1);
+    assert_eq!((h(&hs, "x-ok"), h(&hs, "x-bs")), ("1", "1048576"));
+    let before = rss(&srv);
+    for (n, q) in [(2, ""), (3, "?chunked=1"), (4, ""), (5, "?chunked=1")] {
+        let (_, hs) = ask(&srv, "INVITE", &format!("{base}/104857600{q}"), n);
+        assert_eq!(h(&hs, "x-err"), "body too large", "{q}");
+    }
+    let after = rss(&srv);
+    let grew = after.saturating_sub(before);
+    eprintln!(
+        "RSS before {} KiB, after four 100 MB replies {} KiB (+{} KiB)",
+        before / 1024,
+        after / 1024,
+        grew / 1024
+    );
+    // Without the cap one such reply costs +265 MB.
+    assert!(grew < 32 << 20, "+{} KiB", grew / 1024);
+}
+
+#[test]
+fn bodies_go_out_form_urlencoded_unless_the_script_sets_a_type() {
+    let app = app(None);
+    let url = format!("http://127.0.0.1:{}/ctype", app.port);
+    let srv = Server::start(&client_cfg(""));
+    let (_, hs) = ask(&srv, "INFO", &url, 1);
+    assert_eq!(h(&hs, "x-rb"), "application/x-www-form-urlencoded");
+    let (_, hs) = ask(&srv, "MESSAGE", &url, 2);
+    assert_eq!(h(&hs, "x-rb"), "application/json");
+    // A GET without a body has none.
+    let (_, hs) = ask(&srv, "INVITE", &url, 3);
+    assert_eq!(h(&hs, "x-rb"), "-");
+    drop(srv);
+    // The seed's http_async_post.
+    let seed = Server::start(SEED_CFG);
+    let (_, hs) = ask(&seed, "MESSAGE", &url, 4);
+    assert_eq!(h(&hs, "x-rb"), "application/x-www-form-urlencoded");
+}
+
+#[test]
+fn hash_size_is_a_table_size_not_a_limit_on_requests_in_flight() {
+    let app = app(None);
+    // hash_size 2; five requests held by the app until all five arrived.
+    let srv = Server::start(
+        &SEED_CFG
+            .replace("\"hash_size\", 1024", "\"hash_size\", 2")
+            .replace("\"http_timeout\", 500", "\"http_timeout\", 4000"),
+    );
+    let url = format!("http://127.0.0.1:{}/gather/5", app.port);
+    let answers: Vec<(u16, Vec<(String, String)>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..5)
+            .map(|n| {
+                let (srv, url) = (&srv, &url);
+                s.spawn(move || ask(srv, "INVITE", url, 100 + n))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (code, hs) in &answers {
+        assert_eq!(
+            (*code, h(hs, "x-rc"), h(hs, "x-rb")),
+            (200, "200", "gathered 5"),
+            "{hs:?}"
+        );
+    }
+}
+
+#[test]
+fn max_in_flight_refuses_beyond_it_at_once() {
+    let app = app(None);
+    let srv = Server::start(&client_cfg(
+        "modparam(\"http_async_client\", \"max_in_flight\", 1)",
+    ));
+    // One held by the app (it waits for a second that never comes within the
+    // test), the next refused: -1, the script goes on and says so.
+    let held = format!("http://127.0.0.1:{}/gather/2", app.port);
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request(
+        "INVITE",
+        uac.addr(),
+        "held1",
+        "cheld1",
+        &format!("X-Url: {held}\r\n"),
+    ));
+    // Wait until it is in flight.
+    let deadline = Instant::now() + W;
+    while super::jsonrpcs::stat(&srv, "http_async_client:requests") < 1 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uac2 = UdpUac::new(srv.udp);
+    uac2.send(&request(
+        "INVITE",
+        uac2.addr(),
+        "held2",
+        "cheld2",
+        &format!("X-Url: {held}\r\n"),
+    ));
+    assert!(srv.log_soon("max_in_flight requests are in flight"));
+    assert_eq!(super::jsonrpcs::stat(&srv, "http_async_client:refused"), 1);
+}

@@ -7,6 +7,11 @@ certificate and key it serves HTTPS)
   any  /echo           -> 200 with method, body and X-Test header
   GET  /missing        -> 404 "no such thing"
   GET  /fail           -> 500 "broken"
+  GET  /big/N[?chunked=1] -> 200 with N bytes "x" in 64 KiB writes
+                          (Content-Length announced, or chunked)
+  any  /ctype          -> 200 with the request's Content-Type ("-": none)
+  GET  /gather/N      -> holds every request until N are held, then
+                          answers them all 200 "gathered N"
 """
 import asyncio
 import ssl
@@ -36,7 +41,49 @@ async def fail(request):
     return web.Response(status=500, text="broken")
 
 
+async def big(request):
+    n = int(request.match_info["n"])
+    resp = web.StreamResponse()
+    if request.query.get("chunked"):
+        resp.enable_chunked_encoding()
+    else:
+        resp.content_length = n
+    await resp.prepare(request)
+    chunk = b"x" * 65536
+    try:
+        while n > 0:
+            await resp.write(chunk[:min(n, len(chunk))])
+            n -= len(chunk)
+        await resp.write_eof()
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client stopped reading: that is the point
+    return resp
+
+
+async def ctype(request):
+    await request.read()
+    return web.Response(text=request.headers.get("Content-Type", "-"))
+
+
+held = []
+
+
+async def gather(request):
+    n = int(request.match_info["n"])
+    ev = asyncio.Event()
+    held.append(ev)
+    if len(held) >= n:
+        for e in held:
+            e.set()
+        held.clear()
+    await ev.wait()
+    return web.Response(text="gathered %d" % n)
+
+
 app = web.Application()
+app.router.add_get("/big/{n}", big)
+app.router.add_route("*", "/ctype", ctype)
+app.router.add_get("/gather/{n}", gather)
 app.router.add_get("/user", user)
 app.router.add_route("*", "/echo", echo)
 app.router.add_get("/missing", missing)
