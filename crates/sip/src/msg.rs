@@ -370,7 +370,9 @@ fn parse_start(buf: Bytes, http: bool, one_content_length: bool) -> Result<SipMs
     }
     // Body, bounded by Content-Length when there is one.
     let available = b.len() - pos;
-    let mut lengths = headers.iter().filter(|h| h.name == HeaderName::ContentLength);
+    let mut lengths = headers
+        .iter()
+        .filter(|h| h.name == HeaderName::ContentLength);
     let first_length = lengths.next();
     if one_content_length && lengths.next().is_some() {
         return Err(ParseError::DuplicateContentLength);

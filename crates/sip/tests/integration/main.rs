@@ -258,8 +258,14 @@ fn duplicate_content_length_is_refused_in_framing_and_parsing() {
     let head = "INVITE sip:a@h SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nFrom: <sip:x@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n";
     let inner = "BYE sip:a@h SIP/2.0\r\nContent-Length: 0\r\n\r\n";
     for (first, second) in [
-        ("Content-Length: 0", format!("Content-Length: {}", inner.len())),
-        (&*format!("l: {}", inner.len()), "Content-Length: 0".to_string()),
+        (
+            "Content-Length: 0",
+            format!("Content-Length: {}", inner.len()),
+        ),
+        (
+            &*format!("l: {}", inner.len()),
+            "Content-Length: 0".to_string(),
+        ),
         // Equal values are refused too, as Kamailio does.
         ("Content-Length: 0", "content-length: 0".to_string()),
     ] {
@@ -282,7 +288,8 @@ fn duplicate_content_length_is_refused_in_framing_and_parsing() {
 #[test]
 fn framing_reads_headers_as_the_parser_does() {
     // A folded line is part of the header before it: not a Content-Length of its own.
-    let folded = "OPTIONS sip:a SIP/2.0\r\nContent-Length: 0\r\nX-A: b\r\n Content-Length: 40\r\n\r\n";
+    let folded =
+        "OPTIONS sip:a SIP/2.0\r\nContent-Length: 0\r\nX-A: b\r\n Content-Length: 40\r\n\r\n";
     assert_eq!(
         tcp_frame_len(folded.as_bytes(), MAX_MESSAGE),
         Ok(Some(folded.len()))
@@ -290,7 +297,10 @@ fn framing_reads_headers_as_the_parser_does() {
     assert_eq!(parse(Bytes::from(folded)).unwrap().body.len(), 0);
     // Headers end at the first empty line, LF or CRLF: a Content-Length after it is body.
     let lf = "OPTIONS sip:a SIP/2.0\nContent-Length: 4\n\nl: 9\r\n\r\n";
-    assert_eq!(tcp_frame_len(lf.as_bytes(), MAX_MESSAGE), Ok(Some(lf.len() - 4)));
+    assert_eq!(
+        tcp_frame_len(lf.as_bytes(), MAX_MESSAGE),
+        Ok(Some(lf.len() - 4))
+    );
     assert_eq!(&parse(Bytes::from(lf)).unwrap().body_bytes()[..], b"l: 9");
     // The start line is not a header.
     assert_eq!(
@@ -307,7 +317,39 @@ mod props {
         "[A-Za-z0-9.!%*_+`'~-]{1,12}"
     }
 
+    /// Header lines that move message boundaries: lengths in both spellings,
+    /// folded lines, bare LF endings, empty lines.
+    fn framing_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0usize..12).prop_map(|n| format!("Content-Length: {n}")),
+            (0usize..12).prop_map(|n| format!("l: {n}")),
+            (0usize..12).prop_map(|n| format!(" Content-Length: {n}")),
+            Just("X-A: b".to_string()),
+            Just(String::new()),
+        ]
+        .prop_flat_map(|l| prop_oneof![Just(format!("{l}\r\n")), Just(format!("{l}\n"))])
+    }
+
     proptest! {
+        /// Where the framer says a message ends is where the parser says its body ends.
+        #[test]
+        fn framing_and_parsing_agree_on_the_end(lines in proptest::collection::vec(framing_line(), 0..8), tail in "[a-z\r\n:]{0,30}") {
+            let mut s = "OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n".to_string();
+            for l in &lines {
+                s.push_str(l);
+            }
+            s.push_str("\r\n");
+            s.push_str(&tail);
+            if let Ok(Some(n)) = tcp_frame_len(s.as_bytes(), MAX_MESSAGE)
+                && let Ok(m) = parse(Bytes::copy_from_slice(&s.as_bytes()[..n]))
+            {
+                prop_assert_eq!(m.body.end as usize, n, "{:?}", s);
+            }
+            if parse(Bytes::from(s.clone())).err() == Some(ParseError::DuplicateContentLength) {
+                prop_assert_eq!(tcp_frame_len(s.as_bytes(), MAX_MESSAGE), Err(FrameError::DuplicateContentLength));
+            }
+        }
+
         #[test]
         fn parse_serialise_parse(user in token(), tag in token(), callid in token(), cseq in 1u32..1_000_000, extra in proptest::collection::vec((token(), "[ -~]{0,20}"), 0..6), body in "[ -~]{0,40}") {
             let mut s = format!("MESSAGE sip:{user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2;branch=z9hG4bK{tag}\r\nFrom: <sip:{user}@127.0.0.2>;tag={tag}\r\nTo: <sip:{user}@127.0.0.1>\r\nCall-ID: {callid}\r\nCSeq: {cseq} MESSAGE\r\n");
