@@ -32,19 +32,75 @@ pub struct Event {
     pub params: EventParams,
 }
 
+/// Who asks for a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The configuration (`subscribe_event` in the script): trusted, as the
+    /// configuration can do anything anyway.
+    Config,
+    /// A management command (`event_subscribe`): checked against the
+    /// transport's allow-list. `source` says where it came from, for the log.
+    Rpc {
+        /// The transport and peer, when known (`rpc`).
+        source: String,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Config => f.write_str("the configuration"),
+            Origin::Rpc { source } => write!(f, "RPC from {source}"),
+        }
+    }
+}
+
 /// A kind of subscriber socket (`jsonrpc:`), provided by a module.
 pub trait EventTransport: Send + Sync {
     /// The socket prefix before the first `:` (`jsonrpc`).
     fn proto(&self) -> &'static str;
     /// A subscriber for the rest of the socket text (`127.0.0.1:8080/method`).
-    fn subscriber(&self, target: &str) -> Result<Arc<dyn EventSubscriber>, String>;
+    /// `evi` resolves sockets a transport is made of (event_virtual's members).
+    fn subscriber(&self, target: &str, evi: &Evi) -> Result<Arc<dyn EventSubscriber>, String>;
+    /// Whether a management command may subscribe `target`: `Err(why)` when
+    /// the destination is not on the transport's allow-list. Subscriptions
+    /// from the configuration are not checked.
+    fn admit(&self, _target: &str, _evi: &Evi) -> Result<(), String> {
+        Ok(())
+    }
 }
+
+/// How one delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered: the peer confirmed it (sync_mode) or, without
+    /// confirmations, it was written to the peer.
+    Confirmed,
+    /// Not confirmed; why (`timeout`, `error reply`, `failed`, `dropped`).
+    Unconfirmed(&'static str),
+}
+
+/// Told once how a delivery ended; called from the transport's task, so it
+/// must not block.
+pub type OnOutcome = Box<dyn FnOnce(Outcome) + Send>;
 
 /// Where one subscription's events go.
 pub trait EventSubscriber: Send + Sync {
     /// Queues an event for delivery; never blocks. `false` when it was dropped
     /// (a full queue, a peer that is down): the transport counts it.
     fn deliver(&self, event: &Arc<Event>) -> bool;
+    /// Queues an event and reports how its delivery ends through `done`
+    /// (exactly once, later). The default reports `Confirmed` once queued: a
+    /// transport without confirmations.
+    fn deliver_then(&self, event: &Arc<Event>, done: OnOutcome) -> bool {
+        let ok = self.deliver(event);
+        done(if ok {
+            Outcome::Confirmed
+        } else {
+            Outcome::Unconfirmed("dropped")
+        });
+        ok
+    }
     /// Its delivery counters, for `subscribers_list`.
     fn stats(&self) -> Value {
         Value::Null
@@ -65,6 +121,9 @@ pub enum EviError {
     /// The transport refused the target.
     #[error("bad subscriber socket `{0}`: {1}")]
     BadSocket(String, String),
+    /// A management command asked for a destination off the allow-list.
+    #[error("subscriber `{0}` refused: {1}")]
+    Refused(String, String),
     /// An event name that cannot be one.
     #[error("bad event name `{0}`")]
     BadName(String),
@@ -151,6 +210,23 @@ impl Evi {
         }
     }
 
+    /// The transport for a socket prefix (`jsonrpc`).
+    pub fn transport(&self, proto: &str) -> Option<Arc<dyn EventTransport>> {
+        self.transports.read().ok()?.get(proto).cloned()
+    }
+
+    /// The transport and the rest of `socket` (`jsonrpc:127.0.0.1:8080` →
+    /// the jsonrpc transport and `127.0.0.1:8080`).
+    pub fn transport_for<'a>(
+        &self,
+        socket: &'a str,
+    ) -> Result<(Arc<dyn EventTransport>, &'a str), EviError> {
+        let unknown = || EviError::UnknownTransport(socket.to_string(), self.transport_names());
+        let (proto, target) = socket.trim().split_once(':').ok_or_else(unknown)?;
+        let t = self.transport(proto).ok_or_else(unknown)?;
+        Ok((t, target))
+    }
+
     fn transport_names(&self) -> String {
         let mut v: Vec<&str> = self
             .transports
@@ -165,14 +241,26 @@ impl Evi {
         }
     }
 
-    /// Subscribes `socket` to `event`. `expire`: seconds (`Some(0)`
-    /// unsubscribes), `None` never expires. Subscribing the same socket again
-    /// refreshes it.
+    /// Subscribes `socket` to `event` for the configuration. `expire`:
+    /// seconds (`Some(0)` unsubscribes), `None` never expires. Subscribing the
+    /// same socket again refreshes it.
     pub fn subscribe(
         &self,
         event: &str,
         socket: &str,
         expire: Option<u64>,
+    ) -> Result<(), EviError> {
+        self.subscribe_from(event, socket, expire, &Origin::Config)
+    }
+
+    /// [`Evi::subscribe`] for `origin`: a management command's destination
+    /// must pass the transport's allow-list; a refusal is logged with its source.
+    pub fn subscribe_from(
+        &self,
+        event: &str,
+        socket: &str,
+        expire: Option<u64>,
+        origin: &Origin,
     ) -> Result<(), EviError> {
         let socket = socket.trim();
         if !self.is_declared(event) {
@@ -181,6 +269,13 @@ impl Evi {
         if expire == Some(0) {
             self.unsubscribe(event, socket);
             return Ok(());
+        }
+        if matches!(origin, Origin::Rpc { .. }) {
+            let (t, target) = self.transport_for(socket)?;
+            if let Err(why) = t.admit(target, self) {
+                tracing::warn!("event_subscribe {event} {socket} from {origin} refused: {why}");
+                return Err(EviError::Refused(socket.to_string(), why));
+            }
         }
         let expires = expire.map(|s| {
             (
@@ -198,19 +293,9 @@ impl Evi {
             s.since = SystemTime::now();
             return Ok(());
         }
-        let (proto, target) = socket.split_once(':').ok_or_else(|| {
-            EviError::UnknownTransport(socket.to_string(), self.transport_names())
-        })?;
-        let t = self
-            .transports
-            .read()
-            .ok()
-            .and_then(|m| m.get(proto).cloned())
-            .ok_or_else(|| {
-                EviError::UnknownTransport(socket.to_string(), self.transport_names())
-            })?;
+        let (t, target) = self.transport_for(socket)?;
         let sub = t
-            .subscriber(target)
+            .subscriber(target, self)
             .map_err(|e| EviError::BadSocket(socket.to_string(), e))?;
         if let Ok(mut e) = self.events.write() {
             let subs = e.entry(event.to_string()).or_default();
@@ -508,9 +593,12 @@ pub fn rpc_commands() -> Vec<crate::rpc::RpcSpec> {
                         }
                     },
                 };
+                let origin = Origin::Rpc {
+                    source: "rpc".to_string(),
+                };
                 c.program
                     .evi()
-                    .subscribe(&event, &socket, Some(expire))
+                    .subscribe_from(&event, &socket, Some(expire), &origin)
                     .map_err(failed)?;
                 Ok(json!("OK"))
             },
@@ -587,12 +675,64 @@ mod tests {
         fn proto(&self) -> &'static str {
             "test"
         }
-        fn subscriber(&self, target: &str) -> Result<Arc<dyn EventSubscriber>, String> {
+        fn subscriber(&self, target: &str, _: &Evi) -> Result<Arc<dyn EventSubscriber>, String> {
             if target == "bad" {
                 return Err("bad target".into());
             }
             Ok(self.0.clone())
         }
+        fn admit(&self, target: &str, _: &Evi) -> Result<(), String> {
+            if target.starts_with("far") {
+                return Err("not on the allow-list".into());
+            }
+            Ok(())
+        }
+    }
+
+    /// A registry with the test transport and `event` declared.
+    fn registry(event: &str) -> (Evi, Arc<Collect>) {
+        let evi = Evi::new();
+        let c = Arc::new(Collect::default());
+        evi.add_transport(Arc::new(T(c.clone())));
+        evi.declare(event).unwrap();
+        (evi, c)
+    }
+
+    #[test]
+    fn rpc_subscriptions_pass_the_allow_list_config_ones_do_not_need_to() {
+        let (evi, _) = registry("E_X");
+        let rpc = Origin::Rpc {
+            source: "udp:127.0.0.1:9".into(),
+        };
+        assert_eq!(
+            evi.subscribe_from("E_X", "test:far", Some(10), &rpc),
+            Err(EviError::Refused(
+                "test:far".into(),
+                "not on the allow-list".into()
+            ))
+        );
+        evi.subscribe_from("E_X", "test:near", Some(10), &rpc)
+            .unwrap();
+        evi.subscribe("E_X", "test:far", None).unwrap();
+        assert_eq!(
+            evi.subscribers(Some("E_X"), None)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        // Unsubscribing is never refused.
+        evi.subscribe_from("E_X", "test:far", Some(0), &rpc)
+            .unwrap();
+        assert_eq!(
+            evi.subscribers(Some("E_X"), None)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -642,10 +782,7 @@ mod tests {
 
     #[test]
     fn expired_subscriptions_are_pruned() {
-        let evi = Evi::new();
-        let c = Arc::new(Collect::default());
-        evi.add_transport(Arc::new(T(c.clone())));
-        evi.declare("E_Y").unwrap();
+        let (evi, _) = registry("E_Y");
         evi.subscribe("E_Y", "test:a", Some(1)).unwrap();
         {
             let mut e = evi.events.write().unwrap();

@@ -8,23 +8,28 @@
 //! reply is awaited — by the destination's task, never by the code that
 //! raised the event), `timeout` (ms, default 1000: how old an event may get
 //! before it is sent, and in sync_mode how long its reply may take),
-//! `event_param` (adds the event name under that key, or as the last array
-//! element).
+//! `event_param` (adds the event name under that key, or as the first array
+//! element); an event without params is sent with `"params":{}`.
 //!
 //! Each destination has a bounded queue and its own task: a subscriber that
 //! is down or slow loses only its own events (dropped, counted, logged);
 //! a broken connection is reopened by the next event, with a backoff while
 //! the peer refuses.
+//!
+//! `allowed_subscribers` (CIDRs, addresses or host names; default loopback
+//! only) limits where `event_subscribe` over RPC may make siphon connect;
+//! `subscribe_event` in the configuration is trusted and not checked.
 
 mod sender;
 
+use ipnet::IpNet;
 use serde_json::{Value, json};
 use siphon_script::api::*;
-use siphon_script::evi::{Event, EventSubscriber, EventTransport};
+use siphon_script::evi::{Event, EventSubscriber, EventTransport, Evi, OnOutcome, Outcome};
 use siphon_script::rpc::StatSource;
 use siphon_script::{ModuleDef, ParamSpec};
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +46,46 @@ pub struct Config {
     pub timeout: Duration,
     /// `event_param`.
     pub event_param: Option<String>,
+    /// `allowed_subscribers`: where RPC subscriptions may point.
+    pub allowed: Vec<IpNet>,
+}
+
+/// The default of `allowed_subscribers`: this machine only.
+pub const DEFAULT_ALLOWED: &str = "127.0.0.0/8, ::1";
+
+/// `allowed_subscribers` values: CIDRs, addresses, host names (every address
+/// they resolve to now) or `any`, separated by commas or spaces.
+pub fn parse_allowed<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Vec<IpNet>, String> {
+    let mut out = Vec::new();
+    for item in values
+        .into_iter()
+        .flat_map(|v| v.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|s| !s.is_empty())
+    {
+        if item.eq_ignore_ascii_case("any") {
+            out.push("0.0.0.0/0".parse().map_err(|e| format!("{e}"))?);
+            out.push("::/0".parse().map_err(|e| format!("{e}"))?);
+        } else if let Ok(n) = item.parse::<IpNet>() {
+            out.push(n.trunc());
+        } else if let Ok(ip) = item.trim_matches(['[', ']']).parse::<IpAddr>() {
+            out.push(IpNet::from(ip));
+        } else {
+            let addrs = (item, 0).to_socket_addrs().map_err(|e| {
+                format!("allowed_subscribers: `{item}` is no CIDR, address or known host: {e}")
+            })?;
+            out.extend(addrs.map(|a| IpNet::from(a.ip())));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `ip` is inside the allow-list (IPv4-mapped IPv6 as IPv4).
+fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    list.iter().any(|n| n.contains(&ip))
 }
 
 /// Delivery counters (per subscriber and for the module).
@@ -58,6 +103,9 @@ pub struct Counters {
     pub failed: AtomicU64,
     /// Dropped because the destination's queue was full.
     pub dropped: AtomicU64,
+    /// Not confirmed, whatever the reason (errors, timeouts, failed,
+    /// dropped): what event_virtual fails over on.
+    pub unconfirmed: AtomicU64,
 }
 
 impl Counters {
@@ -66,6 +114,7 @@ impl Counters {
         json!({
             "sent": g(&self.sent), "replied": g(&self.replied), "errors": g(&self.errors),
             "timeouts": g(&self.timeouts), "failed": g(&self.failed), "dropped": g(&self.dropped),
+            "unconfirmed": g(&self.unconfirmed),
         })
     }
 }
@@ -77,12 +126,31 @@ pub(crate) fn bump(pair: &[Arc<Counters>; 2], f: fn(&Counters) -> &AtomicU64) {
     }
 }
 
+/// Ends a delivery: bumps `f` (and `unconfirmed` for anything but a
+/// confirmation) and tells whoever waits for the outcome.
+pub(crate) fn settle(
+    pair: &[Arc<Counters>; 2],
+    f: fn(&Counters) -> &AtomicU64,
+    done: Option<OnOutcome>,
+    outcome: Outcome,
+) {
+    bump(pair, f);
+    if outcome != Outcome::Confirmed {
+        bump(pair, |c| &c.unconfirmed);
+    }
+    if let Some(done) = done {
+        done(outcome);
+    }
+}
+
 /// One event on its way to a destination.
 pub(crate) struct Job {
     pub(crate) event: Arc<Event>,
     pub(crate) method: Option<Arc<str>>,
     pub(crate) counters: [Arc<Counters>; 2],
     pub(crate) queued: Instant,
+    /// Told how the delivery ended (event_virtual).
+    pub(crate) done: Option<OnOutcome>,
 }
 
 /// `jsonrpc:host:port[/method]` → address and method.
@@ -118,19 +186,26 @@ struct Subscriber {
     counters: [Arc<Counters>; 2],
 }
 
-impl EventSubscriber for Subscriber {
-    fn deliver(&self, event: &Arc<Event>) -> bool {
+impl Subscriber {
+    fn queue(&self, event: &Arc<Event>, done: Option<OnOutcome>) -> bool {
         let job = Job {
             event: event.clone(),
             method: self.method.clone(),
             counters: self.counters.clone(),
             queued: Instant::now(),
+            done,
         };
         match self.queue.try_send(job) {
             Ok(()) => true,
             Err(e) => {
-                let job = e.into_inner();
-                bump(&job.counters, |c| &c.dropped);
+                let mut job = e.into_inner();
+                let done = job.done.take();
+                settle(
+                    &job.counters,
+                    |c| &c.dropped,
+                    done,
+                    Outcome::Unconfirmed("dropped"),
+                );
                 let n = job.counters[0].dropped.load(Ordering::Relaxed);
                 if n.is_power_of_two() {
                     tracing::warn!(
@@ -141,6 +216,16 @@ impl EventSubscriber for Subscriber {
                 false
             }
         }
+    }
+}
+
+impl EventSubscriber for Subscriber {
+    fn deliver(&self, event: &Arc<Event>) -> bool {
+        self.queue(event, None)
+    }
+    /// Confirmed by the reply in sync_mode, by the write otherwise.
+    fn deliver_then(&self, event: &Arc<Event>, done: OnOutcome) -> bool {
+        self.queue(event, Some(done))
     }
     fn stats(&self) -> Value {
         self.counters[0].json()
@@ -157,7 +242,17 @@ impl EventTransport for Transport {
     fn proto(&self) -> &'static str {
         "jsonrpc"
     }
-    fn subscriber(&self, target: &str) -> Result<Arc<dyn EventSubscriber>, String> {
+    fn admit(&self, target: &str, _: &Evi) -> Result<(), String> {
+        let (addr, _) = parse_target(target)?;
+        if allowed(&self.cfg.allowed, addr.ip()) {
+            return Ok(());
+        }
+        Err(format!(
+            "{} is not in event_jsonrpc's allowed_subscribers",
+            addr.ip()
+        ))
+    }
+    fn subscriber(&self, target: &str, _: &Evi) -> Result<Arc<dyn EventSubscriber>, String> {
         let (addr, method) = parse_target(target)?;
         let queue = {
             let mut dests = self.dests.lock().map_err(|_| "poisoned".to_string())?;
@@ -194,6 +289,7 @@ impl StatSource for Stats {
             ("event_jsonrpc:timeouts".into(), g(&c.timeouts)),
             ("event_jsonrpc:failed".into(), g(&c.failed)),
             ("event_jsonrpc:dropped".into(), g(&c.dropped)),
+            ("event_jsonrpc:unconfirmed".into(), g(&c.unconfirmed)),
         ]
     }
     fn reset(&self, name: &str) {
@@ -205,6 +301,7 @@ impl StatSource for Stats {
             "event_jsonrpc:timeouts" => &c.timeouts,
             "event_jsonrpc:failed" => &c.failed,
             "event_jsonrpc:dropped" => &c.dropped,
+            "event_jsonrpc:unconfirmed" => &c.unconfirmed,
             _ => return,
         };
         f.store(0, Ordering::Relaxed);
@@ -236,6 +333,7 @@ pub fn def() -> ModuleDef {
             ParamSpec::int("sync_mode"),
             ParamSpec::int("timeout"),
             ParamSpec::str("event_param"),
+            ParamSpec::str("allowed_subscribers").multi(),
         ],
         instantiate: Arc::new(|cfg| {
             let timeout = cfg.int("timeout").unwrap_or(1000);
@@ -244,7 +342,21 @@ pub fn def() -> ModuleDef {
                     "timeout must be a positive number of milliseconds, found {timeout}"
                 ));
             }
+            let given: Vec<String> = cfg
+                .all("allowed_subscribers")
+                .iter()
+                .map(|v| match v {
+                    siphon_script::api::ParamValue::Str(s) => s.clone(),
+                    siphon_script::api::ParamValue::Int(n) => n.to_string(),
+                })
+                .collect();
+            let allowed = if given.is_empty() {
+                parse_allowed([DEFAULT_ALLOWED])?
+            } else {
+                parse_allowed(given.iter().map(String::as_str))?
+            };
             let cfg = Config {
+                allowed,
                 sync: cfg.int("sync_mode").unwrap_or(0) != 0,
                 timeout: Duration::from_millis(timeout as u64),
                 event_param: cfg.str("event_param").filter(|s| !s.is_empty()),
@@ -279,5 +391,27 @@ mod tests {
         assert!(parse_target("127.0.0.1:0").is_err());
         assert!(parse_target(":80").is_err());
         assert!(parse_target("127.0.0.1:x").is_err());
+    }
+
+    #[test]
+    fn allow_lists() {
+        let def = parse_allowed([DEFAULT_ALLOWED]).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(allowed(&def, ip("127.0.0.1")));
+        assert!(allowed(&def, ip("127.9.9.9")));
+        assert!(allowed(&def, ip("::1")));
+        assert!(allowed(&def, ip("::ffff:127.0.0.1")));
+        assert!(!allowed(&def, ip("10.0.0.1")));
+        assert!(!allowed(&def, ip("169.254.169.254")));
+        let l = parse_allowed(["10.1.0.0/16 192.0.2.7,[2001:db8::1]", "localhost"]).unwrap();
+        assert!(allowed(&l, ip("10.1.200.3")));
+        assert!(!allowed(&l, ip("10.2.0.1")));
+        assert!(allowed(&l, ip("192.0.2.7")));
+        assert!(allowed(&l, ip("2001:db8::1")));
+        assert!(allowed(&l, ip("127.0.0.1")), "localhost resolved");
+        let any = parse_allowed(["any"]).unwrap();
+        assert!(allowed(&any, ip("203.0.113.9")) && allowed(&any, ip("2001:db8::9")));
+        assert!(parse_allowed(["10.0.0.0/99"]).is_err());
+        assert!(parse_allowed(["no-such-host.invalid"]).is_err());
     }
 }

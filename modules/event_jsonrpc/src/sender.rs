@@ -3,10 +3,10 @@
 //! sync_mode matches the replies a reader task parses from the stream of
 //! concatenated JSON values.
 
-use crate::{Config, Counters, Job, bump};
+use crate::{Config, Counters, Job, settle};
 use bytes::BytesMut;
 use serde_json::Value;
-use siphon_script::evi::{Event, EventParams};
+use siphon_script::evi::{Event, EventParams, OnOutcome, Outcome};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,8 +25,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// An event's params as the wire shows them, serialised in place: an
 /// object for named values (with `event_param` first), an array otherwise
-/// (with the event name last). A name given twice keeps its first place and
-/// its last value, as a JSON object would.
+/// (with the event name first, as seed 001's `timeout` note says); no
+/// params at all is an object, `{}` (or just `event_param`), as OpenSIPS
+/// sends it. A name given twice keeps its first place and its last value,
+/// as a JSON object would.
 struct Params<'a> {
     ev: &'a Event,
     event_param: Option<&'a str>,
@@ -37,6 +39,13 @@ impl serde::Serialize for Params<'_> {
         use serde::ser::{SerializeMap, SerializeSeq};
         let name = &*self.ev.name;
         match &self.ev.params {
+            EventParams::Values(vs) if vs.is_empty() => {
+                let mut m = ser.serialize_map(None)?;
+                if let Some(k) = self.event_param {
+                    m.serialize_entry(k, name)?;
+                }
+                m.end()
+            }
             EventParams::Named(kv) => {
                 let last = |k: &str| kv.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v);
                 let mut m = ser.serialize_map(None)?;
@@ -57,11 +66,11 @@ impl serde::Serialize for Params<'_> {
             }
             EventParams::Values(vs) => {
                 let mut a = ser.serialize_seq(None)?;
-                for v in vs {
-                    a.serialize_element(v)?;
-                }
                 if self.event_param.is_some() {
                     a.serialize_element(name)?;
+                }
+                for v in vs {
+                    a.serialize_element(v)?;
                 }
                 a.end()
             }
@@ -87,6 +96,14 @@ struct Pending {
     deadline: Instant,
     event: Arc<str>,
     counters: [Arc<Counters>; 2],
+    done: Option<OnOutcome>,
+}
+
+const FAILED: Outcome = Outcome::Unconfirmed("failed");
+
+/// Fails a job that never made it to the wire.
+fn fail(j: &mut Job) {
+    settle(&j.counters, |c| &c.failed, j.done.take(), FAILED);
 }
 
 type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
@@ -129,7 +146,7 @@ fn fail_all(pending: &PendingMap, why: &str, addr: SocketAddr) {
         );
     }
     for p in drained {
-        bump(&p.counters, |c| &c.failed);
+        settle(&p.counters, |c| &c.failed, p.done, FAILED);
     }
 }
 
@@ -158,14 +175,21 @@ async fn read_replies(
                         let p = id.and_then(|id| pending.lock().ok()?.remove(&id));
                         match p {
                             Some(p) if v.get("error").is_some() => {
-                                bump(&p.counters, |c| &c.errors);
+                                settle(
+                                    &p.counters,
+                                    |c| &c.errors,
+                                    p.done,
+                                    Outcome::Unconfirmed("error reply"),
+                                );
                                 tracing::info!(
                                     "event_jsonrpc: {addr} answered {} with an error: {}",
                                     p.event,
                                     v["error"]
                                 );
                             }
-                            Some(p) => bump(&p.counters, |c| &c.replied),
+                            Some(p) => {
+                                settle(&p.counters, |c| &c.replied, p.done, Outcome::Confirmed)
+                            }
                             None => {}
                         }
                     }
@@ -222,10 +246,10 @@ pub(crate) async fn run(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, cfg: Arc<
         }
         // Too old to be worth sending (the peer was unreachable for a while).
         let now = Instant::now();
-        jobs.retain(|j| {
+        jobs.retain_mut(|j| {
             let fresh = now.duration_since(j.queued) <= cfg.timeout;
             if !fresh {
-                bump(&j.counters, |c| &c.failed);
+                fail(j);
             }
             fresh
         });
@@ -240,9 +264,7 @@ pub(crate) async fn run(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, cfg: Arc<
         }
         if conn.is_none() {
             if retry_at.is_some_and(|t| now < t) {
-                for j in &jobs {
-                    bump(&j.counters, |c| &c.failed);
-                }
+                jobs.iter_mut().for_each(fail);
                 continue;
             }
             match tokio::time::timeout(cfg.timeout, TcpStream::connect(addr)).await {
@@ -270,16 +292,14 @@ pub(crate) async fn run(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, cfg: Arc<
                     }
                     retry_at = Some(Instant::now() + backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    for j in &jobs {
-                        bump(&j.counters, |c| &c.failed);
-                    }
+                    jobs.iter_mut().for_each(fail);
                     continue;
                 }
             }
         }
         let Some(c) = conn.as_mut() else { continue };
         out.clear();
-        for j in &jobs {
+        for j in jobs.iter_mut() {
             let id = cfg.sync.then(next_id);
             document(
                 &j.event,
@@ -295,14 +315,17 @@ pub(crate) async fn run(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, cfg: Arc<
                         deadline: j.queued + cfg.timeout,
                         event: j.event.name.clone(),
                         counters: j.counters.clone(),
+                        done: j.done.take(),
                     },
                 );
             }
         }
         match tokio::time::timeout(cfg.timeout, c.wr.write_all(&out)).await {
             Ok(Ok(())) => {
-                for j in &jobs {
-                    bump(&j.counters, |c| &c.sent);
+                // Without sync_mode, written is delivered (in sync_mode the
+                // outcome waits for the reply: `done` went to `pending`).
+                for j in jobs.iter_mut() {
+                    settle(&j.counters, |c| &c.sent, j.done.take(), Outcome::Confirmed);
                 }
             }
             r => {
@@ -312,9 +335,7 @@ pub(crate) async fn run(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, cfg: Arc<
                 };
                 tracing::warn!("event_jsonrpc: {addr}: {why}: closing the connection");
                 if !cfg.sync {
-                    for j in &jobs {
-                        bump(&j.counters, |c| &c.failed);
-                    }
+                    jobs.iter_mut().for_each(fail);
                 }
                 conn = None;
                 fail_all(&pending, "write failed", addr);
@@ -326,21 +347,28 @@ pub(crate) async fn run(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, cfg: Arc<
 
 fn expire(pending: &PendingMap, addr: SocketAddr) {
     let now = Instant::now();
-    let Ok(mut p) = pending.lock() else { return };
-    let late: Vec<u64> = p
-        .iter()
-        .filter(|(_, v)| v.deadline <= now)
-        .map(|(k, _)| *k)
-        .collect();
-    for id in &late {
-        if let Some(v) = p.remove(id) {
-            bump(&v.counters, |c| &c.timeouts);
-        }
-    }
+    // Taken out under the lock, settled after it (an outcome may deliver anew).
+    let late: Vec<Pending> = {
+        let Ok(mut p) = pending.lock() else { return };
+        let ids: Vec<u64> = p
+            .iter()
+            .filter(|(_, v)| v.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        ids.iter().filter_map(|id| p.remove(id)).collect()
+    };
     if !late.is_empty() {
         tracing::info!(
             "event_jsonrpc: {addr}: {} events got no reply in time",
             late.len()
+        );
+    }
+    for v in late {
+        settle(
+            &v.counters,
+            |c| &c.timeouts,
+            v.done,
+            Outcome::Unconfirmed("timeout"),
         );
     }
 }
@@ -388,8 +416,23 @@ mod tests {
         );
         assert_eq!(
             doc(&mine, None, None, Some("ev")),
-            r#"{"id":null,"jsonrpc":"2.0","method":"E_MY_EVENT","params":[3,5,"E_MY_EVENT"]}"#
+            r#"{"id":null,"jsonrpc":"2.0","method":"E_MY_EVENT","params":["E_MY_EVENT",3,5]}"#
         );
+    }
+
+    #[test]
+    fn an_event_without_params_is_an_empty_object() {
+        for empty in [EventParams::Values(vec![]), EventParams::Named(vec![])] {
+            let e = ev("E_EMPTY", empty);
+            assert_eq!(
+                doc(&e, None, None, None),
+                r#"{"id":null,"jsonrpc":"2.0","method":"E_EMPTY","params":{}}"#
+            );
+            assert_eq!(
+                doc(&e, None, None, Some("ev")),
+                r#"{"id":null,"jsonrpc":"2.0","method":"E_EMPTY","params":{"ev":"E_EMPTY"}}"#
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ max_while_loops=20000
 startup_route {{
     subscribe_event("E_MY_EVENT", "{socket}");
     subscribe_event("E_PIKE_BLOCKED", "{socket}");
+    subscribe_event("E_EMPTY", "{socket}");
 }}
 request_route {{
     if (is_method("MESSAGE")) {{
@@ -42,6 +43,8 @@ request_route {{
         $avp(names) = "ip";
         $avp(values) = $si;
         raise_event("E_PIKE_BLOCKED", $avp(values), $avp(names));
+    }} else if (is_method("OPTIONS")) {{
+        raise_event("E_EMPTY");
     }} else if (is_method("PUBLISH")) {{
         $var(i) = 0;
         while ($var(i) < 10000) {{
@@ -81,6 +84,12 @@ fn the_seed_examples_as_notifications() {
         sub.next().unwrap(),
         json!({"id": null, "jsonrpc": "2.0", "method": "E_PIKE_BLOCKED", "params": {"ip": "127.0.0.1"}})
     );
+    // No params: an empty object, as OpenSIPS sends it.
+    send(&srv, "OPTIONS", 1);
+    assert_eq!(
+        sub.next().unwrap(),
+        json!({"id": null, "jsonrpc": "2.0", "method": "E_EMPTY", "params": {}})
+    );
     // 10,000 events from one request arrive complete and in order (E_SEQ is
     // declared by the script's raise_event, subscribed over RPC).
     let socket = format!("jsonrpc:127.0.0.1:{}", sub.port);
@@ -94,7 +103,7 @@ fn the_seed_examples_as_notifications() {
         assert_eq!(d["params"], json!([i]), "event {i}");
         assert_eq!(d["method"], json!("E_SEQ"));
     }
-    assert_eq!(stat(&srv, "event_jsonrpc:sent"), 10_002);
+    assert_eq!(stat(&srv, "event_jsonrpc:sent"), 10_003);
     assert_eq!(stat(&srv, "event_jsonrpc:dropped"), 0);
 }
 
@@ -123,14 +132,21 @@ fn method_and_event_param_and_sync_mode_replies() {
     assert_eq!(keys, ["opensips_event", "ip"]);
     send(&srv, "MESSAGE", 2);
     let d2 = sub.next().unwrap();
-    assert_eq!(d2["params"], json!([3, 5, "E_MY_EVENT"]));
+    // Unnamed params: the event name is the first one (seed 001's note).
+    assert_eq!(d2["params"], json!(["E_MY_EVENT", 3, 5]));
     assert_ne!(d2["id"], d["id"], "ids are unique");
-    // Both replies (result 8) were matched to their requests.
+    // No params: an object holding only the event name.
+    send(&srv, "OPTIONS", 2);
+    assert_eq!(
+        sub.next().unwrap()["params"],
+        json!({"opensips_event": "E_EMPTY"})
+    );
+    // The three replies (result 8) were matched to their requests.
     let deadline = std::time::Instant::now() + W;
-    while stat(&srv, "event_jsonrpc:replied") < 2 && std::time::Instant::now() < deadline {
+    while stat(&srv, "event_jsonrpc:replied") < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(stat(&srv, "event_jsonrpc:replied"), 2);
+    assert_eq!(stat(&srv, "event_jsonrpc:replied"), 3);
     assert_eq!(stat(&srv, "event_jsonrpc:timeouts"), 0);
 }
 
@@ -339,4 +355,45 @@ request_route {{ drop; }}
         json!({"conidx": 0, "srcaddr": "127.0.0.1", "srcport": local.port(), "state": "connected"})
     );
     assert_eq!(seen[1]["state"], json!("closed"));
+}
+
+#[test]
+fn rpc_subscriptions_only_to_allowed_subscribers() {
+    let sub = subscriber(0, "reply");
+    let here = format!("jsonrpc:127.0.0.1:{}", sub.port);
+    // Default: loopback only. A documentation address is refused before
+    // siphon connects anywhere.
+    let srv = Server::start(&cfg("", &here));
+    let r = rpc(&srv, "event_subscribe", json!(["E_SEQ", "jsonrpc:192.0.2.1:8080"]));
+    let msg = r["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        msg.contains("192.0.2.1 is not in event_jsonrpc's allowed_subscribers"),
+        "{r}"
+    );
+    assert!(srv.log_soon("event_subscribe E_SEQ jsonrpc:192.0.2.1:8080 from RPC"));
+    assert_eq!(
+        rpc(&srv, "event_subscribe", json!(["E_SEQ", here]))["result"],
+        json!("OK")
+    );
+    drop(srv);
+    // An allow-list without 127.0.0.1: the configuration's own subscription
+    // (trusted) still works, the same destination over RPC is refused.
+    let srv = Server::start(&cfg(
+        "modparam(\"event_jsonrpc\", \"allowed_subscribers\", \"127.0.0.2, 10.0.0.0/8\")",
+        &here,
+    ));
+    send(&srv, "MESSAGE", 40);
+    assert_eq!(sub.next().unwrap()["method"], json!("E_MY_EVENT"));
+    let r = rpc(&srv, "event_subscribe", json!(["E_SEQ", here]));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused"),
+        "{r}"
+    );
+    assert_eq!(
+        rpc(&srv, "subscribers_list", json!(["E_SEQ"]))["result"],
+        json!([])
+    );
 }
