@@ -20,6 +20,9 @@ pub enum Target {
 
 /// The default target: what the embedded default configuration opens.
 pub const DEFAULT_UDP: &str = "127.0.0.1:5090";
+/// Where the reply FIFO goes by default: jsonrpcs' default `fifo_reply_dir`
+/// (the server's `run_dir`).
+pub const DEFAULT_REPLY_DIR: &str = "/run/siphon";
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -90,6 +93,14 @@ pub fn call(target: &Target, method: &str, params: &[String]) -> Result<Value, S
         Target::Fifo(fifo, reply_dir) => {
             let name = format!("siphon_ctl_reply_{id}");
             let reply = reply_dir.join(&name);
+            if !reply_dir.is_dir() {
+                std::fs::create_dir_all(reply_dir).map_err(|e| {
+                    format!(
+                        "reply directory {}: {e} (pass --reply-dir with the server's fifo_reply_dir)",
+                        reply_dir.display()
+                    )
+                })?;
+            }
             let _ = std::fs::remove_file(&reply);
             nix::unistd::mkfifo(&reply, nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .map_err(|e| format!("mkfifo {}: {e}", reply.display()))?;
@@ -106,7 +117,16 @@ pub fn call(target: &Target, method: &str, params: &[String]) -> Result<Value, S
                     .open(fifo)
                     .and_then(|mut f| std::io::Write::write_all(&mut f, req.to_string().as_bytes()))
                     .map_err(|e| format!("cannot write to {}: {e}", fifo.display()))?;
-                read_document(&mut rd)
+                read_document(&mut rd).map_err(|e| {
+                    format!(
+                        "{e} within {} s: the server writes its replies into its fifo_reply_dir \
+                         (jsonrpcs' default: the server's run_dir, {DEFAULT_REPLY_DIR}; Kamailio's: /tmp/); \
+                         if that is not {}, pass --reply-dir with it (its log says \
+                         \"cannot open reply FIFO DIR/{name}\")",
+                        WAIT.as_secs(),
+                        reply_dir.display()
+                    )
+                })
             })();
             let _ = std::fs::remove_file(&reply);
             r?

@@ -54,8 +54,8 @@ enum Cmd {
         /// The server's FIFO.
         #[arg(long, value_name = "PATH", conflicts_with_all = ["udp", "unix", "http"])]
         fifo: Option<PathBuf>,
-        /// Directory for the reply FIFO (the server's fifo_reply_dir).
-        #[arg(long, value_name = "DIR", default_value = "/tmp")]
+        /// Directory for the reply FIFO (the server's fifo_reply_dir; jsonrpcs' default is the server's run_dir).
+        #[arg(long, value_name = "DIR", default_value = siphon::ctl::DEFAULT_REPLY_DIR)]
         reply_dir: PathBuf,
         /// The server's UDP datagram socket (default: 127.0.0.1:5090, what the default configuration opens).
         #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["unix", "http"])]

@@ -92,10 +92,53 @@ pub struct RpcSpec {
     pub help: &'static str,
     /// Its handler.
     pub handler: RpcHandler,
+    /// Whether it changes the server's state: refused to read-only
+    /// management credentials, and logged with its source when run.
+    pub changes_state: bool,
 }
 
+/// Commands that change state, by name, for modules that do not mark their
+/// own with [`RpcSpec::changes_state`]: Kamailio's names, so a command
+/// registered later under one of them is marked too.
+pub const STATE_CHANGING: &[&str] = &[
+    "stats.reset_statistics",
+    "stats.clear_statistics",
+    "event_subscribe",
+    "raise_event",
+    "evapi.close",
+    "dispatcher.set_state",
+    "dispatcher.set_duid_state",
+    "dispatcher.reload",
+    "dispatcher.add",
+    "dispatcher.remove",
+    "dispatcher.ping_active",
+    "htable.delete",
+    "htable.flush",
+    "htable.reload",
+    "htable.seti",
+    "htable.sets",
+    "tm.cancel",
+    "tm.reply",
+    "tm.reply_callid",
+    "tm.t_uac_start",
+    "tm.t_uac_wait",
+    "core.kill",
+    "core.shutdown",
+    "cfg.set",
+    "cfg.set_now_int",
+    "cfg.set_now_string",
+    "cfg.set_delayed_int",
+    "cfg.set_delayed_string",
+    "cfg.commit",
+    "debug.set_level",
+    "corex.debug",
+    "jsonrpcc.add_server",
+    "jsonrpcc.remove_server",
+];
+
 impl RpcSpec {
-    /// A command answered synchronously by `f`.
+    /// A command answered synchronously by `f`; it changes state when its
+    /// name is in [`STATE_CHANGING`].
     pub fn new<F>(name: &'static str, help: &'static str, f: F) -> Self
     where
         F: Fn(&RpcCall) -> Result<Value, RpcFailure> + Send + Sync + 'static,
@@ -104,7 +147,13 @@ impl RpcSpec {
             name,
             help,
             handler: Arc::new(move |c| RpcReply::Now(f(&c))),
+            changes_state: STATE_CHANGING.contains(&name),
         }
+    }
+    /// Marks the command as changing the server's state.
+    pub fn changes_state(mut self) -> Self {
+        self.changes_state = true;
+        self
     }
 }
 
@@ -191,9 +240,13 @@ pub trait StatSource: Send + Sync {
     fn reset(&self, name: &str);
 }
 
-/// Whether `group:name` is selected by `all`, `group:` or `group:name`.
+/// Whether `group:name` is selected by `all`, `group:`, `group:name` or a
+/// bare `name` (any group, as Kamailio's `stats.get_statistics rcv_requests`).
 fn selected(name: &str, filter: &str) -> bool {
-    filter == "all" || (filter.ends_with(':') && name.starts_with(filter)) || name == filter
+    filter == "all"
+        || (filter.ends_with(':') && name.starts_with(filter))
+        || name == filter
+        || (!filter.contains(':') && name.split_once(':').is_some_and(|(_, n)| n == filter))
 }
 
 /// `stats.get_statistics`, `stats.reset_statistics`, `stats.clear_statistics` over every source.
@@ -227,12 +280,12 @@ pub fn stats_commands() -> Vec<RpcSpec> {
     vec![
         RpcSpec::new(
             "stats.get_statistics",
-            "Statistics: stats.get_statistics all | group: | group:name ...",
+            "Statistics: stats.get_statistics all | group: | group:name | name ...",
             get,
         ),
         RpcSpec::new(
             "stats.fetch",
-            "Statistics: stats.fetch all | group: | group:name ...",
+            "Statistics: stats.fetch all | group: | group:name | name ...",
             get,
         ),
         RpcSpec::new(
@@ -250,4 +303,32 @@ pub fn stats_commands() -> Vec<RpcSpec> {
             },
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_selected_by_group_full_name_or_bare_name() {
+        for (filter, hit) in [
+            ("all", true),
+            ("core:", true),
+            ("core:rcv_requests", true),
+            ("rcv_requests", true),
+            ("sl:", false),
+            ("rcv", false),
+            ("requests", false),
+        ] {
+            assert_eq!(selected("core:rcv_requests", filter), hit, "{filter}");
+        }
+    }
+
+    #[test]
+    fn known_state_changing_commands_are_marked() {
+        let f = |_: &RpcCall| Ok(Value::Null);
+        assert!(RpcSpec::new("stats.reset_statistics", "", f).changes_state);
+        assert!(!RpcSpec::new("stats.get_statistics", "", f).changes_state);
+        assert!(RpcSpec::new("x.y", "", f).changes_state().changes_state);
+    }
 }

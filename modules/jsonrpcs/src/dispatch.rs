@@ -1,11 +1,18 @@
 //! JSON-RPC 2.0 over the RPC registry: one document in, the reply document
 //! (or nothing, for notifications) out. Shared by every transport.
+//!
+//! Bounded: a batch holds at most [`Limits::max_batch`] items, and the reply
+//! stops being built as soon as it would exceed [`Limits::max_reply`] bytes
+//! (the caller gets one `-32603` error instead). In the asynchronous path the
+//! dispatcher yields between batch items, so a big batch cannot starve SIP.
 
+use crate::Counters;
 use serde_json::Value;
 use siphon_proto::jsonrpc::{self, Message, RpcError};
 use siphon_script::Program;
 use siphon_script::rpc::{RpcReply, call};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Why a dispatch runs: transports await commands that answer later; the
 /// script (`jsonrpc_exec`) cannot wait and gets an error for those.
@@ -17,11 +24,120 @@ pub enum Mode {
     Sync,
 }
 
-async fn one(
-    program: &Arc<Program>,
-    msg: Result<Message, jsonrpc::Rejected>,
-    mode: Mode,
-) -> Option<Value> {
+/// The error code a read-only caller gets for a state-changing command.
+pub const FORBIDDEN: i64 = -32001;
+
+/// Bounds of one dispatch.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most items in a batch (`max_batch_items`).
+    pub max_batch: usize,
+    /// Most bytes of a rendered reply (`max_reply_size`, or the datagram limit).
+    pub max_reply: usize,
+    /// `pretty_format`.
+    pub pretty: bool,
+}
+
+/// Who is calling: for the log line of state-changing commands and for
+/// read-only credentials.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `http`, `https`, `fifo`, `udp`, `unix`, `script`.
+    pub transport: &'static str,
+    /// The peer's address, socket path or reply FIFO.
+    pub peer: String,
+    /// The authenticated user (HTTP).
+    pub user: Option<String>,
+    /// Read-only credentials: state-changing commands are refused.
+    pub read_only: bool,
+}
+
+impl Caller {
+    /// A caller with full access and no user.
+    pub fn new(transport: &'static str, peer: impl Into<String>) -> Caller {
+        Caller {
+            transport,
+            peer: peer.into(),
+            user: None,
+            read_only: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.transport, self.peer)?;
+        if let Some(u) = &self.user {
+            write!(f, " user {u}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What one dispatch needs besides the document.
+pub struct Ctx<'a> {
+    /// The program (command registry).
+    pub program: &'a Arc<Program>,
+    /// Sync or async.
+    pub mode: Mode,
+    /// Who calls.
+    pub caller: &'a Caller,
+    /// Bounds.
+    pub limits: Limits,
+    /// Where refusals are counted.
+    pub counters: &'a Counters,
+}
+
+/// Counts bytes written; fails once past the limit so serialisation stops early.
+struct Meter {
+    n: usize,
+    limit: usize,
+}
+
+impl std::io::Write for Meter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.n += b.len();
+        if self.n > self.limit {
+            return Err(std::io::Error::other("over the limit"));
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The rendered size of `v` when at most `limit`; `None` when over (found
+/// without rendering more than `limit` bytes).
+fn size_within(v: &Value, pretty: bool, limit: usize) -> Option<usize> {
+    let mut m = Meter { n: 0, limit };
+    let r = if pretty {
+        serde_json::to_writer_pretty(&mut m, v)
+    } else {
+        serde_json::to_writer(&mut m, v)
+    };
+    r.ok().map(|()| m.n)
+}
+
+fn too_large(cx: &Ctx<'_>, id: Option<&Value>, what: &str) -> Value {
+    cx.counters.reply_too_large.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        "jsonrpcs: reply to {} too large: {what}; answering -32603",
+        cx.caller
+    );
+    jsonrpc::error(
+        id,
+        &RpcError::new(
+            jsonrpc::INTERNAL_ERROR,
+            format!(
+                "reply too large: {what} (max_reply_size {} bytes)",
+                cx.limits.max_reply
+            ),
+        ),
+    )
+}
+
+async fn one(cx: &Ctx<'_>, msg: Result<Message, jsonrpc::Rejected>) -> Option<Value> {
     let c = match msg {
         Err(rejected) => {
             let (id, e) = *rejected;
@@ -36,14 +152,37 @@ async fn one(
             ));
         }
     };
+    if cx.program.rpc(&c.method).is_some_and(|s| s.changes_state) {
+        if cx.caller.read_only {
+            cx.counters.read_only_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "jsonrpcs: refused {} to read-only {}",
+                c.method,
+                cx.caller
+            );
+            return c.id.map(|id| {
+                jsonrpc::error(
+                    Some(&id),
+                    &RpcError::new(
+                        FORBIDDEN,
+                        format!(
+                            "Forbidden: {} changes state and the credentials are read-only",
+                            c.method
+                        ),
+                    ),
+                )
+            });
+        }
+        tracing::info!("jsonrpcs: {} (changes state) from {}", c.method, cx.caller);
+    }
     let params = c.positional();
-    let outcome = match call(program, &c.method, params) {
+    let outcome = match call(cx.program, &c.method, params) {
         None => Err(RpcError::new(
             jsonrpc::METHOD_NOT_FOUND,
             format!("Method not found: {}", c.method),
         )),
         Some(RpcReply::Now(r)) => r.map_err(|f| RpcError::new(f.code, f.message)),
-        Some(RpcReply::Later(fut)) => match mode {
+        Some(RpcReply::Later(fut)) => match cx.mode {
             Mode::Async => fut.await.map_err(|f| RpcError::new(f.code, f.message)),
             Mode::Sync => Err(RpcError::new(
                 jsonrpc::INTERNAL_ERROR,
@@ -61,20 +200,80 @@ async fn one(
     })
 }
 
-/// Answers one document; `None` when nothing is to be sent back.
-pub async fn dispatch(program: &Arc<Program>, doc: &[u8], mode: Mode) -> Option<Value> {
+/// Answers one document; `None` when nothing is to be sent back. The reply,
+/// rendered with `limits.pretty`, is at most `limits.max_reply` bytes (plus
+/// the pretty printer's indentation of batch items): a larger one is replaced
+/// by a `-32603` error as soon as the bound is crossed.
+pub async fn dispatch(cx: &Ctx<'_>, doc: &[u8]) -> Option<Value> {
+    let (pretty, max) = (cx.limits.pretty, cx.limits.max_reply);
     match jsonrpc::parse(doc) {
         Ok(Message::Batch(items)) => {
+            if items.len() > cx.limits.max_batch {
+                cx.counters.batch_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "jsonrpcs: refused a batch of {} items from {} (max_batch_items {})",
+                    items.len(),
+                    cx.caller,
+                    cx.limits.max_batch
+                );
+                return Some(jsonrpc::error(
+                    None,
+                    &RpcError::new(
+                        jsonrpc::INVALID_REQUEST,
+                        format!(
+                            "Invalid Request: batch of {} items, over the limit of {} (max_batch_items)",
+                            items.len(),
+                            cx.limits.max_batch
+                        ),
+                    ),
+                ));
+            }
+            let total = items.len();
             let mut out = Vec::new();
-            for m in items {
-                if let Some(v) = one(program, m, mode).await {
+            // "[" and "]", then each item and its separator.
+            let mut size = 2;
+            for (i, m) in items.into_iter().enumerate() {
+                if cx.mode == Mode::Async && i > 0 {
+                    tokio::task::yield_now().await;
+                }
+                if let Some(v) = one(cx, m).await {
+                    match size_within(&v, pretty, max.saturating_sub(size + 1)) {
+                        Some(n) => size += n + 1,
+                        None => {
+                            return Some(too_large(
+                                cx,
+                                None,
+                                &format!("the batch reply passed {max} bytes at item {} of {total}", i + 1),
+                            ));
+                        }
+                    }
                     out.push(v);
                 }
             }
             (!out.is_empty()).then_some(Value::Array(out))
         }
-        other => one(program, other, mode).await,
+        other => {
+            let v = one(cx, other).await?;
+            if size_within(&v, pretty, max).is_none() {
+                return Some(too_large(cx, v.get("id"), &format!("over {max} bytes")));
+            }
+            Some(v)
+        }
     }
+}
+
+/// Dispatches and renders: the bytes to send back, never over `max_reply`
+/// (the rendered form is checked once more: pretty printing of batch items
+/// adds indentation the item sizes did not count).
+pub async fn answer(cx: &Ctx<'_>, doc: &[u8]) -> Option<Vec<u8>> {
+    let v = dispatch(cx, doc).await?;
+    let out = render(&v, cx.limits.pretty);
+    if out.len() > cx.limits.max_reply {
+        let id = if v.is_array() { None } else { v.get("id") };
+        let e = too_large(cx, id, &format!("{} bytes", out.len()));
+        return Some(render(&e, false));
+    }
+    Some(out)
 }
 
 /// Runs a future that is ready at once (sync dispatch) without a runtime.
@@ -97,4 +296,19 @@ pub fn render(v: &Value, pretty: bool) -> Vec<u8> {
     .unwrap_or_default();
     out.push(b'\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_meter_stops_at_the_limit() {
+        let v = json!({"a": "x".repeat(100)});
+        let exact = serde_json::to_vec(&v).unwrap().len();
+        assert_eq!(size_within(&v, false, exact), Some(exact));
+        assert_eq!(size_within(&v, false, exact - 1), None);
+        assert!(size_within(&v, true, 10_000).unwrap() > exact);
+    }
 }

@@ -9,11 +9,17 @@
 //! document (errors included, as JSON-RPC 2.0 servers do), 204 when the body
 //! held only notifications; an asynchronous command answers when it completes
 //! and holds no worker meanwhile.
+//!
+//! siphon's own parameters: `max_batch_items` (default 100), `max_reply_size`
+//! (bytes, default 4 MiB; datagrams are capped at [`DGRAM_MAX`] anyway) and
+//! `http_auth_file` (credentials `jsonrpc_dispatch` requires, see [`auth`]).
+//! State-changing commands are logged with their source on every transport.
 
+pub mod auth;
 mod dispatch;
 mod transport;
 
-pub use dispatch::{Mode, dispatch, render};
+pub use dispatch::{Caller, Ctx, FORBIDDEN, Limits, Mode, answer, dispatch, render};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -22,23 +28,91 @@ use siphon_script::api::*;
 use siphon_script::rpc::RpcSpec;
 use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// The HTTP answer for a dispatched body.
-fn http_answer(reply: Option<Value>, pretty: bool) -> HttpReply {
+/// The HTTP answer for a rendered reply.
+fn http_answer(reply: Option<Vec<u8>>) -> HttpReply {
     match reply {
         None => HttpReply {
             status: 204,
             reason: "No Content".into(),
             content_type: String::new(),
             body: Bytes::new(),
+            headers: Vec::new(),
         },
         Some(v) => HttpReply {
             status: 200,
             reason: "OK".into(),
             content_type: "application/json".into(),
-            body: Bytes::from(render(&v, pretty)),
+            body: Bytes::from(v),
+            headers: Vec::new(),
         },
+    }
+}
+
+/// What is counted (`stats.get_statistics jsonrpcs:`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Batches over `max_batch_items`, refused.
+    pub batch_refused: AtomicU64,
+    /// Replies over `max_reply_size` (or a datagram), replaced by -32603.
+    pub reply_too_large: AtomicU64,
+    /// FIFO replies whose reader did not read in time.
+    pub fifo_reply_timeouts: AtomicU64,
+    /// Reply FIFOs refused: a symlink, not a FIFO, or not owned as expected.
+    pub fifo_reply_refused: AtomicU64,
+    /// FIFO input that was not JSON, skipped up to the next document.
+    pub fifo_garbage: AtomicU64,
+    /// HTTP requests without valid credentials (401).
+    pub auth_failures: AtomicU64,
+    /// State-changing commands refused to read-only credentials.
+    pub read_only_refused: AtomicU64,
+}
+
+impl Counters {
+    fn all(&self) -> [(&'static str, &AtomicU64); 7] {
+        [
+            ("jsonrpcs:batch_refused", &self.batch_refused),
+            ("jsonrpcs:reply_too_large", &self.reply_too_large),
+            ("jsonrpcs:fifo_reply_timeouts", &self.fifo_reply_timeouts),
+            ("jsonrpcs:fifo_reply_refused", &self.fifo_reply_refused),
+            ("jsonrpcs:fifo_garbage", &self.fifo_garbage),
+            ("jsonrpcs:auth_failures", &self.auth_failures),
+            ("jsonrpcs:read_only_refused", &self.read_only_refused),
+        ]
+    }
+}
+
+struct Stats(Arc<Counters>);
+
+impl siphon_script::rpc::StatSource for Stats {
+    fn snapshot(&self) -> Vec<(String, i64)> {
+        self.0
+            .all()
+            .iter()
+            .map(|(n, c)| (n.to_string(), c.load(Ordering::Relaxed) as i64))
+            .collect()
+    }
+    fn reset(&self, name: &str) {
+        if let Some((_, c)) = self.0.all().iter().find(|(n, _)| *n == name) {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// 401 with the challenges the configured credentials answer.
+fn unauthorized(bearer: bool) -> HttpReply {
+    let mut headers = vec![("www-authenticate", "Basic realm=\"siphon\"".to_string())];
+    if bearer {
+        headers.push(("www-authenticate", "Bearer realm=\"siphon\"".to_string()));
+    }
+    HttpReply {
+        status: 401,
+        reason: "Unauthorized".into(),
+        content_type: "text/plain".into(),
+        body: Bytes::from_static(b"authentication required\n"),
+        headers,
     }
 }
 
@@ -67,7 +141,18 @@ pub struct Config {
     pub dgram_owner: (Option<String>, Option<String>),
     /// Where relative paths go.
     pub run_dir: PathBuf,
+    /// `max_batch_items`.
+    pub max_batch: usize,
+    /// `max_reply_size`.
+    pub max_reply: usize,
+    /// `http_auth_file`, read.
+    pub auth: Option<Arc<auth::Credentials>>,
 }
+
+/// `max_batch_items`' default.
+pub const DEFAULT_MAX_BATCH: usize = 100;
+/// `max_reply_size`'s default.
+pub const DEFAULT_MAX_REPLY: usize = 4 << 20;
 
 /// Largest FIFO document.
 pub const FIFO_MAX: usize = 64 * 1024;
@@ -117,16 +202,42 @@ impl Config {
             ),
             fifo_mode: mode_of(cfg.int("fifo_mode"), 0o660),
             fifo_owner: (cfg.str("fifo_user"), cfg.str("fifo_group")),
-            reply_dir: PathBuf::from(cfg.str("fifo_reply_dir").unwrap_or_else(|| "/tmp/".into())),
+            // Kamailio's default is the world-writable /tmp/; siphon's is its run directory.
+            reply_dir: cfg
+                .str("fifo_reply_dir")
+                .map_or_else(|| run_dir.clone(), PathBuf::from),
             dgram,
             dgram_workers: cfg.int("dgram_workers").unwrap_or(1).clamp(1, 64) as usize,
             dgram_mode: mode_of(cfg.int("dgram_mode"), 0o660),
             dgram_owner: (cfg.str("dgram_user"), cfg.str("dgram_group")),
+            max_batch: positive(cfg, "max_batch_items", DEFAULT_MAX_BATCH)?,
+            max_reply: positive(cfg, "max_reply_size", DEFAULT_MAX_REPLY)?,
+            auth: cfg
+                .str("http_auth_file")
+                .filter(|s| !s.is_empty())
+                .map(|p| auth::Credentials::load(&p).map(Arc::new))
+                .transpose()?,
             run_dir,
         })
     }
     fn wants(&self, bit: i64) -> bool {
         self.transport == 0 || self.transport & bit != 0
+    }
+    /// The bounds for a transport whose replies may be at most `cap` bytes.
+    fn limits(&self, cap: usize) -> Limits {
+        Limits {
+            max_batch: self.max_batch,
+            max_reply: self.max_reply.min(cap),
+            pretty: self.pretty,
+        }
+    }
+}
+
+fn positive(cfg: &ModuleConfig, name: &str, default: usize) -> Result<usize, String> {
+    match cfg.int(name) {
+        None => Ok(default),
+        Some(n) if n > 0 => Ok(n as usize),
+        Some(n) => Err(format!("{name} must be positive, found {n}")),
     }
 }
 
@@ -134,6 +245,7 @@ impl Config {
 pub struct Jsonrpcs {
     cfg: Config,
     program: Arc<OnceLock<Arc<Program>>>,
+    counters: Arc<Counters>,
 }
 
 /// What `jsonrpc_exec` left for `$jsonrpl(...)`.
@@ -149,6 +261,9 @@ impl Module for Jsonrpcs {
         let program = self.program.clone();
         let pretty = self.cfg.pretty;
         let dispatch_program = self.program.clone();
+        let (limits, exec_limits) = (self.cfg.limits(usize::MAX), self.cfg.limits(usize::MAX));
+        let creds = self.cfg.auth.clone();
+        let (counters, exec_counters) = (self.counters.clone(), self.counters.clone());
         let http_dispatch = FunctionSpec::new("jsonrpc_dispatch", &[], move |ex, _| {
             let Some(p) = dispatch_program.get().cloned() else {
                 return (-1).into();
@@ -161,9 +276,37 @@ impl Module for Jsonrpcs {
                 tracing::warn!("jsonrpc_dispatch: the request was answered already");
                 return (-1).into();
             }
+            let peer = *x.peer();
+            let transport = if peer.transport == siphon_core::Transport::Tls {
+                "https"
+            } else {
+                "http"
+            };
+            let mut caller = Caller::new(transport, peer.src.to_string());
+            if let Some(c) = &creds {
+                match c.check(x.authorization()) {
+                    Ok((user, access)) => {
+                        caller.user = Some(user);
+                        caller.read_only = access == auth::Access::ReadOnly;
+                    }
+                    Err(e) => {
+                        counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("jsonrpc_dispatch: {e} from {transport} {}: 401", peer.src);
+                        return if x.reply(unauthorized(c.has_bearer())) { 1.into() } else { (-1).into() };
+                    }
+                }
+            }
             let body = x.body().clone();
+            let counters = counters.clone();
             let mut answer = Box::pin(async move {
-                http_answer(dispatch::dispatch(&p, &body, Mode::Async).await, pretty)
+                let cx = Ctx {
+                    program: &p,
+                    mode: Mode::Async,
+                    caller: &caller,
+                    limits,
+                    counters: &counters,
+                };
+                http_answer(dispatch::answer(&cx, &body).await)
             });
             // Commands that answer at once are answered at once; the others later.
             let ok = match dispatch::now(answer.as_mut()) {
@@ -180,7 +323,15 @@ impl Module for Jsonrpcs {
                 let Some(p) = program.get() else {
                     return (-1).into();
                 };
-                let reply = dispatch::now(dispatch::dispatch(p, &doc, Mode::Sync)).flatten();
+                let caller = Caller::new("script", "jsonrpc_exec");
+                let cx = Ctx {
+                    program: p,
+                    mode: Mode::Sync,
+                    caller: &caller,
+                    limits: exec_limits,
+                    counters: &exec_counters,
+                };
+                let reply = dispatch::now(dispatch::dispatch(&cx, &doc)).flatten();
                 let state = match &reply {
                     None => Jsonrpl {
                         code: 200,
@@ -249,18 +400,29 @@ impl Module for Jsonrpcs {
         })]
     }
 
+    fn stats(&self) -> Option<Arc<dyn siphon_script::rpc::StatSource>> {
+        Some(Arc::new(Stats(self.counters.clone())))
+    }
+
     fn start(&self, cx: &StartCx) -> Result<(), String> {
         let _ = self.program.set(cx.program.clone());
         if self.cfg.wants(2) {
-            transport::start_fifo(&self.cfg, cx.program.clone())?;
+            transport::start_fifo(&self.cfg, cx.program.clone(), self.counters.clone())?;
         }
         if self.cfg.wants(4) {
-            transport::start_dgram(&self.cfg, cx.program.clone())?;
+            transport::start_dgram(&self.cfg, cx.program.clone(), self.counters.clone())?;
         }
-        if self.cfg.wants(1) && !cx.program.modules().iter().any(|(n, _)| n == "xhttp") {
-            tracing::warn!(
-                "jsonrpcs: transport includes HTTP (1) but xhttp is not loaded: no HTTP transport"
-            );
+        if self.cfg.wants(1) {
+            if !cx.program.modules().iter().any(|(n, _)| n == "xhttp") {
+                tracing::warn!(
+                    "jsonrpcs: transport includes HTTP (1) but xhttp is not loaded: no HTTP transport"
+                );
+            } else if self.cfg.auth.is_none() {
+                tracing::warn!(
+                    "jsonrpcs: HTTP management without authentication: set http_auth_file \
+                     (and check $si in event_route[xhttp:request])"
+                );
+            }
         }
         Ok(())
     }
@@ -288,11 +450,15 @@ pub fn def() -> ModuleDef {
             ParamSpec::int_or_str("dgram_group"),
             ParamSpec::int_or_str("dgram_user"),
             ParamSpec::int("dgram_timeout").no_effect(),
+            ParamSpec::int("max_batch_items"),
+            ParamSpec::int("max_reply_size"),
+            ParamSpec::str("http_auth_file"),
         ],
         instantiate: Arc::new(|cfg| {
             Ok(Arc::new(Jsonrpcs {
                 cfg: Config::from(cfg)?,
                 program: Arc::new(OnceLock::new()),
+                counters: Arc::new(Counters::default()),
             }) as Arc<dyn Module>)
         }),
     }

@@ -13,7 +13,11 @@
 //!
 //! Parameters: `url_match`, `url_skip` (regular expressions on the URL; skip
 //! wins; a filtered URL gets 404 without running the route),
-//! `event_callback` (KEMI only: refused with an explanation).
+//! `event_callback` (KEMI only: refused with an explanation), and siphon's
+//! own `body_timeout` (ms, default 10000): how long a request's body may take
+//! to arrive once its headers are in; later gets 408 and the connection is
+//! closed. A `Content-Length` over [`MAX_BODY`] gets 413 at once, without
+//! waiting for the body.
 
 pub mod prom;
 
@@ -41,6 +45,8 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const EVENT_ROUTE: &str = "xhttp:request";
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// `body_timeout`'s default: how long a request body may take to arrive.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +59,8 @@ pub struct HttpReply {
     pub content_type: String,
     /// The body.
     pub body: Bytes,
+    /// More header fields (`WWW-Authenticate`, ...).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// An answer that is computed later (an asynchronous RPC command).
@@ -68,12 +76,22 @@ enum Answer {
 pub struct Exchange {
     body: Bytes,
     answer: Option<Answer>,
+    peer: Peer,
+    authorization: Option<Bytes>,
 }
 
 impl Exchange {
     /// The request body.
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+    /// Who sent the request (address, and whether over TLS).
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+    /// The request's `Authorization` header value, if any.
+    pub fn authorization(&self) -> Option<&[u8]> {
+        self.authorization.as_deref()
     }
     /// Whether an answer was given already.
     pub fn answered(&self) -> bool {
@@ -101,9 +119,11 @@ struct Inner {
     url_match: Option<regex::Regex>,
     url_skip: Option<regex::Regex>,
     program: OnceLock<Arc<Program>>,
+    body_timeout: Duration,
     requests: AtomicU64,
     unanswered: AtomicU64,
     too_large: AtomicU64,
+    body_timeouts: AtomicU64,
 }
 
 /// The loaded module.
@@ -117,6 +137,7 @@ fn reply(status: u16, reason: &str, ctype: &str, body: impl Into<Bytes>) -> Http
         reason: reason.into(),
         content_type: ctype.into(),
         body: body.into(),
+        headers: Vec::new(),
     }
 }
 
@@ -140,6 +161,11 @@ fn to_response(r: HttpReply) -> Response<Full<Bytes>> {
         hyper::header::SERVER,
         hyper::header::HeaderValue::from_static("siphon"),
     );
+    for (name, value) in r.headers {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+            h.append(name, v);
+        }
+    }
     resp
 }
 
@@ -172,6 +198,27 @@ fn as_message(parts: &hyper::http::request::Parts, url: &str, body: &Bytes) -> B
 }
 
 impl Inner {
+    /// 413, with a JSON-RPC error body; the connection is closed (hyper does
+    /// not read the rest of a body nobody consumed).
+    fn too_large(&self) -> HttpReply {
+        self.too_large.fetch_add(1, Ordering::Relaxed);
+        let err = siphon_proto::jsonrpc::error(
+            None,
+            &siphon_proto::jsonrpc::RpcError::new(
+                siphon_proto::jsonrpc::INVALID_REQUEST,
+                format!("Invalid Request: body over {MAX_BODY} bytes"),
+            ),
+        );
+        let mut r = reply(
+            413,
+            "Payload Too Large",
+            "application/json",
+            format!("{err}\n"),
+        );
+        r.headers.push(("connection", "close".into()));
+        r
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> HttpReply {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let url = match req.uri().path_and_query() {
@@ -188,25 +235,40 @@ impl Inner {
             return reply(404, "Not Found", "text/plain", "Not Found\n");
         };
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                self.too_large.fetch_add(1, Ordering::Relaxed);
-                let err = siphon_proto::jsonrpc::error(
-                    None,
-                    &siphon_proto::jsonrpc::RpcError::new(
-                        siphon_proto::jsonrpc::INVALID_REQUEST,
-                        format!("Invalid Request: body over {MAX_BODY} bytes"),
-                    ),
+        // An announced length over the limit is refused before any of the body is read.
+        let announced = parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|n| n > MAX_BODY as u64) {
+            return self.too_large();
+        }
+        let body = match tokio::time::timeout(
+            self.body_timeout,
+            Limited::new(body, MAX_BODY).collect(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return self.too_large(),
+            Ok(Err(_)) => return reply(400, "Bad Request", "text/plain", "unreadable body\n"),
+            Err(_) => {
+                self.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "xhttp: the body of {url} from {} did not arrive within {} ms: 408",
+                    peer.src,
+                    self.body_timeout.as_millis()
                 );
-                return reply(
-                    413,
-                    "Payload Too Large",
-                    "application/json",
-                    format!("{err}\n"),
+                let mut r = reply(
+                    408,
+                    "Request Timeout",
+                    "text/plain",
+                    "the request body did not arrive in time\n",
                 );
+                r.headers.push(("connection", "close".into()));
+                return r;
             }
-            Err(_) => return reply(400, "Bad Request", "text/plain", "unreadable body\n"),
         };
         let msg = match siphon_sip::parse_http_request(as_message(&parts, &url, &body)) {
             Ok(m) => m,
@@ -221,9 +283,18 @@ impl Inner {
         };
         // The body as the route's modules read it: a view of the message, not a second copy.
         let body = msg.body_bytes();
+        let authorization = parts
+            .headers
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| Bytes::copy_from_slice(v.as_bytes()));
         let mut ctx = program.new_ctx(RouteType::EVENT);
         ctx.ext.insert(SipCtx::new(msg, peer));
-        ctx.ext.insert(Exchange { body, answer: None });
+        ctx.ext.insert(Exchange {
+            body,
+            answer: None,
+            peer,
+            authorization,
+        });
         let outcome = program.run(route, &mut ctx);
         if let Outcome::Suspended(_) = outcome {
             tracing::error!("event_route[{EVENT_ROUTE}]: cannot suspend, there is no transaction");
@@ -307,6 +378,7 @@ impl siphon_script::rpc::StatSource for XhttpStats {
             ("xhttp:requests".into(), g(&self.0.requests)),
             ("xhttp:unanswered".into(), g(&self.0.unanswered)),
             ("xhttp:too_large".into(), g(&self.0.too_large)),
+            ("xhttp:body_timeouts".into(), g(&self.0.body_timeouts)),
         ]
     }
     fn reset(&self, name: &str) {
@@ -314,6 +386,7 @@ impl siphon_script::rpc::StatSource for XhttpStats {
             "xhttp:requests" => &self.0.requests,
             "xhttp:unanswered" => &self.0.unanswered,
             "xhttp:too_large" => &self.0.too_large,
+            "xhttp:body_timeouts" => &self.0.body_timeouts,
             _ => return,
         };
         c.store(0, Ordering::Relaxed);
@@ -402,6 +475,7 @@ pub fn def(core: &Arc<Core>) -> ModuleDef {
             ParamSpec::str("url_match"),
             ParamSpec::str("url_skip"),
             ParamSpec::str("event_callback"),
+            ParamSpec::int("body_timeout"),
         ],
         instantiate: Arc::new(move |cfg| {
             if let Some(cb) = cfg.str("event_callback").filter(|s| !s.is_empty()) {
@@ -410,15 +484,26 @@ pub fn def(core: &Arc<Core>) -> ModuleDef {
                      configuration scripts: use event_route[{EVENT_ROUTE}] instead"
                 ));
             }
+            let body_timeout = match cfg.int("body_timeout") {
+                None => DEFAULT_BODY_TIMEOUT,
+                Some(ms) if ms > 0 => Duration::from_millis(ms as u64),
+                Some(ms) => {
+                    return Err(format!(
+                        "body_timeout must be a positive number of milliseconds, found {ms}"
+                    ));
+                }
+            };
             Ok(Arc::new(Xhttp {
                 inner: Arc::new(Inner {
                     core: core.clone(),
                     url_match: regex_param(cfg, "url_match")?,
                     url_skip: regex_param(cfg, "url_skip")?,
                     program: OnceLock::new(),
+                    body_timeout,
                     requests: AtomicU64::new(0),
                     unanswered: AtomicU64::new(0),
                     too_large: AtomicU64::new(0),
+                    body_timeouts: AtomicU64::new(0),
                 }),
             }) as Arc<dyn Module>)
         }),

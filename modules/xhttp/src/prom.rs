@@ -249,6 +249,7 @@ impl Module for XhttpProm {
                 reason: "OK".into(),
                 content_type: "text/plain; version=0.0.4".into(),
                 body: Bytes::from(body),
+                headers: Vec::new(),
             });
             if ok { 1.into() } else { (-1).into() }
         });

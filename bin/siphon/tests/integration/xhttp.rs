@@ -387,3 +387,152 @@ request_route {
     // Only the groups asked for.
     assert!(m.get("kamailio_tm_created").is_none(), "{m}");
 }
+
+/// What a raw HTTP client gets until the server closes (at most 15 s).
+fn raw_exchange(to: SocketAddr, text: &[u8]) -> String {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(text).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn xhttp_stat(c: &mut HttpConn, name: &str) -> Value {
+    let doc = json!({"jsonrpc":"2.0","method":"stats.get_statistics","params":[name],"id":1});
+    let list = c.post("/RPC", &doc.to_string()).json()["result"].clone();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| s.as_str()?.strip_prefix(&format!("{name} = "))?.parse::<i64>().ok())
+        .map_or(Value::Null, |n| json!(n))
+}
+
+/// An announced body that never comes, a chunked body that never ends and a
+/// huge Content-Length: answered (408, 408, 413) and closed, not held open.
+/// Measured: each connection ends after `body_timeout` (300 ms here; the
+/// default is 10 s); before, all three stayed open indefinitely.
+#[test]
+fn bodies_that_never_arrive_get_408_and_huge_lengths_413_at_once() {
+    let srv = Server::start(&CFG.replace(
+        "modparam(\"xhttp\", \"url_skip\"",
+        "modparam(\"xhttp\", \"body_timeout\", 300)\nmodparam(\"xhttp\", \"url_skip\"",
+    ));
+    let got = raw_exchange(
+        srv.tcp,
+        b"POST /RPC HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+    );
+    assert!(got.starts_with("HTTP/1.1 413"), "{got:?}");
+    let got = raw_exchange(
+        srv.tcp,
+        b"POST /RPC HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"",
+    );
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    let got = raw_exchange(
+        srv.tcp,
+        b"POST /RPC HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    );
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    let mut c = HttpConn::new(srv.tcp);
+    assert_eq!(xhttp_stat(&mut c, "xhttp:body_timeouts"), json!(2));
+    assert_eq!(xhttp_stat(&mut c, "xhttp:too_large"), json!(1));
+}
+
+fn batch(n: usize, method: &str, params: Value) -> String {
+    let items: Vec<Value> = (0..n)
+        .map(|i| json!({"jsonrpc":"2.0","method":method,"params":params,"id":i}))
+        .collect();
+    Value::Array(items).to_string()
+}
+
+/// A 1 MiB batch of `stats.fetch all` once produced a 34 MB reply. Now: at
+/// most `max_batch_items` items (one -32600 error otherwise) and a reply of at
+/// most `max_reply_size` bytes (one -32603 error otherwise), both counted.
+#[test]
+fn batches_and_replies_are_bounded() {
+    let srv = Server::start(&CFG.replace(
+        "modparam(\"jsonrpcs\", \"transport\", 1)",
+        "modparam(\"jsonrpcs\", \"transport\", 1)\nmodparam(\"jsonrpcs\", \"max_reply_size\", 20000)",
+    ));
+    let mut c = HttpConn::new(srv.tcp);
+    // 100 items (the default bound) are answered, 101 are not.
+    let a = c.post("/RPC", &batch(100, "core.echo", json!([1])));
+    assert_eq!(a.json().as_array().map(Vec::len), Some(100));
+    let a = c.post("/RPC", &batch(101, "core.echo", json!([1])));
+    let e = &a.json()["error"];
+    assert_eq!(e["code"], json!(-32600), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("max_batch_items"), "{e}");
+    // 100 × every statistic is far over 20000 bytes: one error instead.
+    let a = c.post("/RPC", &batch(100, "stats.fetch", json!(["all"])));
+    assert!(a.body.len() < 1000, "{} bytes", a.body.len());
+    let e = &a.json()["error"];
+    assert_eq!(e["code"], json!(-32603), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("reply too large"), "{e}");
+    // A single reply over the bound keeps its id.
+    let big = json!({"jsonrpc":"2.0","method":"core.echo","params":["x".repeat(30_000)],"id":"big"});
+    let a = c.post("/RPC", &big.to_string());
+    assert_eq!((a.json()["error"]["code"].clone(), a.json()["id"].clone()), (json!(-32603), json!("big")));
+    assert_eq!(xhttp_stat(&mut c, "jsonrpcs:batch_refused"), json!(1));
+    assert_eq!(xhttp_stat(&mut c, "jsonrpcs:reply_too_large"), json!(2));
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", "-D", "-"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+/// `http_auth_file`: Basic and Bearer credentials, read-only ones refused
+/// state-changing commands; each state-changing command logged with its source.
+#[test]
+fn http_management_requires_credentials() {
+    let dir = super::cli::Scratch::new("jrpc-auth");
+    let file = dir.write(
+        "rpc.auth",
+        "# who may manage\nbasic admin:adm1n:pw rw\nbasic viewer:look ro\nbearer t0ken-123 rw\n",
+    );
+    let srv = Server::start(&CFG.replace(
+        "modparam(\"jsonrpcs\", \"transport\", 1)",
+        &format!("modparam(\"jsonrpcs\", \"transport\", 1)\nmodparam(\"jsonrpcs\", \"http_auth_file\", \"{file}\")"),
+    ));
+    let url = format!("http://{}/RPC", srv.tcp);
+    let doc = |m: &str| format!(r#"{{"jsonrpc":"2.0","method":"{m}","params":["all"],"id":1}}"#);
+    let json_of = |body: &str| -> Value {
+        serde_json::from_str(body.split("\r\n\r\n").last().unwrap()).unwrap()
+    };
+    // No credentials, then a wrong password: 401 with the challenge.
+    let (code, text) = curl(&["-d", &doc("core.version"), &url]);
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("www-authenticate: Basic realm=\"siphon\""), "{text}");
+    let (code, _) = curl(&["-u", "admin:adm1n:PW", "-d", &doc("core.version"), &url]);
+    assert_eq!(code, 401);
+    // Read-only: reading works, resetting does not.
+    let (code, text) = curl(&["-u", "viewer:look", "-d", &doc("stats.get_statistics"), &url]);
+    assert_eq!(code, 200, "{text}");
+    assert!(json_of(&text)["result"].is_array(), "{text}");
+    let (_, text) = curl(&["-u", "viewer:look", "-d", &doc("stats.reset_statistics"), &url]);
+    assert_eq!(json_of(&text)["error"]["code"], json!(-32001), "{text}");
+    // Read-write, by token and by password.
+    let (_, text) = curl(&[
+        "-H",
+        "Authorization: Bearer t0ken-123",
+        "-d",
+        r#"{"jsonrpc":"2.0","method":"stats.get_statistics","params":["jsonrpcs:"],"id":2}"#,
+        &url,
+    ]);
+    let list = json_of(&text)["result"].clone();
+    let has = |s: &str| list.as_array().unwrap().iter().any(|x| x == s);
+    assert!(has("jsonrpcs:read_only_refused = 1"), "{list}");
+    assert!(has("jsonrpcs:auth_failures = 2"), "{list}");
+    let (_, text) = curl(&["-u", "admin:adm1n:pw", "-d", &doc("stats.reset_statistics"), &url]);
+    assert_eq!(json_of(&text)["result"], json!("ok"), "{text}");
+    assert!(srv.log_soon("stats.reset_statistics (changes state) from http 127.0.0.1:"));
+    assert!(srv.log_contains("user admin"));
+    let (code, _) = curl(&["-H", "Authorization: Bearer t0ken-12", "-d", &doc("core.version"), &url]);
+    assert_eq!(code, 401);
+}
