@@ -27,6 +27,26 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
+/// Which kind of run [`Core::after_route`] decides for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteRun {
+    /// `request_route` for a new request.
+    Request,
+    /// A route run when a suspended transaction was resumed.
+    Resumed,
+    /// A failure route run when `fr_timer` expired.
+    Failure,
+}
+
+/// What [`Core::after_route`] did with the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterRoute {
+    /// Parked in its transaction until a module or `t_continue` resumes it.
+    Suspended,
+    /// The run is over.
+    Done,
+}
+
 /// The SIP core: shared by every worker.
 pub struct Core {
     program: OnceLock<Arc<Program>>,
@@ -184,30 +204,53 @@ impl Core {
             return;
         };
         let mut ctx = program.new_ctx(RouteType::REQUEST);
+        // An ACK has no transaction of its own to suspend.
+        ctx.may_suspend = msg.method() != Method::Ack;
         ctx.ext.insert(SipCtx::new(msg, peer));
         let outcome = program.run(route, &mut ctx);
         if matches!(outcome, Outcome::Drop) {
             stats::Stats::inc(&self.stats.drop_requests);
         }
-        self.after_route(ctx, outcome);
+        self.after_route(ctx, outcome, RouteRun::Request);
     }
 
-    /// What happens to a request's context once its route has run.
-    pub(crate) fn after_route(self: &Arc<Self>, mut ctx: siphon_script::Ctx, outcome: Outcome) {
-        match outcome {
-            Outcome::Suspended(s) => self.tm.suspend(self, ctx, Some(s)),
-            _ => {
-                let wants = ctx
-                    .ext
-                    .get_mut::<SipCtx>()
-                    .is_some_and(|s| std::mem::take(&mut s.suspend_requested));
-                if wants && !matches!(outcome, Outcome::Drop) {
-                    self.tm.suspend(self, ctx, None);
-                } else {
-                    self.tm.route_done(&ctx);
+    /// The one decision after any route ran for a request: a suspension (a
+    /// module's, or `t_suspend()`) parks the context in the transaction,
+    /// whatever kind of route asked; otherwise what is left depends on the
+    /// run. Returns whether the context was parked.
+    pub(crate) fn after_route(
+        self: &Arc<Self>,
+        mut ctx: siphon_script::Ctx,
+        outcome: Outcome,
+        run: RouteRun,
+    ) -> AfterRoute {
+        if let Outcome::Suspended(s) = outcome {
+            self.tm.suspend(self, ctx, Some(s));
+            return AfterRoute::Suspended;
+        }
+        let wants = ctx
+            .ext
+            .get_mut::<SipCtx>()
+            .is_some_and(|s| std::mem::take(&mut s.suspend_requested));
+        if wants && !matches!(outcome, Outcome::Drop) {
+            self.tm.suspend(self, ctx, None);
+            return AfterRoute::Suspended;
+        }
+        match run {
+            // The transaction (if the route made one) waits for fr_timer.
+            RouteRun::Request => self.tm.route_done(&ctx),
+            // A resumed route that sent no final reply leaves the caller with a 500.
+            RouteRun::Resumed => {
+                if let Some(id) = ctx.ext.get::<SipCtx>().and_then(|s| s.tx)
+                    && self.tm.reply_code(id).is_some_and(|c| c < 200)
+                {
+                    self.tm.reply(self, id, 500, b"Server Internal Error", &[]);
                 }
             }
+            // The timer answers 408 when the failure route did not reply.
+            RouteRun::Failure => {}
         }
+        AfterRoute::Done
     }
 
     fn on_reply(self: &Arc<Self>, program: &Arc<Program>, msg: SipMsg, peer: Peer) {

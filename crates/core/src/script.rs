@@ -238,6 +238,10 @@ enum SipPv {
     TReplyCode,
     TIndex,
     TLabel,
+    /// `$mt`: 1 for a request, 2 for a reply (Kamailio's `log_prefix` examples use it).
+    MsgType,
+    /// `$pp`: the process id (one process in siphon).
+    Pid,
 }
 
 struct SipPvAccess {
@@ -270,11 +274,18 @@ fn bytes_or_null(b: Option<Bytes>) -> Value {
 
 impl PvAccess for SipPvAccess {
     fn get(&self, ex: &mut Exec<'_>, idx: PvIdx) -> Value {
+        let pid = || Value::Int(std::process::id() as i64);
         let Some(s) = ex.ctx.ext.get::<SipCtx>() else {
-            return Value::Null;
+            return if let SipPv::Pid = self.pv {
+                pid()
+            } else {
+                Value::Null
+            };
         };
         let m = &s.msg;
         match &self.pv {
+            SipPv::Pid => pid(),
+            SipPv::MsgType => Value::Int(if m.is_request() { 1 } else { 2 }),
             SipPv::Method => Value::Str(m.method_bytes()),
             SipPv::Ruri => {
                 if m.is_request() {
@@ -448,6 +459,8 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
         ("rs", SipPv::Status),
         ("rr", SipPv::Reason),
         ("T_reply_code", SipPv::TReplyCode),
+        ("mt", SipPv::MsgType),
+        ("pp", SipPv::Pid),
     ];
     for (name, pv) in simple {
         reg.core_pvs.push(pv_spec(core, name, pv));

@@ -7,10 +7,10 @@
 
 use crate::script::SipCtx;
 use crate::stats::Stats;
-use crate::{Core, Peer};
+use crate::{AfterRoute, Core, Peer, RouteRun};
 use bytes::Bytes;
 use siphon_script::api::{Resumer, Suspend};
-use siphon_script::{Ctx, Outcome, RouteId, RouteType};
+use siphon_script::{Ctx, RouteId, RouteType};
 use siphon_sip::{Method, ServerTx, SipMsg, TxAction};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -542,24 +542,7 @@ impl Core {
         };
         ctx.route_type = RouteType::FAILURE;
         let outcome = program.run(route, &mut ctx);
-        if let Outcome::Suspended(s) = outcome {
-            self.tm.suspend(self, ctx, Some(s));
-            return;
-        }
-        if ctx
-            .ext
-            .get_mut::<SipCtx>()
-            .is_some_and(|s| std::mem::take(&mut s.suspend_requested))
-        {
-            self.tm.suspend(self, ctx, None);
-            return;
-        }
-        let Some(id) = ctx.ext.get::<SipCtx>().and_then(|s| s.tx) else {
-            return;
-        };
-        if self.tm.reply_code(id).is_some_and(|c| c < 200) {
-            self.tm.reply(self, id, 500, b"Server Internal Error", &[]);
-        }
+        self.after_route(ctx, outcome, RouteRun::Resumed);
     }
 }
 
@@ -613,7 +596,8 @@ fn on_timer(core: &Arc<Core>, id: TxId, now: Instant) {
                 timed_out_ctx = Some(ctx);
             }
             Stats::inc(&core.stats.tm_timeouts);
-            failure = e.failure_route;
+            // A failure route is armed for one run: the route re-arms it with t_on_failure.
+            failure = e.failure_route.take();
         }
         match e.st.on_timer(now) {
             TxAction::Send(b) => {
@@ -651,10 +635,16 @@ fn on_timer(core: &Arc<Core>, id: TxId, now: Instant) {
                 }
             };
             ctx.route_type = RouteType::FAILURE;
+            ctx.may_suspend = true;
             if let Some(sip) = ctx.ext.get_mut::<SipCtx>() {
                 sip.timed_out = true;
+                sip.failure_route = None;
             }
-            let _ = program.run(route, &mut ctx);
+            let outcome = program.run(route, &mut ctx);
+            // A failure route may suspend (ask an application where to go next).
+            if core.after_route(ctx, outcome, RouteRun::Failure) == AfterRoute::Suspended {
+                return;
+            }
         }
     }
     if core.tm.reply_code(id).is_some_and(|c| c < 200) {

@@ -106,8 +106,13 @@ pub(crate) fn compile(
     if c.diags.iter().any(Diagnostic::is_error) {
         return Err(c.diags);
     }
-    let prog = c.finish();
-    Ok(prog)
+    // Building the program checks what only it sees (the `log_prefix`
+    // format, `shvset`/`varset` values): an error there fails the load too.
+    let (prog, diags) = c.finish();
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(diags);
+    }
+    Ok((prog, diags))
 }
 
 impl Compiler<'_> {

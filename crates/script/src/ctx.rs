@@ -188,6 +188,11 @@ pub struct Ctx {
     pub dropped: bool,
     /// What the core and modules attach.
     pub ext: Extensions,
+    /// Whether an async function may suspend this execution: the context
+    /// carries a SIP request that has or can get a transaction. Kamailio
+    /// decides by the transaction, not by the route type, so a resumed route
+    /// or a failure route can suspend again; the core sets it.
+    pub may_suspend: bool,
     pub(crate) suspend: Option<crate::api::Suspend>,
 }
 
@@ -202,6 +207,7 @@ impl Ctx {
             last_rc: 1,
             dropped: false,
             ext: Extensions::default(),
+            may_suspend: false,
             suspend: None,
         }
     }

@@ -285,9 +285,18 @@ impl<'a> Exec<'a> {
             CExpr::Call(c) => {
                 let code = match c.call.call(self) {
                     FnResult::Code(c) => c,
-                    FnResult::Suspend(s) => {
+                    FnResult::Suspend(s) if self.ctx.may_suspend => {
                         self.ctx.suspend = Some(s);
                         return None;
+                    }
+                    // Nothing to suspend (an event or reply route, no SIP
+                    // request): the call fails instead of vanishing.
+                    FnResult::Suspend(_) => {
+                        tracing::error!(
+                            "{}: cannot suspend here: no SIP request with a transaction in this route",
+                            c.name
+                        );
+                        -1
                     }
                 };
                 self.ctx.last_rc = code;

@@ -330,11 +330,20 @@ fn suspend_stops_the_script_and_hands_over() {
     );
     let p = l.program.unwrap();
     let mut ctx = p.new_ctx(RouteType::REQUEST);
+    ctx.may_suspend = true;
     assert!(matches!(
         p.run(p.request_route().unwrap(), &mut ctx),
         Outcome::Suspended(_)
     ));
     assert_eq!(ctx.vars[p.var_slot("a").unwrap()], Value::Int(1));
+    // Where nothing can be suspended the call is false and the route goes on.
+    let mut ctx = p.new_ctx(RouteType::EVENT);
+    assert!(matches!(
+        p.run(p.request_route().unwrap(), &mut ctx),
+        Outcome::Returned(1)
+    ));
+    assert_eq!(ctx.vars[p.var_slot("a").unwrap()], Value::Int(2));
+    assert_eq!(ctx.last_rc, -1);
 }
 
 #[test]

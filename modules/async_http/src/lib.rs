@@ -121,7 +121,7 @@ fn launch(ex: &mut Exec<'_>, job: HttpJob, l: Launch) -> FnResult {
         suspend,
         xdata,
     } = l;
-    if suspend && ex.ctx.route_type.intersects(RouteType::REQUEST) {
+    if suspend && ex.ctx.may_suspend {
         return FnResult::Suspend(Suspend {
             start: Box::new(move |_ctx, resumer| {
                 tokio::spawn(async move {

@@ -10,6 +10,7 @@ mod jsonrpcc;
 mod jsonrpcs;
 mod seeds;
 mod sip;
+mod suspend;
 mod tls;
 mod transport_limits;
 mod xhttp;

@@ -529,3 +529,15 @@ fn tcp_connections_over_the_limit_are_closed_and_others_go_on() {
     a.send(&request("OPTIONS", aa, "l4", "c-l4", ""));
     assert_eq!(a.recv(W).unwrap().status(), Some(200));
 }
+
+#[test]
+fn log_prefix_with_kamailio_message_type_and_headers() {
+    // Kamailio's documented log_prefix example: `$mt` is 1 for a request.
+    let srv = Server::start(
+        "log_prefix=\"{$mt $hdr(CSeq) $ci} \"\nrequest_route { xlog(\"L_INFO\", \"routing $rm\\n\"); sl_send_reply(\"200\", \"OK\"); }\n",
+    );
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("OPTIONS", uac.addr(), "lp1", "lp-call", ""));
+    assert_eq!(uac.final_code(W), Some(200));
+    assert!(srv.log_soon("{1 1 OPTIONS lp-call} routing OPTIONS"));
+}
