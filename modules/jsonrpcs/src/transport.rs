@@ -269,9 +269,16 @@ async fn fifo_request(fifo: Arc<Fifo>, text: Vec<u8>) {
     struct Name {
         reply_name: Option<String>,
     }
-    let reply_name = serde_json::from_slice::<Name>(&text)
-        .ok()
-        .and_then(|n| n.reply_name);
+    // A batch's reply goes to the first reply_name among its items.
+    let reply_name = if text.first() == Some(&b'[') {
+        serde_json::from_slice::<Vec<Name>>(&text)
+            .ok()
+            .and_then(|v| v.into_iter().find_map(|n| n.reply_name))
+    } else {
+        serde_json::from_slice::<Name>(&text)
+            .ok()
+            .and_then(|n| n.reply_name)
+    };
     let caller = Caller::new(
         "fifo",
         format!(

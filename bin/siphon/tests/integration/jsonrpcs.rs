@@ -300,3 +300,170 @@ fn python_jsonrpcclient_over_udp() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Waits (at most 10 s) until statistic `name` reaches `want`; its last value.
+fn stat_reaches(srv: &Server, name: &str, want: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = stat(srv, name);
+        if v >= want || std::time::Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mkfifo(path: &str) {
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Opens a FIFO for reading without blocking (and so without waiting for a writer).
+fn open_reader(path: &str) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .unwrap()
+}
+
+/// A batch whose reply is far over a pipe's 64 KiB: 100 × every statistic.
+fn big_reply_request(reply_name: &str) -> String {
+    let items: Vec<Value> = (0..100)
+        .map(|i| json!({"jsonrpc":"2.0","method":"stats.fetch","params":["all"],"id":i,"reply_name":reply_name}))
+        .collect();
+    Value::Array(items).to_string()
+}
+
+/// The FIFO transport's hardening: a reader that never reads loses its reply
+/// after the write deadline (3 s) instead of holding it forever; a symlink or
+/// a FIFO of another owner planted in the reply directory is not written to;
+/// garbage before a document does not lose the document.
+#[test]
+fn fifo_replies_are_bounded_and_go_only_to_real_fifos() {
+    let dir = super::cli::Scratch::new("jrpc-fifo-hard");
+    let d = dir.0.display().to_string();
+    let srv = Server::start(&cfg(&d));
+    let fifo = format!("{d}/siphon_rpc.fifo");
+    let write = |text: &str| std::fs::write(&fifo, text).unwrap();
+    // (a) A reader that opened its FIFO and never reads.
+    let stuck = format!("{d}/stuck");
+    mkfifo(&stuck);
+    let _held = open_reader(&stuck);
+    // A batch's reply goes to the first reply_name among its items.
+    write(&big_reply_request("stuck"));
+    // (b) A symlink to another FIFO, and a FIFO owned by someone else.
+    let victim = format!("{d}/victim");
+    mkfifo(&victim);
+    let mut victim_rd = open_reader(&victim);
+    std::os::unix::fs::symlink(&victim, format!("{d}/evil")).unwrap();
+    write(r#"{"jsonrpc":"2.0","method":"core.version","reply_name":"evil","id":1}"#);
+    assert_eq!(stat_reaches(&srv, "jsonrpcs:fifo_reply_refused", 1), 1);
+    let mut got = Vec::new();
+    let r = std::io::Read::read_to_end(&mut victim_rd, &mut got);
+    assert!(got.is_empty(), "written through the link: {got:?} {r:?}");
+    let foreign = format!("{d}/foreign");
+    mkfifo(&foreign);
+    let _foreign_rd = open_reader(&foreign);
+    if std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).is_ok() {
+        write(r#"{"jsonrpc":"2.0","method":"core.version","reply_name":"foreign","id":1}"#);
+        assert_eq!(stat_reaches(&srv, "jsonrpcs:fifo_reply_refused", 2), 2);
+        assert!(srv.log_soon("owned by uid 65534"));
+    }
+    // (d) Garbage, then a valid document, in one write.
+    let reply = format!("{d}/after_garbage");
+    mkfifo(&reply);
+    let reader = std::thread::spawn({
+        let reply = reply.clone();
+        move || std::fs::read_to_string(&reply).unwrap()
+    });
+    write(r#"this is not json {"jsonrpc":"2.0","method":"core.echo","params":["ok"],"reply_name":"after_garbage","id":7}"#);
+    let v: Value = serde_json::from_str(reader.join().unwrap().trim()).unwrap();
+    assert_eq!(v, json!({"jsonrpc":"2.0","result":["ok"],"id":7}));
+    assert_eq!(stat(&srv, "jsonrpcs:fifo_garbage"), 1);
+    // (a) again: the stuck reply was given up, not kept.
+    assert_eq!(stat_reaches(&srv, "jsonrpcs:fifo_reply_timeouts", 1), 1);
+    assert!(srv.log_soon("did not take the reply within 3 s"));
+}
+
+/// Without fifo_reply_dir, replies go to the run directory, not /tmp/; and
+/// `siphon ctl` says what to pass when its reply directory is not the server's.
+#[test]
+fn fifo_replies_default_to_the_run_dir_and_ctl_says_what_to_pass() {
+    let dir = super::cli::Scratch::new("jrpc-rundir");
+    let d = dir.0.display().to_string();
+    let srv = Server::start(&format!(
+        "run_dir=\"{d}/run\"\nloadmodule \"jsonrpcs.so\"\nmodparam(\"jsonrpcs\", \"transport\", 2)\nmodparam(\"jsonrpcs\", \"fifo_name\", \"rpc.fifo\")\n"
+    ));
+    let fifo = format!("{d}/run/rpc.fifo");
+    assert!(srv.log_contains(&format!("jsonrpcs listening on fifo:{fifo}")));
+    let ctl = |reply_dir: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
+            .args(["ctl", "--fifo", &fifo, "--reply-dir", reply_dir, "core.version"])
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&format!("{d}/run"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("siphon"));
+    let elsewhere = format!("{d}/elsewhere");
+    let out = ctl(&elsewhere);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pass --reply-dir") && err.contains("fifo_reply_dir"), "{err}");
+}
+
+/// `stats.get_statistics rcv_requests` (no group) as Kamailio answers it;
+/// `dgram_socket` with a host name and with unbracketed IPv6.
+#[test]
+fn bare_statistic_names_and_datagram_sockets_by_name() {
+    let srv = Server::start(
+        "loadmodule \"jsonrpcs.so\"\nmodparam(\"jsonrpcs\", \"transport\", 4)\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"udp:localhost:0\")\nrequest_route { sl_send_reply(\"200\", \"OK\"); }\n",
+    );
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("OPTIONS", uac.addr(), "b1", "c-b1", ""));
+    assert_eq!(uac.final_code(Duration::from_secs(3)), Some(200));
+    let to = udp_addr(&srv);
+    assert!(to.ip().is_loopback(), "{to}");
+    let sock = UdpSocket::bind(if to.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let r = rpc_udp(
+        &sock,
+        to,
+        r#"{"jsonrpc":"2.0","method":"stats.get_statistics","params":["rcv_requests"],"id":1}"#,
+    )
+    .unwrap();
+    assert_eq!(r["result"], json!(["core:rcv_requests = 1"]), "{r}");
+    // Unbracketed IPv6 (skipped where the host has no IPv6 loopback).
+    if UdpSocket::bind("[::1]:0").is_ok() {
+        let srv6 = Server::start(
+            "loadmodule \"jsonrpcs.so\"\nmodparam(\"jsonrpcs\", \"transport\", 4)\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"udp:::1:0\")\n",
+        );
+        assert!(srv6.log_contains("jsonrpcs listening on udp:[::1]:"));
+        let to = udp_addr(&srv6);
+        let sock = UdpSocket::bind("[::1]:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let r = rpc_udp(&sock, to, r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#).unwrap();
+        assert!(r["result"].is_string(), "{r}");
+    }
+}
+
+/// Over a datagram the reply is never built past the datagram limit: one
+/// -32603 "reply too large", counted.
+#[test]
+fn datagram_replies_stop_at_the_datagram_limit() {
+    let dir = super::cli::Scratch::new("jrpc-dgram-big");
+    let srv = Server::start(&cfg(&dir.0.display().to_string()));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = rpc_udp(&sock, udp_addr(&srv), &big_reply_request("x")).unwrap();
+    assert_eq!(r["error"]["code"], json!(-32603), "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("reply too large"), "{r}");
+    assert_eq!(stat(&srv, "jsonrpcs:reply_too_large"), 1);
+}
