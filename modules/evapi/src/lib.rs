@@ -9,10 +9,16 @@
 //! async variants suspend the transaction first, so the event can carry
 //! `$T(id_index)`/`$T(id_label)` and the client's answer can `t_continue` it.
 //!
-//! Unlike Kamailio, a client that stops reading cannot stall anything: each
-//! has a bounded queue and is disconnected (counted, `connection-closed`
-//! runs) when it fills. Beyond `max_clients` a connection is accepted and
-//! closed. Tags (≤ 64 bytes) start empty on every connection.
+//! Unlike Kamailio, a relay never waits for a client: each has a queue
+//! bounded in bytes (`max_queue_bytes`) that its writer drains on evapi's
+//! I/O thread while the route goes on; a client is disconnected only when
+//! the bound would be passed or its socket takes nothing for
+//! `send_data_timeout` ms, and what was queued before is flushed for a
+//! bounded time. Every lost event is counted per client. siphon's
+//! additions: `first_message_timeout`, `auth_token` (a shared token the
+//! client sends first) and TLS (`tls_certificate`, `tls_private_key`).
+//! Beyond `max_clients` a connection is accepted and closed. Tags (≤ 64
+//! bytes) start empty on every connection. `workers` has no effect.
 
 pub mod hub;
 
@@ -25,10 +31,12 @@ use siphon_script::{
 };
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// The loaded module.
 pub struct Evapi {
     hub: Arc<Hub>,
+    workers: Option<i64>,
     program: Arc<OnceLock<Arc<Program>>>,
 }
 
@@ -273,7 +281,7 @@ impl Module for Evapi {
         vec![
             RpcSpec::new(
                 "evapi.clients",
-                "The connected clients: conidx, address, port, tag, queued bytes, events sent and messages received.",
+                "The connected clients: conidx, address, port, tag, queued bytes, events sent and dropped, messages received.",
                 move |_| {
                     Ok(Value::Array(
                     hub.clients()
@@ -282,7 +290,8 @@ impl Module for Evapi {
                             json!({
                                 "conidx": c.conidx, "srcaddr": c.addr.ip().to_string(), "srcport": c.addr.port(),
                                 "tag": c.tag(), "queued": c.queued(),
-                                "sent": c.sent.load(Ordering::Relaxed), "received": c.received.load(Ordering::Relaxed),
+                                "sent": c.sent.load(Ordering::Relaxed), "dropped": c.dropped.load(Ordering::Relaxed),
+                                "received": c.received.load(Ordering::Relaxed),
                             })
                         })
                         .collect(),
@@ -317,6 +326,14 @@ impl Module for Evapi {
     fn start(&self, cx: &StartCx) -> Result<(), String> {
         let _ = self.program.set(cx.program.clone());
         let _ = self.hub.program.set(cx.program.clone());
+        if let Some(w) = self.workers {
+            tracing::warn!(
+                "evapi: workers={w} has no effect in siphon: messages from clients run \
+                 event_route[evapi:message-received] on the SIP workers, one client's in order"
+            );
+        }
+        let _ = self.hub.main.set(tokio::runtime::Handle::current());
+        let _ = self.hub.io.set(hub::io_thread()?);
         let bind = &self.hub.settings.bind;
         let l = std::net::TcpListener::bind(bind.as_str())
             .map_err(|e| format!("bind_addr {bind}: {e}"))?;
@@ -328,7 +345,14 @@ impl Module for Evapi {
                 .clone()
                 .serve(l, tokio_util::sync::CancellationToken::new()),
         );
-        tracing::info!("evapi listening on {addr}");
+        tracing::info!(
+            "evapi listening on {addr}{}",
+            if self.hub.settings.tls.is_some() {
+                " (TLS)"
+            } else {
+                ""
+            }
+        );
         // On stdout whatever the log level: tests and scripts read the port here.
         println!("evapi listening on {addr}");
         Ok(())
@@ -342,7 +366,7 @@ impl Module for Evapi {
 struct Stats(Arc<Hub>);
 
 impl Stats {
-    fn all(&self) -> [(&'static str, &std::sync::atomic::AtomicU64); 8] {
+    fn all(&self) -> [(&'static str, &std::sync::atomic::AtomicU64); 11] {
         let c = &self.0.counters;
         [
             ("evapi:connections_accepted", &c.accepted),
@@ -353,6 +377,9 @@ impl Stats {
             ("evapi:events_relayed", &c.relayed),
             ("evapi:events_dropped", &c.dropped),
             ("evapi:messages_received", &c.received),
+            ("evapi:first_message_timeouts", &c.first_message_timeouts),
+            ("evapi:auth_failures", &c.auth_failures),
+            ("evapi:tls_failures", &c.tls_failures),
         ]
     }
 }
@@ -373,6 +400,41 @@ impl StatSource for Stats {
     }
 }
 
+fn ms(cfg: &ModuleConfig, name: &str, default: u64) -> Result<Option<Duration>, String> {
+    match cfg.int(name) {
+        Some(v) if v < 0 => Err(format!(
+            "{name} must be 0 (off) or a number of milliseconds, found {v}"
+        )),
+        Some(0) => Ok(None),
+        Some(v) => Ok(Some(Duration::from_millis(v as u64))),
+        None if default == 0 => Ok(None),
+        None => Ok(Some(Duration::from_millis(default))),
+    }
+}
+
+fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("tls_certificate {cert}: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls_certificate {cert}: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("tls_certificate {cert}: no certificate in it"));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls_private_key {key}: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("tls_certificate {cert} with tls_private_key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// The module definition for the registry.
 pub fn def() -> ModuleDef {
     ModuleDef {
@@ -383,6 +445,12 @@ pub fn def() -> ModuleDef {
             ParamSpec::int("workers"),
             ParamSpec::str("event_callback"),
             ParamSpec::int("max_clients"),
+            ParamSpec::int("max_queue_bytes"),
+            ParamSpec::int("send_data_timeout"),
+            ParamSpec::int("first_message_timeout"),
+            ParamSpec::str("auth_token"),
+            ParamSpec::str("tls_certificate"),
+            ParamSpec::str("tls_private_key"),
         ],
         instantiate: Arc::new(|cfg| {
             if let Some(cb) = cfg.str("event_callback").filter(|s| !s.is_empty()) {
@@ -399,15 +467,46 @@ pub fn def() -> ModuleDef {
             if cfg.int("workers").is_some_and(|w| w < 0) {
                 return Err("workers must be 0 or more".into());
             }
-            let hub = Hub::new(Settings {
-                bind: cfg
-                    .str("bind_addr")
-                    .unwrap_or_else(|| "127.0.0.1:8448".into()),
-                netstrings: cfg.int("netstring_format").unwrap_or(1) != 0,
-                max_clients: max_clients as usize,
+            let max_queue = cfg
+                .int("max_queue_bytes")
+                .unwrap_or(hub::DEFAULT_QUEUE_BYTES as i64);
+            if max_queue < 1024 {
+                return Err(format!(
+                    "max_queue_bytes must be 1024 or more, found {max_queue}"
+                ));
+            }
+            let token = cfg
+                .str("auth_token")
+                .filter(|t| !t.is_empty())
+                .map(String::into_bytes);
+            let first_message = ms(cfg, "first_message_timeout", 0)?.or_else(|| {
+                token
+                    .is_some()
+                    .then(|| Duration::from_millis(hub::DEFAULT_AUTH_TIMEOUT_MS))
             });
+            let tls = match (
+                cfg.str("tls_certificate").filter(|s| !s.is_empty()),
+                cfg.str("tls_private_key").filter(|s| !s.is_empty()),
+            ) {
+                (Some(c), Some(k)) => Some(tls_acceptor(&c, &k)?),
+                (None, None) => None,
+                _ => return Err("tls_certificate and tls_private_key go together".into()),
+            };
+            let mut settings = Settings::new(
+                &cfg.str("bind_addr")
+                    .unwrap_or_else(|| "127.0.0.1:8448".into()),
+            );
+            settings.netstrings = cfg.int("netstring_format").unwrap_or(1) != 0;
+            settings.max_clients = max_clients as usize;
+            settings.max_queue = max_queue as usize;
+            settings.send_timeout = ms(cfg, "send_data_timeout", hub::DEFAULT_SEND_TIMEOUT_MS)?;
+            settings.first_message = first_message;
+            settings.token = token;
+            settings.tls = tls;
+            let hub = Hub::new(settings);
             Ok(Arc::new(Evapi {
                 hub,
+                workers: cfg.int("workers"),
                 program: Arc::new(OnceLock::new()),
             }) as Arc<dyn Module>)
         }),

@@ -54,6 +54,10 @@ request_route {{
         $var(i) = 0;
         while ($var(i) < 12) {{ $var(big) = $var(big) + $var(big); $var(i) = $var(i) + 1; }}
         evapi_relay("$var(big)");
+    }} else if (is_method("PUBLISH")) {{
+        # One route run, $hdr(X-N) small events.
+        $var(i) = 0;
+        while ($var(i) < $(hdr(X-N){{s.int}})) {{ evapi_relay("burst $var(i) $hdr(X-Pad)"); $var(i) = $var(i) + 1; }}
     }} else if (is_method("INVITE")) {{
         evapi_async_relay("suspend|$T(id_index)|$T(id_label)");
         exit;
@@ -359,6 +363,19 @@ fn a_client_that_never_reads_stalls_nothing() {
     drop(stuck);
 }
 
+/// What a Python client printed, once it ended.
+fn output(mut child: std::process::Child) -> String {
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = child.wait();
+    out
+}
+
 #[test]
 fn python_pynetstring_client() {
     let srv = Server::start(&cfg(""));
@@ -377,7 +394,7 @@ s.sendall(pynetstring.encode("from python"))
 print(" ".join(g.decode() for g in got), flush=True)
 time.sleep(0.3)
 "#;
-    let mut child = std::process::Command::new("python3")
+    let child = std::process::Command::new("python3")
         .args(["-c", script, &a.ip().to_string(), &a.port().to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -386,14 +403,218 @@ time.sleep(0.3)
     for n in 1..=3 {
         assert_eq!(sip(&srv, "MESSAGE", n, ""), 200);
     }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let _ = child.wait();
+    let out = output(child);
     assert_eq!(out, "connected\nrelay 1 relay 2 relay 3\n");
     assert!(srv.log_soon("evapi msg [from python]"));
+}
+
+/// Waits until statistic `name` reaches `n` (it is counted as the connection goes).
+fn stat_reaches(srv: &Server, name: &str, n: i64) {
+    let deadline = Instant::now() + W;
+    while stat(srv, name) < n {
+        assert!(Instant::now() < deadline, "{name} did not reach {n}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(stat(srv, name), n);
+}
+
+/// Reads netstrings until `want` arrived, EOF, or `wait`; checks they are
+/// `burst 0 …`, `burst 1 …`, … in order; how many arrived in order.
+fn count_burst(s: &mut TcpStream, want: usize, wait: Duration) -> usize {
+    let deadline = Instant::now() + wait;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (mut buf, mut at, mut n) = (Vec::new(), 0usize, 0usize);
+    let mut b = vec![0u8; 1 << 16];
+    while n < want && Instant::now() < deadline {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(k) => buf.extend_from_slice(&b[..k]),
+            Err(_) => continue,
+        }
+        while let Some(colon) = buf[at..].iter().position(|c| *c == b':') {
+            let len: usize = std::str::from_utf8(&buf[at..at + colon])
+                .unwrap()
+                .parse()
+                .unwrap();
+            let start = at + colon + 1;
+            if buf.len() <= start + len {
+                break;
+            }
+            assert!(buf[start..start + len].starts_with(format!("burst {n} ").as_bytes()));
+            n += 1;
+            at = start + len + 1;
+        }
+        buf.drain(..at);
+        at = 0;
+    }
+    n
+}
+
+#[test]
+fn a_burst_of_200k_events_reaches_fast_readers_and_a_stuck_client_is_cut_after_send_data_timeout() {
+    // Measured: before, the writers did not run while the route did, each queue
+    // passed its bound and the fast readers were disconnected with part of the
+    // burst; now both get all 200,000 and only the client that never reads goes.
+    let srv = Server::start(&cfg(
+        "max_while_loops=300000\nmodparam(\"evapi\", \"send_data_timeout\", 1000)",
+    ));
+    let a = evapi_addr(&srv);
+    let stuck = TcpStream::connect(a).unwrap();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(a).unwrap();
+            std::thread::spawn(move || (count_burst(&mut s, 200_000, Duration::from_secs(60)), s))
+        })
+        .collect();
+    clients(&srv, 3);
+    // 50 bytes each: 10 MB per client, more than the kernel holds for one that does not read.
+    assert_eq!(
+        sip(
+            &srv,
+            "PUBLISH",
+            200_000,
+            &format!("X-Pad: {}\r\n", "p".repeat(36))
+        ),
+        200
+    );
+    let mut keep = Vec::new();
+    for r in readers {
+        let (n, s) = r.join().unwrap();
+        assert_eq!(n, 200_000, "a fast reader got the whole burst");
+        keep.push(s);
+    }
+    // The stuck client: cut for taking nothing, its queue counted as dropped.
+    stat_reaches(&srv, "evapi:slow_clients_closed", 1);
+    assert!(srv.log_soon("took no data for send_data_timeout (1000 ms)"));
+    assert!(stat(&srv, "evapi:events_dropped") > 0);
+    let deadline = Instant::now() + W;
+    loop {
+        let left = clients(&srv, 2);
+        if left
+            .iter()
+            .all(|c| c["sent"] == json!(200_000) && c["dropped"] == json!(0))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stuck);
+}
+
+#[test]
+fn a_disconnected_client_still_gets_what_was_queued_before() {
+    // Before, closing a client discarded its queue: it got only what the kernel held.
+    let srv = Server::start(&cfg(
+        "modparam(\"evapi\", \"max_queue_bytes\", 67108864)\nmodparam(\"evapi\", \"send_data_timeout\", 60000)",
+    ));
+    let a = evapi_addr(&srv);
+    let mut c = TcpStream::connect(a).unwrap();
+    clients(&srv, 1);
+    // 400 events of 64 KiB while the client reads nothing: most wait in its queue.
+    for n in 0..400 {
+        assert_eq!(sip(&srv, "OPTIONS", n, ""), 200);
+    }
+    let listed = clients(&srv, 1);
+    assert!(listed[0]["queued"].as_u64().unwrap() > 0, "{listed:?}");
+    let r = rpc_doc(&srv, "evapi.close", json!([listed[0]["conidx"]]));
+    assert_eq!(r["result"], json!("OK"), "{r}");
+    // Everything arrives, then the connection ends.
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    let frame = 65536 + "65536:,".len();
+    assert_eq!(all.len(), 400 * frame);
+    assert_eq!(stat(&srv, "evapi:events_dropped"), 0);
+}
+
+#[test]
+fn auth_token_and_first_message_timeout() {
+    let srv = Server::start(&cfg(
+        "modparam(\"evapi\", \"auth_token\", \"s3cret\")\nmodparam(\"evapi\", \"first_message_timeout\", 3000)",
+    ));
+    let a = evapi_addr(&srv);
+    let mut good = Ev::connect(a);
+    good.send("s3cret");
+    let mut silent = Ev::connect(a);
+    let mut wrong = Ev::connect(a);
+    wrong.send("s3creT");
+    // Wrong token: closed at once, its message never reaches the route.
+    assert!(wrong.closed(W));
+    stat_reaches(&srv, "evapi:auth_failures", 1);
+    // Nothing sent: closed at the deadline.
+    assert!(silent.closed(W));
+    stat_reaches(&srv, "evapi:first_message_timeouts", 1);
+    // A client that has not authenticated yet gets no events; once it has, it does and may send.
+    let mut late = Ev::connect(a);
+    clients(&srv, 2);
+    assert_eq!(sip(&srv, "MESSAGE", 1, ""), 200);
+    assert_eq!(good.frame(W).as_deref(), Some("relay 1"));
+    late.send("s3cret");
+    late.send("hello after auth");
+    assert!(srv.log_soon("evapi msg [hello after auth]"));
+    assert_eq!(sip(&srv, "MESSAGE", 2, ""), 200);
+    assert_eq!(
+        late.frame(W).as_deref(),
+        Some("relay 2"),
+        "the first event it gets"
+    );
+    assert_eq!(good.frame(W).as_deref(), Some("relay 2"));
+    good.send("hello");
+    assert!(srv.log_soon("evapi msg [hello]"));
+    assert!(
+        !srv.log_contains("s3cre"),
+        "tokens are neither routed nor logged"
+    );
+}
+
+#[test]
+fn tls_with_python_ssl_and_a_plain_client_refused() {
+    let dir = super::cli::Scratch::new("evapi-tls");
+    let (ca, cert, key) = super::harness::test_certs(&dir);
+    let srv = Server::start(&cfg(&format!(
+        "modparam(\"evapi\", \"tls_certificate\", \"{}\")\nmodparam(\"evapi\", \"tls_private_key\", \"{}\")\nmodparam(\"evapi\", \"workers\", 2)",
+        cert.display(),
+        key.display()
+    )));
+    assert!(srv.log_soon("workers=2 has no effect"));
+    let a = evapi_addr(&srv);
+    // A client that does not speak TLS is closed and counted.
+    let mut plain = Ev::connect(a);
+    plain.send("hello");
+    assert!(plain.closed(W));
+    stat_reaches(&srv, "evapi:tls_failures", 1);
+    let script = r#"
+import socket, ssl, sys
+import pynetstring
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2]))), server_hostname="127.0.0.1")
+s.settimeout(5)
+print("connected", s.version(), flush=True)
+d = pynetstring.Decoder()
+got = []
+while not got:
+    got += d.feed(s.recv(65536))
+s.sendall(pynetstring.encode("over tls"))
+print(got[0].decode(), flush=True)
+s.close()
+"#;
+    let child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &a.ip().to_string(),
+            &a.port().to_string(),
+            &ca.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    clients(&srv, 1);
+    assert_eq!(sip(&srv, "MESSAGE", 5, ""), 200);
+    let out = output(child);
+    assert!(out.starts_with("connected TLSv1."), "{out}");
+    assert!(out.ends_with("\nrelay 5\n"), "{out}");
+    assert!(srv.log_soon("evapi msg [over tls]"));
 }
