@@ -14,12 +14,14 @@
 
 #![warn(missing_docs)]
 
+pub mod client_tx;
 mod msg;
 pub mod tx;
 mod uri;
 mod views;
 mod write;
 
+pub use client_tx::{ClientAction, ClientState, ClientTimers, ClientTx, ReplyVerdict};
 pub use msg::{
     FrameError, Header, HeaderName, Kind, Method, ParseError, Rng, SipMsg, parse,
     parse_for_error_reply, parse_http_request, tcp_frame_len,
