@@ -29,6 +29,7 @@ pub fn registry_with_core() -> (Registry, Arc<Core>) {
     reg.add(siphon_mod_xhttp::def(&core));
     reg.add(siphon_mod_xhttp::prom::def());
     reg.add(siphon_mod_event_jsonrpc::def());
+    reg.add(siphon_mod_event_virtual::def());
     reg.add(siphon_mod_jsonrpcc::def());
     reg.add(siphon_mod_jsonrpcc::janssonrpcc::def());
     reg.add(siphon_mod_evapi::def());

@@ -107,6 +107,27 @@ pub trait EventSubscriber: Send + Sync {
     }
 }
 
+/// A module that is an event transport and its statistics, nothing else
+/// (event_jsonrpc, event_virtual).
+pub struct TransportModule {
+    /// The transport it adds.
+    pub transport: Arc<dyn EventTransport>,
+    /// Its statistics.
+    pub stats: Arc<dyn crate::rpc::StatSource>,
+}
+
+impl crate::api::Module for TransportModule {
+    fn event_transports(&self) -> Vec<Arc<dyn EventTransport>> {
+        vec![self.transport.clone()]
+    }
+    fn stats(&self) -> Option<Arc<dyn crate::rpc::StatSource>> {
+        Some(self.stats.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// Why a subscription or a raise failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EviError {

@@ -25,7 +25,9 @@ mod sender;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use siphon_script::api::*;
-use siphon_script::evi::{Event, EventSubscriber, EventTransport, Evi, OnOutcome, Outcome};
+use siphon_script::evi::{
+    Event, EventSubscriber, EventTransport, Evi, OnOutcome, Outcome, TransportModule,
+};
 use siphon_script::rpc::StatSource;
 use siphon_script::{ModuleDef, ParamSpec};
 use std::collections::HashMap;
@@ -308,23 +310,6 @@ impl StatSource for Stats {
     }
 }
 
-/// The loaded module.
-pub struct EventJsonrpc {
-    transport: Arc<Transport>,
-}
-
-impl Module for EventJsonrpc {
-    fn event_transports(&self) -> Vec<Arc<dyn EventTransport>> {
-        vec![self.transport.clone()]
-    }
-    fn stats(&self) -> Option<Arc<dyn StatSource>> {
-        Some(Arc::new(Stats(self.transport.totals.clone())))
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
 /// The module definition for the registry.
 pub fn def() -> ModuleDef {
     ModuleDef {
@@ -361,12 +346,14 @@ pub fn def() -> ModuleDef {
                 timeout: Duration::from_millis(timeout as u64),
                 event_param: cfg.str("event_param").filter(|s| !s.is_empty()),
             };
-            Ok(Arc::new(EventJsonrpc {
+            let totals = Arc::new(Counters::default());
+            Ok(Arc::new(TransportModule {
                 transport: Arc::new(Transport {
                     cfg: Arc::new(cfg),
                     dests: Mutex::new(HashMap::new()),
-                    totals: Arc::new(Counters::default()),
+                    totals: totals.clone(),
                 }),
+                stats: Arc::new(Stats(totals)),
             }) as Arc<dyn Module>)
         }),
     }

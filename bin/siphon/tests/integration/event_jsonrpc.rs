@@ -397,3 +397,118 @@ fn rpc_subscriptions_only_to_allowed_subscribers() {
         json!([])
     );
 }
+
+/// Waits until `f` holds (or 5 s passed); whether it did.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + W;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The next document of `peer` for `method`: its params.
+fn next_of(peer: &PyPeer, method: &str) -> serde_json::Value {
+    loop {
+        let d = peer.next().unwrap_or_else(|| panic!("no {method} event"));
+        if d["method"] == json!(method) {
+            return d["params"].clone();
+        }
+    }
+}
+
+#[test]
+fn event_virtual_failover_round_robin_and_parallel_over_jsonrpc() {
+    let (a, b) = (subscriber(0, "reply"), subscriber(0, "reply"));
+    let silent = subscriber(0, "silent");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let j = |p: u16| format!("jsonrpc:127.0.0.1:{p}");
+    let srv = Server::start(&format!(
+        r#"
+loadmodule "event_jsonrpc.so"
+loadmodule "event_virtual.so"
+loadmodule "jsonrpcs.so"
+modparam("event_jsonrpc", "sync_mode", 1)
+modparam("event_jsonrpc", "timeout", 300)
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:0")
+startup_route {{
+    subscribe_event("E_FO", "virtual:FAILOVER {dead} {a}");
+    subscribe_event("E_FO2", "virtual:FAILOVER {silent}	{b}");
+    subscribe_event("E_RR", "virtual:ROUND-ROBIN {a} {b}");
+    subscribe_event("E_PAR", "virtual:PARALLEL {a} {b}");
+}}
+request_route {{ drop; }}
+"#,
+        dead = j(dead),
+        a = j(a.port),
+        b = j(b.port),
+        silent = j(silent.port),
+    ));
+    let raise = |ev: &str, n: i64| {
+        assert_eq!(
+            rpc(&srv, "raise_event", json!([ev, n]))["result"],
+            json!({"subscribers": 1})
+        );
+    };
+    let member = |ev: &str, i: usize| {
+        rpc(&srv, "subscribers_list", json!([ev]))["result"][0]["stats"]["members"][i].clone()
+    };
+    // FAILOVER: the first member is down (connection refused): the second gets it.
+    raise("E_FO", 1);
+    assert_eq!(next_of(&a, "E_FO"), json!([1]));
+    assert!(eventually(|| member("E_FO", 0)["unconfirmed"] == json!(1)));
+    // FAILOVER: the first member takes the event and never confirms it; after
+    // the 300 ms timeout the second gets it.
+    raise("E_FO2", 1);
+    assert_eq!(next_of(&silent, "E_FO2"), json!([1]));
+    assert_eq!(next_of(&b, "E_FO2"), json!([1]));
+    assert!(eventually(|| member("E_FO2", 1)["confirmed"] == json!(1)));
+    assert_eq!(member("E_FO2", 0)["unconfirmed"], json!(1));
+    // The failed member is skipped for failover_timeout (30 s): the next
+    // event goes to the second at once, the first sent nothing more.
+    raise("E_FO2", 2);
+    assert_eq!(next_of(&b, "E_FO2"), json!([2]));
+    assert!(eventually(|| member("E_FO2", 1)["confirmed"] == json!(2)));
+    assert_eq!(member("E_FO2", 0)["stats"]["sent"], json!(1));
+    assert_eq!(stat(&srv, "event_virtual:failovers"), 2);
+    assert_eq!(stat(&srv, "event_virtual:lost"), 0);
+    assert!(stat(&srv, "event_virtual:unconfirmed") >= 2);
+    // ROUND-ROBIN alternates.
+    for n in 0..4 {
+        raise("E_RR", n);
+    }
+    assert_eq!(
+        [next_of(&a, "E_RR"), next_of(&a, "E_RR")],
+        [json!([0]), json!([2])]
+    );
+    assert_eq!(
+        [next_of(&b, "E_RR"), next_of(&b, "E_RR")],
+        [json!([1]), json!([3])]
+    );
+    // PARALLEL: both.
+    raise("E_PAR", 9);
+    assert_eq!(next_of(&a, "E_PAR"), json!([9]));
+    assert_eq!(next_of(&b, "E_PAR"), json!([9]));
+    assert!(eventually(|| stat(&srv, "event_virtual:confirmed") == 8));
+    // Over RPC every member must be on the allow-list.
+    let r = rpc(
+        &srv,
+        "event_subscribe",
+        json!(["E_PAR", format!("virtual:PARALLEL {} jsonrpc:192.0.2.1:8080", j(a.port))]),
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`jsonrpc:192.0.2.1:8080`: 192.0.2.1 is not in"),
+        "{r}"
+    );
+}
