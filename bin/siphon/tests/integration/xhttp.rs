@@ -536,3 +536,52 @@ fn http_management_requires_credentials() {
     let (code, _) = curl(&["-H", "Authorization: Bearer t0ken-12", "-d", &doc("core.version"), &url]);
     assert_eq!(code, 401);
 }
+
+/// README's locked-down management plane: HTTPS through the tls module,
+/// credentials, TLS and local sources only; plain HTTP is refused.
+#[test]
+fn the_locked_down_configuration_of_the_readme() {
+    let dir = super::cli::Scratch::new("jrpc-locked");
+    let (ca, cert, key) = super::harness::test_certs(&dir);
+    let auth = dir.write("rpc.auth", "basic admin:s3cret rw\n");
+    let srv = Server::start(&format!(
+        r#"
+listen=tls:127.0.0.1:0
+loadmodule "tls.so"
+loadmodule "xhttp.so"
+loadmodule "jsonrpcs.so"
+modparam("tls", "certificate", "{}")
+modparam("tls", "private_key", "{}")
+modparam("jsonrpcs", "transport", 1)
+modparam("jsonrpcs", "http_auth_file", "{auth}")
+event_route[xhttp:request] {{
+    if ($pr != "tls" || $si != "127.0.0.1") {{
+        xhttp_reply("403", "Forbidden", "text/plain", "");
+        exit;
+    }}
+    if ($hu =~ "^/RPC") {{ jsonrpc_dispatch(); exit; }}
+    xhttp_reply("404", "Not Found", "text/plain", "");
+}}
+"#,
+        cert.display(),
+        key.display()
+    ));
+    let tls = srv
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| l.strip_prefix("listening on tls:").map(|a| a.trim().to_string()))
+        .expect("a tls listener");
+    assert!(!srv.log_contains("jsonrpcs listening on"), "no FIFO, no datagram socket");
+    let doc = r#"{"jsonrpc":"2.0","method":"core.uptime","id":1}"#;
+    let https = format!("https://{tls}/RPC");
+    let cacert = ca.display().to_string();
+    let (code, text) = curl(&["--cacert", &cacert, "-u", "admin:s3cret", "-d", doc, &https]);
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("\"uptime\""), "{text}");
+    let (code, _) = curl(&["--cacert", &cacert, "-d", doc, &https]);
+    assert_eq!(code, 401);
+    let (code, _) = curl(&["-u", "admin:s3cret", "-d", doc, &format!("http://{}/RPC", srv.tcp)]);
+    assert_eq!(code, 403);
+}
