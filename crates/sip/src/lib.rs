@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod client_tx;
+mod hop;
 mod msg;
 pub mod tx;
 mod uri;
@@ -22,6 +23,7 @@ mod views;
 mod write;
 
 pub use client_tx::{ClientAction, ClientState, ClientTimers, ClientTx, ReplyVerdict};
+pub use hop::{CancelReason, build_ack, build_cancel};
 pub use msg::{
     FrameError, Header, HeaderName, Kind, Method, ParseError, Rng, SipMsg, parse,
     parse_for_error_reply, parse_http_request, tcp_frame_len,
