@@ -41,8 +41,9 @@ pub enum Origin {
     /// A management command (`event_subscribe`): checked against the
     /// transport's allow-list. `source` says where it came from, for the log.
     Rpc {
-        /// The transport and peer, when known (`rpc`).
-        source: String,
+        /// The transport and peer, when the caller knows them (jsonrpcs
+        /// logs them itself with every state-changing command).
+        source: Option<String>,
     },
 }
 
@@ -50,7 +51,8 @@ impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Origin::Config => f.write_str("the configuration"),
-            Origin::Rpc { source } => write!(f, "RPC from {source}"),
+            Origin::Rpc { source: None } => f.write_str("RPC"),
+            Origin::Rpc { source: Some(s) } => write!(f, "RPC from {s}"),
         }
     }
 }
@@ -614,9 +616,9 @@ pub fn rpc_commands() -> Vec<crate::rpc::RpcSpec> {
                         }
                     },
                 };
-                let origin = Origin::Rpc {
-                    source: "rpc".to_string(),
-                };
+                // The transport logged the caller with the command (it
+                // changes state); the call itself does not carry it.
+                let origin = Origin::Rpc { source: None };
                 c.program
                     .evi()
                     .subscribe_from(&event, &socket, Some(expire), &origin)
@@ -723,7 +725,7 @@ mod tests {
     fn rpc_subscriptions_pass_the_allow_list_config_ones_do_not_need_to() {
         let (evi, _) = registry("E_X");
         let rpc = Origin::Rpc {
-            source: "udp:127.0.0.1:9".into(),
+            source: Some("udp:127.0.0.1:9".into()),
         };
         assert_eq!(
             evi.subscribe_from("E_X", "test:far", Some(10), &rpc),

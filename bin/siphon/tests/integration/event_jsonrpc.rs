@@ -371,6 +371,8 @@ fn rpc_subscriptions_only_to_allowed_subscribers() {
         "{r}"
     );
     assert!(srv.log_soon("event_subscribe E_SEQ jsonrpc:192.0.2.1:8080 from RPC"));
+    // Its source: the caller, as jsonrpcs logs every state-changing command.
+    assert!(srv.log_soon("event_subscribe (changes state) from"));
     assert_eq!(
         rpc(&srv, "event_subscribe", json!(["E_SEQ", here]))["result"],
         json!("OK")
