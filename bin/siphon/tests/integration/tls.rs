@@ -32,7 +32,7 @@ request_route {{
     )
 }
 
-fn tls_addr(srv: &Server) -> SocketAddr {
+pub(crate) fn tls_addr(srv: &Server) -> SocketAddr {
     srv.log
         .lock()
         .unwrap()

@@ -283,3 +283,37 @@ fn a_reply_too_large_for_udp_becomes_a_500_the_transaction_keeps() {
     assert_eq!(stat_reaches(&srv, "core:oversized_replies", 2), 2);
     assert!(srv.log_soon("more than a UDP datagram holds"));
 }
+
+#[test]
+fn a_silent_tls_connection_is_closed_after_its_lifetime() {
+    let dir = super::cli::Scratch::new("tls-idle");
+    let (ca, cert, key) = super::harness::test_certs(&dir);
+    let srv = Server::start(&format!(
+        "{RPC}listen=tls:127.0.0.1:0\ntcp_connection_lifetime=1\nloadmodule \"tls.so\"\n\
+         modparam(\"tls\", \"certificate\", \"{}\")\nmodparam(\"tls\", \"private_key\", \"{}\")\n{ANSWER}",
+        cert.display(),
+        key.display()
+    ));
+    // openssl's client finishes the handshake, then says nothing; it exits when the server closes.
+    let mut client = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(super::tls::tls_addr(&srv).to_string())
+        .arg("-CAfile")
+        .arg(&ca)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut exited = false;
+    while !exited && Instant::now() < deadline {
+        exited = matches!(client.try_wait(), Ok(Some(_)));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(exited, "the silent TLS connection stays open");
+    assert_eq!(stat_reaches(&srv, "core:tcp_idle_closed", 1), 1);
+    assert_eq!(stat(&srv, "core:tls_handshake_failures"), 0);
+}
