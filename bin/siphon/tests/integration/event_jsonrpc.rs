@@ -364,8 +364,15 @@ fn rpc_subscriptions_only_to_allowed_subscribers() {
     // Default: loopback only. A documentation address is refused before
     // siphon connects anywhere.
     let srv = Server::start(&cfg("", &here));
-    let r = rpc(&srv, "event_subscribe", json!(["E_SEQ", "jsonrpc:192.0.2.1:8080"]));
-    let msg = r["error"]["message"].as_str().unwrap_or_default().to_string();
+    let r = rpc(
+        &srv,
+        "event_subscribe",
+        json!(["E_SEQ", "jsonrpc:192.0.2.1:8080"]),
+    );
+    let msg = r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         msg.contains("192.0.2.1 is not in event_jsonrpc's allowed_subscribers"),
         "{r}"
@@ -504,7 +511,10 @@ request_route {{ drop; }}
     let r = rpc(
         &srv,
         "event_subscribe",
-        json!(["E_PAR", format!("virtual:PARALLEL {} jsonrpc:192.0.2.1:8080", j(a.port))]),
+        json!([
+            "E_PAR",
+            format!("virtual:PARALLEL {} jsonrpc:192.0.2.1:8080", j(a.port))
+        ]),
     );
     assert!(
         r["error"]["message"]
