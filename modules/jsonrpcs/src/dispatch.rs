@@ -88,18 +88,18 @@ pub struct Ctx<'a> {
     pub counters: &'a Counters,
 }
 
-/// Counts bytes written; fails once past the limit so serialisation stops early.
-struct Meter {
-    n: usize,
+/// A buffer that refuses to grow past its limit, so serialisation stops early.
+struct Bounded {
+    buf: Vec<u8>,
     limit: usize,
 }
 
-impl std::io::Write for Meter {
+impl std::io::Write for Bounded {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.n += b.len();
-        if self.n > self.limit {
+        if self.buf.len() + b.len() > self.limit {
             return Err(std::io::Error::other("over the limit"));
         }
+        self.buf.extend_from_slice(b);
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -107,16 +107,31 @@ impl std::io::Write for Meter {
     }
 }
 
-/// The rendered size of `v` when at most `limit`; `None` when over (found
-/// without rendering more than `limit` bytes).
-fn size_within(v: &Value, pretty: bool, limit: usize) -> Option<usize> {
-    let mut m = Meter { n: 0, limit };
-    let r = if pretty {
-        serde_json::to_writer_pretty(&mut m, v)
-    } else {
-        serde_json::to_writer(&mut m, v)
+/// `v` rendered when it takes at most `limit` bytes; `None` when it would
+/// take more (found without rendering more than `limit` bytes).
+fn render_within(v: &Value, pretty: bool, limit: usize) -> Option<Vec<u8>> {
+    let mut b = Bounded {
+        buf: Vec::new(),
+        limit,
     };
-    r.ok().map(|()| m.n)
+    let r = if pretty {
+        serde_json::to_writer_pretty(&mut b, v)
+    } else {
+        serde_json::to_writer(&mut b, v)
+    };
+    r.ok().map(|()| b.buf)
+}
+
+/// The number of items of a batch document, counted without building them;
+/// `None` when `doc` is not an array.
+fn batch_len(doc: &[u8]) -> Option<usize> {
+    let first = doc.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'[' {
+        return None;
+    }
+    serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(doc)
+        .ok()
+        .map(|v| v.len())
 }
 
 fn too_large(cx: &Ctx<'_>, id: Option<&Value>, what: &str) -> Value {
@@ -200,80 +215,96 @@ async fn one(cx: &Ctx<'_>, msg: Result<Message, jsonrpc::Rejected>) -> Option<Va
     })
 }
 
-/// Answers one document; `None` when nothing is to be sent back. The reply,
-/// rendered with `limits.pretty`, is at most `limits.max_reply` bytes (plus
-/// the pretty printer's indentation of batch items): a larger one is replaced
-/// by a `-32603` error as soon as the bound is crossed.
-pub async fn dispatch(cx: &Ctx<'_>, doc: &[u8]) -> Option<Value> {
+/// Answers one document with the rendered reply; `None` when nothing is to
+/// be sent back. The reply is at most `limits.max_reply` bytes: a larger one
+/// is replaced by a `-32603` error as soon as the bound is crossed, and a
+/// batch is rendered item by item, so no more than the bound is ever built.
+pub async fn answer(cx: &Ctx<'_>, doc: &[u8]) -> Option<Vec<u8>> {
     let (pretty, max) = (cx.limits.pretty, cx.limits.max_reply);
+    let error = |v: Value| Some(render(&v, false));
+    if let Some(n) = batch_len(doc)
+        && n > cx.limits.max_batch
+    {
+        cx.counters.batch_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "jsonrpcs: refused a batch of {n} items from {} (max_batch_items {})",
+            cx.caller,
+            cx.limits.max_batch
+        );
+        return error(jsonrpc::error(
+            None,
+            &RpcError::new(
+                jsonrpc::INVALID_REQUEST,
+                format!(
+                    "Invalid Request: batch of {n} items, over the limit of {} (max_batch_items)",
+                    cx.limits.max_batch
+                ),
+            ),
+        ));
+    }
     match jsonrpc::parse(doc) {
         Ok(Message::Batch(items)) => {
-            if items.len() > cx.limits.max_batch {
-                cx.counters.batch_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "jsonrpcs: refused a batch of {} items from {} (max_batch_items {})",
-                    items.len(),
-                    cx.caller,
-                    cx.limits.max_batch
-                );
-                return Some(jsonrpc::error(
-                    None,
-                    &RpcError::new(
-                        jsonrpc::INVALID_REQUEST,
-                        format!(
-                            "Invalid Request: batch of {} items, over the limit of {} (max_batch_items)",
-                            items.len(),
-                            cx.limits.max_batch
-                        ),
-                    ),
-                ));
-            }
             let total = items.len();
-            let mut out = Vec::new();
-            // "[" and "]", then each item and its separator.
-            let mut size = 2;
+            let (open, sep, close): (&[u8], &[u8], &[u8]) = if pretty {
+                (b"[\n  ", b",\n  ", b"\n]\n")
+            } else {
+                (b"[", b",", b"]\n")
+            };
+            let mut out = open.to_vec();
+            let mut any = false;
             for (i, m) in items.into_iter().enumerate() {
                 if cx.mode == Mode::Async && i > 0 {
                     tokio::task::yield_now().await;
                 }
-                if let Some(v) = one(cx, m).await {
-                    match size_within(&v, pretty, max.saturating_sub(size + 1)) {
-                        Some(n) => size += n + 1,
-                        None => {
-                            return Some(too_large(
-                                cx,
-                                None,
-                                &format!("the batch reply passed {max} bytes at item {} of {total}", i + 1),
-                            ));
+                let Some(v) = one(cx, m).await else { continue };
+                let room = max.saturating_sub(out.len() + sep.len() + close.len());
+                let Some(item) = render_within(&v, pretty, room) else {
+                    return error(too_large(
+                        cx,
+                        None,
+                        &format!("the batch reply passed {max} bytes at item {} of {total}", i + 1),
+                    ));
+                };
+                if any {
+                    out.extend_from_slice(sep);
+                }
+                any = true;
+                if pretty {
+                    // Nested one level: JSON text holds no raw newlines but these.
+                    for (j, line) in item.split(|&b| b == b'\n').enumerate() {
+                        if j > 0 {
+                            out.extend_from_slice(b"\n  ");
                         }
+                        out.extend_from_slice(line);
                     }
-                    out.push(v);
+                } else {
+                    out.extend_from_slice(&item);
+                }
+                if out.len() + close.len() > max {
+                    return error(too_large(
+                        cx,
+                        None,
+                        &format!("the batch reply passed {max} bytes at item {} of {total}", i + 1),
+                    ));
                 }
             }
-            (!out.is_empty()).then_some(Value::Array(out))
+            if !any {
+                return None;
+            }
+            out.extend_from_slice(close);
+            Some(out)
         }
         other => {
             let v = one(cx, other).await?;
-            if size_within(&v, pretty, max).is_none() {
-                return Some(too_large(cx, v.get("id"), &format!("over {max} bytes")));
+            match render_within(&v, pretty, max.saturating_sub(1)) {
+                Some(mut out) => {
+                    out.push(b'\n');
+                    Some(out)
+                }
+                None => error(too_large(cx, v.get("id"), &format!("over {max} bytes"))),
             }
-            Some(v)
         }
     }
-}
-
-/// Dispatches and renders: the bytes to send back, never over `max_reply`
-/// (the rendered form is checked once more: pretty printing of batch items
-/// adds indentation the item sizes did not count).
-pub async fn answer(cx: &Ctx<'_>, doc: &[u8]) -> Option<Vec<u8>> {
-    let v = dispatch(cx, doc).await?;
-    let out = render(&v, cx.limits.pretty);
-    if out.len() > cx.limits.max_reply {
-        let id = if v.is_array() { None } else { v.get("id") };
-        let e = too_large(cx, id, &format!("{} bytes", out.len()));
-        return Some(render(&e, false));
-    }
-    Some(out)
 }
 
 /// Runs a future that is ready at once (sync dispatch) without a runtime.
@@ -304,11 +335,18 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn the_meter_stops_at_the_limit() {
+    fn rendering_stops_at_the_limit() {
         let v = json!({"a": "x".repeat(100)});
-        let exact = serde_json::to_vec(&v).unwrap().len();
-        assert_eq!(size_within(&v, false, exact), Some(exact));
-        assert_eq!(size_within(&v, false, exact - 1), None);
-        assert!(size_within(&v, true, 10_000).unwrap() > exact);
+        let exact = serde_json::to_vec(&v).unwrap();
+        assert_eq!(render_within(&v, false, exact.len()), Some(exact.clone()));
+        assert_eq!(render_within(&v, false, exact.len() - 1), None);
+        assert_eq!(render_within(&v, true, 10_000), Some(serde_json::to_vec_pretty(&v).unwrap()));
+    }
+
+    #[test]
+    fn batches_are_counted_without_building_them() {
+        assert_eq!(batch_len(b" [1, {\"a\": [2, 3]}, \"x\"]"), Some(3));
+        assert_eq!(batch_len(b"{\"a\": 1}"), None);
+        assert_eq!(batch_len(b"[1,"), None);
     }
 }

@@ -19,7 +19,7 @@ pub mod auth;
 mod dispatch;
 mod transport;
 
-pub use dispatch::{Caller, Ctx, FORBIDDEN, Limits, Mode, answer, dispatch, render};
+pub use dispatch::{Caller, Ctx, FORBIDDEN, Limits, Mode, answer, render};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -259,7 +259,6 @@ struct Jsonrpl {
 impl Module for Jsonrpcs {
     fn functions(&self) -> Vec<FunctionSpec> {
         let program = self.program.clone();
-        let pretty = self.cfg.pretty;
         let dispatch_program = self.program.clone();
         let (limits, exec_limits) = (self.cfg.limits(usize::MAX), self.cfg.limits(usize::MAX));
         let creds = self.cfg.auth.clone();
@@ -331,16 +330,25 @@ impl Module for Jsonrpcs {
                     limits: exec_limits,
                     counters: &exec_counters,
                 };
-                let reply = dispatch::now(dispatch::dispatch(&cx, &doc)).flatten();
-                let state = match &reply {
+                let reply = dispatch::now(dispatch::answer(&cx, &doc)).flatten();
+                let state = match reply {
                     None => Jsonrpl {
                         code: 200,
                         text: "OK".into(),
                         body: Bytes::new(),
                     },
-                    Some(v) => {
-                        let body = Bytes::from(render(v, pretty));
-                        match v.get("error") {
+                    Some(body) => {
+                        // The error, when the reply is one (a batch's are its items').
+                        #[derive(serde::Deserialize)]
+                        struct Top {
+                            error: Option<Value>,
+                        }
+                        let top = (body.first() == Some(&b'{'))
+                            .then(|| serde_json::from_slice::<Top>(&body).ok())
+                            .flatten()
+                            .and_then(|t| t.error);
+                        let body = Bytes::from(body);
+                        match top.as_ref() {
                             Some(e) => Jsonrpl {
                                 code: e.get("code").and_then(Value::as_i64).unwrap_or(500),
                                 text: e

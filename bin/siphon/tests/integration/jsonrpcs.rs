@@ -467,3 +467,25 @@ fn datagram_replies_stop_at_the_datagram_limit() {
     assert!(r["error"]["message"].as_str().unwrap().contains("reply too large"), "{r}");
     assert_eq!(stat(&srv, "jsonrpcs:reply_too_large"), 1);
 }
+
+/// A batch rendered item by item reads as `serde_json`'s pretty printer
+/// writes the whole array.
+#[test]
+fn pretty_batches_are_rendered_as_one_document() {
+    let srv = Server::start(
+        "loadmodule \"jsonrpcs.so\"\nmodparam(\"jsonrpcs\", \"transport\", 4)\nmodparam(\"jsonrpcs\", \"pretty_format\", 1)\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"udp:127.0.0.1:0\")\n",
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    sock.send_to(
+        br#"[{"jsonrpc":"2.0","method":"core.echo","params":[1,{"a":[2,"x\ny"]}],"id":1},{"jsonrpc":"2.0","method":"core.echo"},{"jsonrpc":"2.0","method":"core.echo","params":[],"id":2}]"#,
+        udp_addr(&srv),
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    let text = std::str::from_utf8(&buf[..n]).unwrap();
+    let v: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(text, format!("{}\n", serde_json::to_string_pretty(&v).unwrap()));
+    assert_eq!(v.as_array().unwrap().len(), 2);
+}
