@@ -16,6 +16,8 @@ pub enum CancelReason<'a> {
     CompletedElsewhere,
     /// Copy this `Reason` header value (the caller's CANCEL carried it).
     Copy(&'a [u8]),
+    /// A final reply elsewhere ended the search (a 6xx): `Reason: SIP;cause=<code>`.
+    Cause(u16),
 }
 
 /// The CANCEL for `invite`, the INVITE as sent on one branch (RFC 3261 §9.1):
@@ -39,6 +41,9 @@ pub fn build_cancel(invite: &SipMsg, reason: CancelReason<'_>) -> Option<Bytes> 
         CancelReason::None => {}
         CancelReason::CompletedElsewhere => {
             out.put_slice(b"Reason: SIP;cause=200;text=\"Call completed elsewhere\"\r\n")
+        }
+        CancelReason::Cause(code) => {
+            out.put_slice(format!("Reason: SIP;cause={code}\r\n").as_bytes())
         }
         CancelReason::Copy(v) => {
             out.put_slice(b"Reason: ");

@@ -29,6 +29,15 @@ pub enum TxState {
     Terminated,
 }
 
+/// Who made a reply a server transaction sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyOrigin {
+    /// Built here (`t_reply`, a timeout's 408, …).
+    Local,
+    /// Received on a branch and relayed.
+    Relayed,
+}
+
 /// What the caller must do after an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxAction {
@@ -92,8 +101,29 @@ impl ServerTx {
 
     /// The TU sends a reply. Returns what to send, or `None` when a final reply was already sent.
     pub fn on_reply(&mut self, code: u16, bytes: Bytes, now: Instant) -> Option<TxAction> {
+        self.on_reply_from(code, bytes, ReplyOrigin::Local, now)
+    }
+
+    /// As [`ServerTx::on_reply`], for a reply generated here or relayed from
+    /// a branch: a proxy never retransmits a 2xx it relays (the UAS that sent
+    /// it does), but keeps it to answer retransmitted INVITEs.
+    pub fn on_reply_from(
+        &mut self,
+        code: u16,
+        bytes: Bytes,
+        origin: ReplyOrigin,
+        now: Instant,
+    ) -> Option<TxAction> {
         if self.state != TxState::Proceeding {
             return None;
+        }
+        if origin == ReplyOrigin::Relayed && self.invite && (200..300).contains(&code) {
+            self.last_reply = Some(bytes.clone());
+            self.last_code = code;
+            self.state = TxState::Accepted;
+            self.end_at = Some(now + 64 * T1);
+            self.retransmit_at = None;
+            return Some(TxAction::Send(bytes));
         }
         self.last_reply = Some(bytes.clone());
         self.last_code = code;
@@ -242,6 +272,18 @@ mod tests {
         let t0 = Instant::now();
         let mut tx = ServerTx::new(false, false);
         tx.on_reply(200, b("200"), t0);
+        assert_eq!(tx.on_request_retransmission(), TxAction::Send(b("200")));
+        let (sent, ended) = run(&mut tx, t0, Duration::from_secs(40));
+        assert!(sent.is_empty());
+        assert!(ended);
+    }
+
+    #[test]
+    fn a_relayed_2xx_is_not_resent_but_answers_retransmissions() {
+        let t0 = Instant::now();
+        let mut tx = ServerTx::new(true, false);
+        tx.on_reply_from(200, b("200"), ReplyOrigin::Relayed, t0);
+        assert_eq!(tx.state(), TxState::Accepted);
         assert_eq!(tx.on_request_retransmission(), TxAction::Send(b("200")));
         let (sent, ended) = run(&mut tx, t0, Duration::from_secs(40));
         assert!(sent.is_empty());
