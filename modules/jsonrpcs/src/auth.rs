@@ -78,7 +78,8 @@ fn ct_eq(presented: &[u8], secret: &[u8]) -> bool {
 impl Credentials {
     /// Reads `path`; errors name the file and line.
     pub fn load(path: &str) -> Result<Credentials, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("http_auth_file {path}: {e}"))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("http_auth_file {path}: {e}"))?;
         #[cfg(unix)]
         if let Ok(m) = std::fs::metadata(path) {
             use std::os::unix::fs::PermissionsExt;
@@ -140,7 +141,9 @@ impl Credentials {
     /// Checks an `Authorization` header value: the user (or token name) and its access.
     pub fn check(&self, header: Option<&[u8]>) -> Result<(String, Access), AuthError> {
         let h = header.ok_or(AuthError::Missing)?;
-        let h = std::str::from_utf8(h).map_err(|_| AuthError::Malformed)?.trim();
+        let h = std::str::from_utf8(h)
+            .map_err(|_| AuthError::Malformed)?
+            .trim();
         let (scheme, value) = h.split_once(' ').ok_or(AuthError::Malformed)?;
         let (kind, presented) = if scheme.eq_ignore_ascii_case("basic") {
             let raw = base64::engine::general_purpose::STANDARD
@@ -193,7 +196,10 @@ mod tests {
             c.check(Some(b"Bearer T0K3N")),
             Ok(("token@5".into(), Access::ReadWrite))
         );
-        assert_eq!(c.check(Some(&basic("admin:s3cr:eT"))), Err(AuthError::Wrong));
+        assert_eq!(
+            c.check(Some(&basic("admin:s3cr:eT"))),
+            Err(AuthError::Wrong)
+        );
         assert_eq!(c.check(Some(&basic("admin:s3cr"))), Err(AuthError::Wrong));
         // A token is not a Basic credential, nor the other way round.
         assert_eq!(c.check(Some(b"Bearer viewer:look")), Err(AuthError::Wrong));
@@ -204,7 +210,12 @@ mod tests {
 
     #[test]
     fn bad_lines_name_their_line() {
-        assert_eq!(Credentials::parse("basic a:b\nbasic nocolon\n").unwrap_err().0, 2);
+        assert_eq!(
+            Credentials::parse("basic a:b\nbasic nocolon\n")
+                .unwrap_err()
+                .0,
+            2
+        );
         assert_eq!(Credentials::parse("basic a:b xx\n").unwrap_err().0, 1);
         assert_eq!(Credentials::parse("digest a:b\n").unwrap_err().0, 1);
         assert!(Credentials::parse("# nothing\n").is_err());

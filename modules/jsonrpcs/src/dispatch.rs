@@ -169,12 +169,10 @@ async fn one(cx: &Ctx<'_>, msg: Result<Message, jsonrpc::Rejected>) -> Option<Va
     };
     if cx.program.rpc(&c.method).is_some_and(|s| s.changes_state) {
         if cx.caller.read_only {
-            cx.counters.read_only_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "jsonrpcs: refused {} to read-only {}",
-                c.method,
-                cx.caller
-            );
+            cx.counters
+                .read_only_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("jsonrpcs: refused {} to read-only {}", c.method, cx.caller);
             return c.id.map(|id| {
                 jsonrpc::error(
                     Some(&id),
@@ -262,7 +260,10 @@ pub async fn answer(cx: &Ctx<'_>, doc: &[u8]) -> Option<Vec<u8>> {
                     return error(too_large(
                         cx,
                         None,
-                        &format!("the batch reply passed {max} bytes at item {} of {total}", i + 1),
+                        &format!(
+                            "the batch reply passed {max} bytes at item {} of {total}",
+                            i + 1
+                        ),
                     ));
                 };
                 if any {
@@ -284,7 +285,10 @@ pub async fn answer(cx: &Ctx<'_>, doc: &[u8]) -> Option<Vec<u8>> {
                     return error(too_large(
                         cx,
                         None,
-                        &format!("the batch reply passed {max} bytes at item {} of {total}", i + 1),
+                        &format!(
+                            "the batch reply passed {max} bytes at item {} of {total}",
+                            i + 1
+                        ),
                     ));
                 }
             }
@@ -340,7 +344,10 @@ mod tests {
         let exact = serde_json::to_vec(&v).unwrap();
         assert_eq!(render_within(&v, false, exact.len()), Some(exact.clone()));
         assert_eq!(render_within(&v, false, exact.len() - 1), None);
-        assert_eq!(render_within(&v, true, 10_000), Some(serde_json::to_vec_pretty(&v).unwrap()));
+        assert_eq!(
+            render_within(&v, true, 10_000),
+            Some(serde_json::to_vec_pretty(&v).unwrap())
+        );
     }
 
     #[test]

@@ -311,7 +311,10 @@ async fn fifo_request(fifo: Arc<Fifo>, text: Vec<u8>) {
             Ok(f) => break f,
             Err(ReplyFifoError::Open(e))
                 if tokio::time::Instant::now() < deadline
-                    && matches!(e.raw_os_error(), Some(nix::libc::ENXIO) | Some(nix::libc::ENOENT)) =>
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::ENXIO) | Some(nix::libc::ENOENT)
+                    ) =>
             {
                 // ENXIO: no reader yet; ENOENT: not created yet. Try again shortly.
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -563,7 +566,10 @@ mod tests {
         // The incomplete document is kept for the next read.
         assert_eq!(&buf[pos..], br#"{"c":"#);
         // A broken document resumes at the next one inside or after it.
-        assert_eq!(next_document(b"{bad}{\"x\":1}", 0), Next::Garbage { resume: 5 });
+        assert_eq!(
+            next_document(b"{bad}{\"x\":1}", 0),
+            Next::Garbage { resume: 5 }
+        );
         assert_eq!(next_document(b"  \n", 0), Next::More { keep_from: 3 });
     }
 

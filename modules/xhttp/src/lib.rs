@@ -244,32 +244,32 @@ impl Inner {
         if announced.is_some_and(|n| n > MAX_BODY as u64) {
             return self.too_large();
         }
-        let body = match tokio::time::timeout(
-            self.body_timeout,
-            Limited::new(body, MAX_BODY).collect(),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return self.too_large(),
-            Ok(Err(_)) => return reply(400, "Bad Request", "text/plain", "unreadable body\n"),
-            Err(_) => {
-                self.body_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    "xhttp: the body of {url} from {} did not arrive within {} ms: 408",
-                    peer.src,
-                    self.body_timeout.as_millis()
-                );
-                let mut r = reply(
-                    408,
-                    "Request Timeout",
-                    "text/plain",
-                    "the request body did not arrive in time\n",
-                );
-                r.headers.push(("connection", "close".into()));
-                return r;
-            }
-        };
+        let body =
+            match tokio::time::timeout(self.body_timeout, Limited::new(body, MAX_BODY).collect())
+                .await
+            {
+                Ok(Ok(c)) => c.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    return self.too_large();
+                }
+                Ok(Err(_)) => return reply(400, "Bad Request", "text/plain", "unreadable body\n"),
+                Err(_) => {
+                    self.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        "xhttp: the body of {url} from {} did not arrive within {} ms: 408",
+                        peer.src,
+                        self.body_timeout.as_millis()
+                    );
+                    let mut r = reply(
+                        408,
+                        "Request Timeout",
+                        "text/plain",
+                        "the request body did not arrive in time\n",
+                    );
+                    r.headers.push(("connection", "close".into()));
+                    return r;
+                }
+            };
         let msg = match siphon_sip::parse_http_request(as_message(&parts, &url, &body)) {
             Ok(m) => m,
             Err(e) => {

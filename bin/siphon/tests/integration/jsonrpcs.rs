@@ -383,7 +383,9 @@ fn fifo_replies_are_bounded_and_go_only_to_real_fifos() {
         let reply = reply.clone();
         move || std::fs::read_to_string(&reply).unwrap()
     });
-    write(r#"this is not json {"jsonrpc":"2.0","method":"core.echo","params":["ok"],"reply_name":"after_garbage","id":7}"#);
+    write(
+        r#"this is not json {"jsonrpc":"2.0","method":"core.echo","params":["ok"],"reply_name":"after_garbage","id":7}"#,
+    );
     let v: Value = serde_json::from_str(reader.join().unwrap().trim()).unwrap();
     assert_eq!(v, json!({"jsonrpc":"2.0","result":["ok"],"id":7}));
     assert_eq!(stat(&srv, "jsonrpcs:fifo_garbage"), 1);
@@ -405,18 +407,32 @@ fn fifo_replies_default_to_the_run_dir_and_ctl_says_what_to_pass() {
     assert!(srv.log_contains(&format!("jsonrpcs listening on fifo:{fifo}")));
     let ctl = |reply_dir: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
-            .args(["ctl", "--fifo", &fifo, "--reply-dir", reply_dir, "core.version"])
+            .args([
+                "ctl",
+                "--fifo",
+                &fifo,
+                "--reply-dir",
+                reply_dir,
+                "core.version",
+            ])
             .output()
             .unwrap()
     };
     let out = ctl(&format!("{d}/run"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("siphon"));
     let elsewhere = format!("{d}/elsewhere");
     let out = ctl(&elsewhere);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pass --reply-dir") && err.contains("fifo_reply_dir"), "{err}");
+    assert!(
+        err.contains("pass --reply-dir") && err.contains("fifo_reply_dir"),
+        "{err}"
+    );
 }
 
 /// `stats.get_statistics rcv_requests` (no group) as Kamailio answers it;
@@ -431,7 +447,12 @@ fn bare_statistic_names_and_datagram_sockets_by_name() {
     assert_eq!(uac.final_code(Duration::from_secs(3)), Some(200));
     let to = udp_addr(&srv);
     assert!(to.ip().is_loopback(), "{to}");
-    let sock = UdpSocket::bind(if to.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }).unwrap();
+    let sock = UdpSocket::bind(if to.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    })
+    .unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let r = rpc_udp(
         &sock,
@@ -449,7 +470,12 @@ fn bare_statistic_names_and_datagram_sockets_by_name() {
         let to = udp_addr(&srv6);
         let sock = UdpSocket::bind("[::1]:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let r = rpc_udp(&sock, to, r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#).unwrap();
+        let r = rpc_udp(
+            &sock,
+            to,
+            r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#,
+        )
+        .unwrap();
         assert!(r["result"].is_string(), "{r}");
     }
 }
@@ -464,7 +490,13 @@ fn datagram_replies_stop_at_the_datagram_limit() {
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let r = rpc_udp(&sock, udp_addr(&srv), &big_reply_request("x")).unwrap();
     assert_eq!(r["error"]["code"], json!(-32603), "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("reply too large"), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reply too large"),
+        "{r}"
+    );
     assert_eq!(stat(&srv, "jsonrpcs:reply_too_large"), 1);
 }
 
@@ -486,6 +518,9 @@ fn pretty_batches_are_rendered_as_one_document() {
     let (n, _) = sock.recv_from(&mut buf).unwrap();
     let text = std::str::from_utf8(&buf[..n]).unwrap();
     let v: Value = serde_json::from_str(text).unwrap();
-    assert_eq!(text, format!("{}\n", serde_json::to_string_pretty(&v).unwrap()));
+    assert_eq!(
+        text,
+        format!("{}\n", serde_json::to_string_pretty(&v).unwrap())
+    );
     assert_eq!(v.as_array().unwrap().len(), 2);
 }

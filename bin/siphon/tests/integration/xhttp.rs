@@ -404,7 +404,12 @@ fn xhttp_stat(c: &mut HttpConn, name: &str) -> Value {
     list.as_array()
         .unwrap()
         .iter()
-        .find_map(|s| s.as_str()?.strip_prefix(&format!("{name} = "))?.parse::<i64>().ok())
+        .find_map(|s| {
+            s.as_str()?
+                .strip_prefix(&format!("{name} = "))?
+                .parse::<i64>()
+                .ok()
+        })
         .map_or(Value::Null, |n| json!(n))
 }
 
@@ -461,17 +466,27 @@ fn batches_and_replies_are_bounded() {
     let a = c.post("/RPC", &batch(101, "core.echo", json!([1])));
     let e = &a.json()["error"];
     assert_eq!(e["code"], json!(-32600), "{e}");
-    assert!(e["message"].as_str().unwrap().contains("max_batch_items"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("max_batch_items"),
+        "{e}"
+    );
     // 100 × every statistic is far over 20000 bytes: one error instead.
     let a = c.post("/RPC", &batch(100, "stats.fetch", json!(["all"])));
     assert!(a.body.len() < 1000, "{} bytes", a.body.len());
     let e = &a.json()["error"];
     assert_eq!(e["code"], json!(-32603), "{e}");
-    assert!(e["message"].as_str().unwrap().contains("reply too large"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("reply too large"),
+        "{e}"
+    );
     // A single reply over the bound keeps its id.
-    let big = json!({"jsonrpc":"2.0","method":"core.echo","params":["x".repeat(30_000)],"id":"big"});
+    let big =
+        json!({"jsonrpc":"2.0","method":"core.echo","params":["x".repeat(30_000)],"id":"big"});
     let a = c.post("/RPC", &big.to_string());
-    assert_eq!((a.json()["error"]["code"].clone(), a.json()["id"].clone()), (json!(-32603), json!("big")));
+    assert_eq!(
+        (a.json()["error"]["code"].clone(), a.json()["id"].clone()),
+        (json!(-32603), json!("big"))
+    );
     assert_eq!(xhttp_stat(&mut c, "jsonrpcs:batch_refused"), json!(1));
     assert_eq!(xhttp_stat(&mut c, "jsonrpcs:reply_too_large"), json!(2));
 }
@@ -508,14 +523,29 @@ fn http_management_requires_credentials() {
     // No credentials, then a wrong password: 401 with the challenge.
     let (code, text) = curl(&["-d", &doc("core.version"), &url]);
     assert_eq!(code, 401, "{text}");
-    assert!(text.contains("www-authenticate: Basic realm=\"siphon\""), "{text}");
+    assert!(
+        text.contains("www-authenticate: Basic realm=\"siphon\""),
+        "{text}"
+    );
     let (code, _) = curl(&["-u", "admin:adm1n:PW", "-d", &doc("core.version"), &url]);
     assert_eq!(code, 401);
     // Read-only: reading works, resetting does not.
-    let (code, text) = curl(&["-u", "viewer:look", "-d", &doc("stats.get_statistics"), &url]);
+    let (code, text) = curl(&[
+        "-u",
+        "viewer:look",
+        "-d",
+        &doc("stats.get_statistics"),
+        &url,
+    ]);
     assert_eq!(code, 200, "{text}");
     assert!(json_of(&text)["result"].is_array(), "{text}");
-    let (_, text) = curl(&["-u", "viewer:look", "-d", &doc("stats.reset_statistics"), &url]);
+    let (_, text) = curl(&[
+        "-u",
+        "viewer:look",
+        "-d",
+        &doc("stats.reset_statistics"),
+        &url,
+    ]);
     assert_eq!(json_of(&text)["error"]["code"], json!(-32001), "{text}");
     // Read-write, by token and by password.
     let (_, text) = curl(&[
@@ -529,11 +559,23 @@ fn http_management_requires_credentials() {
     let has = |s: &str| list.as_array().unwrap().iter().any(|x| x == s);
     assert!(has("jsonrpcs:read_only_refused = 1"), "{list}");
     assert!(has("jsonrpcs:auth_failures = 2"), "{list}");
-    let (_, text) = curl(&["-u", "admin:adm1n:pw", "-d", &doc("stats.reset_statistics"), &url]);
+    let (_, text) = curl(&[
+        "-u",
+        "admin:adm1n:pw",
+        "-d",
+        &doc("stats.reset_statistics"),
+        &url,
+    ]);
     assert_eq!(json_of(&text)["result"], json!("ok"), "{text}");
     assert!(srv.log_soon("stats.reset_statistics (changes state) from http 127.0.0.1:"));
     assert!(srv.log_contains("user admin"));
-    let (code, _) = curl(&["-H", "Authorization: Bearer t0ken-12", "-d", &doc("core.version"), &url]);
+    let (code, _) = curl(&[
+        "-H",
+        "Authorization: Bearer t0ken-12",
+        "-d",
+        &doc("core.version"),
+        &url,
+    ]);
     assert_eq!(code, 401);
 }
 
@@ -571,9 +613,15 @@ event_route[xhttp:request] {{
         .lock()
         .unwrap()
         .iter()
-        .find_map(|l| l.strip_prefix("listening on tls:").map(|a| a.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("listening on tls:")
+                .map(|a| a.trim().to_string())
+        })
         .expect("a tls listener");
-    assert!(!srv.log_contains("jsonrpcs listening on"), "no FIFO, no datagram socket");
+    assert!(
+        !srv.log_contains("jsonrpcs listening on"),
+        "no FIFO, no datagram socket"
+    );
     let doc = r#"{"jsonrpc":"2.0","method":"core.uptime","id":1}"#;
     let https = format!("https://{tls}/RPC");
     let cacert = ca.display().to_string();
@@ -582,6 +630,12 @@ event_route[xhttp:request] {{
     assert!(text.contains("\"uptime\""), "{text}");
     let (code, _) = curl(&["--cacert", &cacert, "-d", doc, &https]);
     assert_eq!(code, 401);
-    let (code, _) = curl(&["-u", "admin:s3cret", "-d", doc, &format!("http://{}/RPC", srv.tcp)]);
+    let (code, _) = curl(&[
+        "-u",
+        "admin:s3cret",
+        "-d",
+        doc,
+        &format!("http://{}/RPC", srv.tcp),
+    ]);
     assert_eq!(code, 403);
 }
