@@ -350,6 +350,105 @@ mod tests {
         );
     }
 
+    fn program() -> Arc<Program> {
+        let l = siphon_script::load_str(
+            "t.cfg",
+            "request_route { exit; }\n",
+            &siphon_cfg::PreOptions::default(),
+            &siphon_script::Registry::new(),
+        );
+        Arc::new(l.program.expect("compiles"))
+    }
+
+    fn run(cx: &Ctx<'_>, doc: &str) -> Option<Value> {
+        let mut f = std::pin::pin!(answer(cx, doc.as_bytes()));
+        // Polled until done, as a runtime would (the dispatcher yields between items).
+        for _ in 0..1000 {
+            if let Some(r) = now(f.as_mut()) {
+                return r.map(|b| serde_json::from_slice(&b).unwrap());
+            }
+        }
+        panic!("never finished");
+    }
+
+    fn limits(max_batch: usize, max_reply: usize) -> Limits {
+        Limits {
+            max_batch,
+            max_reply,
+            pretty: false,
+        }
+    }
+
+    #[test]
+    fn the_async_dispatcher_yields_between_batch_items() {
+        let p = program();
+        let counters = Counters::default();
+        let caller = Caller::new("udp", "127.0.0.1:1");
+        let doc = r#"[{"jsonrpc":"2.0","method":"core.echo","params":[1],"id":1},{"jsonrpc":"2.0","method":"core.echo","params":[2],"id":2}]"#;
+        let mut cx = Ctx {
+            program: &p,
+            mode: Mode::Async,
+            caller: &caller,
+            limits: limits(100, 1 << 20),
+            counters: &counters,
+        };
+        assert!(now(answer(&cx, doc.as_bytes())).is_none(), "no yield");
+        assert_eq!(run(&cx, doc).unwrap().as_array().unwrap().len(), 2);
+        cx.mode = Mode::Sync;
+        assert!(now(answer(&cx, doc.as_bytes())).is_some());
+    }
+
+    #[test]
+    fn read_only_callers_and_bounds() {
+        let p = program();
+        let counters = Counters::default();
+        let mut caller = Caller::new("http", "127.0.0.1:1");
+        caller.read_only = true;
+        let cx = Ctx {
+            program: &p,
+            mode: Mode::Async,
+            caller: &caller,
+            limits: limits(2, 300),
+            counters: &counters,
+        };
+        let r = run(
+            &cx,
+            r#"{"jsonrpc":"2.0","method":"stats.reset_statistics","params":["all"],"id":1}"#,
+        )
+        .unwrap();
+        assert_eq!(r["error"]["code"], json!(FORBIDDEN), "{r}");
+        let r = run(
+            &cx,
+            r#"{"jsonrpc":"2.0","method":"core.echo","params":[1],"id":1}"#,
+        )
+        .unwrap();
+        assert_eq!(r["result"], json!([1]), "{r}");
+        let echo = |n: usize| {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"core.echo","params":["{}"],"id":1}}"#,
+                "x".repeat(n)
+            )
+        };
+        let r = run(&cx, &format!("[{},{},{}]", echo(1), echo(1), echo(1))).unwrap();
+        assert_eq!(r["error"]["code"], json!(-32600), "{r}");
+        let r = run(&cx, &format!("[{},{}]", echo(100), echo(200))).unwrap();
+        assert_eq!(r["error"]["code"], json!(-32603), "{r}");
+        let r = run(&cx, &echo(400)).unwrap();
+        assert_eq!(
+            (r["error"]["code"].clone(), r["id"].clone()),
+            (json!(-32603), json!(1))
+        );
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(
+            (
+                n(&counters.read_only_refused),
+                n(&counters.batch_refused),
+                n(&counters.reply_too_large)
+            ),
+            (1, 1, 2)
+        );
+    }
+
     #[test]
     fn batches_are_counted_without_building_them() {
         assert_eq!(batch_len(b" [1, {\"a\": [2, 3]}, \"x\"]"), Some(3));
