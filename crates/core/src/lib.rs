@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod dns;
 mod script;
 pub mod stats;
 pub mod tls;

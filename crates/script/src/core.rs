@@ -6,6 +6,7 @@ use crate::interp::Exec;
 use siphon_cfg::ast::GlobalValue;
 use siphon_cfg::diag::did_you_mean;
 use siphon_cfg::{Diagnostic, Span, Spanned};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Transport of a listen address.
@@ -150,6 +151,17 @@ pub struct CoreParams {
     /// `tcp_max_connections_per_ip` (siphon's own; default 0, unlimited): TCP
     /// connections open at once from one source address.
     pub tcp_max_connections_per_ip: usize,
+    /// `dns_server` (siphon's own): DNS servers asked instead of those in
+    /// `/etc/resolv.conf`, in order; empty: the system's.
+    pub dns_server: Vec<SocketAddr>,
+    /// `dns_try_ipv6` (default on, as Kamailio): AAAA records are used after A.
+    pub dns_try_ipv6: bool,
+    /// `use_dns_failover` (default off): a branch that fails tries the next
+    /// address the destination resolved to.
+    pub use_dns_failover: bool,
+    /// `dns_srv_lb` (default off): SRV records of one priority in RFC 2782
+    /// weighted random order instead of by weight, heaviest first.
+    pub dns_srv_lb: bool,
     /// Parameters accepted without effect (warned about once each).
     pub(crate) ignored: Vec<(String, Span)>,
 }
@@ -173,6 +185,10 @@ impl Default for CoreParams {
             tcp_connection_lifetime: 120,
             tcp_msg_read_timeout: 20,
             tcp_max_connections_per_ip: 0,
+            dns_server: vec![],
+            dns_try_ipv6: true,
+            use_dns_failover: false,
+            dns_srv_lb: false,
             ignored: vec![],
         }
     }
@@ -200,6 +216,10 @@ pub const EFFECTIVE_GLOBALS: &[&str] = &[
     "tcp_connection_lifetime",
     "tcp_msg_read_timeout",
     "tcp_max_connections_per_ip",
+    "dns_server",
+    "dns_try_ipv6",
+    "use_dns_failover",
+    "dns_srv_lb",
 ];
 
 /// Kamailio/OpenSIPS core parameters that mean nothing in siphon: accepted with a warning.
@@ -211,9 +231,6 @@ pub const IGNORED_GLOBALS: &[&str] = &[
     "dns",
     "rev_dns",
     "use_dns_cache",
-    "use_dns_failover",
-    "dns_try_ipv6",
-    "dns_srv_lb",
     "dns_cache_init",
     "dst_blocklist_init",
     "auto_aliases",
@@ -379,6 +396,13 @@ impl CoreParams {
                     _ => self.tcp_max_connections_per_ip = m as usize,
                 }
             }
+            "dns_server" => {
+                self.dns_server = parse_dns_servers(&text())
+                    .map_err(|e| Diagnostic::error(vspan, format!("bad `dns_server`: {e}")))?;
+            }
+            "dns_try_ipv6" => self.dns_try_ipv6 = boolean()?,
+            "use_dns_failover" => self.use_dns_failover = boolean()?,
+            "dns_srv_lb" => self.dns_srv_lb = boolean()?,
             _ if IGNORED_GLOBALS.contains(&n) => self.ignored.push((n.to_string(), name.span)),
             _ => {
                 let mut d = Diagnostic::error(name.span, format!("unknown core parameter `{n}`"));
@@ -392,6 +416,27 @@ impl CoreParams {
         }
         Ok(())
     }
+}
+
+/// `dns_server`: `ip[:port]` or `[ipv6]:port`, comma-separated; port 53 by default.
+fn parse_dns_servers(v: &str) -> Result<Vec<SocketAddr>, String> {
+    let mut out = vec![];
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let addr = if let Ok(a) = item.parse::<SocketAddr>() {
+            a
+        } else if let Ok(ip) = item.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            SocketAddr::new(ip, 53)
+        } else {
+            return Err(format!(
+                "`{item}` is not an IP address with an optional port"
+            ));
+        };
+        out.push(addr);
+    }
+    if out.is_empty() {
+        return Err("no server given".into());
+    }
+    Ok(out)
 }
 
 // ---------- logging ----------
@@ -680,5 +725,17 @@ mod tests {
         assert!(ListenSpec::parse("udp:127.0.0.1:99999").is_err());
         assert!(ListenSpec::parse("ws:127.0.0.1:80").is_err());
         assert!(ListenSpec::parse("::1:5060").is_err());
+    }
+
+    #[test]
+    fn dns_server_forms() {
+        let v = parse_dns_servers("127.0.0.1:5353, 10.0.0.1 ,[::1]:5300,::1").unwrap();
+        let want: Vec<SocketAddr> = ["127.0.0.1:5353", "10.0.0.1:53", "[::1]:5300", "[::1]:53"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(v, want);
+        assert!(parse_dns_servers("ns.example.com").is_err());
+        assert!(parse_dns_servers(" , ").is_err());
     }
 }

@@ -3,6 +3,8 @@
 //! resumes it from elsewhere — immediately (before the context is parked),
 //! later from another task, or twice (the second is late and counted).
 
+mod dns;
+
 use bytes::Bytes;
 use siphon_cfg::PreOptions;
 use siphon_core::Core;
