@@ -201,8 +201,9 @@ impl ClientTx {
                 self.reply_by = None;
                 if self.invite && code < 300 {
                     self.state = ClientState::Accepted;
-                    // RFC 6026 timer M: 2xx retransmissions are relayed meanwhile.
-                    self.end_at = Some(now + 64 * self.timers.t1);
+                    // RFC 6026 timer M (64·T1) in spirit; Kamailio keeps the
+                    // branch wt_timer and relays later 2xx statelessly.
+                    self.end_at = Some(now + self.timers.wait);
                     return ReplyVerdict::Pass;
                 }
                 self.state = ClientState::Completed;
@@ -221,7 +222,7 @@ impl ClientTx {
                 // proxy forwards every 2xx); other retransmissions are absorbed.
                 if self.invite && (200..300).contains(&code) {
                     self.state = ClientState::Accepted;
-                    self.end_at = Some(now + 64 * self.timers.t1);
+                    self.end_at = Some(now + self.timers.wait);
                     ReplyVerdict::Pass
                 } else {
                     ReplyVerdict::Absorb
@@ -442,8 +443,8 @@ mod tests {
         assert_eq!(t.on_reply(180, t0 + ms(700)), ReplyVerdict::Absorb);
         assert_eq!(
             run(&mut t, t0, ms(60_000)),
-            [(32_100, ClientAction::Terminate)],
-            "RFC 6026 timer M"
+            [(5_100, ClientAction::Terminate)],
+            "wt_timer after the 2xx"
         );
     }
 

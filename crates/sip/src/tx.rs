@@ -121,7 +121,9 @@ impl ServerTx {
             self.last_reply = Some(bytes.clone());
             self.last_code = code;
             self.state = TxState::Accepted;
-            self.end_at = Some(now + 64 * T1);
+            // Kamailio keeps a completed transaction wt_timer (5 s, = T4) to
+            // absorb retransmissions; the UAS resends its own 2xx.
+            self.end_at = Some(now + T4);
             self.retransmit_at = None;
             return Some(TxAction::Send(bytes));
         }
