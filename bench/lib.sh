@@ -1,12 +1,24 @@
 # Shared by the bench/*.sh scripts (sourced, not run).
 
-# CPU ticks (user+system) of a process and its children (Kamailio forks workers).
+# A process and all its descendants, one pid a line (Kamailio's main process
+# forks its workers, and a worker may fork again).
+proc_tree() {
+  local child
+  echo "$1"
+  for child in $(pgrep -P "$1" || true); do
+    proc_tree "$child"
+  done
+}
+
+# CPU ticks (user+system, all threads) of a process and its descendants.
 cpu_ticks() {
-  local total=0 pid
-  for pid in $1 $(pgrep -P "$1" || true); do
-    if [ -r /proc/$pid/stat ]; then
-      total=$((total + $(awk '{print $14 + $15}' /proc/$pid/stat)))
-    fi
+  local total=0 pid stat
+  for pid in $(proc_tree "$1"); do
+    # A process may end between the listing and the read: it counts 0.
+    stat=$(cat /proc/$pid/stat 2>/dev/null) || continue
+    # utime and stime are fields 14 and 15, 12 and 13 after the ") " that
+    # closes the command name (which may hold spaces).
+    total=$((total + $(echo "${stat##*) }" | awk '{print $12 + $13}')))
   done
   echo $total
 }

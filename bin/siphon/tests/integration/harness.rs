@@ -386,3 +386,206 @@ impl Drop for PyPeer {
         let _ = self.child.wait();
     }
 }
+
+/// `-sf bench/sipp/FILE` for a scenario file (`uas_busy.xml`), `-sn NAME` for
+/// one of sipp's built-in scenarios (`uac`, `uas`).
+fn sipp_scenario(scenario: &str) -> [String; 2] {
+    if scenario.ends_with(".xml") {
+        let path = format!("{}/../../bench/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+        ["-sf".into(), path]
+    } else {
+        ["-sn".into(), scenario.into()]
+    }
+}
+
+/// A loopback port nobody uses right now (`u1`: UDP, `t1`: TCP).
+pub(crate) fn free_port(transport: &str) -> SocketAddr {
+    if transport == "t1" {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    } else {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+}
+
+/// Waits until some process has bound `addr` (binding it ourselves fails):
+/// true then, false when `child` exited first or 10 s passed.
+pub(crate) fn wait_bound(addr: SocketAddr, transport: &str, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let taken = if transport == "t1" {
+            std::net::TcpListener::bind(addr).is_err()
+        } else {
+            UdpSocket::bind(addr).is_err()
+        };
+        if taken {
+            return true;
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A sipp UAS on a free 127.0.0.1 port running `scenario` (a file of
+/// `bench/sipp` or a built-in name, see `sipp_scenario`) over `transport`
+/// (`u1`, `t1`); killed when dropped. `finish` ends it gently and tells
+/// how its calls went (whether it saw every ACK, CANCEL, BYE it expects).
+pub(crate) struct SippUas {
+    pub(crate) addr: SocketAddr,
+    pub(crate) child: Child,
+    /// stdout and stderr, read as they come (sipp redraws its screen every
+    /// second: a full pipe would stop it).
+    output: Vec<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+/// What a sipp run ended with: its counters and its output.
+pub(crate) struct SippRun {
+    pub(crate) successful: u64,
+    pub(crate) failed: u64,
+    pub(crate) output: String,
+}
+
+impl SippRun {
+    fn of(out: &std::process::Output) -> SippRun {
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // "  Successful call  |  <periodic>  |  <cumulative>": the last such line.
+        let count = |what: &str| {
+            output
+                .lines()
+                .rev()
+                .find(|l| l.trim_start().starts_with(what))
+                .and_then(|l| l.rsplit('|').next()?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        SippRun {
+            successful: count("Successful call"),
+            failed: count("Failed call"),
+            output,
+        }
+    }
+    /// The output's last lines, for a failure message.
+    pub(crate) fn tail(&self) -> String {
+        let lines: Vec<_> = self.output.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl SippUas {
+    pub(crate) fn start(scenario: &str, transport: &str) -> SippUas {
+        // Another process may take the free port before sipp binds it: try again then.
+        for _ in 0..5 {
+            let addr = free_port(transport);
+            let mut child = Command::new("sipp")
+                .args(sipp_scenario(scenario))
+                .args(["-i", "127.0.0.1", "-p", &addr.port().to_string()])
+                .args(["-t", transport, "-nostdin"])
+                .current_dir(std::env::temp_dir())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("sipp is installed (apt-get install sip-tester; .ci/run does it)");
+            let streams: [Box<dyn Read + Send>; 2] = [
+                Box::new(child.stdout.take().expect("stdout")),
+                Box::new(child.stderr.take().expect("stderr")),
+            ];
+            let output = streams
+                .into_iter()
+                .map(|mut s| {
+                    std::thread::spawn(move || {
+                        let mut v = Vec::new();
+                        let _ = s.read_to_end(&mut v);
+                        v
+                    })
+                })
+                .collect();
+            let mut uas = SippUas {
+                addr,
+                child,
+                output,
+            };
+            if wait_bound(addr, transport, &mut uas.child) {
+                return uas;
+            }
+            eprintln!(
+                "sipp UAS {scenario} on {addr} did not start: {}",
+                uas.stop().tail()
+            );
+        }
+        panic!("sipp UAS {scenario} did not start");
+    }
+
+    /// Stops it (SIGUSR1: no new calls, sipp exits once the current ones
+    /// ended) and returns its counters; killed after 10 s.
+    pub(crate) fn finish(mut self) -> SippRun {
+        let _ = Command::new("kill")
+            .args(["-USR1", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop()
+    }
+
+    /// Kills it (if still running) and returns what it printed.
+    fn stop(&mut self) -> SippRun {
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("wait sipp");
+        let mut text = self.output.drain(..).map(|h| h.join().unwrap_or_default());
+        SippRun::of(&std::process::Output {
+            status,
+            stdout: text.next().unwrap_or_default(),
+            stderr: text.next().unwrap_or_default(),
+        })
+    }
+}
+
+impl Drop for SippUas {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs sipp as a UAC: `scenario` (file of `bench/sipp` or built-in name)
+/// against `target` over `transport`, `calls` calls at most 10 at once,
+/// `args` added (`-key expect 486`); asserts every call succeeded and
+/// returns its output.
+pub(crate) fn sipp_uac(
+    scenario: &str,
+    target: SocketAddr,
+    transport: &str,
+    calls: u32,
+    args: &[&str],
+) -> String {
+    let out = Command::new("sipp")
+        .args(sipp_scenario(scenario))
+        .args([&target.to_string(), "-t", transport, "-i", "127.0.0.1"])
+        .args(["-p", &free_port(transport).port().to_string()])
+        .args(["-m", &calls.to_string(), "-l", "10", "-r", "100"])
+        .args(["-nostdin", "-timeout", "30", "-timeout_error"])
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("sipp is installed (apt-get install sip-tester; .ci/run does it)");
+    let run = SippRun::of(&out);
+    assert!(
+        out.status.success() && run.successful == u64::from(calls),
+        "sipp {scenario} {args:?} against {target} over {transport}: {} of {calls} calls ok\n{}",
+        run.successful,
+        run.tail()
+    );
+    run.output
+}
