@@ -195,6 +195,8 @@ pub enum Action<S: Shell> {
         route: S::Route,
         /// The reply.
         reply: SipMsg,
+        /// Where the branch went (the reply came from there).
+        dest: S::Dest,
         /// The transaction's context (`None` when it has none yet).
         ctx: Option<S::Ctx>,
     },
@@ -286,7 +288,8 @@ impl OwnedReason {
 
 struct Branch<S: Shell> {
     client: ClientTx,
-    dest: S::Dest,
+    /// Where it went (`None`: it never went, e.g. its name did not resolve).
+    dest: Option<S::Dest>,
     /// The request as sent (parsed when a CANCEL or an ACK is built from it).
     sent: Bytes,
     on_reply: Option<S::Route>,
@@ -344,7 +347,17 @@ struct Tx<S: Shell> {
     /// fr_timer / fr_inv_timer for this transaction's new branches (`t_set_fr`).
     fr: Duration,
     fr_inv: Duration,
+    /// Branches the shell is still preparing (a name being resolved): the
+    /// transaction waits for them as for sent ones.
+    holds: u32,
     scheduled: Option<Instant>,
+}
+
+impl<S: Shell> Tx<S> {
+    /// Whether a branch may still bring a final.
+    fn pending(&self) -> bool {
+        self.holds > 0 || self.branches.iter().any(|b| !b.client.is_done())
+    }
 }
 
 /// What the script reads about a transaction (`$T_reply_code`, `t_check_status`, …).
@@ -558,6 +571,7 @@ impl<S: Shell> TxShard<S> {
             end_of_life: now + lifetime,
             fr: self.cfg.fr_timer,
             fr_inv: self.cfg.fr_inv_timer,
+            holds: 0,
             scheduled: None,
         };
         self.by_key.insert(key, label);
@@ -807,7 +821,7 @@ impl<S: Shell> TxShard<S> {
             });
             t.branches.push(Branch {
                 client,
-                dest: spec.dest,
+                dest: Some(spec.dest),
                 sent: bytes,
                 on_reply: t.on_reply,
                 flags: spec.flags,
@@ -842,6 +856,49 @@ impl<S: Shell> TxShard<S> {
         b.client.on_transport_error();
         b.code = 503;
         b.send_failed = !b.replied;
+        self.branch_ended(label, now);
+        self.schedule(label);
+    }
+
+    /// A branch is being prepared outside (its destination's name is being
+    /// resolved): the transaction waits for it as for a sent branch.
+    pub fn hold(&mut self, id: TxId) -> bool {
+        let Some(t) = self.label(id).and_then(|l| self.txs.get_mut(&l)) else {
+            return false;
+        };
+        if t.canceled || t.uas.is_final() {
+            return false;
+        }
+        t.holds += 1;
+        t.fr_at = None;
+        true
+    }
+
+    /// The branch prepared outside is sent (`relay` was called) or could not
+    /// be: `failed` is the final it stands for (Kamailio: 478 for a name that
+    /// does not resolve, 477 for a send error), chosen as any other final.
+    pub fn unhold(&mut self, id: TxId, failed: Option<u16>, now: Instant) {
+        let Some(label) = self.label(id) else { return };
+        let t = self.txs.get_mut(&label).expect("present");
+        t.holds = t.holds.saturating_sub(1);
+        if let Some(code) = failed {
+            let timers = ClientTimers::default();
+            let mut client = ClientTx::new(t.invite, true, Bytes::new(), timers, now);
+            client.on_transport_error();
+            t.branches.push(Branch {
+                client,
+                dest: None,
+                sent: Bytes::new(),
+                on_reply: None,
+                flags: 0,
+                code,
+                reply: None,
+                send_failed: false,
+                timed_out: false,
+                replied: false,
+                cancel: CancelState::None,
+            });
+        }
         self.branch_ended(label, now);
         self.schedule(label);
     }
@@ -907,25 +964,27 @@ impl<S: Shell> TxShard<S> {
         match verdict {
             ReplyVerdict::Absorb => return,
             ReplyVerdict::ResendAck(a) => {
-                let dest = b.dest.clone();
-                self.out.push_back(Action::Downstream {
-                    tx: id,
-                    branch,
-                    dest,
-                    bytes: a,
-                });
+                if let Some(dest) = b.dest.clone() {
+                    self.out.push_back(Action::Downstream {
+                        tx: id,
+                        branch,
+                        dest,
+                        bytes: a,
+                    });
+                }
                 return;
             }
             ReplyVerdict::AckOnly | ReplyVerdict::AckAndPass => {
                 if let Some(ack) = siphon_sip::parse(b.sent.clone())
                     .ok()
                     .and_then(|inv| siphon_sip::build_ack(&inv, &msg))
+                    && let Some(dest) = b.dest.clone()
                 {
                     b.client.set_ack(ack.clone());
                     self.out.push_back(Action::Downstream {
                         tx: id,
                         branch,
-                        dest: b.dest.clone(),
+                        dest,
                         bytes: ack,
                     });
                 }
@@ -946,7 +1005,7 @@ impl<S: Shell> TxShard<S> {
             self.cancel_branch(label, branch as usize, reason, now);
             return;
         }
-        if let Some(route) = b.on_reply {
+        if let (Some(route), Some(dest)) = (b.on_reply, b.dest.clone()) {
             let t = self.txs.get_mut(&label).expect("present");
             t.busy = true;
             let ctx = t.ctx.take();
@@ -955,6 +1014,7 @@ impl<S: Shell> TxShard<S> {
                 branch,
                 route,
                 reply: msg,
+                dest,
                 ctx,
             });
             return;
@@ -1019,7 +1079,7 @@ impl<S: Shell> TxShard<S> {
             t.selection_due = true;
             return;
         }
-        if t.uas.is_final() || t.branches.iter().any(|b| !b.client.is_done()) {
+        if t.uas.is_final() || t.pending() {
             return;
         }
         let finals = t.branches.iter().map(|b| Final {
@@ -1078,9 +1138,8 @@ impl<S: Shell> TxShard<S> {
         let Some((m, edits)) = &b.reply else {
             return match code {
                 _ if t.canceled => Upstream::Local(487, b"Request Terminated", vec![]),
-                408 => Upstream::Local(408, b"Request Timeout", vec![]),
-                503 if !remap => Upstream::Local(503, b"Service Unavailable", vec![]),
-                _ => Upstream::Local(500, b"Server Internal Error", vec![]),
+                503 if remap => Upstream::Local(500, b"Server Internal Error", vec![]),
+                _ => Upstream::Local(code, local_reason(code), vec![]),
             };
         };
         if remap {
@@ -1140,13 +1199,14 @@ impl<S: Shell> TxShard<S> {
         else {
             return;
         };
+        let Some(dest) = b.dest.clone() else { return };
         b.cancel = CancelState::Sent;
         b.client.on_cancel_sent(now);
         self.stats.cancels_sent += 1;
         self.out.push_back(Action::Downstream {
             tx: id,
             branch: i as u16,
-            dest: b.dest.clone(),
+            dest,
             bytes: cancel,
         });
     }
@@ -1184,7 +1244,7 @@ impl<S: Shell> TxShard<S> {
         if matches!(t.park, Park::Done) {
             t.park = Park::None;
         }
-        let pending = t.branches.iter().any(|b| !b.client.is_done());
+        let pending = t.pending();
         match kind {
             RouteKind::OnReply { branch } => {
                 if let Some((msg, edit)) = reply_edit {
@@ -1196,6 +1256,7 @@ impl<S: Shell> TxShard<S> {
             }
             RouteKind::Request => {
                 if !t.uas.is_final() && !pending && t.branches.is_empty() && t.fr_at.is_none() {
+                    // Nothing sent and nothing answered: fr_timer bounds the wait.
                     t.fr_at = Some((now + t.fr).min(t.end_of_life));
                 }
             }
@@ -1292,7 +1353,7 @@ impl<S: Shell> TxShard<S> {
                 t.park = Park::Parked;
                 t.busy = false;
                 t.ctx = Some(ctx);
-                if t.fr_at.is_none() && t.branches.iter().all(|b| b.client.is_done()) {
+                if t.fr_at.is_none() && !t.pending() {
                     t.fr_at = Some((now + t.fr).min(t.end_of_life));
                 }
                 self.schedule(label);
@@ -1390,24 +1451,31 @@ impl<S: Shell> TxShard<S> {
                 continue;
             }
             match b.client.on_timer(now) {
-                ClientAction::Retransmit(bytes) => self.out.push_back(Action::Downstream {
-                    tx: id,
-                    branch: i as u16,
-                    dest: b.dest.clone(),
-                    bytes,
-                }),
+                ClientAction::Retransmit(bytes) => {
+                    if let Some(dest) = b.dest.clone() {
+                        self.out.push_back(Action::Downstream {
+                            tx: id,
+                            branch: i as u16,
+                            dest,
+                            bytes,
+                        });
+                    }
+                }
                 ClientAction::TimedOut { cancel } => {
                     self.stats.branch_timeouts += 1;
                     b.timed_out = true;
                     b.code = 408;
                     b.cancel = CancelState::None;
                     if cancel && let Ok(inv) = siphon_sip::parse(b.sent.clone()) {
-                        if let Some(c) = siphon_sip::build_cancel(&inv, CancelReason::None) {
+                        if let (Some(c), Some(dest)) = (
+                            siphon_sip::build_cancel(&inv, CancelReason::None),
+                            b.dest.clone(),
+                        ) {
                             self.stats.cancels_sent += 1;
                             self.out.push_back(Action::Downstream {
                                 tx: id,
                                 branch: i as u16,
-                                dest: b.dest.clone(),
+                                dest,
                                 bytes: c,
                             });
                         }
@@ -1484,6 +1552,20 @@ impl<S: Shell> TxShard<S> {
         if let Some(at) = next {
             self.timers.insert((at, label));
         }
+    }
+}
+
+/// The reason phrase of a final made up here.
+fn local_reason(code: u16) -> &'static [u8] {
+    match code {
+        408 => b"Request Timeout",
+        // Kamailio's codes for a branch that could not go out (its wording).
+        477 => b"Unfortunately error on sending to next hop occurred",
+        478 => b"Unresolvable destination",
+        479 => b"Bad URI",
+        487 => b"Request Terminated",
+        503 => b"Service Unavailable",
+        _ => b"Server Internal Error",
     }
 }
 

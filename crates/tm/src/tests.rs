@@ -171,6 +171,7 @@ impl World {
                 Action::RunOnReply {
                     branch, reply, ctx, ..
                 } => {
+                    // (dest is the branch's: tested where the shell uses it)
                     self.ctx_out = ctx;
                     format!("onreply b{branch} {}", reply.status().unwrap())
                 }
@@ -747,6 +748,30 @@ fn the_same_request_makes_one_transaction() {
         .unwrap();
     assert_eq!(again, tx);
     assert_eq!(w.shard.len(), 1);
+}
+
+#[test]
+fn a_branch_prepared_outside_holds_the_transaction_and_may_fail_478() {
+    let mut w = World::new();
+    let (tx, _) = w.invite("dns");
+    assert!(w.shard.hold(tx));
+    w.done(tx, RouteKind::Request);
+    assert_eq!(w.out(), ["up 100"]);
+    assert!(
+        w.tick(5_000).is_empty(),
+        "no fr_timer while the name resolves"
+    );
+    w.shard.unhold(tx, Some(478), w.now);
+    assert_eq!(w.out(), ["up 478"]);
+    // Resolved: the branch goes out, the hold ends.
+    let (tx, msg) = w.invite("dns2");
+    assert!(w.shard.hold(tx));
+    w.done(tx, RouteKind::Request);
+    w.out();
+    w.relay(tx, &msg, &[3], true);
+    w.shard.unhold(tx, None, w.now);
+    assert_eq!(w.out(), ["b0 INVITE"]);
+    assert_eq!(w.receive(0, 486), ["b0 ACK", "up 486"]);
 }
 
 #[test]
