@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Default `max_queue_bytes`: what may wait per client.
 pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
-/// Default `send_data_timeout` (ms).
-pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 5000;
+/// Default `send_data_timeout` (Kamailio's default, 0, would let a dead client hold its queue).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a disconnected client's queue is flushed when `send_data_timeout` is 0.
 const FLUSH_WITHOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The TLS handshake deadline when `first_message_timeout` is 0.
@@ -75,7 +75,7 @@ impl Settings {
             netstrings: true,
             max_clients: 8,
             max_queue: DEFAULT_QUEUE_BYTES,
-            send_timeout: Some(Duration::from_millis(DEFAULT_SEND_TIMEOUT_MS)),
+            send_timeout: Some(DEFAULT_SEND_TIMEOUT),
             first_message: None,
             token: None,
             tls: None,
@@ -816,6 +816,16 @@ mod tests {
         })
     }
 
+    /// Runs the writer of a stopped `c` to a reader; how it ended and what the reader got.
+    async fn flush_to_a_reader(c: &Client, buf: usize) -> (WriterEnd, usize) {
+        let (mut a, b) = tokio::io::duplex(buf);
+        let r = tokio::spawn(count(b, usize::MAX));
+        let five = Duration::from_secs(5);
+        let end = write_loop(c, &mut a, Some(five), five).await;
+        drop(a);
+        (end, r.await.unwrap())
+    }
+
     /// Reads netstrings from `r` until `want` arrived or EOF; how many.
     async fn count<R: AsyncRead + Unpin>(mut r: R, want: usize) -> usize {
         let mut buf = BytesMut::new();
@@ -934,23 +944,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn on_disconnect_the_queue_is_flushed_and_a_dead_client_is_bounded() {
         // A reading client gets everything queued before the disconnect.
-        let c = Arc::new(client());
-        let (mut a, b) = tokio::io::duplex(1024);
+        let c = client();
         for f in frames(5000) {
             c.enqueue(&f, DEFAULT_QUEUE_BYTES);
         }
         c.stop.cancel();
-        let r = tokio::spawn(count(b, 5000));
-        let end = write_loop(
-            &c,
-            &mut a,
-            Some(Duration::from_secs(5)),
-            Duration::from_secs(5),
-        )
-        .await;
-        drop(a);
-        assert_eq!(end, WriterEnd::Drained);
-        assert_eq!(r.await.unwrap(), 5000);
+        assert_eq!(
+            flush_to_a_reader(&c, 1024).await,
+            (WriterEnd::Drained, 5000)
+        );
         // One that never reads holds the writer for at most flush_for, even with no send_data_timeout.
         let c = client();
         let (mut a, _b) = tokio::io::duplex(1024);
@@ -962,6 +964,29 @@ mod tests {
         let end = write_loop(&c, &mut a, None, Duration::from_secs(2)).await;
         assert_eq!(end, WriterEnd::FlushCut { lost: 5000 });
         assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_over_the_bound_is_dropped_and_counted_and_the_queue_before_it_still_flushed() {
+        let mut settings = Settings::new("127.0.0.1:0");
+        settings.max_queue = 11 * 100; // 100 × "8:burst NN,"
+        let hub = Hub::new(settings);
+        let c = Arc::new(client());
+        hub.clients.write().unwrap().push(c.clone());
+        for i in 0..100 {
+            assert_eq!(
+                hub.relay(format!("burst {i:02}").as_bytes(), Target::All),
+                1
+            );
+        }
+        // The 101st passes the bound: dropped, counted for the client, the client closed.
+        assert_eq!(hub.relay(b"burst 100", Target::All), 0);
+        assert_eq!(c.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.counters.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.counters.slow.load(Ordering::Relaxed), 1);
+        assert!(hub.clients().is_empty() && c.stop.is_cancelled());
+        // What was queued before is written, not discarded.
+        assert_eq!(flush_to_a_reader(&c, 64).await, (WriterEnd::Drained, 100));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! bounded in bytes (`max_queue_bytes`) that its writer drains on evapi's
 //! I/O thread while the route goes on; a client is disconnected only when
 //! the bound would be passed or its socket takes nothing for
-//! `send_data_timeout` ms, and what was queued before is flushed for a
+//! `send_data_timeout` (µs, as Kamailio's; default 5 s), and what was queued before is flushed for a
 //! bounded time. Every lost event is counted per client. siphon's
 //! additions: `first_message_timeout`, `auth_token` (a shared token the
 //! client sends first) and TLS (`tls_certificate`, `tls_private_key`).
@@ -400,15 +400,21 @@ impl StatSource for Stats {
     }
 }
 
-fn ms(cfg: &ModuleConfig, name: &str, default: u64) -> Result<Option<Duration>, String> {
+/// A duration parameter in `unit` (0 = off); `default` when not set.
+fn duration(
+    cfg: &ModuleConfig,
+    name: &str,
+    default: Option<Duration>,
+    unit: fn(u64) -> Duration,
+    unit_name: &str,
+) -> Result<Option<Duration>, String> {
     match cfg.int(name) {
         Some(v) if v < 0 => Err(format!(
-            "{name} must be 0 (off) or a number of milliseconds, found {v}"
+            "{name} must be 0 (off) or a number of {unit_name}, found {v}"
         )),
         Some(0) => Ok(None),
-        Some(v) => Ok(Some(Duration::from_millis(v as u64))),
-        None if default == 0 => Ok(None),
-        None => Ok(Some(Duration::from_millis(default))),
+        Some(v) => Ok(Some(unit(v as u64))),
+        None => Ok(default),
     }
 }
 
@@ -479,7 +485,14 @@ pub fn def() -> ModuleDef {
                 .str("auth_token")
                 .filter(|t| !t.is_empty())
                 .map(String::into_bytes);
-            let first_message = ms(cfg, "first_message_timeout", 0)?.or_else(|| {
+            let first_message = duration(
+                cfg,
+                "first_message_timeout",
+                None,
+                Duration::from_millis,
+                "milliseconds",
+            )?
+            .or_else(|| {
                 token
                     .is_some()
                     .then(|| Duration::from_millis(hub::DEFAULT_AUTH_TIMEOUT_MS))
@@ -499,7 +512,14 @@ pub fn def() -> ModuleDef {
             settings.netstrings = cfg.int("netstring_format").unwrap_or(1) != 0;
             settings.max_clients = max_clients as usize;
             settings.max_queue = max_queue as usize;
-            settings.send_timeout = ms(cfg, "send_data_timeout", hub::DEFAULT_SEND_TIMEOUT_MS)?;
+            // Microseconds, as Kamailio's (SO_SNDTIMEO there).
+            settings.send_timeout = duration(
+                cfg,
+                "send_data_timeout",
+                Some(hub::DEFAULT_SEND_TIMEOUT),
+                Duration::from_micros,
+                "microseconds",
+            )?;
             settings.first_message = first_message;
             settings.token = token;
             settings.tls = tls;

@@ -457,7 +457,7 @@ fn a_burst_of_200k_events_reaches_fast_readers_and_a_stuck_client_is_cut_after_s
     // passed its bound and the fast readers were disconnected with part of the
     // burst; now both get all 200,000 and only the client that never reads goes.
     let srv = Server::start(&cfg(
-        "max_while_loops=300000\nmodparam(\"evapi\", \"send_data_timeout\", 1000)",
+        "max_while_loops=300000\nmodparam(\"evapi\", \"send_data_timeout\", 1000000)",
     ));
     let a = evapi_addr(&srv);
     let stuck = TcpStream::connect(a).unwrap();
@@ -507,7 +507,7 @@ fn a_burst_of_200k_events_reaches_fast_readers_and_a_stuck_client_is_cut_after_s
 fn a_disconnected_client_still_gets_what_was_queued_before() {
     // Before, closing a client discarded its queue: it got only what the kernel held.
     let srv = Server::start(&cfg(
-        "modparam(\"evapi\", \"max_queue_bytes\", 67108864)\nmodparam(\"evapi\", \"send_data_timeout\", 60000)",
+        "modparam(\"evapi\", \"max_queue_bytes\", 67108864)\nmodparam(\"evapi\", \"send_data_timeout\", 60000000)",
     ));
     let a = evapi_addr(&srv);
     let mut c = TcpStream::connect(a).unwrap();
