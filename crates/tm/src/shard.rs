@@ -222,7 +222,7 @@ pub enum Action<S: Shell> {
 /// What [`TxShard::resume`] found.
 pub enum Resumed<S: Shell> {
     /// Run the resumed route on this context now, then `route_done(Resumed)`.
-    Run(S::Ctx),
+    Run(S::Ctx, S::Resume),
     /// The suspension is still being set up: the answer waits and
     /// [`TxShard::finish_suspend`] hands it back.
     Queued,
@@ -237,8 +237,8 @@ pub struct TmStats {
     pub created: u64,
     /// Transactions removed.
     pub freed: u64,
-    /// Final replies sent upstream, by class: 2xx, 3xx, 4xx, 5xx, 6xx.
-    pub finals: [u64; 5],
+    /// Replies sent upstream, by class: 1xx … 6xx.
+    pub replies: [u64; 6],
     /// Replies received that matched a branch.
     pub rpl_received: u64,
     /// Replies built here and sent upstream (t_reply, 100, 408, 487, 500, merged challenges).
@@ -757,9 +757,9 @@ impl<S: Shell> TxShard<S> {
             peer: t.peer.clone(),
             bytes: b,
         });
+        self.stats.replies[((code / 100).clamp(1, 6) - 1) as usize] += 1;
         if code >= 200 {
             t.fr_at = None;
-            self.stats.finals[((code / 100).clamp(2, 6) - 2) as usize] += 1;
             let reason = if code < 300 {
                 OwnedReason::Elsewhere
             } else {
@@ -917,41 +917,43 @@ impl<S: Shell> TxShard<S> {
         id::parse_branch(&b).map(|(id, _, _)| id.index)
     }
 
-    /// A reply arrived. False when it matches no branch of ours (the shell
-    /// forwards it statelessly by its Via).
-    pub fn receive_reply(&mut self, msg: SipMsg, now: Instant) -> bool {
-        let Some((id, salt, branch)) = msg
-            .top_via()
-            .and_then(|v| v.branch)
-            .and_then(|b| id::parse_branch(&b))
-        else {
-            return false;
+    /// A reply arrived: handled here, or handed back when it matches no
+    /// branch of ours (the shell forwards it statelessly by its Via).
+    pub fn receive_reply(&mut self, msg: SipMsg, now: Instant) -> Result<(), SipMsg> {
+        let Some((label, branch, cancel)) = self.match_reply(&msg) else {
+            return Err(msg);
         };
-        let Some(label) = self.label(id).filter(|_| salt == self.salt) else {
-            return false;
-        };
-        let Some(cseq) = msg.cseq() else { return false };
-        let t = self.txs.get_mut(&label).expect("present");
-        if branch as usize >= t.branches.len() {
-            return false;
-        }
-        if cseq.method == Method::Cancel {
-            // The 200 to our own CANCEL: nothing more to do.
-            self.stats.rpl_received += 1;
-            return true;
-        }
-        if cseq.method != t.req.method() {
-            return false;
-        }
         self.stats.rpl_received += 1;
+        if cancel {
+            // The 200 to our own CANCEL: nothing more to do.
+            return Ok(());
+        }
+        let t = self.txs.get_mut(&label).expect("matched");
         if t.busy || !matches!(t.park, Park::None | Park::Done) {
             // A route runs for it, or it is suspended: handled when the context is back.
             t.mailbox.push_back((branch, msg));
-            return true;
+            return Ok(());
         }
         self.process_reply(label, branch, msg, now);
         self.schedule(label);
-        true
+        Ok(())
+    }
+
+    /// The transaction (label), branch and "is the reply to our CANCEL" of a reply.
+    fn match_reply(&self, msg: &SipMsg) -> Option<(u32, u16, bool)> {
+        let b = msg.top_via()?.branch?;
+        let (id, salt, branch) = id::parse_branch(&b)?;
+        let label = self.label(id).filter(|_| salt == self.salt)?;
+        let cseq = msg.cseq()?;
+        let t = &self.txs[&label];
+        if branch as usize >= t.branches.len() {
+            return None;
+        }
+        match cseq.method {
+            Method::Cancel if t.invite => Some((label, branch, true)),
+            m if m == t.req.method() => Some((label, branch, false)),
+            _ => None,
+        }
     }
 
     fn process_reply(&mut self, label: u32, branch: u16, msg: SipMsg, now: Instant) {
@@ -1378,7 +1380,7 @@ impl<S: Shell> TxShard<S> {
                     t.park = Park::Done;
                     t.busy = true;
                     t.fr_at = None;
-                    Resumed::Run(ctx)
+                    Resumed::Run(ctx, r)
                 }
                 None => {
                     self.stats.late_resumes += 1;
@@ -1390,6 +1392,14 @@ impl<S: Shell> TxShard<S> {
                 Resumed::Late(r)
             }
         }
+    }
+
+    /// How many transactions wait suspended now.
+    pub fn suspended(&self) -> usize {
+        self.txs
+            .values()
+            .filter(|t| matches!(t.park, Park::Parked | Park::Suspending(_)))
+            .count()
     }
 
     /// Whether the transaction is suspended, waiting for a resume.
