@@ -45,7 +45,7 @@ pub struct Stats {
     pub tcp_refused: AtomicU64,
     /// TCP connections handed to the HTTP server (xhttp).
     pub http_conns: AtomicU64,
-    /// TLS handshakes that failed or timed out.
+    /// TLS handshakes that failed or timed out (accepted connections and ours).
     pub tls_failed: AtomicU64,
     /// TCP/TLS connections closed after `tcp_connection_lifetime` without traffic.
     pub tcp_idle_closed: AtomicU64,
@@ -57,6 +57,15 @@ pub struct Stats {
     pub duplicate_content_length: AtomicU64,
     /// Replies too large for a UDP datagram, replaced by a 500.
     pub oversized_replies: AtomicU64,
+    /// TCP/TLS connections siphon opened (TLS: handshake done).
+    pub tcp_connects: AtomicU64,
+    /// Connections siphon tried to open and could not (refused, unreachable,
+    /// timed out, TLS handshake failed); what was queued on them failed.
+    pub tcp_connect_failures: AtomicU64,
+    /// Of `tcp_connect_failures`, those not up within `tcp_connect_timeout`.
+    pub tcp_connect_timeouts: AtomicU64,
+    /// Connections closed because a write took longer than `tcp_send_timeout`.
+    pub tcp_send_timeouts: AtomicU64,
 }
 
 impl Stats {
@@ -95,6 +104,16 @@ impl Stats {
                 g(&self.duplicate_content_length),
             ),
             ("core:oversized_replies".into(), g(&self.oversized_replies)),
+            ("core:tcp_connects".into(), g(&self.tcp_connects)),
+            (
+                "core:tcp_connect_failures".into(),
+                g(&self.tcp_connect_failures),
+            ),
+            (
+                "core:tcp_connect_timeouts".into(),
+                g(&self.tcp_connect_timeouts),
+            ),
+            ("core:tcp_send_timeouts".into(), g(&self.tcp_send_timeouts)),
             ("tm:current".into(), self.tm_current.load(Ordering::Relaxed)),
             ("tm:created".into(), g(&self.tm_created)),
             (
@@ -141,6 +160,10 @@ impl Stats {
             "core:tcp_refused_per_ip" => z(&self.tcp_refused_per_ip),
             "core:duplicate_content_length" => z(&self.duplicate_content_length),
             "core:oversized_replies" => z(&self.oversized_replies),
+            "core:tcp_connects" => z(&self.tcp_connects),
+            "core:tcp_connect_failures" => z(&self.tcp_connect_failures),
+            "core:tcp_connect_timeouts" => z(&self.tcp_connect_timeouts),
+            "core:tcp_send_timeouts" => z(&self.tcp_send_timeouts),
             "tm:created" => z(&self.tm_created),
             "tm:timeouts" => z(&self.tm_timeouts),
             "tm:late_resume" => z(&self.tm_late_resume),

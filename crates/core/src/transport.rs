@@ -1,22 +1,34 @@
 //! The I/O shell: UDP sockets (one per worker, SO_REUSEPORT), TCP listeners
 //! with Content-Length framing, and the send paths. Everything protocol-ish
 //! is in `siphon-sip`; this file only moves bytes.
+//!
+//! Sending toward other servers ([`Outbound::send_to`]) never waits: UDP is
+//! one non-blocking datagram; TCP and TLS go over a connection to that
+//! address — one siphon opened, or one the peer opened to us (found by its
+//! source address, as Kamailio's connection aliases do) — else a new one,
+//! registered at once so every later send queues on it while it connects in
+//! the background. A connection siphon opens is a full SIP connection: the
+//! same reader, framing, deadlines and limits as an accepted one. Bytes that
+//! never reach the socket (connect refused or timed out, TLS handshake
+//! failed, connection broken) are reported once through their [`FailNotice`].
 
 use crate::Core;
+use crate::dns::Target;
 use bytes::{Buf, Bytes, BytesMut};
 use siphon_script::core::{ListenSpec, Proto};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 /// The transport a message came over or goes out on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// UDP.
     Udp,
@@ -69,7 +81,8 @@ impl std::fmt::Display for Bound {
     }
 }
 
-/// Bytes waiting per TCP connection before it is considered stuck.
+/// Messages waiting per TCP/TLS connection (also while it connects) before
+/// it is considered stuck: a send over it is refused with [`SendError::QueueFull`].
 const TCP_QUEUE: usize = 1024;
 const UDP_RECV_BUF: usize = 65_535;
 
@@ -78,12 +91,208 @@ pub(crate) fn max_datagram(to: SocketAddr) -> usize {
     if to.is_ipv4() { 65_507 } else { 65_527 }
 }
 
+/// Why bytes could not be sent. The first group is returned by
+/// [`Outbound::send_to`] at once; the second reaches the sender later
+/// through its [`FailNotice`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No UDP socket of the destination's address family (nor the one `from` names).
+    #[error("no UDP socket to send to {0} from")]
+    NoUdpSocket(SocketAddr),
+    /// The datagram was refused by the system (full buffer, too large, unreachable).
+    #[error("UDP send to {to} failed: {reason}")]
+    Udp {
+        /// Destination.
+        to: SocketAddr,
+        /// What the system said.
+        reason: String,
+    },
+    /// The connection's queue holds [`TCP_QUEUE`] messages already.
+    #[error("the queue of the connection to {0} is full")]
+    QueueFull(SocketAddr),
+    /// No open connection and opening one was not allowed
+    /// (`set_forward_no_connect`, [`SendOptions::no_connect`]).
+    #[error("no open connection to {0} and opening one is not allowed")]
+    NoConnection(SocketAddr),
+    /// `tcp_max_connections` connections are open.
+    #[error("tcp_max_connections reached: no new connection to {0}")]
+    TooManyConnections(SocketAddr),
+    /// TLS without a usable client profile: the tls module is not loaded, or
+    /// verification is on without `ca_list`.
+    #[error("TLS to {to}: {reason}")]
+    NoTlsClient {
+        /// Destination.
+        to: SocketAddr,
+        /// What is missing.
+        reason: String,
+    },
+    /// The transports were not started.
+    #[error("no transports started")]
+    NotStarted,
+    /// The peer refused the connection (RST).
+    #[error("connect to {0} refused")]
+    ConnectRefused(SocketAddr),
+    /// The connect failed otherwise (unreachable, no route, address in use).
+    #[error("connect to {to} failed: {reason}")]
+    ConnectFailed {
+        /// Destination.
+        to: SocketAddr,
+        /// What the system said.
+        reason: String,
+    },
+    /// Not connected (and, for TLS, handshake done) within `tcp_connect_timeout`.
+    #[error("connect to {to} timed out after {after:?}")]
+    ConnectTimeout {
+        /// Destination.
+        to: SocketAddr,
+        /// `tcp_connect_timeout`.
+        after: Duration,
+    },
+    /// The TLS handshake failed (certificate not trusted, wrong name, protocol).
+    #[error("TLS handshake with {to} failed: {reason}")]
+    TlsHandshake {
+        /// Destination.
+        to: SocketAddr,
+        /// What rustls said.
+        reason: String,
+    },
+    /// The connection broke (write error, `tcp_send_timeout`, closed) before
+    /// these bytes were written.
+    #[error("connection to {0} closed before the message was written")]
+    ConnectionClosed(SocketAddr),
+}
+
+/// Called at most once, from any task, when bytes handed to
+/// [`Outbound::send_to`] could not be delivered to the transport. Never
+/// called for UDP (a datagram the system took is delivered as far as siphon
+/// can tell), nor for an error `send_to` returned.
+pub(crate) type FailNotice = Box<dyn FnOnce(SendError) + Send>;
+
+/// How [`Outbound::send_with`] sends besides the target.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SendOptions {
+    /// The local socket to use (`$fs`, a forced send socket): for UDP the
+    /// socket bound there (when there is one, else any of the family); a new
+    /// TCP/TLS connection binds its source to this IP (ephemeral port).
+    pub(crate) from: Option<SocketAddr>,
+    /// Kamailio's `set_forward_no_connect()`: only an open connection may
+    /// carry the bytes; without one the send fails with [`SendError::NoConnection`].
+    pub(crate) no_connect: bool,
+    /// The target's host name when it came from one: TLS sends it as SNI and
+    /// checks the server's certificate for it; without it the certificate
+    /// must name the IP address (no SNI is sent for an IP, RFC 6066 §3).
+    pub(crate) server_name: Option<String>,
+}
+
+/// Bytes queued on a connection with their sender's notice. Dropped unwritten
+/// (the writer ended, the queue was dropped), it reports
+/// [`SendError::ConnectionClosed`]; written, it reports nothing.
+struct Queued {
+    bytes: Bytes,
+    to: SocketAddr,
+    on_fail: Option<FailNotice>,
+}
+
+impl Queued {
+    fn new(bytes: Bytes, to: SocketAddr, on_fail: Option<FailNotice>) -> Self {
+        Queued { bytes, to, on_fail }
+    }
+    /// Written to the socket: nothing to report.
+    fn delivered(mut self) {
+        self.on_fail = None;
+    }
+    /// Never written: the sender hears `e`.
+    fn fail(mut self, e: SendError) {
+        if let Some(f) = self.on_fail.take() {
+            f(e);
+        }
+    }
+    /// Refused at once: the error is returned to the sender, not notified.
+    fn refuse(mut self, e: SendError) -> SendError {
+        self.on_fail = None;
+        e
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_fail.take() {
+            f(SendError::ConnectionClosed(self.to));
+        }
+    }
+}
+
+/// The open (and opening) TCP/TLS connections: by id for replies on the
+/// connection a request came on, by remote address for reuse.
+#[derive(Default)]
+struct ConnTable {
+    by_id: HashMap<u64, Conn>,
+    /// The newest connection per (transport, remote address): accepted ones by
+    /// the peer's source address, ours by the address we connected to.
+    by_addr: HashMap<(Transport, SocketAddr), u64>,
+}
+
+struct Conn {
+    tx: mpsc::Sender<Queued>,
+    key: (Transport, SocketAddr),
+}
+
+impl ConnTable {
+    fn insert(&mut self, id: u64, key: (Transport, SocketAddr), tx: mpsc::Sender<Queued>) {
+        self.by_id.insert(id, Conn { tx, key });
+        self.by_addr.insert(key, id);
+    }
+    /// An open connection to `key`: one whose writer still takes bytes.
+    fn open_to(&self, key: (Transport, SocketAddr)) -> Option<mpsc::Sender<Queued>> {
+        let id = self.by_addr.get(&key)?;
+        self.by_id
+            .get(id)
+            .map(|c| c.tx.clone())
+            .filter(|tx| !tx.is_closed())
+    }
+    fn remove(&mut self, id: u64) {
+        if let Some(c) = self.by_id.remove(&id)
+            && self.by_addr.get(&c.key) == Some(&id)
+        {
+            self.by_addr.remove(&c.key);
+        }
+    }
+}
+
+/// A listener as our Via names it.
+#[derive(Debug, Clone)]
+struct Listener {
+    transport: Transport,
+    addr: SocketAddr,
+    /// `listen=… advertise host:port`.
+    advertise: Option<String>,
+}
+
+/// What opening connections needs, set once the listeners are bound.
+struct Connecting {
+    /// `tcp_connect_timeout`: connect and TLS handshake together.
+    connect_timeout: Duration,
+    /// `tcp_send_timeout`: one message's write; `None`: no limit.
+    send_timeout: Option<Duration>,
+    /// The connection limit and deadlines shared with the listeners.
+    shared: Arc<TcpShared>,
+    /// The tls module's client profile (`None`: the module is not loaded).
+    tls: Option<Result<tokio_rustls::TlsConnector, String>>,
+    shutdown: CancellationToken,
+}
+
 /// The send side of every listener.
 #[derive(Default)]
 pub(crate) struct Outbound {
-    udp: Mutex<Vec<(SocketAddr, Arc<UdpSocket>)>>,
-    conns: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    /// One sending handle per UDP listener: a duplicate of its first
+    /// socket, non-blocking, used directly — tokio's readiness tracking
+    /// would report "would block" on a socket the reactor has not polled yet.
+    udp: Mutex<Vec<(SocketAddr, Arc<std::net::UdpSocket>)>>,
+    conns: Mutex<ConnTable>,
     next_conn: AtomicU64,
+    listeners: Mutex<Vec<Listener>>,
+    setup: OnceLock<Connecting>,
 }
 
 impl Outbound {
@@ -91,9 +300,13 @@ impl Outbound {
     pub(crate) fn send(&self, core: &Core, peer: &Peer, to: SocketAddr, bytes: Bytes) {
         let ok = match (peer.transport, peer.conn) {
             (Transport::Tcp | Transport::Tls, Some(id)) => {
-                let tx = self.conns.lock().ok().and_then(|c| c.get(&id).cloned());
+                let tx = self
+                    .conns
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.by_id.get(&id).map(|c| c.tx.clone()));
                 match tx {
-                    Some(tx) => tx.try_send(bytes).is_ok(),
+                    Some(tx) => tx.try_send(Queued::new(bytes, to, None)).is_ok(),
                     None => false,
                 }
             }
@@ -106,24 +319,170 @@ impl Outbound {
         }
     }
 
+    /// Sends a request (a branch, its CANCEL or ACK, a stateless forward) to
+    /// `to` without ever waiting: UDP from one of our sockets (`from` when
+    /// given and bound, else one of the address family); TCP/TLS over an open
+    /// connection to that address (ours or the peer's), else a new one
+    /// connected in the background within `tcp_connect_timeout`, the bytes
+    /// queued meanwhile. Errors returned here are not notified; `on_fail`
+    /// runs (once, from any task) when the connect fails or times out, the
+    /// TLS handshake fails, or the connection breaks before these bytes were
+    /// written. [`Outbound::send_with`] adds `no_connect` and the TLS name.
+    pub(crate) fn send_to(
+        &self,
+        core: &Arc<Core>,
+        to: Target,
+        from: Option<SocketAddr>,
+        bytes: Bytes,
+        on_fail: Option<FailNotice>,
+    ) -> Result<(), SendError> {
+        let opts = SendOptions {
+            from,
+            ..Default::default()
+        };
+        self.send_with(core, to, &opts, bytes, on_fail)
+    }
+
+    /// [`Outbound::send_to`] with every option. Errors are not counted here
+    /// (the caller counts `core:send_failures`). `on_fail` is never called
+    /// from inside this call, so it may take locks its caller holds.
+    pub(crate) fn send_with(
+        &self,
+        core: &Arc<Core>,
+        to: Target,
+        opts: &SendOptions,
+        bytes: Bytes,
+        on_fail: Option<FailNotice>,
+    ) -> Result<(), SendError> {
+        match to.transport {
+            Transport::Udp => self.udp_socket(opts.from, to.addr).and_then(|s| {
+                s.send_to(&bytes, to.addr)
+                    .map(drop)
+                    .map_err(|e| SendError::Udp {
+                        to: to.addr,
+                        reason: e.to_string(),
+                    })
+            }),
+            Transport::Tcp | Transport::Tls => {
+                self.send_stream(core, to, opts, Queued::new(bytes, to.addr, on_fail))
+            }
+        }
+    }
+
+    fn send_stream(
+        &self,
+        core: &Arc<Core>,
+        to: Target,
+        opts: &SendOptions,
+        item: Queued,
+    ) -> Result<(), SendError> {
+        let key = (to.transport, to.addr);
+        let Some(setup) = self.setup.get() else {
+            return Err(item.refuse(SendError::NotStarted));
+        };
+        let tx = {
+            let Ok(mut table) = self.conns.lock() else {
+                return Err(item.refuse(SendError::NotStarted));
+            };
+            match table.open_to(key) {
+                Some(tx) => tx,
+                None => {
+                    let permit = match self.may_open(setup, to, opts) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            drop(table);
+                            return Err(item.refuse(e));
+                        }
+                    };
+                    let (tx, rx) = mpsc::channel(TCP_QUEUE);
+                    if let Err(e) = tx.try_send(item) {
+                        // A fresh queue has room; were it not so, say so without notifying.
+                        drop(table);
+                        return Err(e.into_inner().refuse(SendError::QueueFull(to.addr)));
+                    }
+                    // Registered before it connects: later sends queue behind this one.
+                    let id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+                    table.insert(id, key, tx);
+                    drop(table);
+                    let job = Dial {
+                        id,
+                        to,
+                        from: opts.from,
+                        server_name: opts.server_name.clone(),
+                        tls: match (&setup.tls, to.transport) {
+                            (Some(Ok(c)), Transport::Tls) => Some(c.clone()),
+                            _ => None,
+                        },
+                    };
+                    tokio::spawn(dial(core.clone(), job, rx, permit));
+                    return Ok(());
+                }
+            }
+        };
+        match tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(q)) => Err(q.refuse(SendError::QueueFull(to.addr))),
+            // Closed between the look-up and now: the caller may send again.
+            Err(TrySendError::Closed(q)) => Err(q.refuse(SendError::ConnectionClosed(to.addr))),
+        }
+    }
+
+    /// Whether a new connection to `to` may be opened: allowed, TLS usable, under the limit.
+    fn may_open(
+        &self,
+        setup: &Connecting,
+        to: Target,
+        opts: &SendOptions,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, SendError> {
+        if opts.no_connect {
+            return Err(SendError::NoConnection(to.addr));
+        }
+        if to.transport == Transport::Tls {
+            match &setup.tls {
+                Some(Ok(_)) => {}
+                Some(Err(reason)) => {
+                    return Err(SendError::NoTlsClient {
+                        to: to.addr,
+                        reason: reason.clone(),
+                    });
+                }
+                None => {
+                    return Err(SendError::NoTlsClient {
+                        to: to.addr,
+                        reason: "loadmodule \"tls.so\" to send over TLS".into(),
+                    });
+                }
+            }
+        }
+        setup
+            .shared
+            .limit
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SendError::TooManyConnections(to.addr))
+    }
+
+    /// The UDP socket bound to `from`, or the first of `to`'s address family.
+    fn udp_socket(
+        &self,
+        from: Option<SocketAddr>,
+        to: SocketAddr,
+    ) -> Result<Arc<std::net::UdpSocket>, SendError> {
+        let socks = self.udp.lock().map_err(|_| SendError::NoUdpSocket(to))?;
+        socks
+            .iter()
+            .find(|(a, _)| Some(*a) == from)
+            .or_else(|| socks.iter().find(|(a, _)| a.is_ipv4() == to.is_ipv4()))
+            .map(|(_, s)| s.clone())
+            .ok_or(SendError::NoUdpSocket(to))
+    }
+
     /// Sends a datagram from the socket bound to `from`, or any socket of the right family.
     pub(crate) fn send_udp(&self, from: Option<SocketAddr>, to: SocketAddr, bytes: Bytes) -> bool {
-        let sock = {
-            let Ok(socks) = self.udp.lock() else {
-                return false;
-            };
-            socks
-                .iter()
-                .find(|(a, _)| Some(*a) == from)
-                .or_else(|| socks.iter().find(|(a, _)| a.is_ipv4() == to.is_ipv4()))
-                .map(|(_, s)| s.clone())
-        };
-        match sock {
-            // Never wait on the SIP path: a full kernel buffer drops the datagram (the
-            // caller counts it) and SIP's retransmissions recover.
-            Some(s) => s.try_send_to(&bytes, to).is_ok(),
-            None => false,
-        }
+        // Never wait on the SIP path: a full kernel buffer drops the datagram (the
+        // caller counts it) and SIP's retransmissions recover.
+        self.udp_socket(from, to)
+            .is_ok_and(|s| s.send_to(&bytes, to).is_ok())
     }
 
     /// Our UDP addresses.
@@ -133,6 +492,185 @@ impl Outbound {
             .map(|s| s.iter().map(|(a, _)| *a).collect())
             .unwrap_or_default()
     }
+
+    /// The sent-by (`host:port`) of our Via on a request sent to `to`: the
+    /// `advertise` address of the listener of that transport — the one bound
+    /// to `from` when given, else the first of `to`'s address family — or
+    /// its address (an IPv6 one bracketed). The port is always written, 5060
+    /// too (RFC 3261 allows either; Kamailio omits only 5060 for UDP/TCP and
+    /// 5061 for TLS — an explicit port says the same and never depends on
+    /// the peer's default). A wildcard listener (`0.0.0.0`, `::`) gives the
+    /// address the system routes `to` from. `None`: no listener of that
+    /// transport and family — Kamailio would not send there either.
+    #[allow(
+        dead_code,
+        reason = "tm writes its Via with Core::sent_by until it switches"
+    )]
+    pub(crate) fn via_sent_by(&self, to: Target, from: Option<SocketAddr>) -> Option<String> {
+        let listeners = self.listeners.lock().ok()?;
+        let l = listeners
+            .iter()
+            .filter(|l| l.transport == to.transport)
+            .find(|l| Some(l.addr) == from)
+            .or_else(|| {
+                listeners
+                    .iter()
+                    .find(|l| l.transport == to.transport && l.addr.is_ipv4() == to.addr.is_ipv4())
+            })?;
+        if let Some(a) = &l.advertise {
+            return Some(a.clone());
+        }
+        let ip = if l.addr.ip().is_unspecified() {
+            route_source(l.addr, to.addr)?
+        } else {
+            l.addr.ip()
+        };
+        Some(SocketAddr::new(ip, l.addr.port()).to_string())
+    }
+
+    fn register(&self, id: u64, key: (Transport, SocketAddr), tx: mpsc::Sender<Queued>) {
+        if let Ok(mut t) = self.conns.lock() {
+            t.insert(id, key, tx);
+        }
+    }
+
+    fn unregister(&self, id: u64) {
+        if let Ok(mut t) = self.conns.lock() {
+            t.remove(id);
+        }
+    }
+}
+
+/// The local address the system would send from to reach `to` through a
+/// socket bound to the wildcard `wild` (no packet is sent).
+fn route_source(wild: SocketAddr, to: SocketAddr) -> Option<IpAddr> {
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(wild.ip(), 0)).ok()?;
+    probe.connect(to).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
+}
+
+/// A connection to open.
+struct Dial {
+    id: u64,
+    to: Target,
+    from: Option<SocketAddr>,
+    server_name: Option<String>,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// Connects (and for TLS shakes hands) within `tcp_connect_timeout`, then
+/// serves the connection as any other; a failure fails everything queued.
+async fn dial(
+    core: Arc<Core>,
+    job: Dial,
+    mut rx: mpsc::Receiver<Queued>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let id = job.id;
+    let Some(setup) = core.out.setup.get() else {
+        return;
+    };
+    let to = job.to.addr;
+    let after = setup.connect_timeout;
+    let shutdown = setup.shutdown.clone();
+    let r = tokio::select! {
+        r = tokio::time::timeout(after, connect(&job)) => {
+            r.unwrap_or(Err(SendError::ConnectTimeout { to, after }))
+        }
+        _ = shutdown.cancelled() => Err(SendError::ConnectionClosed(to)),
+    };
+    match r {
+        Ok((stream, local)) => {
+            crate::stats::Stats::inc(&core.stats.tcp_connects);
+            tracing::debug!("connected to {}:{to} from {local}", job.to.transport.name());
+            let peer = Peer {
+                transport: job.to.transport,
+                src: to,
+                local,
+                conn: Some(id),
+            };
+            let clock = setup.shared.clock();
+            serve_sip(
+                core.clone(),
+                stream,
+                BytesMut::new(),
+                peer,
+                rx,
+                clock,
+                shutdown,
+            )
+            .await;
+        }
+        Err(e) => {
+            // Stopping siphon is not a failure of the peer: not counted.
+            if !shutdown.is_cancelled() {
+                crate::stats::Stats::inc(&core.stats.tcp_connect_failures);
+                match &e {
+                    SendError::ConnectTimeout { .. } => {
+                        crate::stats::Stats::inc(&core.stats.tcp_connect_timeouts)
+                    }
+                    SendError::TlsHandshake { .. } => {
+                        crate::stats::Stats::inc(&core.stats.tls_failed)
+                    }
+                    _ => {}
+                }
+                tracing::info!("{e}");
+            }
+            core.out.unregister(id);
+            rx.close();
+            while let Ok(q) = rx.try_recv() {
+                q.fail(e.clone());
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// TCP connect (from `job.from`'s IP when given), then the TLS handshake.
+async fn connect(job: &Dial) -> Result<(Box<dyn Io>, SocketAddr), SendError> {
+    let to = job.to.addr;
+    let failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => SendError::ConnectRefused(to),
+        _ => SendError::ConnectFailed {
+            to,
+            reason: e.to_string(),
+        },
+    };
+    let sock = if to.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    if let Some(f) = job
+        .from
+        .filter(|f| f.is_ipv4() == to.is_ipv4() && !f.ip().is_unspecified())
+    {
+        sock.bind(SocketAddr::new(f.ip(), 0)).map_err(failed)?;
+    }
+    let stream = sock.connect(to).await.map_err(failed)?;
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().map_err(failed)?;
+    let Some(tls) = &job.tls else {
+        return Ok((Box::new(stream), local));
+    };
+    let name = match &job.server_name {
+        Some(n) => rustls::pki_types::ServerName::try_from(n.clone()).map_err(|e| {
+            SendError::TlsHandshake {
+                to,
+                reason: format!("`{n}`: {e}"),
+            }
+        })?,
+        None => rustls::pki_types::ServerName::IpAddress(to.ip().into()),
+    };
+    let s = tls
+        .connect(name, stream)
+        .await
+        .map_err(|e| SendError::TlsHandshake {
+            to,
+            reason: e.to_string(),
+        })?;
+    Ok((Box::new(s), local))
 }
 
 fn resolve(spec: &ListenSpec) -> std::io::Result<SocketAddr> {
@@ -178,8 +716,22 @@ pub(crate) async fn start(
     let mut bound = Vec::new();
     // One limit for all TCP listeners together, as Kamailio's tcp_max_connections.
     let tcp_limit = Arc::new(TcpShared::new(core.program().map(|p| &p.core)));
+    let d = siphon_script::core::CoreParams::default();
+    let params = core.program().map_or(&d, |p| &p.core);
+    let _ = core.out.setup.set(Connecting {
+        connect_timeout: Duration::from_secs(params.tcp_connect_timeout.max(1)),
+        send_timeout: (params.tcp_send_timeout > 0)
+            .then(|| Duration::from_secs(params.tcp_send_timeout)),
+        shared: tcp_limit.clone(),
+        tls: core
+            .program()
+            .and_then(|p| p.module::<crate::tls::TlsModule>())
+            .map(|t| t.connector.clone()),
+        shutdown: shutdown.clone(),
+    });
     for spec in specs {
         let addr = resolve(spec)?;
+        let before = bound.len();
         if matches!(spec.proto, Proto::Udp | Proto::Any) {
             let first = reuseport_udp(addr)?;
             let actual = first.local_addr()?;
@@ -187,15 +739,14 @@ pub(crate) async fn start(
             for _ in 1..workers.max(1) {
                 socks.push(reuseport_udp(actual)?);
             }
-            for (i, s) in socks.into_iter().enumerate() {
+            let sender = Arc::new(socks[0].try_clone()?);
+            core.out
+                .udp
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .push((actual, sender));
+            for s in socks {
                 let sock = Arc::new(UdpSocket::from_std(s)?);
-                if i == 0 {
-                    core.out
-                        .udp
-                        .lock()
-                        .map_err(|_| std::io::Error::other("poisoned"))?
-                        .push((actual, sock.clone()));
-                }
                 tokio::spawn(udp_loop(core.clone(), sock, actual, shutdown.clone()));
             }
             bound.push(Bound {
@@ -259,6 +810,13 @@ pub(crate) async fn start(
                 transport: Transport::Tls,
                 addr: actual,
             });
+        }
+        if let Ok(mut l) = core.out.listeners.lock() {
+            l.extend(bound[before..].iter().map(|b| Listener {
+                transport: b.transport,
+                addr: b.addr,
+                advertise: spec.advertise.clone(),
+            }));
         }
     }
     Ok(bound)
@@ -776,38 +1334,99 @@ async fn stream_conn<S: Io + 'static>(
     tcp_sip(core, stream, buf, peer, clock, shutdown).await;
 }
 
+/// An accepted connection that turned out to speak SIP: registered (by id,
+/// and by the peer's source address for requests we send it), then served.
 async fn tcp_sip<S: Io + 'static>(
     core: Arc<Core>,
     stream: S,
-    mut buf: BytesMut,
+    buf: BytesMut,
     peer: Peer,
-    mut clock: ConnClock,
+    clock: ConnClock,
     shutdown: CancellationToken,
 ) {
-    let src = peer.src;
     let id = core.out.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Bytes>(TCP_QUEUE);
-    if let Ok(mut c) = core.out.conns.lock() {
-        c.insert(id, tx);
-    }
-    let written = Arc::new(WriteMark::new(Instant::now()));
-    let mark = written.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            // TLS keeps records until flushed; for TCP the flush is free.
-            if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
-                break;
-            }
-            mark.mark();
-        }
-    });
+    let (tx, rx) = mpsc::channel::<Queued>(TCP_QUEUE);
+    core.out.register(id, (peer.transport, peer.src), tx);
     let peer = Peer {
         conn: Some(id),
         ..peer
     };
-    // The first read happened while sniffing: frame what it brought first.
-    let mut have_data = true;
+    serve_sip(core, stream, buf, peer, rx, clock, shutdown).await;
+}
+
+/// Writes what is queued for a connection, each message within
+/// `tcp_send_timeout`. A write that fails or times out ends the connection
+/// (`closing` stops its reader); what is still queued then fails.
+async fn write_queue<W: AsyncWrite + Unpin>(
+    core: Arc<Core>,
+    mut wr: W,
+    mut rx: mpsc::Receiver<Queued>,
+    mark: Arc<WriteMark>,
+    closing: CancellationToken,
+) {
+    let limit = core.out.setup.get().and_then(|s| s.send_timeout);
+    while let Some(q) = rx.recv().await {
+        // TLS keeps records until flushed; for TCP the flush is free.
+        let write = async {
+            wr.write_all(&q.bytes).await?;
+            wr.flush().await
+        };
+        let written = match limit {
+            Some(t) => match tokio::time::timeout(t, write).await {
+                Ok(r) => r.is_ok(),
+                Err(_) => {
+                    crate::stats::Stats::inc(&core.stats.tcp_send_timeouts);
+                    tracing::info!(
+                        "closing the connection to {}: a write took longer than tcp_send_timeout",
+                        q.to
+                    );
+                    false
+                }
+            },
+            None => write.await.is_ok(),
+        };
+        if !written {
+            let to = q.to;
+            q.fail(SendError::ConnectionClosed(to));
+            break;
+        }
+        q.delivered();
+        mark.mark();
+    }
+    closing.cancel();
+    // Nothing more is taken; what waits is failed (dropping a Queued reports it).
+    rx.close();
+    while rx.try_recv().is_ok() {}
+}
+
+/// Serves a SIP connection, accepted or opened by us: frames what `buf` and
+/// the stream bring to `Core::on_message` as from `peer` (its `conn` set, so
+/// replies go back on it), writes what `rx` queues, and unregisters it at the
+/// end.
+async fn serve_sip<S: Io + 'static>(
+    core: Arc<Core>,
+    stream: S,
+    mut buf: BytesMut,
+    peer: Peer,
+    rx: mpsc::Receiver<Queued>,
+    mut clock: ConnClock,
+    shutdown: CancellationToken,
+) {
+    let src = peer.src;
+    let id = peer.conn.unwrap_or_default();
+    let (mut rd, wr) = tokio::io::split(stream);
+    let written = Arc::new(WriteMark::new(Instant::now()));
+    // Cancelled by the server's shutdown, or by the writer when the connection broke.
+    let closing = shutdown.child_token();
+    let writer = tokio::spawn(write_queue(
+        core.clone(),
+        wr,
+        rx,
+        written.clone(),
+        closing.clone(),
+    ));
+    // An accepted connection's first read happened while sniffing: frame it first.
+    let mut have_data = !buf.is_empty();
     'conn: loop {
         if !have_data {
             let read = read_timed(
@@ -817,7 +1436,7 @@ async fn tcp_sip<S: Io + 'static>(
                 &mut clock,
                 Some(&written),
                 src,
-                &shutdown,
+                &closing,
             );
             if read.await.is_none() {
                 break;
@@ -851,11 +1470,10 @@ async fn tcp_sip<S: Io + 'static>(
         }
         clock.read(Instant::now(), finished, has_partial(&buf));
     }
-    if let Ok(mut c) = core.out.conns.lock() {
-        c.remove(&id);
-    }
-    // Let queued replies go out before the writer ends with the channel; a
-    // peer that does not read gets a little while, then the connection goes.
+    core.out.unregister(id);
+    // Let queued messages go out before the writer ends with the queue; a
+    // peer that does not read gets a little while, then the connection goes
+    // (what is still queued then fails).
     let abort = writer.abort_handle();
     if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
         abort.abort();
@@ -956,3 +1574,6 @@ mod tests {
         assert_eq!(sniff_http(&b"\r\n".repeat(SNIFF_MAX)), Some(false));
     }
 }
+
+#[cfg(test)]
+mod outbound_tests;

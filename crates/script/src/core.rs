@@ -151,6 +151,13 @@ pub struct CoreParams {
     /// `tcp_max_connections_per_ip` (siphon's own; default 0, unlimited): TCP
     /// connections open at once from one source address.
     pub tcp_max_connections_per_ip: usize,
+    /// `tcp_connect_timeout` (seconds, default 10, Kamailio's): a TCP
+    /// connection siphon opens (and its TLS handshake) must be up within this,
+    /// else what was queued on it fails.
+    pub tcp_connect_timeout: u64,
+    /// `tcp_send_timeout` (seconds, default 10, Kamailio's): a connection
+    /// that takes longer to accept one message's bytes is closed. 0: no limit.
+    pub tcp_send_timeout: u64,
     /// `dns_server` (siphon's own): DNS servers asked instead of those in
     /// `/etc/resolv.conf`, in order; empty: the system's.
     pub dns_server: Vec<SocketAddr>,
@@ -185,6 +192,8 @@ impl Default for CoreParams {
             tcp_connection_lifetime: 120,
             tcp_msg_read_timeout: 20,
             tcp_max_connections_per_ip: 0,
+            tcp_connect_timeout: 10,
+            tcp_send_timeout: 10,
             dns_server: vec![],
             dns_try_ipv6: true,
             use_dns_failover: false,
@@ -216,6 +225,8 @@ pub const EFFECTIVE_GLOBALS: &[&str] = &[
     "tcp_connection_lifetime",
     "tcp_msg_read_timeout",
     "tcp_max_connections_per_ip",
+    "tcp_connect_timeout",
+    "tcp_send_timeout",
     "dns_server",
     "dns_try_ipv6",
     "use_dns_failover",
@@ -260,8 +271,6 @@ pub const IGNORED_GLOBALS: &[&str] = &[
     "tcp_rd_buf_size",
     "tcp_conn_wq_max",
     "tcp_wq_max",
-    "tcp_send_timeout",
-    "tcp_connect_timeout",
     "latency_log",
     "latency_limit_action",
     "latency_limit_db",
@@ -382,7 +391,20 @@ impl CoreParams {
                 }
                 self.tcp_max_connections = m as usize;
             }
-            "tcp_connection_lifetime" | "tcp_msg_read_timeout" | "tcp_max_connections_per_ip" => {
+            "tcp_connect_timeout" => {
+                let m = int("a number of seconds")?;
+                if m < 1 {
+                    return Err(Diagnostic::error(
+                        vspan,
+                        "`tcp_connect_timeout` must be at least 1 (seconds)",
+                    ));
+                }
+                self.tcp_connect_timeout = m as u64;
+            }
+            "tcp_connection_lifetime"
+            | "tcp_msg_read_timeout"
+            | "tcp_max_connections_per_ip"
+            | "tcp_send_timeout" => {
                 let m = int("a number (0: no limit)")?;
                 if m < 0 {
                     return Err(Diagnostic::error(
@@ -393,6 +415,7 @@ impl CoreParams {
                 match n {
                     "tcp_connection_lifetime" => self.tcp_connection_lifetime = m as u64,
                     "tcp_msg_read_timeout" => self.tcp_msg_read_timeout = m as u64,
+                    "tcp_send_timeout" => self.tcp_send_timeout = m as u64,
                     _ => self.tcp_max_connections_per_ip = m as usize,
                 }
             }
@@ -676,9 +699,9 @@ pub fn core_modules() -> Vec<ModuleDef> {
                 ParamSpec::int("fr_inv_timer"),
                 ParamSpec::int("auto_inv_100"),
                 ne("auto_inv_100_reason"),
-                nei("wt_timer"),
-                nei("retr_timer1"),
-                nei("retr_timer2"),
+                ParamSpec::int("wt_timer"),
+                ParamSpec::int("retr_timer1"),
+                ParamSpec::int("retr_timer2"),
                 nei("failure_reply_mode"),
                 nei("restart_fr_on_each_reply"),
                 nei("noisy_ctimer"),
@@ -688,12 +711,12 @@ pub fn core_modules() -> Vec<ModuleDef> {
                 nei("reparse_on_dns_failover"),
                 nei("e2e_cancel_reason"),
                 nei("unix_tx_timeout"),
-                nei("aggregate_challenges"),
+                ParamSpec::int("aggregate_challenges"),
                 nei("reparse_invite"),
                 ne("ac_extra_hdrs"),
                 nei("blst_503"),
-                nei("max_inv_lifetime"),
-                nei("max_noninv_lifetime"),
+                ParamSpec::int("max_inv_lifetime"),
+                ParamSpec::int("max_noninv_lifetime"),
             ],
         ),
         core_module("tmx", vec![]),
