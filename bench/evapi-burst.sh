@@ -51,7 +51,7 @@ for _ in $(seq 50); do grep -q "evapi listening" "$WORK/siphon.log" && break; sl
 python3 - "$EV" "$SIP" "$RPC" "$EVENTS" "$SERVER_PID" "$WORK/siphon.log" <<'PY'
 import json, re, socket, sys, threading, time
 ev, sip, rpc, events, pid, log = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
-got = {}
+got, first = {}, {}
 def netstrings(buf):
     n, at = 0, 0
     while True:
@@ -75,6 +75,7 @@ def reader(name, sock, chunk, pause_each, pause_first):
             break
         if not d: break
         n, buf = netstrings(buf + d)
+        if n and name not in first: first[name] = time.time()
         got[name] += n
         if pause_each: time.sleep(pause_each)
 kinds = [("fast", 1 << 16, 0, 0), ("slow", 4096, 0.01, 0), ("paused", 1 << 16, 0, 2.0), ("never", 0, 0, None)]
@@ -105,7 +106,9 @@ for p, c in clients().items():
 text = open(log).read()
 cut = {int(m.group(2)): int(m.group(3)) for m in re.finditer(r"client (\d+) \(127\.0\.0\.1:(\d+)\) took no data.*?(\d+) events lost", text)}
 rss = [l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")][0]
-print(f"burst of {events} events from one route run: the route ran {route:.2f} s (its reply after the last relay)")
+print(f"burst of {events} events from one route run: the route ran {route:.3f} s (its reply after the last relay)")
+if "fast" in first:
+    print(f"  the fast client's first event arrived {first['fast'] - t0:.3f} s after the request (writers run while the route does)")
 for k, *_ in kinds:
     p = port[k]
     d = cut.get(p, last.get(p, {}).get("dropped", 0))

@@ -570,6 +570,26 @@ fn auth_token_and_first_message_timeout() {
 }
 
 #[test]
+fn first_message_timeout_without_a_token_closes_only_the_silent_client() {
+    let srv = Server::start(&cfg("modparam(\"evapi\", \"first_message_timeout\", 1000)"));
+    let a = evapi_addr(&srv);
+    let mut talker = Ev::connect(a);
+    talker.send("hi");
+    let mut silent = Ev::connect(a);
+    assert!(
+        srv.log_soon("evapi msg [hi]"),
+        "no token: the first message is routed"
+    );
+    assert!(silent.closed(W));
+    stat_reaches(&srv, "evapi:first_message_timeouts", 1);
+    assert!(srv.log_soon("sent nothing within first_message_timeout (1000 ms)"));
+    // The one that spoke stays and gets events.
+    clients(&srv, 1);
+    assert_eq!(sip(&srv, "MESSAGE", 3, ""), 200);
+    assert_eq!(talker.frame(W).as_deref(), Some("relay 3"));
+}
+
+#[test]
 fn tls_with_python_ssl_and_a_plain_client_refused() {
     let dir = super::cli::Scratch::new("evapi-tls");
     let (ca, cert, key) = super::harness::test_certs(&dir);
