@@ -438,6 +438,63 @@ async fn udp_goes_from_our_socket_of_the_family() {
     shutdown.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_picks_the_local_address_and_ipv6_works_too() {
+    let (core, shutdown) = start_core(&format!(
+        "{CFG}\nlisten=udp:127.0.0.2:0\nlisten=udp:[::1]:0\nlisten=tcp:[::1]:0\n"
+    ))
+    .await;
+    let second = core
+        .bound()
+        .iter()
+        .find(|b| b.addr.ip() == IpAddr::from([127, 0, 0, 2]))
+        .unwrap()
+        .addr;
+    // UDP from the socket `from` names (`$fs`), not the first one.
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = Target {
+        transport: Transport::Udp,
+        addr: peer.local_addr().unwrap(),
+    };
+    core.out
+        .send_to(&core, to, Some(second), options(1), None)
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (_, src) = tokio::time::timeout(PATIENCE, peer.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(src, second);
+    // A new TCP connection binds its source to `from`'s address.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let to = tcp(listener.local_addr().unwrap());
+    core.out
+        .send_to(&core, to, Some(second), options(2), None)
+        .unwrap();
+    let (_conn, src) = accept(&listener).await;
+    assert_eq!(src.ip(), second.ip());
+    // TCP over IPv6, and the Via for it.
+    let listener6 = TcpListener::bind("[::1]:0").await.unwrap();
+    let to6 = tcp(listener6.local_addr().unwrap());
+    core.out
+        .send_to(&core, to6, None, options(3), None)
+        .unwrap();
+    let (mut conn6, _) = accept(&listener6).await;
+    let got = read_messages(&mut conn6, &mut Vec::new(), 1).await;
+    assert!(got[0].contains("CSeq: 3 "));
+    let tcp6 = core
+        .bound()
+        .iter()
+        .find(|b| b.transport == Transport::Tcp && b.addr.is_ipv6())
+        .unwrap()
+        .addr;
+    assert_eq!(
+        core.out.via_sent_by(to6, None),
+        Some(format!("[::1]:{}", tcp6.port()))
+    );
+    shutdown.cancel();
+}
+
 /// A CA, a leaf for IP 127.0.0.1 signed by it, and an unrelated CA.
 struct Certs {
     dir: std::path::PathBuf,
