@@ -104,15 +104,18 @@ time.sleep(6)  # the never-reading client's send_data_timeout (5 s) passes
 for p, c in clients().items():
     last[p] = c
 text = open(log).read()
-cut = {int(m.group(2)): int(m.group(3)) for m in re.finditer(r"client (\d+) \(127\.0\.0\.1:(\d+)\) took no data.*?(\d+) events lost", text)}
+gone = {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"\(127\.0\.0\.1:(\d+)\) gone: \d+ events sent, (\d+) dropped", text)}
+stalled = {int(m.group(1)) for m in re.finditer(r"\(127\.0\.0\.1:(\d+)\) took no data", text)}
+over = {int(m.group(1)) for m in re.finditer(r"\(127\.0\.0\.1:(\d+)\) does not read", text)}
 rss = [l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")][0]
 print(f"burst of {events} events from one route run: the route ran {route:.3f} s (its reply after the last relay)")
 if "fast" in first:
     print(f"  the fast client's first event arrived {first['fast'] - t0:.3f} s after the request (writers run while the route does)")
 for k, *_ in kinds:
     p = port[k]
-    d = cut.get(p, last.get(p, {}).get("dropped", 0))
-    state = "disconnected (send_data_timeout)" if p in cut else ("connected" if p in clients() else "gone")
+    d = gone.get(p, last.get(p, {}).get("dropped", 0))
+    state = ("disconnected (send_data_timeout)" if p in stalled else "disconnected (max_queue_bytes)" if p in over
+             else "connected" if p in clients() else "gone")
     print(f"  {k:7s} delivered {got[k]:7d}  dropped {d:7d}  {state}")
 print(f"  server peak RSS {int(rss) // 1024} MiB")
 PY

@@ -698,6 +698,13 @@ impl Hub {
         };
         let reader = self.read_loop(&c, rd, tx);
         tokio::join!(writer, reader);
+        tracing::info!(
+            "evapi: client {} ({}) gone: {} events sent, {} dropped",
+            c.conidx,
+            c.addr,
+            c.sent.load(Ordering::Relaxed),
+            c.dropped.load(Ordering::Relaxed)
+        );
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(
