@@ -145,7 +145,8 @@ pub fn did_you_mean<'a>(
     for c in candidates {
         let d = edit_distance(word, c);
         let limit = (word.len().max(c.len()) / 3).max(1);
-        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
+        // Ties go to the smaller name: the suggestion must not depend on map order.
+        if d <= limit && best.is_none_or(|(bd, bc)| d < bd || (d == bd && c < bc)) {
             best = Some((d, c));
         }
     }

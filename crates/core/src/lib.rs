@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod dns;
+mod proxy;
 mod script;
 pub mod stats;
 pub mod tls;
@@ -56,6 +57,8 @@ pub struct Core {
     /// Counters.
     pub stats: stats::Stats,
     bound: OnceLock<Vec<Bound>>,
+    /// RFC 3263 resolution for `t_relay` and `forward` (built at start).
+    resolver: OnceLock<dns::Resolver>,
     pub(crate) http: OnceLock<Arc<dyn HttpService>>,
     to_tag_seed: u64,
 }
@@ -81,6 +84,7 @@ impl Core {
             out: Default::default(),
             stats: Default::default(),
             bound: OnceLock::new(),
+            resolver: OnceLock::new(),
             http: OnceLock::new(),
             to_tag_seed: seed,
         })
@@ -103,6 +107,18 @@ impl Core {
         self.program.get()
     }
 
+    /// Every statistic of the core and the transaction layer, `group:name`.
+    pub fn statistics(&self) -> Vec<(String, i64)> {
+        let mut v = self.stats.snapshot();
+        v.extend(self.tm.snapshot());
+        v
+    }
+
+    /// The resolver (after [`Core::start`]).
+    pub(crate) fn resolver(&self) -> Option<&dns::Resolver> {
+        self.resolver.get()
+    }
+
     /// The addresses bound by [`Core::start`].
     pub fn bound(&self) -> &[Bound] {
         self.bound.get().map_or(&[], Vec::as_slice)
@@ -122,15 +138,25 @@ impl Core {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         let bound = transport::start(self, &program.core.listen, workers, &shutdown).await?;
         let _ = self.bound.set(bound.clone());
-        tokio::spawn(tm::timer_task(self.clone(), shutdown));
+        let ipv6 = bound.iter().any(|b| b.addr.is_ipv6());
+        match dns::Resolver::new(dns::DnsConfig::from_params(&program.core, ipv6)) {
+            Ok(r) => {
+                let _ = self.resolver.set(r);
+            }
+            Err(e) => tracing::error!("DNS resolver: {e}; names will not resolve"),
+        }
+        tm::start_timers(self, &shutdown);
         Ok(bound)
     }
 
     /// Whether an address or URI host is one of ours (`myself`).
+    /// A URI's explicit port must be one we listen on with that address (as
+    /// Kamailio's `check_self`): `sip:127.0.0.1:5096` is another process on
+    /// our host, not us.
     pub fn is_myself(&self, v: &[u8]) -> bool {
-        let host = match siphon_sip::parse_uri(v) {
-            Ok(u) => u.host,
-            Err(_) => v,
+        let (host, port) = match siphon_sip::parse_uri(v) {
+            Ok(u) => (u.host, u.port),
+            Err(_) => (v, None),
         };
         let Ok(h) = std::str::from_utf8(host) else {
             return false;
@@ -138,9 +164,10 @@ impl Core {
         let Ok(ip) = h.trim_matches(['[', ']']).parse::<std::net::IpAddr>() else {
             return false;
         };
-        self.bound()
-            .iter()
-            .any(|b| b.addr.ip() == ip || (b.addr.ip().is_unspecified() && ip.is_loopback()))
+        self.bound().iter().any(|b| {
+            (b.addr.ip() == ip || (b.addr.ip().is_unspecified() && ip.is_loopback()))
+                && port.is_none_or(|p| p == b.addr.port())
+        })
     }
 
     /// Handles one received message.
@@ -195,11 +222,23 @@ impl Core {
     }
 
     fn on_request(self: &Arc<Self>, program: &Arc<Program>, msg: SipMsg, peer: Peer) {
-        if self.tm.absorb(self, &msg) {
-            return;
-        }
-        if msg.method() == Method::Cancel && self.tm.cancel(self, &msg, &peer) {
-            return;
+        // Retransmissions, the ACK of a non-2xx and CANCELs are the transactions'.
+        if let Some(index) = self.tm.index_of(&msg) {
+            match self
+                .tm
+                .with(self, index, |t, now| t.receive_request(&msg, now))
+            {
+                siphon_tm::Received::Absorbed => return,
+                siphon_tm::Received::Canceled(_) => {
+                    self.sl_reply(&msg, &peer, 200, b"OK", &[]);
+                    return;
+                }
+                siphon_tm::Received::UnknownCancel => {
+                    self.sl_reply(&msg, &peer, 481, b"Call/Transaction Does Not Exist", &[]);
+                    return;
+                }
+                siphon_tm::Received::New | siphon_tm::Received::AckOf2xx(_) => {}
+            }
         }
         let Some(route) = program.request_route() else {
             return;
@@ -217,8 +256,9 @@ impl Core {
 
     /// The one decision after any route ran for a request: a suspension (a
     /// module's, or `t_suspend()`) parks the context in the transaction,
-    /// whatever kind of route asked; otherwise what is left depends on the
-    /// run. Returns whether the context was parked.
+    /// whatever kind of route asked; otherwise the context goes back to its
+    /// transaction, whose table decides what follows (siphon-tm's
+    /// `route_done`). Returns whether the context was parked.
     pub(crate) fn after_route(
         self: &Arc<Self>,
         mut ctx: siphon_script::Ctx,
@@ -226,7 +266,7 @@ impl Core {
         run: RouteRun,
     ) -> AfterRoute {
         if let Outcome::Suspended(s) = outcome {
-            self.tm.suspend(self, ctx, Some(s));
+            self.suspend(ctx, Some(s));
             return AfterRoute::Suspended;
         }
         let wants = ctx
@@ -234,37 +274,33 @@ impl Core {
             .get_mut::<SipCtx>()
             .is_some_and(|s| std::mem::take(&mut s.suspend_requested));
         if wants && !matches!(outcome, Outcome::Drop) {
-            self.tm.suspend(self, ctx, None);
+            self.suspend(ctx, None);
             return AfterRoute::Suspended;
         }
-        match run {
-            // The transaction (if the route made one) waits for fr_timer.
-            RouteRun::Request => self.tm.route_done(&ctx),
-            // A resumed route that sent no final reply leaves the caller with a 500.
-            RouteRun::Resumed => {
-                if let Some(id) = ctx.ext.get::<SipCtx>().and_then(|s| s.tx)
-                    && self.tm.reply_code(id).is_some_and(|c| c < 200)
-                {
-                    self.tm.reply(self, id, 500, b"Server Internal Error", &[]);
-                }
-            }
-            // The timer answers 408 when the failure route did not reply.
-            RouteRun::Failure => {}
-        }
+        let Some(id) = ctx.ext.get::<SipCtx>().and_then(|s| s.tx) else {
+            return AfterRoute::Done;
+        };
+        let kind = match run {
+            RouteRun::Request => siphon_tm::RouteKind::Request,
+            RouteRun::Resumed => siphon_tm::RouteKind::Resumed,
+            RouteRun::Failure => siphon_tm::RouteKind::Failure,
+        };
+        self.give_back(id, ctx, kind);
         AfterRoute::Done
     }
 
     fn on_reply(self: &Arc<Self>, program: &Arc<Program>, msg: SipMsg, peer: Peer) {
-        // Stateless relay: our Via must be on top; the next one says where to go.
+        // Our Via must be on top: a stateless forward's or a branch's.
         let ours = msg.top_via().is_some_and(|v| {
-            v.branch
-                .as_ref()
-                .is_some_and(|b| b.starts_with(script::BRANCH_PREFIX))
+            v.branch.as_ref().is_some_and(|b| {
+                b.starts_with(script::BRANCH_PREFIX) || siphon_tm::id::parse_branch(b).is_some()
+            })
         });
         if !ours {
             stats::Stats::inc(&self.stats.drop_replies);
             return;
         }
+        // The core reply_route sees every reply first; `drop` ends it there.
         if let Some(route) = program.reply_route() {
             let mut ctx = program.new_ctx(RouteType::ONREPLY);
             ctx.ext.insert(SipCtx::new(msg.clone(), peer));
@@ -273,6 +309,15 @@ impl Core {
                 return;
             }
         }
+        // A branch's reply goes to its transaction; anything else (a late 2xx
+        // after the transaction ended, a stateless forward's) by the next Via.
+        let msg = match siphon_tm::TxShard::<tm::CoreShell>::reply_index(&msg) {
+            Some(index) => match self.tm.with(self, index, |t, now| t.receive_reply(msg, now)) {
+                Ok(()) => return,
+                Err(msg) => msg,
+            },
+            None => msg,
+        };
         let out = siphon_sip::serialize(
             &msg,
             &siphon_sip::Edits {
@@ -352,21 +397,7 @@ impl Core {
         to_tag: &[u8],
         extra: &[Bytes],
     ) -> Bytes {
-        let top = msg.value(siphon_sip::HeaderName::Via).map(|v| {
-            let first = siphon_sip::split_commas(&v)
-                .into_iter()
-                .next()
-                .map(|r| v.slice(r.range()))
-                .unwrap_or_default();
-            let via = siphon_sip::parse_via(&first);
-            let src_ip = peer.src.ip().to_string();
-            let received = via
-                .as_ref()
-                .is_some_and(|v| v.host != src_ip.as_bytes())
-                .then_some(src_ip.as_bytes());
-            let rport = via.as_ref().and_then(|v| v.rport).map(|_| peer.src.port());
-            siphon_sip::via_with_received(&first, received, rport)
-        });
+        let top = self.reply_top_via(msg, peer);
         siphon_sip::build_reply(
             msg,
             code,
@@ -379,6 +410,49 @@ impl Core {
                 body: None,
             },
         )
+    }
+
+    /// The top Via of a reply to `msg`: `received` when the sent-by is not
+    /// where it came from, `rport` filled (RFC 3261 §18.2.1, RFC 3581).
+    pub(crate) fn reply_top_via(&self, msg: &SipMsg, peer: &Peer) -> Option<Vec<u8>> {
+        let v = msg.value(siphon_sip::HeaderName::Via)?;
+        let first = siphon_sip::split_commas(&v)
+            .into_iter()
+            .next()
+            .map(|r| v.slice(r.range()))
+            .unwrap_or_default();
+        let via = siphon_sip::parse_via(&first);
+        let src_ip = peer.src.ip().to_string();
+        let received = via
+            .as_ref()
+            .is_some_and(|v| v.host != src_ip.as_bytes())
+            .then_some(src_ip.as_bytes());
+        let rport = via.as_ref().and_then(|v| v.rport).map(|_| peer.src.port());
+        Some(siphon_sip::via_with_received(&first, received, rport))
+    }
+
+    /// Our listening address for a request going to `to`: the same transport
+    /// and address family if we listen so, else any listener of the family.
+    pub(crate) fn local_for(&self, to: dns::Target) -> Option<SocketAddr> {
+        let bound = self.bound();
+        let family = |a: &SocketAddr| a.is_ipv4() == to.addr.is_ipv4();
+        bound
+            .iter()
+            .find(|b| b.transport == to.transport && family(&b.addr))
+            .or_else(|| bound.iter().find(|b| family(&b.addr)))
+            .map(|b| b.addr)
+    }
+
+    /// Our Via for a request going to `to`, without its branch:
+    /// `SIP/2.0/UDP 127.0.0.1:5060` (the listener's advertised address if set).
+    pub(crate) fn sent_by(&self, to: dns::Target) -> Option<Bytes> {
+        let host_port = self.out.via_sent_by(to, None)?;
+        let proto = match to.transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        };
+        Some(Bytes::from(format!("SIP/2.0/{proto} {host_port}")))
     }
 
     /// A To-tag stable for one request (the same for its retransmissions).

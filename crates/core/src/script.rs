@@ -39,12 +39,25 @@ pub struct SipCtx {
     pub du: Option<Bytes>,
     /// The transaction, once created.
     pub tx: Option<TxId>,
-    /// `t_on_failure`.
+    /// `t_on_failure`, kept until the transaction exists.
     pub failure_route: Option<siphon_script::RouteId>,
+    /// `t_on_reply`, kept until the transaction exists.
+    pub reply_route: Option<siphon_script::RouteId>,
+    /// `t_on_branch`: runs for each branch of the next `t_relay`.
+    pub branch_route: Option<siphon_script::RouteId>,
+    /// `append_branch`: destinations forked in parallel with the R-URI.
+    pub branches: Vec<crate::proxy::BranchEntry>,
+    /// In a failure route the R-URI was already used (Kamailio's "consumed"):
+    /// `t_relay()` needs a new `$ru`, `$du` or branch.
+    pub ruri_consumed: bool,
+    /// In a reply route: the branch whose reply it is (`$T_branch_idx`).
+    pub branch: Option<u16>,
+    /// Branch flags of the R-URI's branch, or of the branch being built (`$bf`).
+    pub bflags: u64,
+    /// Max-Forwards was checked and decremented (by `t_relay`, or the maxfwd module).
+    pub max_forwards_done: bool,
     /// `t_suspend()` was called: park the transaction when the route ends.
     pub suspend_requested: bool,
-    /// The failure route runs because fr_timer fired.
-    pub timed_out: bool,
 }
 
 impl SipCtx {
@@ -58,8 +71,14 @@ impl SipCtx {
             du: None,
             tx: None,
             failure_route: None,
+            reply_route: None,
+            branch_route: None,
+            branches: Vec::new(),
+            ruri_consumed: false,
+            branch: None,
+            bflags: 0,
+            max_forwards_done: false,
             suspend_requested: false,
-            timed_out: false,
         }
     }
 
@@ -106,7 +125,13 @@ fn t_send(core: &Arc<Core>, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 
         return -1;
     };
     let extra = std::mem::take(&mut s.reply_hdrs);
-    if core.tm.reply(core, id, code, reason, &extra) {
+    let tag = core.to_tag(&s.msg);
+    // Built here (not in the table) to replace a reply too large for UDP.
+    let (code, bytes) = core.sendable_reply(&s.msg, &s.peer, code, reason, &tag, &extra);
+    if core
+        .tm
+        .with(core, id.index, |t, now| t.reply_bytes(id, code, bytes, now))
+    {
         1
     } else {
         -1
@@ -157,7 +182,8 @@ fn forward_target(uri: &[u8]) -> Option<std::net::SocketAddr> {
     Some(std::net::SocketAddr::new(ip, u.port.unwrap_or(5060)))
 }
 
-fn forward(core: &Core, ex: &mut Exec<'_>, to: Option<Bytes>) -> i32 {
+/// `forward()`: a stateless relay (also what `t_relay` does with the ACK of a 2xx).
+pub(crate) fn forward(core: &Core, ex: &mut Exec<'_>, to: Option<Bytes>) -> i32 {
     let Some(s) = sip(ex) else { return -1 };
     let target = to.or_else(|| s.du.clone()).unwrap_or_else(|| s.ruri());
     let Some(dest) = forward_target(&target) else {
@@ -357,14 +383,16 @@ impl PvAccess for SipPvAccess {
                 Kind::Response { reason, .. } => Value::Str(m.slice(reason)),
                 Kind::Request { .. } => Value::Null,
             },
-            SipPv::TReplyCode => {
-                let code = s.tx.and_then(|id| self.core.tm.reply_code(id)).unwrap_or(0);
-                if s.timed_out && code < 200 {
-                    Value::Int(408)
-                } else {
-                    Value::Int(code as i64)
+            SipPv::TReplyCode => match s.tx {
+                Some(id) => {
+                    let core = &self.core;
+                    let info = core
+                        .tm
+                        .with(core, id.index, |t, now| t.info(id, now));
+                    Value::Int(info.map_or(0, |i| i.reply_code as i64))
                 }
-            }
+                None => Value::Int(0),
+            },
             SipPv::TIndex => s.tx.map_or(Value::Null, |id| Value::Int(id.index as i64)),
             SipPv::TLabel => s.tx.map_or(Value::Null, |id| Value::Int(id.label as i64)),
         }
@@ -378,6 +406,8 @@ impl PvAccess for SipPvAccess {
             return Err("can only be set on a request".into());
         }
         let b = v.to_bytes();
+        // A new destination makes the R-URI usable again in a failure route.
+        s.ruri_consumed = false;
         match self.pv {
             SipPv::Ruri => {
                 siphon_sip::parse_uri(&b).map_err(|e| {
@@ -426,6 +456,7 @@ impl Module for TmModule {
 
 pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     use ArgKind::*;
+    crate::proxy::register(core, reg);
     let simple = [
         ("rm", SipPv::Method),
         ("ru", SipPv::Ruri),
@@ -545,7 +576,7 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
         if !s.msg.is_request() || s.msg.method() == siphon_sip::Method::Ack {
             return (-1).into();
         }
-        match c.tm.newtran(&c, s) {
+        match c.newtran(s) {
             Some(_) => 1.into(),
             None => (-1).into(),
         }
@@ -594,17 +625,21 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
         let Some(id) = sip(ex).and_then(|s| s.tx.take()) else {
             return (-1).into();
         };
-        c.tm.release(&c, id);
+        c.tm.with(&c, id.index, |t, _| t.release(id));
         1.into()
     }));
+    let c = core.clone();
     f(FunctionSpec::new(
         "t_on_failure",
         &[Route(RouteTable::Failure)],
-        |ex, a| {
+        move |ex, a| {
             let r = a.route(0, ex);
             match sip(ex) {
                 Some(s) => {
                     s.failure_route = r;
+                    if let Some(id) = s.tx {
+                        c.tm.with(&c, id.index, |t, _| t.set_on_failure(id, r));
+                    }
                     1.into()
                 }
                 None => (-1).into(),
@@ -733,21 +768,41 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
         params: tm_params,
         instantiate: Arc::new(move |cfg: &ModuleConfig| {
             let mut t = crate::TmConfig::default();
-            if let Some(ms) = cfg.int("fr_timer") {
-                if ms <= 0 {
-                    return Err("fr_timer must be a positive number of milliseconds".into());
+            let ms = |name: &str, min: i64| -> Result<Option<Duration>, String> {
+                match cfg.int(name) {
+                    None => Ok(None),
+                    Some(v) if v >= min => Ok(Some(Duration::from_millis(v as u64))),
+                    Some(v) => Err(format!("{name} must be at least {min} ms, not {v}")),
                 }
-                t.fr_timer = Duration::from_millis(ms as u64);
+            };
+            if let Some(d) = ms("fr_timer", 1)? {
+                t.fr_timer = d;
             }
-            if let Some(ms) = cfg.int("fr_inv_timer") {
-                t.fr_inv_timer = Duration::from_millis(ms.max(1) as u64);
+            if let Some(d) = ms("fr_inv_timer", 1)? {
+                t.fr_inv_timer = d;
+            }
+            if let Some(d) = ms("max_inv_lifetime", 1)? {
+                t.max_inv_lifetime = d;
+            }
+            if let Some(d) = ms("max_noninv_lifetime", 1)? {
+                t.max_noninv_lifetime = d;
+            }
+            if let Some(d) = ms("wt_timer", 0)? {
+                t.wait = d;
+            }
+            if let Some(d) = ms("retr_timer1", 1)? {
+                t.t1 = d;
+            }
+            if let Some(d) = ms("retr_timer2", 1)? {
+                t.t2 = d.max(t.t1);
             }
             if let Some(v) = cfg.int("auto_inv_100") {
                 t.auto_inv_100 = v != 0;
             }
-            if let Ok(mut g) = c.tm.cfg.lock() {
-                *g = t;
+            if let Some(v) = cfg.int("aggregate_challenges") {
+                t.aggregate_challenges = v != 0;
             }
+            c.tm.set_config(t);
             Ok(Arc::new(TmModule) as Arc<dyn Module>)
         }),
         ..base
@@ -759,27 +814,7 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     reg.core_rpcs.push(siphon_script::rpc::RpcSpec::new(
         "tm.stats",
         "Transaction statistics.",
-        move |_| {
-            use std::sync::atomic::Ordering::Relaxed;
-            let s = &c.stats;
-            Ok(serde_json::json!({
-                "current": s.tm_current.load(Relaxed),
-                "waiting": s.tm_suspended.load(Relaxed),
-                "total": s.tm_created.load(Relaxed),
-                "total_local": 0,
-                "replied_locally": s.tm_replies.iter().map(|x| x.load(Relaxed)).sum::<u64>(),
-                "6xx": s.tm_replies[5].load(Relaxed),
-                "5xx": s.tm_replies[4].load(Relaxed),
-                "4xx": s.tm_replies[3].load(Relaxed),
-                "3xx": s.tm_replies[2].load(Relaxed),
-                "2xx": s.tm_replies[1].load(Relaxed),
-                "created": s.tm_created.load(Relaxed),
-                "freed": s.tm_created.load(Relaxed) as i64 - s.tm_current.load(Relaxed),
-                "delayed_free": 0,
-                "timeouts": s.tm_timeouts.load(Relaxed),
-                "late_resume": s.tm_late_resume.load(Relaxed),
-            }))
-        },
+        move |_| Ok(c.tm.rpc_stats()),
     ));
 }
 
@@ -788,7 +823,7 @@ struct CoreStats(Arc<Core>);
 
 impl siphon_script::rpc::StatSource for CoreStats {
     fn snapshot(&self) -> Vec<(String, i64)> {
-        self.0.stats.snapshot()
+        self.0.statistics()
     }
     fn reset(&self, name: &str) {
         self.0.stats.reset(name);

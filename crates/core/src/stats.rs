@@ -1,6 +1,6 @@
 //! Core statistics (Kamailio's `core:`, `sl:` and `tm:` groups).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of the SIP core; read by `stats.get_statistics` (later issue) and tests.
 #[derive(Debug, Default)]
@@ -23,20 +23,6 @@ pub struct Stats {
     pub err_requests: AtomicU64,
     /// Stateless replies sent, by class 1xx..6xx.
     pub sl_replies: [AtomicU64; 6],
-    /// Stateful replies sent, by class.
-    pub tm_replies: [AtomicU64; 6],
-    /// Transactions alive.
-    pub tm_current: AtomicI64,
-    /// Transactions created.
-    pub tm_created: AtomicU64,
-    /// Transactions suspended now.
-    pub tm_suspended: AtomicI64,
-    /// Suspended transactions that timed out (408).
-    pub tm_timeouts: AtomicU64,
-    /// Resumes that came after the transaction was gone or already resumed.
-    pub tm_late_resume: AtomicU64,
-    /// Request retransmissions absorbed.
-    pub tm_retransmissions_absorbed: AtomicU64,
     /// Messages that could not be sent (connection gone, queue full, socket error).
     pub send_failures: AtomicU64,
     /// TCP connections closed for bad framing or oversized messages.
@@ -114,24 +100,9 @@ impl Stats {
                 g(&self.tcp_connect_timeouts),
             ),
             ("core:tcp_send_timeouts".into(), g(&self.tcp_send_timeouts)),
-            ("tm:current".into(), self.tm_current.load(Ordering::Relaxed)),
-            ("tm:created".into(), g(&self.tm_created)),
-            (
-                "tm:suspended".into(),
-                self.tm_suspended.load(Ordering::Relaxed),
-            ),
-            ("tm:timeouts".into(), g(&self.tm_timeouts)),
-            ("tm:late_resume".into(), g(&self.tm_late_resume)),
-            (
-                "tm:retransmissions_absorbed".into(),
-                g(&self.tm_retransmissions_absorbed),
-            ),
         ];
         for (i, c) in self.sl_replies.iter().enumerate() {
             v.push((format!("sl:{}xx_replies", i + 1), g(c)));
-        }
-        for (i, c) in self.tm_replies.iter().enumerate() {
-            v.push((format!("tm:{}xx_replies", i + 1), g(c)));
         }
         v
     }
@@ -164,12 +135,8 @@ impl Stats {
             "core:tcp_connect_failures" => z(&self.tcp_connect_failures),
             "core:tcp_connect_timeouts" => z(&self.tcp_connect_timeouts),
             "core:tcp_send_timeouts" => z(&self.tcp_send_timeouts),
-            "tm:created" => z(&self.tm_created),
-            "tm:timeouts" => z(&self.tm_timeouts),
-            "tm:late_resume" => z(&self.tm_late_resume),
-            "tm:retransmissions_absorbed" => z(&self.tm_retransmissions_absorbed),
             n => {
-                for (group, arr) in [("sl", &self.sl_replies), ("tm", &self.tm_replies)] {
+                for (group, arr) in [("sl", &self.sl_replies)] {
                     for (i, c) in arr.iter().enumerate() {
                         if n == format!("{group}:{}xx_replies", i + 1) {
                             z(c);

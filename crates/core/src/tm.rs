@@ -1,484 +1,246 @@
-//! Transactions: the table keyed by `(index, label)` and by the RFC 3261
-//! matching key, the timer task, and suspend/continue.
+//! The transaction layer's shell: siphon-tm's shards behind one lock each,
+//! a timer task per shard, and what the shards ask for performed — bytes
+//! sent, failure and reply routes run, contexts handed back.
 //!
-//! Protocol state (retransmissions, timers G/H/I/J) is the sans-io
-//! `siphon_sip::ServerTx`; this file owns the table, the deadlines and the
-//! script context of suspended transactions.
+//! All transaction logic (retransmissions, branches, the choice of the final
+//! reply, CANCEL, what follows a route) is the sans-io `siphon_tm::TxShard`;
+//! this file only locks, reads the clock and does I/O. A shard's lock is
+//! never held while a route runs or bytes are sent: [`Tm::with`] collects the
+//! actions under the lock and performs them after it.
 
+use crate::dns::Target;
 use crate::script::SipCtx;
-use crate::stats::Stats;
 use crate::{AfterRoute, Core, Peer, RouteRun};
 use bytes::Bytes;
 use siphon_script::api::{Resumer, Suspend};
-use siphon_script::{Ctx, RouteId, RouteType};
-use siphon_sip::{Method, ServerTx, SipMsg, TxAction};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use siphon_script::{Ctx, Outcome, RouteId, RouteType};
+use siphon_sip::SipMsg;
+use siphon_tm::{Action, NewTx, ReplyEdit, Resumed, RouteKind, Shell, TmStats, TxShard};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// `$T(id_index)` and `$T(id_label)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TxId {
-    /// Bucket (0..65535), from the transaction key's hash.
-    pub index: u32,
-    /// Unique label within the process.
-    pub label: u32,
+pub use siphon_tm::{TmConfig, TxId};
+
+/// The shell's types, as siphon-tm stores and hands them back.
+pub(crate) struct CoreShell;
+
+impl Shell for CoreShell {
+    type Peer = Upstream;
+    type Dest = Target;
+    type Route = RouteId;
+    type Ctx = Box<Ctx>;
+    type Resume = Pending;
 }
 
-/// tm parameters.
+/// Where a transaction's replies go: the request's peer (its connection) and
+/// the address RFC 3261 §18.2.2 / RFC 3581 name.
 #[derive(Debug, Clone, Copy)]
-pub struct TmConfig {
-    /// `fr_timer`: how long a transaction waits for a final reply (ms).
-    pub fr_timer: Duration,
-    /// `fr_inv_timer` (ms); siphon has no outgoing branches yet, so it bounds nothing more than fr_timer.
-    pub fr_inv_timer: Duration,
-    /// `auto_inv_100`: send 100 Trying when an INVITE transaction is created.
-    pub auto_inv_100: bool,
+pub(crate) struct Upstream {
+    peer: Peer,
+    dest: SocketAddr,
 }
 
-impl Default for TmConfig {
-    fn default() -> Self {
-        TmConfig {
-            fr_timer: Duration::from_millis(30_000),
-            fr_inv_timer: Duration::from_millis(120_000),
-            auto_inv_100: true,
-        }
-    }
-}
+/// A resume's route and what it writes into the context first.
+pub(crate) type Pending = (RouteId, Box<dyn FnOnce(&mut Ctx) + Send>);
 
+/// Shards: transactions are spread by their hash index, so an INVITE, its
+/// CANCEL, its ACK and the replies to its branches meet in one shard.
 const SHARDS: usize = 64;
 
-/// What a transaction is doing with its script context.
-enum Park {
-    /// Not suspended.
-    None,
-    /// `start` of a suspension is running; a resume that arrives now waits here.
-    Suspending(Option<Pending>),
-    /// Suspended with its context.
-    Parked(Box<Ctx>),
-    /// Resumed (or timed out): later resumes are late.
-    Done,
-}
-
-pub(crate) struct TxEntry {
-    key: Bytes,
-    pub(crate) req: SipMsg,
-    pub(crate) peer: Peer,
-    pub(crate) st: ServerTx,
-    to_tag: Vec<u8>,
-    park: Park,
-    fr_deadline: Option<Instant>,
-    pub(crate) failure_route: Option<RouteId>,
-    canceled: bool,
-}
-
 struct Shard {
-    by_label: HashMap<u32, Arc<Mutex<TxEntry>>>,
-    by_key: HashMap<Bytes, TxId>,
+    table: Mutex<TxShard<CoreShell>>,
+    wake: Notify,
 }
 
 pub(crate) struct Tm {
-    shards: Vec<Mutex<Shard>>,
-    next_label: AtomicU32,
-    pub(crate) cfg: Mutex<TmConfig>,
-    timers: Mutex<BinaryHeap<Reverse<(Instant, TxId)>>>,
-    wake: Notify,
+    shards: Vec<Shard>,
     seed: u64,
-}
-
-/// The RFC 3261 §17.2.3 key: branch + sent-by + method (ACK and CANCEL look up the INVITE),
-/// or for pre-RFC 3261 branches Call-ID, CSeq number, From-tag and the Via.
-fn tx_key(msg: &SipMsg, method: Method) -> Option<Bytes> {
-    let via = msg.top_via()?;
-    let m: &[u8] = match method {
-        Method::Invite | Method::Ack => b"INVITE",
-        Method::Cancel => b"CANCEL",
-        _ => {
-            return Some(key_join(&[
-                &via.branch.clone().unwrap_or_default(),
-                &via.host,
-                &msg.method_bytes(),
-                &msg.call_id().unwrap_or_default(),
-            ]));
-        }
-    };
-    match via.branch.as_ref().filter(|b| b.starts_with(b"z9hG4bK")) {
-        Some(b) => Some(key_join(&[
-            b,
-            &via.host,
-            &via.port.unwrap_or(0).to_string().into_bytes(),
-            m,
-        ])),
-        None => {
-            let cseq = msg.cseq()?.num.to_string();
-            let ftag = msg.from().and_then(|f| f.tag).unwrap_or_default();
-            Some(key_join(&[
-                &msg.call_id()?,
-                cseq.as_bytes(),
-                &ftag,
-                &via.host,
-                m,
-            ]))
-        }
-    }
-}
-
-fn key_join(parts: &[&[u8]]) -> Bytes {
-    let mut v = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
-    for p in parts {
-        v.extend_from_slice(p);
-        v.push(b'|');
-    }
-    Bytes::from(v)
 }
 
 impl Tm {
     pub(crate) fn new(seed: u64) -> Tm {
         let shards = (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard {
-                    by_label: HashMap::new(),
-                    by_key: HashMap::new(),
-                })
+            .map(|i| Shard {
+                table: Mutex::new(TxShard::new(
+                    TmConfig::default(),
+                    (seed as u32).rotate_left(i as u32) ^ i as u32,
+                )),
+                wake: Notify::new(),
             })
             .collect();
-        Tm {
-            shards,
-            next_label: AtomicU32::new((seed as u32) | 1),
-            cfg: Mutex::new(TmConfig::default()),
-            timers: Mutex::new(BinaryHeap::new()),
-            wake: Notify::new(),
-            seed,
-        }
+        Tm { shards, seed }
     }
 
-    fn index_of(&self, key: &[u8]) -> u32 {
-        let mut x = self.seed;
-        for &b in key {
-            x = (x ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-        (x >> 17) as u32 & 0xffff
-    }
-
-    fn shard(&self, index: u32) -> &Mutex<Shard> {
-        &self.shards[index as usize % SHARDS]
-    }
-
-    pub(crate) fn get(&self, id: TxId) -> Option<Arc<Mutex<TxEntry>>> {
-        self.shard(id.index)
+    fn lock(&self, i: usize) -> MutexGuard<'_, TxShard<CoreShell>> {
+        // A panic elsewhere must not take every later call down with it.
+        self.shards[i]
+            .table
             .lock()
-            .ok()?
-            .by_label
-            .get(&id.label)
-            .cloned()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lookup(&self, key: &Bytes) -> Option<(TxId, Arc<Mutex<TxEntry>>)> {
-        let idx = self.index_of(key);
-        let sh = self.shard(idx).lock().ok()?;
-        let id = *sh.by_key.get(key)?;
-        Some((id, sh.by_label.get(&id.label)?.clone()))
+    /// The parameters (the tm module sets them at load).
+    pub(crate) fn config(&self) -> TmConfig {
+        self.lock(0).config().clone()
     }
 
-    fn schedule(&self, id: TxId, at: Option<Instant>) {
-        let Some(at) = at else { return };
-        let earliest = {
-            let Ok(mut t) = self.timers.lock() else {
-                return;
-            };
-            let earlier = t.peek().is_none_or(|Reverse((first, _))| at < *first);
-            t.push(Reverse((at, id)));
-            earlier
-        };
-        if earliest {
-            self.wake.notify_one();
+    pub(crate) fn set_config(&self, cfg: TmConfig) {
+        for i in 0..SHARDS {
+            self.lock(i).set_config(cfg.clone());
         }
     }
 
-    fn reschedule(&self, id: TxId, e: &TxEntry) {
-        let d = match (e.st.next_deadline(), e.fr_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.schedule(id, d);
+    /// A request's hash index (its shard and `$T(id_index)`).
+    pub(crate) fn index_of(&self, msg: &SipMsg) -> Option<u32> {
+        siphon_tm::id::request_index(msg, self.seed)
     }
 
-    fn remove(&self, core: &Core, id: TxId) {
-        if let Ok(mut sh) = self.shard(id.index).lock()
-            && let Some(e) = sh.by_label.remove(&id.label)
-        {
-            if let Ok(e) = e.lock() {
-                sh.by_key.remove(&e.key);
-                if matches!(e.park, Park::Parked(_) | Park::Suspending(_)) {
-                    core.stats.tm_suspended.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            core.stats.tm_current.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// A retransmission or an ACK of a known transaction: handled here, the script does not run.
-    pub(crate) fn absorb(&self, core: &Core, msg: &SipMsg) -> bool {
-        let Some(key) = tx_key(msg, msg.method()) else {
-            return false;
-        };
-        let Some((id, entry)) = self.lookup(&key) else {
-            return false;
-        };
-        let Ok(mut e) = entry.lock() else {
-            return false;
-        };
-        if msg.method() == Method::Ack {
-            if e.st.is_final() && e.st.last_code() >= 300 {
-                e.st.on_ack(Instant::now());
-                self.reschedule(id, &e);
-                return true;
-            }
-            // ACK to a 2xx is end to end: stop resending the 2xx, and let the script see it.
-            e.st.on_ack(Instant::now());
-            return false;
-        }
-        if msg.method() == Method::Cancel {
-            return false;
-        }
-        Stats::inc(&core.stats.tm_retransmissions_absorbed);
-        if let TxAction::Send(b) = e.st.on_request_retransmission() {
-            let dest = crate::reply_destination(&e.req, &e.peer);
-            if let Some(d) = dest {
-                core.out.send(core, &e.peer, d, b);
-            }
-        }
-        true
-    }
-
-    /// CANCEL of a pending INVITE: 200 to the CANCEL, 487 to the INVITE.
-    pub(crate) fn cancel(&self, core: &Core, msg: &SipMsg, peer: &Peer) -> bool {
-        let Some(key) = tx_key(msg, Method::Invite) else {
-            return false;
-        };
-        let Some((id, entry)) = self.lookup(&key) else {
-            core.sl_reply(msg, peer, 481, b"Call/Transaction Does Not Exist", &[]);
-            return true;
-        };
-        core.sl_reply(msg, peer, 200, b"OK", &[]);
-        if let Ok(mut e) = entry.lock() {
-            e.canceled = true;
-            if !e.st.is_final() {
-                self.reply_locked(core, id, &mut e, 487, b"Request Terminated", &[]);
-            }
-        }
-        true
-    }
-
-    /// `t_newtran`: the transaction of the request in `sip`, created if needed.
-    pub(crate) fn newtran(&self, core: &Core, sip: &mut SipCtx) -> Option<TxId> {
-        if let Some(id) = sip.tx {
-            return Some(id);
-        }
-        let key = tx_key(&sip.msg, sip.msg.method())?;
-        let idx = self.index_of(&key);
-        let label = self.next_label.fetch_add(1, Ordering::Relaxed);
-        let id = TxId { index: idx, label };
-        let invite = sip.msg.method() == Method::Invite;
-        let reliable = sip.peer.transport.is_reliable();
-        let entry = TxEntry {
-            key: key.clone(),
-            req: sip.msg.clone(),
-            peer: sip.peer,
-            st: ServerTx::new(invite, reliable),
-            to_tag: core.to_tag(&sip.msg),
-            park: Park::None,
-            fr_deadline: None,
-            failure_route: None,
-            canceled: false,
-        };
-        let entry = Arc::new(Mutex::new(entry));
-        {
-            let mut sh = self.shard(idx).lock().ok()?;
-            if let Some(existing) = sh.by_key.get(&key) {
-                sip.tx = Some(*existing);
-                return Some(*existing);
-            }
-            sh.by_key.insert(key, id);
-            sh.by_label.insert(label, entry.clone());
-        }
-        core.stats.tm_current.fetch_add(1, Ordering::Relaxed);
-        Stats::inc(&core.stats.tm_created);
-        sip.tx = Some(id);
-        let auto100 = self.cfg.lock().map(|c| c.auto_inv_100).unwrap_or(true);
-        if invite
-            && auto100
-            && let Ok(mut e) = entry.lock()
-        {
-            self.reply_locked(core, id, &mut e, 100, b"Trying", &[]);
-        }
-        Some(id)
-    }
-
-    /// `t_reply`: a reply on the transaction; false when it is gone or already has a final reply.
-    pub(crate) fn reply(
+    /// Runs `f` on the shard of `index` under its lock, then performs what it
+    /// asked for, without the lock.
+    pub(crate) fn with<R>(
         &self,
-        core: &Core,
-        id: TxId,
-        code: u16,
-        reason: &[u8],
-        extra: &[Bytes],
-    ) -> bool {
-        let Some(entry) = self.get(id) else {
-            return false;
+        core: &Arc<Core>,
+        index: u32,
+        f: impl FnOnce(&mut TxShard<CoreShell>, Instant) -> R,
+    ) -> R {
+        let i = index as usize % SHARDS;
+        let now = Instant::now();
+        let (r, actions, wake) = {
+            let mut t = self.lock(i);
+            let before = t.next_deadline();
+            let r = f(&mut t, now);
+            let mut actions = Vec::new();
+            while let Some(a) = t.poll_action() {
+                actions.push(a);
+            }
+            let after = t.next_deadline();
+            (r, actions, after.is_some() && (before.is_none() || after < before))
         };
-        let Ok(mut e) = entry.lock() else {
-            return false;
-        };
-        self.reply_locked(core, id, &mut e, code, reason, extra)
+        if wake {
+            self.shards[i].wake.notify_one();
+        }
+        for a in actions {
+            core.perform(a);
+        }
+        r
     }
 
-    fn reply_locked(
-        &self,
-        core: &Core,
-        id: TxId,
-        e: &mut TxEntry,
-        code: u16,
-        reason: &[u8],
-        extra: &[Bytes],
-    ) -> bool {
-        let (code, bytes) = core.sendable_reply(&e.req, &e.peer, code, reason, &e.to_tag, extra);
-        match e.st.on_reply(code, bytes, Instant::now()) {
-            Some(TxAction::Send(b)) => {
-                if let Some(d) = crate::reply_destination(&e.req, &e.peer) {
-                    core.out.send(core, &e.peer, d, b);
-                }
-                Stats::class(&core.stats.tm_replies, code);
-                if code >= 200 {
-                    e.fr_deadline = None;
-                }
-                self.reschedule(id, e);
-                true
+    /// The counters of every shard, summed, with the transactions alive and suspended.
+    fn totals(&self) -> (TmStats, usize, usize) {
+        let mut sum = TmStats::default();
+        let (mut current, mut suspended) = (0, 0);
+        for i in 0..SHARDS {
+            let t = self.lock(i);
+            let s = t.stats();
+            current += t.len();
+            suspended += t.suspended();
+            sum.created += s.created;
+            sum.freed += s.freed;
+            for (a, b) in sum.replies.iter_mut().zip(s.replies) {
+                *a += b;
             }
-            _ => false,
+            sum.rpl_received += s.rpl_received;
+            sum.rpl_generated += s.rpl_generated;
+            sum.rpl_relayed += s.rpl_relayed;
+            sum.branches += s.branches;
+            sum.branch_timeouts += s.branch_timeouts;
+            sum.tx_timeouts += s.tx_timeouts;
+            sum.retransmissions_absorbed += s.retransmissions_absorbed;
+            sum.late_resumes += s.late_resumes;
+            sum.cancels_sent += s.cancels_sent;
         }
+        (sum, current, suspended)
     }
 
-    /// `t_release`: forget the transaction.
-    pub(crate) fn release(&self, core: &Core, id: TxId) {
-        self.remove(core, id);
+    /// `tm:` statistics (siphon's names) and `tmx:` (Kamailio's tmx module's).
+    pub(crate) fn snapshot(&self) -> Vec<(String, i64)> {
+        let (s, current, suspended) = self.totals();
+        let n = |v: u64| v as i64;
+        let mut v = vec![
+            ("tm:current".to_string(), current as i64),
+            ("tm:created".into(), n(s.created)),
+            ("tm:freed".into(), n(s.freed)),
+            ("tm:suspended".into(), suspended as i64),
+            ("tm:timeouts".into(), n(s.branch_timeouts + s.tx_timeouts)),
+            ("tm:late_resume".into(), n(s.late_resumes)),
+            (
+                "tm:retransmissions_absorbed".into(),
+                n(s.retransmissions_absorbed),
+            ),
+            ("tm:branches".into(), n(s.branches)),
+            ("tm:cancels_sent".into(), n(s.cancels_sent)),
+            ("tmx:UAS_transactions".into(), n(s.created)),
+            ("tmx:inuse_transactions".into(), current as i64),
+            ("tmx:rpl_received".into(), n(s.rpl_received)),
+            ("tmx:rpl_generated".into(), n(s.rpl_generated)),
+            ("tmx:rpl_relayed".into(), n(s.rpl_relayed)),
+            (
+                "tmx:rpl_absorbed".into(),
+                n(s.rpl_received.saturating_sub(s.rpl_relayed)),
+            ),
+            (
+                "tmx:rpl_sent".into(),
+                n(s.rpl_generated + s.rpl_relayed),
+            ),
+        ];
+        for (i, c) in s.replies.iter().enumerate() {
+            v.push((format!("tm:{}xx_replies", i + 1), n(*c)));
+            if i > 0 {
+                v.push((format!("tmx:{}xx_transactions", i + 1), n(*c)));
+            }
+        }
+        v
     }
 
-    /// The last reply code of a transaction.
-    pub(crate) fn reply_code(&self, id: TxId) -> Option<u16> {
-        let e = self.get(id)?;
-        let code = e.lock().ok()?.st.last_code();
-        Some(code)
-    }
-
-    /// The route ended without suspending: a transaction left without a final
-    /// reply gets one when fr_timer fires.
-    pub(crate) fn route_done(&self, ctx: &Ctx) {
-        let Some(sip) = ctx.ext.get::<SipCtx>() else {
-            return;
-        };
-        let Some(id) = sip.tx else { return };
-        let Some(entry) = self.get(id) else { return };
-        let Ok(mut e) = entry.lock() else { return };
-        if sip.failure_route.is_some() {
-            e.failure_route = sip.failure_route;
-        }
-        if !e.st.is_final() && e.fr_deadline.is_none() {
-            e.fr_deadline = Some(Instant::now() + self.fr(&e));
-            self.reschedule(id, &e);
-        }
-    }
-
-    fn fr(&self, _e: &TxEntry) -> Duration {
-        self.cfg
-            .lock()
-            .map(|c| c.fr_timer)
-            .unwrap_or(Duration::from_secs(30))
-    }
-
-    /// Suspends the request's transaction (created if needed), runs the
-    /// module's start, then parks the context — unless a resume came first.
-    pub(crate) fn suspend(self: &Tm, core: &Arc<Core>, mut ctx: Ctx, s: Option<Suspend>) {
-        let id = {
-            let Some(sip) = ctx.ext.get_mut::<SipCtx>() else {
-                tracing::error!("cannot suspend: no SIP request in this route");
-                return;
-            };
-            match self.newtran(core, sip) {
-                Some(id) => id,
-                None => {
-                    tracing::error!("cannot suspend: no transaction could be created");
-                    return;
-                }
-            }
-        };
-        let Some(entry) = self.get(id) else { return };
-        {
-            let Ok(mut e) = entry.lock() else { return };
-            if e.st.is_final() {
-                tracing::warn!(
-                    "t_suspend: transaction {}:{} already has a final reply",
-                    id.index,
-                    id.label
-                );
-                return;
-            }
-            if let Some(sip) = ctx.ext.get::<SipCtx>()
-                && sip.failure_route.is_some()
-            {
-                e.failure_route = sip.failure_route;
-            }
-            e.park = Park::Suspending(None);
-            core.stats.tm_suspended.fetch_add(1, Ordering::Relaxed);
-            // Kamailio sends 100 Trying when an INVITE is suspended (if none went yet).
-            if e.req.method() == Method::Invite && e.st.last_code() == 0 {
-                self.reply_locked(core, id, &mut e, 100, b"Trying", &[]);
-            }
-        }
-        if let Some(s) = s {
-            (s.start)(
-                &mut ctx,
-                Box::new(TxResumer {
-                    core: core.clone(),
-                    id,
-                }),
-            );
-        }
-        let pending = {
-            let Ok(mut e) = entry.lock() else { return };
-            match std::mem::replace(&mut e.park, Park::None) {
-                Park::Suspending(Some(p)) => {
-                    e.park = Park::Done;
-                    core.stats.tm_suspended.fetch_sub(1, Ordering::Relaxed);
-                    Some(p)
-                }
-                Park::Suspending(None) => {
-                    e.park = Park::Parked(Box::new(ctx));
-                    if e.fr_deadline.is_none() {
-                        e.fr_deadline = Some(Instant::now() + self.fr(&e));
-                    }
-                    self.reschedule(id, &e);
-                    return;
-                }
-                other => {
-                    e.park = other;
-                    return;
-                }
-            }
-        };
-        if let Some((route, fill)) = pending {
-            fill(&mut ctx);
-            core.run_resumed(ctx, route);
-        }
+    /// `tm.stats`, with Kamailio's fields.
+    pub(crate) fn rpc_stats(&self) -> serde_json::Value {
+        let (s, current, suspended) = self.totals();
+        serde_json::json!({
+            "current": current,
+            "waiting": suspended,
+            "total": s.created,
+            "total_local": 0,
+            "rpl_received": s.rpl_received,
+            "rpl_generated": s.rpl_generated,
+            "rpl_sent": s.rpl_generated + s.rpl_relayed,
+            "6xx": s.replies[5],
+            "5xx": s.replies[4],
+            "4xx": s.replies[3],
+            "3xx": s.replies[2],
+            "2xx": s.replies[1],
+            "created": s.created,
+            "freed": s.freed,
+            "timeouts": s.branch_timeouts + s.tx_timeouts,
+            "late_resume": s.late_resumes,
+        })
     }
 }
 
-/// A resume's route and what it writes into the context first.
-type Pending = (RouteId, Box<dyn FnOnce(&mut Ctx) + Send>);
+/// Runs each shard's timers: retransmissions, fr_timer, the end of completed transactions.
+pub(crate) fn start_timers(core: &Arc<Core>, shutdown: &CancellationToken) {
+    for i in 0..SHARDS {
+        tokio::spawn(shard_timer(core.clone(), i, shutdown.clone()));
+    }
+}
+
+async fn shard_timer(core: Arc<Core>, i: usize, shutdown: CancellationToken) {
+    loop {
+        let next = core.tm.lock(i).next_deadline();
+        let sleep = match next {
+            Some(at) => tokio::time::sleep_until(at.into()),
+            None => tokio::time::sleep(Duration::from_secs(3600)),
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = core.tm.shards[i].wake.notified() => continue,
+            _ = shutdown.cancelled() => return,
+        }
+        core.tm.with(&core, i as u32, |t, now| t.on_timer(now));
+    }
+}
 
 /// The resume handle a module gets with a suspension.
 struct TxResumer {
@@ -493,6 +255,79 @@ impl Resumer for TxResumer {
 }
 
 impl Core {
+    /// `t_newtran`: the transaction of the request in `sip`, created if needed
+    /// (with the hooks the script armed before it existed).
+    pub(crate) fn newtran(self: &Arc<Self>, sip: &mut SipCtx) -> Option<TxId> {
+        if let Some(id) = sip.tx {
+            return Some(id);
+        }
+        if !sip.msg.is_request() || sip.msg.method() == siphon_sip::Method::Ack {
+            return None;
+        }
+        let index = self.tm.index_of(&sip.msg)?;
+        let dest = crate::reply_destination(&sip.msg, &sip.peer)?;
+        let top_via = self.reply_top_via(&sip.msg, &sip.peer).unwrap_or_default();
+        let new = NewTx {
+            msg: sip.msg.clone(),
+            peer: Upstream {
+                peer: sip.peer,
+                dest,
+            },
+            reliable: sip.peer.transport.is_reliable(),
+            to_tag: Bytes::from(self.to_tag(&sip.msg)),
+            top_via: Bytes::from(top_via),
+        };
+        let (failure, reply) = (sip.failure_route, sip.reply_route);
+        let id = self.tm.with(self, index, |t, now| {
+            let id = t.create(new, index, now)?;
+            if failure.is_some() {
+                t.set_on_failure(id, failure);
+            }
+            if reply.is_some() {
+                t.set_on_reply(id, reply);
+            }
+            Some(id)
+        })?;
+        sip.tx = Some(id);
+        Some(id)
+    }
+
+    /// Suspends the request's transaction (created if needed), runs the
+    /// module's start, then parks the context — unless the answer came first,
+    /// in which case the resumed route runs now.
+    pub(crate) fn suspend(self: &Arc<Self>, mut ctx: Ctx, s: Option<Suspend>) {
+        let Some(id) = ctx.ext.get_mut::<SipCtx>().and_then(|sip| self.newtran(sip)) else {
+            tracing::error!("cannot suspend: no SIP request with a transaction in this route");
+            return;
+        };
+        if !self.tm.with(self, id.index, |t, now| t.begin_suspend(id, now)) {
+            tracing::warn!(
+                "t_suspend: transaction {}:{} already has a final reply",
+                id.index,
+                id.label
+            );
+            self.give_back(id, ctx, RouteKind::Request);
+            return;
+        }
+        if let Some(s) = s {
+            (s.start)(
+                &mut ctx,
+                Box::new(TxResumer {
+                    core: self.clone(),
+                    id,
+                }),
+            );
+        }
+        let early = self
+            .tm
+            .with(self, id.index, |t, now| t.finish_suspend(id, Box::new(ctx), now));
+        if let Some((ctx, (route, fill))) = early {
+            let mut ctx = *ctx;
+            fill(&mut ctx);
+            self.run_resumed(ctx, route);
+        }
+    }
+
     /// Resumes a suspended transaction in `route` after `fill` wrote into its
     /// context. Exactly once: false (and counted) when the transaction is gone,
     /// was never suspended, or was already resumed or timed out.
@@ -502,40 +337,19 @@ impl Core {
         route: RouteId,
         fill: Box<dyn FnOnce(&mut Ctx) + Send>,
     ) -> bool {
-        let pending: Pending = (route, fill);
-        let ctx = {
-            let Some(entry) = self.tm.get(id) else {
-                Stats::inc(&self.stats.tm_late_resume);
-                return false;
-            };
-            let Ok(mut e) = entry.lock() else {
-                return false;
-            };
-            match std::mem::replace(&mut e.park, Park::Done) {
-                Park::Parked(ctx) => {
-                    self.stats.tm_suspended.fetch_sub(1, Ordering::Relaxed);
-                    ctx
-                }
-                Park::Suspending(None) => {
-                    // The module answered before the suspension finished: the suspending side runs it.
-                    e.park = Park::Suspending(Some(pending));
-                    return true;
-                }
-                other => {
-                    e.park = other;
-                    Stats::inc(&self.stats.tm_late_resume);
-                    return false;
-                }
+        match self.tm.with(self, id.index, |t, _| t.resume(id, (route, fill))) {
+            Resumed::Run(ctx, (route, fill)) => {
+                let mut ctx = *ctx;
+                fill(&mut ctx);
+                self.run_resumed(ctx, route);
+                true
             }
-        };
-        let (route, fill) = pending;
-        let mut ctx = *ctx;
-        fill(&mut ctx);
-        self.run_resumed(ctx, route);
-        true
+            Resumed::Queued => true,
+            Resumed::Late(_) => false,
+        }
     }
 
-    /// Runs `route` for a resumed transaction; answers 500 if it sends no final reply.
+    /// Runs `route` for a resumed transaction.
     pub(crate) fn run_resumed(self: &Arc<Self>, mut ctx: Ctx, route: RouteId) {
         let Some(program) = self.program().cloned() else {
             return;
@@ -544,110 +358,146 @@ impl Core {
         let outcome = program.run(route, &mut ctx);
         self.after_route(ctx, outcome, RouteRun::Resumed);
     }
-}
 
-/// Runs transaction timers: retransmissions, terminations, fr_timer expiry.
-pub(crate) async fn timer_task(core: Arc<Core>, shutdown: CancellationToken) {
-    loop {
-        let next = core
-            .tm
-            .timers
-            .lock()
-            .ok()
-            .and_then(|t| t.peek().map(|Reverse((at, _))| *at));
-        let sleep = match next {
-            Some(at) => tokio::time::sleep_until(at.into()),
-            None => tokio::time::sleep(Duration::from_secs(3600)),
+    /// Hands a context back to its transaction after a route ran.
+    pub(crate) fn give_back(self: &Arc<Self>, id: TxId, ctx: Ctx, kind: RouteKind) {
+        self.tm.with(self, id.index, |t, now| {
+            t.route_done(id, Box::new(ctx), kind, None, now)
+        });
+    }
+
+    /// Performs what a shard asked for.
+    fn perform(self: &Arc<Self>, a: Action<CoreShell>) {
+        match a {
+            Action::Upstream { peer, bytes, .. } => {
+                self.out.send(self, &peer.peer, peer.dest, bytes);
+            }
+            Action::Downstream {
+                tx,
+                branch,
+                dest,
+                bytes,
+            } => self.send_branch(tx, branch, dest, bytes),
+            Action::RunFailure { tx, route, ctx } => self.run_failure(tx, route, ctx),
+            Action::RunOnReply {
+                tx,
+                branch,
+                route,
+                reply,
+                dest,
+                ctx,
+            } => self.run_onreply(tx, branch, route, reply, dest, ctx),
+            Action::Ended { .. } => {}
+        }
+    }
+
+    /// Sends a branch's request (or its CANCEL, ACK, a retransmission); a
+    /// branch that cannot go out fails at once.
+    pub(crate) fn send_branch(self: &Arc<Self>, tx: TxId, branch: u16, dest: Target, bytes: Bytes) {
+        let core = self.clone();
+        let notice = Box::new(move |e: crate::transport::SendError| {
+            tracing::info!("branch {branch} of {}:{}: {e}", tx.index, tx.label);
+            let c = core.clone();
+            c.tm.with(&core, tx.index, |t, now| t.branch_failed(tx, branch, now));
+        });
+        if let Err(e) = self.out.send_to(self, dest, None, bytes, Some(notice)) {
+            crate::stats::Stats::inc(&self.stats.send_failures);
+            tracing::info!("branch {branch} of {}:{} to {}: {e}", tx.index, tx.label, dest.addr);
+            self.tm
+                .with(self, tx.index, |t, now| t.branch_failed(tx, branch, now));
+        }
+    }
+
+    /// Runs a failure route for the transaction, with its context.
+    fn run_failure(self: &Arc<Self>, id: TxId, route: RouteId, ctx: Option<Box<Ctx>>) {
+        let Some(program) = self.program().cloned() else {
+            return;
         };
-        tokio::select! {
-            _ = sleep => {}
-            _ = core.tm.wake.notified() => continue,
-            _ = shutdown.cancelled() => return,
-        }
-        let now = Instant::now();
-        loop {
-            let due = {
-                let Ok(mut t) = core.tm.timers.lock() else {
-                    break;
-                };
-                match t.peek() {
-                    Some(Reverse((at, _))) if *at <= now => t.pop().map(|Reverse((_, id))| id),
-                    _ => None,
+        let mut ctx = match ctx {
+            Some(c) => *c,
+            None => {
+                let mut c = program.new_ctx(RouteType::FAILURE);
+                let req = self
+                    .tm
+                    .with(self, id.index, |t, _| t.request(id).cloned());
+                if let Some(req) = req {
+                    let peer = Peer {
+                        transport: crate::Transport::Udp,
+                        src: SocketAddr::from(([0, 0, 0, 0], 0)),
+                        local: SocketAddr::from(([0, 0, 0, 0], 0)),
+                        conn: None,
+                    };
+                    let mut sip = SipCtx::new(req, peer);
+                    sip.tx = Some(id);
+                    c.ext.insert(sip);
                 }
-            };
-            let Some(id) = due else { break };
-            on_timer(&core, id, now);
+                c
+            }
+        };
+        ctx.route_type = RouteType::FAILURE;
+        ctx.may_suspend = true;
+        if let Some(sip) = ctx.ext.get_mut::<SipCtx>() {
+            // Armed for one run; the R-URI is "consumed": t_relay() needs a new
+            // $ru, $du or branch (Kamailio).
+            sip.failure_route = None;
+            sip.ruri_consumed = true;
+        }
+        let outcome = program.run(route, &mut ctx);
+        if self.after_route(ctx, outcome, RouteRun::Failure) == AfterRoute::Suspended {
+            tracing::debug!("failure route of {}:{} suspended", id.index, id.label);
         }
     }
-}
 
-fn on_timer(core: &Arc<Core>, id: TxId, now: Instant) {
-    let Some(entry) = core.tm.get(id) else { return };
-    let mut timed_out_ctx = None;
-    let mut failure = None;
-    let mut fr_fired = false;
-    {
-        let Ok(mut e) = entry.lock() else { return };
-        if e.fr_deadline.is_some_and(|d| d <= now) && !e.st.is_final() {
-            e.fr_deadline = None;
-            fr_fired = true;
-            if let Park::Parked(ctx) = std::mem::replace(&mut e.park, Park::Done) {
-                core.stats.tm_suspended.fetch_sub(1, Ordering::Relaxed);
-                timed_out_ctx = Some(ctx);
-            }
-            Stats::inc(&core.stats.tm_timeouts);
-            // A failure route is armed for one run: the route re-arms it with t_on_failure.
-            failure = e.failure_route.take();
+    /// Runs an `onreply_route` for a reply of `branch`, then hands the reply on.
+    fn run_onreply(
+        self: &Arc<Self>,
+        id: TxId,
+        branch: u16,
+        route: RouteId,
+        reply: SipMsg,
+        dest: Target,
+        ctx: Option<Box<Ctx>>,
+    ) {
+        let Some(program) = self.program().cloned() else {
+            return;
+        };
+        let mut ctx = ctx.map_or_else(|| program.new_ctx(RouteType::ONREPLY), |c| *c);
+        let request = ctx.ext.remove::<SipCtx>();
+        let (route_type, may_suspend) = (ctx.route_type, ctx.may_suspend);
+        ctx.route_type = RouteType::ONREPLY;
+        ctx.may_suspend = false;
+        let mut sip = SipCtx::new(
+            reply.clone(),
+            Peer {
+                transport: dest.transport,
+                src: dest.addr,
+                local: self.local_for(dest).unwrap_or(dest.addr),
+                conn: None,
+            },
+        );
+        sip.tx = Some(id);
+        sip.branch = Some(branch);
+        ctx.ext.insert(sip);
+        let outcome = program.run(route, &mut ctx);
+        let drop = matches!(outcome, Outcome::Drop) || std::mem::take(&mut ctx.dropped);
+        let edits = ctx
+            .ext
+            .remove::<SipCtx>()
+            .map(|s| s.edits)
+            .unwrap_or_default();
+        if let Some(r) = request {
+            ctx.ext.insert(r);
         }
-        match e.st.on_timer(now) {
-            TxAction::Send(b) => {
-                if let Some(d) = crate::reply_destination(&e.req, &e.peer) {
-                    core.out.send(core, &e.peer, d, b);
-                }
-            }
-            TxAction::Terminate => {
-                drop(e);
-                core.tm.remove(core, id);
-                return;
-            }
-            // Nothing was due (a deadline that moved): its current one is queued already.
-            TxAction::None if !fr_fired => return,
-            TxAction::None => {}
-        }
-        core.tm.reschedule(id, &e);
-    }
-    if !fr_fired {
-        return;
-    }
-    if timed_out_ctx.is_some() || failure.is_some() {
-        // fr_timer fired with no final reply: the armed failure route runs, then 408.
-        if let (Some(route), Some(program)) = (failure, core.program().cloned()) {
-            let mut ctx = match timed_out_ctx {
-                Some(c) => *c,
-                None => {
-                    let mut c = program.new_ctx(RouteType::FAILURE);
-                    if let Ok(e) = entry.lock() {
-                        let mut sip = SipCtx::new(e.req.clone(), e.peer);
-                        sip.tx = Some(id);
-                        c.ext.insert(sip);
-                    }
-                    c
-                }
-            };
-            ctx.route_type = RouteType::FAILURE;
-            ctx.may_suspend = true;
-            if let Some(sip) = ctx.ext.get_mut::<SipCtx>() {
-                sip.timed_out = true;
-                sip.failure_route = None;
-            }
-            let outcome = program.run(route, &mut ctx);
-            // A failure route may suspend (ask an application where to go next).
-            if core.after_route(ctx, outcome, RouteRun::Failure) == AfterRoute::Suspended {
-                return;
-            }
-        }
-    }
-    if core.tm.reply_code(id).is_some_and(|c| c < 200) {
-        core.tm.reply(core, id, 408, b"Request Timeout", &[]);
+        ctx.route_type = route_type;
+        ctx.may_suspend = may_suspend;
+        self.tm.with(self, id.index, |t, now| {
+            t.route_done(
+                id,
+                Box::new(ctx),
+                RouteKind::OnReply { branch },
+                Some((reply, ReplyEdit { drop, edits })),
+                now,
+            )
+        });
     }
 }

@@ -502,10 +502,6 @@ impl Outbound {
     /// the peer's default). A wildcard listener (`0.0.0.0`, `::`) gives the
     /// address the system routes `to` from. `None`: no listener of that
     /// transport and family — Kamailio would not send there either.
-    #[allow(
-        dead_code,
-        reason = "tm writes its Via with Core::sent_by until it switches"
-    )]
     pub(crate) fn via_sent_by(&self, to: Target, from: Option<SocketAddr>) -> Option<String> {
         let listeners = self.listeners.lock().ok()?;
         let l = listeners
