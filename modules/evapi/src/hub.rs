@@ -91,6 +91,8 @@ impl Settings {
 struct Outq {
     buf: BytesMut,
     frames: u64,
+    /// The writer has ended: nothing is taken any more.
+    done: bool,
 }
 
 /// What [`Client::enqueue`] did.
@@ -177,6 +179,9 @@ impl Client {
         let Ok(mut q) = self.out.lock() else {
             return Enqueued::NotReady;
         };
+        if q.done {
+            return Enqueued::NotReady;
+        }
         if self.queued.load(Ordering::Relaxed) + frame.len() > max {
             return Enqueued::OverBound;
         }
@@ -203,9 +208,26 @@ impl Client {
         }
     }
 
+    /// Ends the queue if it is empty (a relay racing the writer's end is refused, not lost).
+    fn finish_if_empty(&self) -> bool {
+        self.out.lock().map_or(true, |mut q| {
+            q.done |= q.buf.is_empty();
+            q.done
+        })
+    }
+
     /// Counts `frames` (with `bytes` of them unwritten) and everything still queued as dropped.
     fn lose(&self, frames: u64, bytes: usize) -> u64 {
-        let (rest, more) = self.take();
+        let (rest, more) = match self.out.lock() {
+            Ok(mut q) => {
+                q.done = true;
+                (
+                    std::mem::take(&mut q.buf).freeze(),
+                    std::mem::take(&mut q.frames),
+                )
+            }
+            Err(_) => (Bytes::new(), 0),
+        };
         self.queued
             .fetch_sub((bytes + rest.len()).min(self.queued()), Ordering::Relaxed);
         self.dropped.fetch_add(frames + more, Ordering::Relaxed);
@@ -249,7 +271,10 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
         let (batch, frames) = c.take();
         if batch.is_empty() {
             if c.stop.is_cancelled() {
-                return WriterEnd::Drained;
+                if c.finish_if_empty() {
+                    return WriterEnd::Drained;
+                }
+                continue;
             }
             tokio::select! {
                 _ = c.wake.notified() => {}
@@ -959,6 +984,11 @@ mod tests {
         assert_eq!(
             flush_to_a_reader(&c, 1024).await,
             (WriterEnd::Drained, 5000)
+        );
+        // A relay racing the writer's end is refused, not left in a queue nobody writes.
+        assert_eq!(
+            c.enqueue(&frames(1)[0], DEFAULT_QUEUE_BYTES),
+            Enqueued::NotReady
         );
         // One that never reads holds the writer for at most flush_for, even with no send_data_timeout.
         let c = client();
