@@ -11,7 +11,8 @@
 # how long the route run held its SIP worker, and the server's peak RSS.
 # Loopback only; bounded in events (EVENTS) and seconds (60 per client).
 #
-# Usage: bench/evapi-burst.sh [events]   (SIPHON=path to use another binary)
+# Usage: bench/evapi-burst.sh [events]   (SIPHON=path to use another binary,
+#        CHILDREN=1 for one SIP worker, which the route run holds throughout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-200000}
@@ -24,6 +25,7 @@ SIP=5076 EV=8452 RPC=8453
 cat > "$WORK/siphon.cfg" <<CFG
 debug=2
 log_stderror=yes
+children=${CHILDREN:-2}
 listen=udp:127.0.0.1:$SIP
 max_while_loops=$((EVENTS + 1))
 loadmodule "evapi.so"

@@ -341,6 +341,7 @@ fn async_relay_then_t_continue_and_a_late_answer() {
 #[test]
 fn a_client_that_never_reads_stalls_nothing() {
     let srv = Server::start(&cfg(""));
+    assert!(srv.log_soon("siphon started workers=1"));
     let a = evapi_addr(&srv);
     let stuck = TcpStream::connect(a).unwrap();
     let mut reader = Ev::connect(a);
@@ -453,12 +454,15 @@ fn count_burst(s: &mut TcpStream, want: usize, wait: Duration) -> usize {
 
 #[test]
 fn a_burst_of_200k_events_reaches_fast_readers_and_a_stuck_client_is_cut_after_send_data_timeout() {
-    // Measured: before, the writers did not run while the route did, each queue
-    // passed its bound and the fast readers were disconnected with part of the
-    // burst; now both get all 200,000 and only the client that never reads goes.
+    // Measured (bench/evapi-burst.sh, CHILDREN=1): before, the writers did not
+    // run while the route held the only SIP worker, every queue passed its
+    // bound and every client was disconnected with 0 of 200,000 delivered; now
+    // the readers get all and only the client that never reads goes.
     let srv = Server::start(&cfg(
-        "max_while_loops=300000\nmodparam(\"evapi\", \"send_data_timeout\", 1000000)",
+        // One SIP worker: the route run holds it for the whole burst.
+        "children=1\nmax_while_loops=300000\nmodparam(\"evapi\", \"send_data_timeout\", 1000000)",
     ));
+    assert!(srv.log_soon("siphon started workers=1"));
     let a = evapi_addr(&srv);
     let stuck = TcpStream::connect(a).unwrap();
     let readers: Vec<_> = (0..2)
