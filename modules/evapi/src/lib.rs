@@ -18,7 +18,8 @@
 //! additions: `first_message_timeout`, `auth_token` (a shared token the
 //! client sends first) and TLS (`tls_certificate`, `tls_private_key`).
 //! Beyond `max_clients` a connection is accepted and closed. Tags (≤ 64
-//! bytes) start empty on every connection. `workers` has no effect.
+//! bytes) start empty on every connection. `workers`, `wait_idle`,
+//! `wait_increase`, `send_task_timeout` and `context_mlimit` have no effect.
 
 pub mod hub;
 
@@ -36,7 +37,8 @@ use std::time::Duration;
 /// The loaded module.
 pub struct Evapi {
     hub: Arc<Hub>,
-    workers: Option<i64>,
+    /// Kamailio parameters given that do nothing here (`name=value`).
+    no_effect: Vec<String>,
     program: Arc<OnceLock<Arc<Program>>>,
 }
 
@@ -326,10 +328,12 @@ impl Module for Evapi {
     fn start(&self, cx: &StartCx) -> Result<(), String> {
         let _ = self.program.set(cx.program.clone());
         let _ = self.hub.program.set(cx.program.clone());
-        if let Some(w) = self.workers {
+        if !self.no_effect.is_empty() {
             tracing::warn!(
-                "evapi: workers={w} has no effect in siphon: messages from clients run \
-                 event_route[evapi:message-received] on the SIP workers, one client's in order"
+                "evapi: {} has no effect in siphon: there are no evapi worker processes (messages from \
+                 clients run event_route[evapi:message-received] on the SIP workers, one client's in \
+                 order) and a relay never waits (see max_queue_bytes and send_data_timeout)",
+                self.no_effect.join(", ")
             );
         }
         let _ = self.hub.main.set(tokio::runtime::Handle::current());
@@ -400,6 +404,15 @@ impl StatSource for Stats {
     }
 }
 
+/// Kamailio's parameters for its worker processes and their socketpair: accepted, no effect.
+const NO_EFFECT: [&str; 5] = [
+    "workers",
+    "wait_idle",
+    "wait_increase",
+    "send_task_timeout",
+    "context_mlimit",
+];
+
 /// A duration parameter in `unit` (0 = off); `default` when not set.
 fn duration(
     cfg: &ModuleConfig,
@@ -457,6 +470,10 @@ pub fn def() -> ModuleDef {
             ParamSpec::str("auth_token"),
             ParamSpec::str("tls_certificate"),
             ParamSpec::str("tls_private_key"),
+            ParamSpec::int("wait_idle"),
+            ParamSpec::int("wait_increase"),
+            ParamSpec::int("send_task_timeout"),
+            ParamSpec::int("context_mlimit"),
         ],
         instantiate: Arc::new(|cfg| {
             if let Some(cb) = cfg.str("event_callback").filter(|s| !s.is_empty()) {
@@ -526,7 +543,10 @@ pub fn def() -> ModuleDef {
             let hub = Hub::new(settings);
             Ok(Arc::new(Evapi {
                 hub,
-                workers: cfg.int("workers"),
+                no_effect: NO_EFFECT
+                    .iter()
+                    .filter_map(|n| cfg.int(n).map(|v| format!("{n}={v}")))
+                    .collect(),
                 program: Arc::new(OnceLock::new()),
             }) as Arc<dyn Module>)
         }),

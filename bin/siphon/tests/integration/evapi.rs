@@ -597,11 +597,11 @@ fn tls_with_python_ssl_and_a_plain_client_refused() {
     let dir = super::cli::Scratch::new("evapi-tls");
     let (ca, cert, key) = super::harness::test_certs(&dir);
     let srv = Server::start(&cfg(&format!(
-        "modparam(\"evapi\", \"tls_certificate\", \"{}\")\nmodparam(\"evapi\", \"tls_private_key\", \"{}\")\nmodparam(\"evapi\", \"workers\", 2)",
+        "modparam(\"evapi\", \"tls_certificate\", \"{}\")\nmodparam(\"evapi\", \"tls_private_key\", \"{}\")\nmodparam(\"evapi\", \"workers\", 2)\nmodparam(\"evapi\", \"send_task_timeout\", 200000)",
         cert.display(),
         key.display()
     )));
-    assert!(srv.log_soon("workers=2 has no effect"));
+    assert!(srv.log_soon("evapi: workers=2, send_task_timeout=200000 has no effect"));
     let a = evapi_addr(&srv);
     // A client that does not speak TLS is closed and counted.
     let mut plain = Ev::connect(a);
