@@ -283,7 +283,7 @@ impl Module for Evapi {
         vec![
             RpcSpec::new(
                 "evapi.clients",
-                "The connected clients: conidx, address, port, tag, queued bytes, events sent and dropped, messages received.",
+                "The connected clients: conidx, address, port, tag, ready (authenticated when auth_token is set), queued bytes, events sent and dropped, messages received.",
                 move |_| {
                     Ok(Value::Array(
                     hub.clients()
@@ -291,7 +291,7 @@ impl Module for Evapi {
                         .map(|c| {
                             json!({
                                 "conidx": c.conidx, "srcaddr": c.addr.ip().to_string(), "srcport": c.addr.port(),
-                                "tag": c.tag(), "queued": c.queued(),
+                                "tag": c.tag(), "ready": c.is_ready(), "queued": c.queued(),
                                 "sent": c.sent.load(Ordering::Relaxed), "dropped": c.dropped.load(Ordering::Relaxed),
                                 "received": c.received.load(Ordering::Relaxed),
                             })

@@ -551,7 +551,9 @@ fn auth_token_and_first_message_timeout() {
     stat_reaches(&srv, "evapi:first_message_timeouts", 1);
     // A client that has not authenticated yet gets no events; once it has, it does and may send.
     let mut late = Ev::connect(a);
-    clients(&srv, 2);
+    let listed = clients(&srv, 2);
+    assert_eq!(listed[0]["ready"], json!(true), "{listed:?}");
+    assert_eq!(listed[1]["ready"], json!(false), "{listed:?}");
     assert_eq!(sip(&srv, "MESSAGE", 1, ""), 200);
     assert_eq!(good.frame(W).as_deref(), Some("relay 1"));
     late.send("s3cret");
