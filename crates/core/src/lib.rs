@@ -431,6 +431,17 @@ impl Core {
         Some(siphon_sip::via_with_received(&first, received, rport))
     }
 
+    /// The sender's Via as a relayed request carries it: `received` and
+    /// `rport` filled in (RFC 3261 §18.2.1, RFC 3581), so a reply relayed by
+    /// that Via (statelessly, after the transaction) reaches it; `None` when
+    /// nothing changes.
+    pub(crate) fn received_via(&self, msg: &SipMsg, peer: &Peer) -> Option<Bytes> {
+        let v = msg.value(siphon_sip::HeaderName::Via)?;
+        let first = siphon_sip::split_commas(&v).into_iter().next()?;
+        let filled = self.reply_top_via(msg, peer)?;
+        (filled[..] != v[first.range()]).then(|| Bytes::from(filled))
+    }
+
     /// Our listening address for a request going to `to`: the same transport
     /// and address family if we listen so, else any listener of the family.
     pub(crate) fn local_for(&self, to: dns::Target) -> Option<SocketAddr> {

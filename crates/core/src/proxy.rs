@@ -82,6 +82,7 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
                 .push(Bytes::from_static(b"Max-Forwards: 70\r\n")),
         }
         s.max_forwards_done = true;
+        s.edits.top_via = core.received_via(&s.msg, &s.peer);
     }
     let Some(id) = core.newtran(s) else {
         tracing::error!(target: "script", "t_relay: no transaction could be created");
@@ -89,18 +90,9 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
     };
     let mut planned = Vec::new();
     if let Some((host, port)) = &to.host_port {
-        let h = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        let dest = match port {
-            Some(p) => format!("sip:{h}:{p}"),
-            None => format!("sip:{h}"),
-        };
         planned.push(Planned {
             uri: s.ruri(),
-            dest: Bytes::from(dest),
+            dest: host_port_uri(host, *port),
             flags: s.bflags,
         });
     } else if !s.ruri_consumed {
@@ -212,6 +204,19 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
     1
 }
 
+/// `t_relay(host, port)`'s destination as a URI (an IPv6 address bracketed).
+fn host_port_uri(host: &str, port: Option<u16>) -> Bytes {
+    let h = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    Bytes::from(match port {
+        Some(p) => format!("sip:{h}:{p}"),
+        None => format!("sip:{h}"),
+    })
+}
+
 /// The ACK of a 2xx, relayed statelessly to `$du` (else the R-URI) or the
 /// variant's host and port, over the URI's `;transport=` or the variant's
 /// protocol (Kamailio's `forward_request`). UDP goes through the core's
@@ -219,20 +224,12 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
 fn relay_ack(core: &Arc<Core>, ex: &mut Exec<'_>, to: &RelayTo) -> i32 {
     let Some(s) = sip(ex) else { return -1 };
     let uri = match &to.host_port {
-        Some((host, port)) => {
-            let h = if host.contains(':') && !host.starts_with('[') {
-                format!("[{host}]")
-            } else {
-                host.clone()
-            };
-            Bytes::from(match port {
-                Some(p) => format!("sip:{h}:{p}"),
-                None => format!("sip:{h}"),
-            })
-        }
+        Some((host, port)) => host_port_uri(host, *port),
         None => s.du.clone().unwrap_or_else(|| s.ruri()),
     };
-    let force = to.transport.or(to.host_port.as_ref().map(|_| s.peer.transport));
+    let force = to
+        .transport
+        .or(to.host_port.as_ref().map(|_| s.peer.transport));
     let target = match Destination::from_uri(&uri, force).map(|d| d.plan()) {
         Ok(Plan::Literal(t)) if t.transport.is_reliable() => t,
         _ => return crate::script::forward(core, ex, Some(uri)),

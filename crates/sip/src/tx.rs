@@ -60,6 +60,9 @@ pub struct ServerTx {
     retransmit_at: Option<Instant>,
     interval: Duration,
     end_at: Option<Instant>,
+    /// How long a completed transaction absorbs retransmissions: RFC 3261's
+    /// timer J (64·T1) unless set (Kamailio's `wt_timer`, 5 s).
+    wait: Option<Duration>,
 }
 
 impl ServerTx {
@@ -74,7 +77,16 @@ impl ServerTx {
             retransmit_at: None,
             interval: T1,
             end_at: None,
+            wait: None,
         }
+    }
+
+    /// Kamailio's `wt_timer`: a completed transaction (a non-INVITE's final,
+    /// a relayed 2xx, an INVITE after its ACK) is kept this long instead of
+    /// RFC 3261's 64·T1 / T4.
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
     }
     /// The state.
     pub fn state(&self) -> TxState {
@@ -123,7 +135,7 @@ impl ServerTx {
             self.state = TxState::Accepted;
             // Kamailio keeps a completed transaction wt_timer (5 s, = T4) to
             // absorb retransmissions; the UAS resends its own 2xx.
-            self.end_at = Some(now + T4);
+            self.end_at = Some(now + self.wait.unwrap_or(T4));
             self.retransmit_at = None;
             return Some(TxAction::Send(bytes));
         }
@@ -135,7 +147,7 @@ impl ServerTx {
         let wait = if self.reliable {
             Duration::ZERO
         } else {
-            64 * T1
+            self.wait.unwrap_or(64 * T1)
         };
         if self.invite && code < 300 {
             // RFC 6026 Accepted: absorb INVITE retransmissions; resend the 2xx until ACK.
@@ -162,7 +174,13 @@ impl ServerTx {
                 // Timer I.
                 self.state = TxState::Confirmed;
                 self.retransmit_at = None;
-                self.end_at = Some(now + if self.reliable { Duration::ZERO } else { T4 });
+                self.end_at = Some(
+                    now + if self.reliable {
+                        Duration::ZERO
+                    } else {
+                        self.wait.unwrap_or(T4)
+                    },
+                );
                 TxAction::None
             }
             TxState::Accepted => {

@@ -18,8 +18,9 @@ pub struct Edits {
     pub pop_via: bool,
     /// A new Max-Forwards value.
     pub max_forwards: Option<u32>,
-    /// Parameters to add to the top Via (`;received=1.2.3.4;rport=5060`).
-    pub top_via_params: Option<Bytes>,
+    /// A new value for the topmost Via value of the message (the sender's, with
+    /// `received`/`rport` filled in as RFC 3261 §18.2.1 and RFC 3581 say).
+    pub top_via: Option<Bytes>,
 }
 
 impl Edits {
@@ -31,7 +32,7 @@ impl Edits {
             && self.push_via.is_none()
             && !self.pop_via
             && self.max_forwards.is_none()
-            && self.top_via_params.is_none()
+            && self.top_via.is_none()
     }
 }
 
@@ -67,7 +68,7 @@ pub fn serialize(msg: &SipMsg, edits: &Edits) -> Bytes {
         }
         if h.name == HeaderName::Via && !first_via_done {
             first_via_done = true;
-            if edits.pop_via || edits.top_via_params.is_some() {
+            if edits.pop_via || edits.top_via.is_some() {
                 write_top_via(&mut out, msg, h, edits);
                 continue;
             }
@@ -98,8 +99,8 @@ fn write_top_via(out: &mut BytesMut, msg: &SipMsg, h: &crate::Header, edits: &Ed
         if !values.is_empty() {
             values.remove(0);
         }
-    } else if let (Some(first), Some(p)) = (values.first_mut(), &edits.top_via_params) {
-        first.extend_from_slice(p);
+    } else if let (Some(first), Some(v)) = (values.first_mut(), &edits.top_via) {
+        *first = v.to_vec();
     }
     if values.is_empty() {
         return;

@@ -549,7 +549,7 @@ impl<S: Shell> TxShard<S> {
         let tx = Tx {
             id,
             key: key.clone(),
-            uas: ServerTx::new(invite, new.reliable),
+            uas: ServerTx::new(invite, new.reliable).with_wait(self.cfg.wait),
             req: new.msg,
             peer: new.peer,
             to_tag: new.to_tag,

@@ -400,16 +400,19 @@ fn sipp_scenario(scenario: &str) -> [String; 2] {
 
 /// A loopback port nobody uses right now (`u1`: UDP, `t1`: TCP).
 pub(crate) fn free_port(transport: &str) -> SocketAddr {
+    free_port_on("127.0.0.1", transport)
+}
+
+/// A port nobody uses right now on the local address `ip` (`::1` for IPv6).
+pub(crate) fn free_port_on(ip: &str, transport: &str) -> SocketAddr {
+    let any = SocketAddr::new(ip.parse().expect("an IP address"), 0);
     if transport == "t1" {
-        std::net::TcpListener::bind("127.0.0.1:0")
+        std::net::TcpListener::bind(any)
             .unwrap()
             .local_addr()
             .unwrap()
     } else {
-        UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+        UdpSocket::bind(any).unwrap().local_addr().unwrap()
     }
 }
 
@@ -484,13 +487,19 @@ impl SippRun {
 
 impl SippUas {
     pub(crate) fn start(scenario: &str, transport: &str) -> SippUas {
+        SippUas::start_on("127.0.0.1", scenario, transport, &[])
+    }
+
+    /// [`SippUas::start`] on the local address `ip` (`::1`), with `args` added (`-nr`).
+    pub(crate) fn start_on(ip: &str, scenario: &str, transport: &str, args: &[&str]) -> SippUas {
         // Another process may take the free port before sipp binds it: try again then.
         for _ in 0..5 {
-            let addr = free_port(transport);
+            let addr = free_port_on(ip, transport);
             let mut child = Command::new("sipp")
                 .args(sipp_scenario(scenario))
-                .args(["-i", "127.0.0.1", "-p", &addr.port().to_string()])
+                .args(["-i", ip, "-p", &addr.port().to_string()])
                 .args(["-t", transport, "-nostdin"])
+                .args(args)
                 .current_dir(std::env::temp_dir())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -570,10 +579,22 @@ pub(crate) fn sipp_uac(
     calls: u32,
     args: &[&str],
 ) -> String {
+    sipp_uac_on("127.0.0.1", scenario, target, transport, calls, args)
+}
+
+/// [`sipp_uac`] from the local address `ip` (`::1`).
+pub(crate) fn sipp_uac_on(
+    ip: &str,
+    scenario: &str,
+    target: SocketAddr,
+    transport: &str,
+    calls: u32,
+    args: &[&str],
+) -> String {
     let out = Command::new("sipp")
         .args(sipp_scenario(scenario))
-        .args([&target.to_string(), "-t", transport, "-i", "127.0.0.1"])
-        .args(["-p", &free_port(transport).port().to_string()])
+        .args([&target.to_string(), "-t", transport, "-i", ip])
+        .args(["-p", &free_port_on(ip, transport).port().to_string()])
         .args(["-m", &calls.to_string(), "-l", "10", "-r", "100"])
         .args(["-nostdin", "-timeout", "30", "-timeout_error"])
         .args(args)

@@ -8,6 +8,7 @@ mod golden;
 mod harness;
 mod jsonrpcc;
 mod jsonrpcs;
+mod proxy;
 mod proxy_interop;
 mod seeds;
 mod sip;
