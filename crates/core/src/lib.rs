@@ -141,6 +141,9 @@ impl Core {
         let ipv6 = bound.iter().any(|b| b.addr.is_ipv6());
         match dns::Resolver::new(dns::DnsConfig::from_params(&program.core, ipv6)) {
             Ok(r) => {
+                let mut cfg = self.tm.config();
+                cfg.use_dns_failover = r.config().failover;
+                self.tm.set_config(cfg);
                 let _ = self.resolver.set(r);
             }
             Err(e) => tracing::error!("DNS resolver: {e}; names will not resolve"),

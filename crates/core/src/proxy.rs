@@ -184,9 +184,25 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
                 None => Err(crate::dns::DnsError::Config("no resolver".into())),
             };
             let spec = match result {
-                Ok(targets) => targets
-                    .into_iter()
-                    .find_map(|t| branch_spec(&core, &msg, edits.clone(), t, flags)),
+                Ok(targets) => {
+                    // The first address we can send to; the others for use_dns_failover.
+                    let mut usable = targets.into_iter().filter_map(|t| {
+                        core.sent_by(t).map(|sent_by| siphon_tm::Alternate {
+                            dest: t,
+                            sent_by,
+                            reliable: t.transport.is_reliable(),
+                        })
+                    });
+                    usable.next().map(|first| BranchSpec {
+                        msg: msg.clone(),
+                        edits: edits.clone(),
+                        sent_by: first.sent_by,
+                        dest: first.dest,
+                        reliable: first.reliable,
+                        flags,
+                        failover: usable.collect(),
+                    })
+                }
                 Err(e) => {
                     tracing::info!("t_relay: {e}");
                     None
@@ -317,6 +333,7 @@ fn branch_spec(
         dest: target,
         reliable: target.transport.is_reliable(),
         flags,
+        failover: Vec::new(),
     })
 }
 

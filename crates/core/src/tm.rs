@@ -151,6 +151,7 @@ impl Tm {
             sum.retransmissions_absorbed += s.retransmissions_absorbed;
             sum.late_resumes += s.late_resumes;
             sum.cancels_sent += s.cancels_sent;
+            sum.failovers += s.failovers;
         }
         (sum, current, suspended)
     }
@@ -172,6 +173,7 @@ impl Tm {
             ),
             ("tm:branches".into(), n(s.branches)),
             ("tm:cancels_sent".into(), n(s.cancels_sent)),
+            ("tm:dns_failovers".into(), n(s.failovers)),
             ("tmx:UAS_transactions".into(), n(s.created)),
             ("tmx:inuse_transactions".into(), current as i64),
             ("tmx:rpl_received".into(), n(s.rpl_received)),

@@ -23,8 +23,8 @@ mod shard;
 
 pub use id::TxId;
 pub use shard::{
-    Action, BranchSpec, NewTx, Received, RelayError, ReplyEdit, Resumed, RouteKind, Shell,
-    TmConfig, TmStats, TxInfo, TxShard,
+    Action, Alternate, BranchSpec, NewTx, Received, RelayError, ReplyEdit, Resumed, RouteKind,
+    Shell, TmConfig, TmStats, TxInfo, TxShard,
 };
 
 #[cfg(test)]

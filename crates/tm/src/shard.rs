@@ -59,6 +59,9 @@ pub struct TmConfig {
     pub aggregate_challenges: bool,
     /// `Server:` of local replies.
     pub server: Option<Bytes>,
+    /// `use_dns_failover`: a branch that never answers, cannot be reached or
+    /// answers 503 is tried again at the next address of its destination.
+    pub use_dns_failover: bool,
 }
 
 impl Default for TmConfig {
@@ -75,6 +78,7 @@ impl Default for TmConfig {
             remap_503_500: true,
             aggregate_challenges: true,
             server: Some(Bytes::from_static(b"siphon")),
+            use_dns_failover: false,
         }
     }
 }
@@ -107,6 +111,30 @@ pub struct BranchSpec<S: Shell> {
     pub reliable: bool,
     /// Branch flags (`$bf`).
     pub flags: u64,
+    /// Further addresses of the same destination (RFC 3263's other SRV and
+    /// A/AAAA targets), tried in order with `use_dns_failover` when this one
+    /// never answers, cannot be reached or answers 503.
+    pub failover: Vec<Alternate<S>>,
+}
+
+/// Another address for a branch's destination.
+pub struct Alternate<S: Shell> {
+    /// Where.
+    pub dest: S::Dest,
+    /// Our Via for it, without the branch.
+    pub sent_by: Bytes,
+    /// TCP/TLS.
+    pub reliable: bool,
+}
+
+impl<S: Shell> Clone for Alternate<S> {
+    fn clone(&self) -> Self {
+        Alternate {
+            dest: self.dest.clone(),
+            sent_by: self.sent_by.clone(),
+            reliable: self.reliable,
+        }
+    }
 }
 
 /// Why a relay was refused.
@@ -257,6 +285,8 @@ pub struct TmStats {
     pub late_resumes: u64,
     /// CANCELs sent to branches.
     pub cancels_sent: u64,
+    /// Branches tried again at another address (`use_dns_failover`).
+    pub failovers: u64,
 }
 
 /// A branch's CANCEL: none yet, waiting for a provisional, or sent.
@@ -294,6 +324,9 @@ struct Branch<S: Shell> {
     sent: Bytes,
     on_reply: Option<S::Route>,
     flags: u64,
+    /// The request and edits it was built from, and where else it may go
+    /// (kept only when there is somewhere else).
+    failover: Option<(SipMsg, Edits, Vec<Alternate<S>>)>,
     /// The final this branch contributes: received (`reply`) or made up here.
     code: u16,
     reply: Option<(SipMsg, Edits)>,
@@ -791,6 +824,20 @@ impl<S: Shell> TxShard<S> {
         if branches.is_empty() {
             return Err(RelayError::NoBranches);
         }
+        // A branchless wait (suspended, t_newtran) ends: the branches wait now.
+        t.fr_at = None;
+        let n = branches.len();
+        for spec in branches {
+            self.add_branch(label, spec, now);
+        }
+        self.schedule(label);
+        Ok(n)
+    }
+
+    /// Builds a branch (our Via with its branch parameter on top), starts its
+    /// client transaction and sends it.
+    fn add_branch(&mut self, label: u32, spec: BranchSpec<S>, now: Instant) {
+        let t = self.txs.get_mut(&label).expect("caller checked");
         let timers = ClientTimers {
             t1: self.cfg.t1,
             t2: self.cfg.t2,
@@ -799,43 +846,77 @@ impl<S: Shell> TxShard<S> {
             lifetime: t.end_of_life.saturating_duration_since(now),
             wait: self.cfg.wait,
         };
-        // A branchless wait (suspended, t_newtran) ends: the branches wait now.
-        t.fr_at = None;
-        let n = branches.len();
-        for spec in branches {
-            let idx = t.branches.len() as u16;
-            let mut edits = spec.edits;
-            let param = id::branch_param(t.id, self.salt, idx);
-            let mut via = Vec::with_capacity(spec.sent_by.len() + param.len() + 8);
-            via.extend_from_slice(&spec.sent_by);
-            via.extend_from_slice(b";branch=");
-            via.extend_from_slice(param.as_bytes());
-            edits.push_via = Some(Bytes::from(via));
-            let bytes = siphon_sip::serialize(&spec.msg, &edits);
-            let client = ClientTx::new(t.invite, spec.reliable, bytes.clone(), timers, now);
-            self.out.push_back(Action::Downstream {
-                tx: t.id,
-                branch: idx,
-                dest: spec.dest.clone(),
-                bytes: bytes.clone(),
-            });
-            t.branches.push(Branch {
-                client,
-                dest: Some(spec.dest),
-                sent: bytes,
-                on_reply: t.on_reply,
-                flags: spec.flags,
-                code: 0,
-                reply: None,
-                send_failed: false,
-                timed_out: false,
-                replied: false,
-                cancel: CancelState::None,
-            });
+        let idx = t.branches.len() as u16;
+        let mut edits = spec.edits;
+        let param = id::branch_param(t.id, self.salt, idx);
+        let mut via = Vec::with_capacity(spec.sent_by.len() + param.len() + 8);
+        via.extend_from_slice(&spec.sent_by);
+        via.extend_from_slice(b";branch=");
+        via.extend_from_slice(param.as_bytes());
+        edits.push_via = Some(Bytes::from(via));
+        let bytes = siphon_sip::serialize(&spec.msg, &edits);
+        let client = ClientTx::new(t.invite, spec.reliable, bytes.clone(), timers, now);
+        self.out.push_back(Action::Downstream {
+            tx: t.id,
+            branch: idx,
+            dest: spec.dest.clone(),
+            bytes: bytes.clone(),
+        });
+        let failover = (self.cfg.use_dns_failover && !spec.failover.is_empty()).then(|| {
+            edits.push_via = None;
+            (spec.msg, edits, spec.failover)
+        });
+        t.branches.push(Branch {
+            client,
+            dest: Some(spec.dest),
+            sent: bytes,
+            on_reply: t.on_reply,
+            flags: spec.flags,
+            failover,
+            code: 0,
+            reply: None,
+            send_failed: false,
+            timed_out: false,
+            replied: false,
+            cancel: CancelState::None,
+        });
+        self.stats.branches += 1;
+    }
+
+    /// `use_dns_failover`: branch `i` failed (no answer, unreachable, 503);
+    /// its request goes to the next address of its destination as a new
+    /// branch. False when there is none left (or the transaction is done).
+    fn fail_over(&mut self, label: u32, i: usize, now: Instant) -> bool {
+        let Some(t) = self.txs.get_mut(&label) else {
+            return false;
+        };
+        if t.canceled || t.uas.is_final() || now >= t.end_of_life {
+            return false;
         }
-        self.stats.branches += n as u64;
-        self.schedule(label);
-        Ok(n)
+        let Some((msg, edits, mut rest)) = t.branches.get_mut(i).and_then(|b| b.failover.take())
+        else {
+            return false;
+        };
+        if rest.is_empty() {
+            return false;
+        }
+        let next = rest.remove(0);
+        let flags = t.branches[i].flags;
+        self.stats.failovers += 1;
+        self.add_branch(
+            label,
+            BranchSpec {
+                msg,
+                edits,
+                sent_by: next.sent_by,
+                dest: next.dest,
+                reliable: next.reliable,
+                flags,
+                failover: rest,
+            },
+            now,
+        );
+        true
     }
 
     /// A branch could not be sent, or its connection broke before a final
@@ -856,6 +937,7 @@ impl<S: Shell> TxShard<S> {
         b.client.on_transport_error();
         b.code = 503;
         b.send_failed = !b.replied;
+        self.fail_over(label, branch as usize, now);
         self.branch_ended(label, now);
         self.schedule(label);
     }
@@ -891,6 +973,7 @@ impl<S: Shell> TxShard<S> {
                 sent: Bytes::new(),
                 on_reply: None,
                 flags: 0,
+                failover: None,
                 code,
                 reply: None,
                 send_failed: false,
@@ -1061,6 +1144,10 @@ impl<S: Shell> TxShard<S> {
             return;
         }
         t.branches[branch as usize].reply = Some((msg, edits));
+        if code == 503 {
+            self.fail_over(label, branch as usize, now);
+        }
+        let t = self.txs.get_mut(&label).expect("present");
         if code >= 600 {
             // A 6xx ends the search: the others are canceled.
             for i in 0..t.branches.len() {
@@ -1455,6 +1542,7 @@ impl<S: Shell> TxShard<S> {
             }
         }
         let mut ended = false;
+        let mut failovers = Vec::new();
         for i in 0..t.branches.len() {
             let b = &mut t.branches[i];
             if b.client.next_deadline().is_none_or(|d| d > now) {
@@ -1476,6 +1564,9 @@ impl<S: Shell> TxShard<S> {
                     b.timed_out = true;
                     b.code = 408;
                     b.cancel = CancelState::None;
+                    if !b.replied && b.failover.is_some() {
+                        failovers.push(i);
+                    }
                     if cancel && let Ok(inv) = siphon_sip::parse(b.sent.clone()) {
                         if let (Some(c), Some(dest)) = (
                             siphon_sip::build_cancel(&inv, CancelReason::None),
@@ -1495,6 +1586,9 @@ impl<S: Shell> TxShard<S> {
                 }
                 ClientAction::Terminate | ClientAction::None => {}
             }
+        }
+        for i in failovers {
+            self.fail_over(label, i, now);
         }
         if ended {
             self.branch_ended(label, now);

@@ -105,6 +105,7 @@ impl World {
                 dest: d,
                 reliable,
                 flags: 0,
+                failover: vec![],
             })
             .collect();
         self.shard.relay(tx, specs, self.now).unwrap()
@@ -466,6 +467,7 @@ fn a_cancel_while_suspended_answers_487_at_once() {
             dest: 3,
             reliable: true,
             flags: 0,
+            failover: vec![],
         }],
         w.now,
     );
@@ -789,4 +791,68 @@ fn replies_that_are_not_ours_are_refused() {
     )))
     .unwrap();
     assert!(w.shard.receive_reply(forged, w.now).is_err());
+}
+
+#[test]
+fn dns_failover_tries_the_next_address_on_silence_503_and_a_broken_connection() {
+    let mut w = World::new();
+    w.shard.set_config(TmConfig {
+        use_dns_failover: true,
+        ..cfg()
+    });
+    let (tx, msg) = w.invite("failover");
+    let alt = |d: u8| Alternate {
+        dest: d,
+        sent_by: Bytes::from_static(b"SIP/2.0/TCP 127.0.0.1:5060"),
+        reliable: true,
+    };
+    let spec = BranchSpec {
+        msg: msg.clone(),
+        edits: Edits::default(),
+        sent_by: Bytes::from_static(b"SIP/2.0/TCP 127.0.0.1:5060"),
+        dest: 3,
+        reliable: true,
+        flags: 0,
+        failover: vec![alt(4), alt(5), alt(6)],
+    };
+    w.shard.relay(tx, vec![spec], w.now).unwrap();
+    w.done(tx, RouteKind::Request);
+    assert_eq!(w.out(), ["up 100", "b0 INVITE"]);
+    // Silence until fr_timer: the next address, not a 408.
+    assert_eq!(w.tick(2_000), ["b1 INVITE"]);
+    // A 503 there: ACKed, and the one after.
+    assert_eq!(w.receive(1, 503), ["b1 ACK", "b2 INVITE"]);
+    // That connection breaks: the last address.
+    w.shard.branch_failed(tx, 2, w.now);
+    assert_eq!(w.out(), ["b3 INVITE"]);
+    assert_eq!(w.receive(3, 200), ["up 200"]);
+    assert_eq!(w.shard.stats().failovers, 3);
+    // The request went out the same each time, with its own branch number.
+    let b0 = parse(w.sent[0].clone()).unwrap();
+    let b3 = parse(w.sent[3].clone()).unwrap();
+    assert_eq!(b0.ruri(), b3.ruri());
+    assert_ne!(b0.top_via().unwrap().branch, b3.top_via().unwrap().branch);
+}
+
+#[test]
+fn without_use_dns_failover_a_silent_branch_times_out() {
+    let mut w = World::new();
+    let (tx, msg) = w.invite("nofailover");
+    let spec = BranchSpec {
+        msg: msg.clone(),
+        edits: Edits::default(),
+        sent_by: Bytes::from_static(b"SIP/2.0/TCP 127.0.0.1:5060"),
+        dest: 3,
+        reliable: true,
+        flags: 0,
+        failover: vec![Alternate {
+            dest: 4,
+            sent_by: Bytes::from_static(b"SIP/2.0/TCP 127.0.0.1:5060"),
+            reliable: true,
+        }],
+    };
+    w.shard.relay(tx, vec![spec], w.now).unwrap();
+    w.done(tx, RouteKind::Request);
+    w.out();
+    assert_eq!(w.tick(2_000), ["up 408"]);
 }

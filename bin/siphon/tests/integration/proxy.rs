@@ -5,7 +5,7 @@
 //! and the statistics read back over jsonrpcs. Everything on 127.0.0.1 and
 //! [::1], ports chosen by the system.
 
-use super::harness::{Server, SippUas, sipp_uac, sipp_uac_on};
+use super::harness::{Server, SippUas, free_port_on, sipp_uac, sipp_uac_on};
 use super::jsonrpcs::{rpc_doc, stat};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -1024,6 +1024,36 @@ fn dns_srv_names_the_callee_and_an_unknown_name_gives_478() {
     assert_eq!(status(last), Some(478), "{last}");
     let to = header(last, "To").to_string();
     caller.send(srv.udp, &dialog.request("ACK", 1, "i", Some(&to)));
+}
+
+/// `use_dns_failover`: SRV names a first address where nobody listens (TCP:
+/// the connect is refused) and a second where the callee does; the branch
+/// fails over at once and the call completes; `tm:dns_failovers` counts it.
+#[test]
+fn dns_failover_moves_to_the_next_srv_target() {
+    let uas = SippUas::start("uas_ack_bye.xml", "t1");
+    let dead = free_port_on("127.0.0.1", "t1");
+    let dns = DnsServer::start(&format!(
+        "_sip._tcp.fo.test. 60 IN SRV 10 10 {} dead.fo.test.\n_sip._tcp.fo.test. 60 IN SRV 20 10 {} live.fo.test.\ndead.fo.test. 60 IN A 127.0.0.1\nlive.fo.test. 60 IN A 127.0.0.1\n",
+        dead.port(),
+        uas.addr.port()
+    ));
+    let srv = Server::start(&proxy_cfg(
+        &format!(
+            "dns_server = \"{}\"\nuse_dns_failover = on\nloadmodule \"jsonrpcs.so\"\nmodparam(\"jsonrpcs\", \"transport\", 4)\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"udp:127.0.0.1:0\")",
+            dns.addr
+        ),
+        "",
+        r#"route[TARGET] {
+    if (uri == myself) {
+        $du = "sip:fo.test;transport=tcp";
+    }
+}
+"#,
+    ));
+    sipp_uac("uac_invite_bye.xml", srv.udp, "u1", 1, &[]);
+    assert_uas_done(uas, 1);
+    assert!(stat(&srv, "tm:dns_failovers") >= 1);
 }
 
 // --- 10. Statistics -----------------------------------------------------------
