@@ -633,6 +633,12 @@ impl<S: Shell> TxShard<S> {
             .map(|t| t.id.label)
     }
 
+    /// The transaction a request belongs to (RFC 3261 §17.2.3), if any.
+    pub fn lookup(&self, msg: &SipMsg) -> Option<TxId> {
+        let key = id::server_key(msg, msg.method())?;
+        self.txs.get(self.by_key.get(&key)?).map(|t| t.id)
+    }
+
     /// Whether the transaction exists.
     pub fn contains(&self, id: TxId) -> bool {
         self.label(id).is_some()

@@ -1,6 +1,7 @@
 //! siphon's end-to-end tests: one test binary (see the crate layout in docs/architecture.md).
 
 mod async_http;
+mod async_relay;
 mod cli;
 mod evapi;
 mod event_jsonrpc;

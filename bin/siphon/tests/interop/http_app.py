@@ -1,7 +1,11 @@
 """An HTTP application nobody here wrote the server of: PyPI's aiohttp.
 
-Usage: http_app.py PORT [CERT KEY]   (0: any; prints "port N"; with a
-certificate and key it serves HTTPS)
+Usage: http_app.py PORT [CERT KEY] [--callees C1,C2...]   (0: any; prints
+"port N"; with a certificate and key it serves HTTPS; a callee is a port,
+maybe with URI parameters: "5062;transport=tcp")
+  GET  /route?attempt=N -> 200 "sip:127.0.0.1:<the N-th callee>" (a
+                          router: where the call goes; printed as
+                          "route {"attempt":N}"), 404 past the last
   GET  /user?r_uri=U   -> 200 "sip:U@127.0.0.1:5099", header X-App: aiohttp
   POST /echo           -> 201 with the request body, method in X-Method
   any  /echo           -> 200 with method, body and X-Test header
@@ -19,6 +23,12 @@ import sys
 
 from aiohttp import web
 
+callees = []
+if "--callees" in sys.argv:
+    i = sys.argv.index("--callees")
+    callees = sys.argv[i + 1].split(",")
+    del sys.argv[i:i + 2]
+
 
 async def user(request):
     return web.Response(text="sip:%s@127.0.0.1:5099" % request.query.get("r_uri", ""),
@@ -31,6 +41,14 @@ async def echo(request):
     return web.Response(status=status,
                         text="%s %s %s" % (request.method, body, request.headers.get("X-Test", "-")),
                         headers={"X-Method": request.method})
+
+
+async def route(request):
+    attempt = int(request.query.get("attempt", "0"))
+    print('route {"attempt":%d}' % attempt, flush=True)
+    if not 1 <= attempt <= len(callees):
+        return web.Response(status=404, text="no callee for attempt %d" % attempt)
+    return web.Response(text="sip:127.0.0.1:%s" % callees[attempt - 1])
 
 
 async def missing(request):
@@ -85,6 +103,7 @@ app.router.add_get("/big/{n}", big)
 app.router.add_route("*", "/ctype", ctype)
 app.router.add_get("/gather/{n}", gather)
 app.router.add_get("/user", user)
+app.router.add_get("/route", route)
 app.router.add_route("*", "/echo", echo)
 app.router.add_get("/missing", missing)
 app.router.add_get("/fail", fail)

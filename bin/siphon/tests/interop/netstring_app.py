@@ -1,9 +1,12 @@
 """An application server nobody here wrote the protocol side of: JSON-RPC
 handled by PyPI's jsonrpcserver, netstring framing by PyPI's pynetstring.
 
-Usage: netstring_app.py PORT   (0: any; prints "port N")
+Usage: netstring_app.py PORT [CALLEE...]   (0: any; prints "port N"; a
+CALLEE is a port, maybe with URI parameters: "5062;transport=tcp")
 Methods: get_user(id) -> {"id": id, "name": "Petros"}; get_name(id) ->
-"Petros"; fail() -> error {"code": 7, "message": "no such user"}.
+"Petros"; fail() -> error {"code": 7, "message": "no such user"};
+route(attempt) -> "sip:127.0.0.1:<the attempt-th CALLEE>" (a router: where
+the call goes; printed as 'route {"attempt":N}'), error 404 past the last.
 Notifications are printed as "notify <json>" (one line, flushed)."""
 import asyncio
 import json
@@ -31,6 +34,15 @@ def fail(**kwargs):
 @method
 def update_user(**kwargs):
     return Success(None)
+
+
+@method
+def route(attempt):
+    print("route " + json.dumps({"attempt": attempt}, separators=(",", ":")), flush=True)
+    callees = sys.argv[2:]
+    if not 1 <= int(attempt) <= len(callees):
+        return Error(404, "no callee for attempt %s" % attempt)
+    return Success("sip:127.0.0.1:%s" % callees[int(attempt) - 1])
 
 
 async def serve(reader, writer):
