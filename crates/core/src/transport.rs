@@ -27,44 +27,8 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-/// The transport a message came over or goes out on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// UDP.
-    Udp,
-    /// TCP.
-    Tcp,
-    /// TLS over TCP.
-    Tls,
-}
-
-impl Transport {
-    /// Lower-case name (`$pr`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-    /// Connection-oriented: replies go back on the connection, no retransmissions.
-    pub fn is_reliable(self) -> bool {
-        !matches!(self, Transport::Udp)
-    }
-}
-
-/// Where a message came from, and so where its replies go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    /// Transport.
-    pub transport: Transport,
-    /// The sender's address.
-    pub src: SocketAddr,
-    /// Our address it arrived on.
-    pub local: SocketAddr,
-    /// The TCP connection, for replies on the same connection.
-    pub conn: Option<u64>,
-}
+// The transport and the peer are the module API's: modules read them without the core.
+pub use siphon_script::net::{Peer, Transport};
 
 /// A bound listener, as reported at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,7 +291,9 @@ impl Outbound {
     /// queued meanwhile. Errors returned here are not notified; `on_fail`
     /// runs (once, from any task) when the connect fails or times out, the
     /// TLS handshake fails, or the connection breaks before these bytes were
-    /// written. [`Outbound::send_with`] adds `no_connect` and the TLS name.
+    /// written. [`Outbound::send_with`] adds `no_connect` and the TLS name
+    /// (what the proxy uses); this short form is the tests'.
+    #[cfg(test)]
     pub(crate) fn send_to(
         &self,
         core: &Arc<Core>,
@@ -486,6 +452,7 @@ impl Outbound {
     }
 
     /// Our UDP addresses.
+    #[cfg(test)]
     pub(crate) fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp
             .lock()

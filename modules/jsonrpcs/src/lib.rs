@@ -5,10 +5,11 @@
 //! `udp:ADDR:PORT`, replies to the sender). `jsonrpc_exec(json)` runs a
 //! command from the script with the result in `$jsonrpl(code|text|body)`.
 //! Over HTTP, `jsonrpc_dispatch()` in `event_route[xhttp:request]` answers
-//! the request body through xhttp's [`Exchange`]: 200 with the reply
-//! document (errors included, as JSON-RPC 2.0 servers do), 204 when the body
-//! held only notifications; an asynchronous command answers when it completes
-//! and holds no worker meanwhile.
+//! the request body through the route's HTTP [`Exchange`] (the module API's,
+//! which xhttp fills): 200 with the reply document (errors included, as
+//! JSON-RPC 2.0 servers do), 204 when the body held only notifications; an
+//! asynchronous command answers when it completes and holds no worker
+//! meanwhile.
 //!
 //! siphon's own parameters: `max_batch_items` (default 100), `max_reply_size`
 //! (bytes, default 4 MiB; datagrams are capped at [`DGRAM_MAX`] anyway) and
@@ -23,8 +24,9 @@ pub use dispatch::{Caller, Ctx, FORBIDDEN, Limits, Mode, answer, render};
 
 use bytes::Bytes;
 use serde_json::Value;
-use siphon_mod_xhttp::{Exchange, HttpReply};
 use siphon_script::api::*;
+use siphon_script::http::{Exchange, HttpReply};
+use siphon_script::net::Transport;
 use siphon_script::rpc::RpcSpec;
 use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec};
 use std::path::PathBuf;
@@ -276,7 +278,7 @@ impl Module for Jsonrpcs {
                 return (-1).into();
             }
             let peer = *x.peer();
-            let transport = if peer.transport == siphon_core::Transport::Tls {
+            let transport = if peer.transport == Transport::Tls {
                 "https"
             } else {
                 "http"

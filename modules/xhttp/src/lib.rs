@@ -26,8 +26,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use siphon_core::{Core, HttpService, Peer, PrefixedStream, SipCtx};
+use siphon_core::{Core, HttpService, PrefixedStream, SipCtx};
 use siphon_script::api::*;
+use siphon_script::http::{Answer, Exchange, HttpReply};
+use siphon_script::net::Peer;
 use siphon_script::{
     ArgKind, FunctionSpec, ModuleDef, Outcome, ParamSpec, Program, PvClassSpec, RouteType, Value,
 };
@@ -47,72 +49,6 @@ pub const EVENT_ROUTE: &str = "xhttp:request";
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// `body_timeout`'s default: how long a request body may take to arrive.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An HTTP answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpReply {
-    /// Status code (100–999).
-    pub status: u16,
-    /// Reason phrase.
-    pub reason: String,
-    /// `Content-Type`, none when empty.
-    pub content_type: String,
-    /// The body.
-    pub body: Bytes,
-    /// More header fields (`WWW-Authenticate`, ...).
-    pub headers: Vec<(&'static str, String)>,
-}
-
-/// An answer that is computed later (an asynchronous RPC command).
-pub type ReplyFuture = Pin<Box<dyn Future<Output = HttpReply> + Send>>;
-
-enum Answer {
-    Now(HttpReply),
-    Later(ReplyFuture),
-}
-
-/// The HTTP request being handled, in the route's context: what modules read
-/// the request body from and give their answer to.
-pub struct Exchange {
-    body: Bytes,
-    answer: Option<Answer>,
-    peer: Peer,
-    authorization: Option<Bytes>,
-}
-
-impl Exchange {
-    /// The request body.
-    pub fn body(&self) -> &Bytes {
-        &self.body
-    }
-    /// Who sent the request (address, and whether over TLS).
-    pub fn peer(&self) -> &Peer {
-        &self.peer
-    }
-    /// The request's `Authorization` header value, if any.
-    pub fn authorization(&self) -> Option<&[u8]> {
-        self.authorization.as_deref()
-    }
-    /// Whether an answer was given already.
-    pub fn answered(&self) -> bool {
-        self.answer.is_some()
-    }
-    /// Gives the answer; `false` when one was given already.
-    pub fn reply(&mut self, r: HttpReply) -> bool {
-        self.set(Answer::Now(r))
-    }
-    /// Gives an answer that completes later; `false` when one was given already.
-    pub fn reply_later(&mut self, f: ReplyFuture) -> bool {
-        self.set(Answer::Later(f))
-    }
-    fn set(&mut self, a: Answer) -> bool {
-        if self.answer.is_some() {
-            return false;
-        }
-        self.answer = Some(a);
-        true
-    }
-}
 
 struct Inner {
     core: Arc<Core>,
@@ -282,24 +218,19 @@ impl Inner {
             }
         };
         // The body as the route's modules read it: a view of the message, not a second copy.
-        let body = msg.body_bytes();
+        let (body, ruri) = (msg.body_bytes(), msg.ruri().unwrap_or_default());
         let authorization = parts
             .headers
             .get(hyper::header::AUTHORIZATION)
             .map(|v| Bytes::copy_from_slice(v.as_bytes()));
         let mut ctx = program.new_ctx(RouteType::EVENT);
         ctx.ext.insert(SipCtx::new(msg, peer));
-        ctx.ext.insert(Exchange {
-            body,
-            answer: None,
-            peer,
-            authorization,
-        });
+        ctx.ext.insert(Exchange::new(ruri, body, peer, authorization));
         let outcome = program.run(route, &mut ctx);
         if let Outcome::Suspended(_) = outcome {
             tracing::error!("event_route[{EVENT_ROUTE}]: cannot suspend, there is no transaction");
         }
-        match ctx.ext.get_mut::<Exchange>().and_then(|x| x.answer.take()) {
+        match ctx.ext.get_mut::<Exchange>().and_then(Exchange::take_answer) {
             Some(Answer::Now(r)) => r,
             Some(Answer::Later(f)) => {
                 // The context is not needed while the answer is computed.

@@ -1,0 +1,96 @@
+//! HTTP requests in a route: what xhttp puts in the route's context and the
+//! modules that answer them (jsonrpcs' `jsonrpc_dispatch`, xhttp_prom's
+//! `prom_dispatch`) read and fill, so none of them depends on another.
+
+use crate::net::Peer;
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+
+/// An HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    /// Status code (100–999).
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// `Content-Type`, none when empty.
+    pub content_type: String,
+    /// The body.
+    pub body: Bytes,
+    /// More header fields (`WWW-Authenticate`, ...).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// An answer that is computed later (an asynchronous RPC command).
+pub type ReplyFuture = Pin<Box<dyn Future<Output = HttpReply> + Send>>;
+
+/// The answer given to an [`Exchange`].
+pub enum Answer {
+    /// Complete now.
+    Now(HttpReply),
+    /// Completes later, without the route's context.
+    Later(ReplyFuture),
+}
+
+/// The HTTP request being handled, in the route's context (`ctx.ext`): what
+/// modules read the request from and give their answer to.
+pub struct Exchange {
+    url: Bytes,
+    body: Bytes,
+    answer: Option<Answer>,
+    peer: Peer,
+    authorization: Option<Bytes>,
+}
+
+impl Exchange {
+    /// A request for `url` (path and query as sent) from `peer`, not answered yet.
+    pub fn new(url: Bytes, body: Bytes, peer: Peer, authorization: Option<Bytes>) -> Self {
+        Exchange {
+            url,
+            body,
+            answer: None,
+            peer,
+            authorization,
+        }
+    }
+    /// The request URL as sent (`/RPC?x=1`): `$hu`.
+    pub fn url(&self) -> &Bytes {
+        &self.url
+    }
+    /// The request body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+    /// Who sent the request (address, and whether over TLS).
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+    /// The request's `Authorization` header value, if any.
+    pub fn authorization(&self) -> Option<&[u8]> {
+        self.authorization.as_deref()
+    }
+    /// Whether an answer was given already.
+    pub fn answered(&self) -> bool {
+        self.answer.is_some()
+    }
+    /// Gives the answer; `false` when one was given already.
+    pub fn reply(&mut self, r: HttpReply) -> bool {
+        self.set(Answer::Now(r))
+    }
+    /// Gives an answer that completes later; `false` when one was given already.
+    pub fn reply_later(&mut self, f: ReplyFuture) -> bool {
+        self.set(Answer::Later(f))
+    }
+    /// Takes the answer given (the HTTP server, once the route ran).
+    pub fn take_answer(&mut self) -> Option<Answer> {
+        self.answer.take()
+    }
+    fn set(&mut self, a: Answer) -> bool {
+        if self.answer.is_some() {
+            return false;
+        }
+        self.answer = Some(a);
+        true
+    }
+}
