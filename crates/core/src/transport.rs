@@ -291,9 +291,7 @@ impl Outbound {
     /// queued meanwhile. Errors returned here are not notified; `on_fail`
     /// runs (once, from any task) when the connect fails or times out, the
     /// TLS handshake fails, or the connection breaks before these bytes were
-    /// written. [`Outbound::send_with`] adds `no_connect` and the TLS name
-    /// (what the proxy uses); this short form is the tests'.
-    #[cfg(test)]
+    /// written. [`Outbound::send_with`] adds `no_connect` and the TLS name.
     pub(crate) fn send_to(
         &self,
         core: &Arc<Core>,
@@ -452,7 +450,6 @@ impl Outbound {
     }
 
     /// Our UDP addresses.
-    #[cfg(test)]
     pub(crate) fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp
             .lock()
