@@ -26,7 +26,7 @@ pub fn registry_with_core() -> (Registry, Arc<Core>) {
     let core = Core::new();
     core.register(&mut reg);
     reg.add(siphon_mod_jsonrpcs::def());
-    reg.add(siphon_mod_xhttp::def(&core));
+    reg.add(siphon_mod_xhttp::def());
     reg.add(siphon_mod_xhttp::prom::def());
     reg.add(siphon_mod_event_jsonrpc::def());
     reg.add(siphon_mod_event_virtual::def());

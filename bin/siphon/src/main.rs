@@ -198,7 +198,7 @@ fn run(program: siphon_script::Program, core: Arc<siphon_core::Core>) -> ExitCod
                 return ExitCode::from(1);
             }
         };
-        let cx = StartCx::new(program.clone());
+        let cx = StartCx::new(program.clone(), core.host(shutdown.clone()));
         for (name, m) in program.modules() {
             if let Err(e) = m.start(&cx) {
                 tracing::error!("module {name} failed to start: {e}");

@@ -27,7 +27,9 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-// The transport and the peer are the module API's: modules read them without the core.
+// The transport, the peer and the HTTP hand-over are the module API's:
+// modules use them without the core.
+pub use siphon_script::http::{HttpService, Io, PrefixedStream};
 pub use siphon_script::net::{Peer, Transport};
 
 /// A bound listener, as reported at start.
@@ -817,81 +819,6 @@ async fn udp_loop(
             }
         }
     }
-}
-
-/// A TCP connection handed to an HTTP server (xhttp) after its first line
-/// showed HTTP: the bytes already read come first, then the socket.
-pub struct PrefixedStream {
-    prefix: BytesMut,
-    inner: Box<dyn Io>,
-}
-
-/// A byte stream a connection runs on (TCP, or TLS over TCP).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-impl std::fmt::Debug for PrefixedStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrefixedStream")
-            .field("prefix", &self.prefix.len())
-            .finish()
-    }
-}
-
-impl PrefixedStream {
-    /// Bytes read before the hand-over, then `inner`.
-    pub fn new(prefix: BytesMut, inner: Box<dyn Io>) -> Self {
-        PrefixedStream { prefix, inner }
-    }
-}
-
-impl tokio::io::AsyncRead for PrefixedStream {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for PrefixedStream {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Serves HTTP on connections of the SIP TCP listeners (xhttp registers one).
-pub trait HttpService: Send + Sync {
-    /// Serves one connection until it closes or `shutdown` fires.
-    fn serve(
-        &self,
-        io: PrefixedStream,
-        peer: Peer,
-        shutdown: CancellationToken,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
 /// The longest first line looked at to tell HTTP from SIP.

@@ -4,7 +4,8 @@
 //! Once the configuration's `modparam`s are known, the definition's
 //! `instantiate` builds the [`Module`], which lists its script functions
 //! ([`FunctionSpec`]), pseudo-variable classes ([`PvClassSpec`]) and event
-//! routes, and starts its I/O tasks after the program is compiled.
+//! routes, and starts its I/O tasks after the program is compiled, with a
+//! handle on its [`Host`] (the SIP core) in the [`StartCx`].
 //!
 //! Script functions are bound once at load ("fixup"): arguments are parsed,
 //! PVs resolved, constant strings kept, route names checked. At run time a
@@ -12,7 +13,9 @@
 //! or asks to suspend the transaction ([`FnResult::Suspend`]).
 
 use crate::ctx::{Ctx, RouteType};
+use crate::http::HttpService;
 use crate::interp::Exec;
+use crate::net::Peer;
 use crate::pv::Pv;
 use crate::value::Value;
 use crate::{Program, RouteId};
@@ -20,6 +23,7 @@ use bytes::Bytes;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 // ---------- module definitions and parameters ----------
 
@@ -152,14 +156,34 @@ impl std::fmt::Debug for ModuleDef {
 #[non_exhaustive]
 pub struct StartCx {
     /// The compiled program: event routes to run, route ids to resume in.
+    /// What the module starts (listeners, connections, HTTP services) keeps
+    /// a clone; a script function has it as [`Exec::prog`].
     pub program: Arc<Program>,
+    /// The host: what the SIP core offers modules.
+    pub host: Arc<dyn Host>,
 }
 
 impl StartCx {
-    /// A start context for `program`.
-    pub fn new(program: Arc<Program>) -> Self {
-        StartCx { program }
+    /// A start context for `program`, hosted by `host`.
+    pub fn new(program: Arc<Program>, host: Arc<dyn Host>) -> Self {
+        StartCx { program, host }
     }
+}
+
+/// What the host (the SIP core) offers a module from [`Module::start`] on
+/// ([`StartCx::host`]), so that no module depends on the core. Suspension
+/// and resumption go through [`FnResult::Suspend`] and [`Resumer`].
+pub trait Host: Send + Sync {
+    /// Cancelled when siphon stops: the module's listeners and tasks end on it.
+    fn shutdown(&self) -> CancellationToken;
+    /// Hands the HTTP connections of the SIP TCP listeners to `service`
+    /// (xhttp's). Only the first registration takes effect: false for a later one.
+    fn set_http_service(&self, service: Arc<dyn HttpService>) -> bool;
+    /// Makes `raw`, a request received from `peer` in SIP's shape (xhttp's
+    /// HTTP requests: request line, headers, Content-Length, body), the
+    /// message of `ctx`, so the SIP pseudo-variables (`$hdr`, `$rb`, `$rm`,
+    /// `$si`…) read it. The error says why it does not parse.
+    fn set_http_message(&self, ctx: &mut Ctx, raw: Bytes, peer: Peer) -> Result<(), String>;
 }
 
 /// A loaded module.

@@ -1,11 +1,86 @@
-//! HTTP requests in a route: what xhttp puts in the route's context and the
-//! modules that answer them (jsonrpcs' `jsonrpc_dispatch`, xhttp_prom's
+//! HTTP in the module API: the service the host hands HTTP connections of
+//! the SIP TCP listeners to ([`HttpService`], registered through
+//! [`crate::api::Host::set_http_service`]), and the request in a route:
+//! what xhttp puts in the route's context ([`Exchange`]) and the modules
+//! that answer it (jsonrpcs' `jsonrpc_dispatch`, xhttp_prom's
 //! `prom_dispatch`) read and fill, so none of them depends on another.
 
 use crate::net::Peer;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+/// Serves HTTP on connections of the SIP TCP listeners (xhttp registers one).
+pub trait HttpService: Send + Sync {
+    /// Serves one connection until it closes or `shutdown` fires.
+    fn serve(
+        &self,
+        io: PrefixedStream,
+        peer: Peer,
+        shutdown: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// A byte stream a connection runs on (TCP, or TLS over TCP).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A TCP connection handed to an HTTP server (xhttp) after its first line
+/// showed HTTP: the bytes already read come first, then the socket.
+pub struct PrefixedStream {
+    prefix: BytesMut,
+    inner: Box<dyn Io>,
+}
+
+impl std::fmt::Debug for PrefixedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixedStream")
+            .field("prefix", &self.prefix.len())
+            .finish()
+    }
+}
+
+impl PrefixedStream {
+    /// Bytes read before the hand-over, then `inner`.
+    pub fn new(prefix: BytesMut, inner: Box<dyn Io>) -> Self {
+        PrefixedStream { prefix, inner }
+    }
+}
+
+impl AsyncRead for PrefixedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PrefixedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// An HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

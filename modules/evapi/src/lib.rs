@@ -344,11 +344,7 @@ impl Module for Evapi {
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
         let addr = l.local_addr().map_err(|e| e.to_string())?;
         let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-        tokio::spawn(
-            self.hub
-                .clone()
-                .serve(l, tokio_util::sync::CancellationToken::new()),
-        );
+        tokio::spawn(self.hub.clone().serve(l, cx.host.shutdown()));
         tracing::info!(
             "evapi listening on {addr}{}",
             if self.hub.settings.tls.is_some() {

@@ -1,7 +1,8 @@
 //! xhttp: HTTP on the SIP TCP listeners, as Kamailio's xhttp module.
 //!
 //! The SIP transport looks at the first line of every TCP connection; when it
-//! ends in `HTTP/1.x` the connection comes here ([`siphon_core::HttpService`])
+//! ends in `HTTP/1.x` the connection comes here (the [`HttpService`] xhttp
+//! registers with its host at start)
 //! and hyper speaks HTTP/1.1 on it (keep-alive, pipelining, chunked bodies).
 //! Each request becomes a SIP-shaped message (the request line with its
 //! `HTTP/1.x` version, the headers and the body, as Kamailio fakes it) so the
@@ -26,18 +27,18 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use siphon_core::{Core, HttpService, PrefixedStream, SipCtx};
 use siphon_script::api::*;
-use siphon_script::http::{Answer, Exchange, HttpReply};
+use siphon_script::http::{Answer, Exchange, HttpReply, HttpService, PrefixedStream};
 use siphon_script::net::Peer;
 use siphon_script::{
-    ArgKind, FunctionSpec, ModuleDef, Outcome, ParamSpec, Program, PvClassSpec, RouteType, Value,
+    ArgKind, FunctionSpec, ModuleDef, Outcome, ParamSpec, Program, PvClassSpec, RouteId, RouteType,
+    Value,
 };
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -50,11 +51,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// `body_timeout`'s default: how long a request body may take to arrive.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The module's settings and counters.
 struct Inner {
-    core: Arc<Core>,
     url_match: Option<regex::Regex>,
     url_skip: Option<regex::Regex>,
-    program: OnceLock<Arc<Program>>,
     body_timeout: Duration,
     requests: AtomicU64,
     unanswered: AtomicU64,
@@ -105,9 +105,17 @@ fn to_response(r: HttpReply) -> Response<Full<Bytes>> {
     resp
 }
 
+/// A request in SIP's shape, with views of its URL and body (what the
+/// route's modules read: no second copy).
+struct Faked {
+    raw: Bytes,
+    url: Bytes,
+    body: Bytes,
+}
+
 /// The request as the SIP parser reads it: request line, headers (without
 /// the framing ones, which hyper consumed), our Content-Length, body.
-fn as_message(parts: &hyper::http::request::Parts, url: &str, body: &Bytes) -> Bytes {
+fn as_message(parts: &hyper::http::request::Parts, url: &str, body: &Bytes) -> Faked {
     let mut b = BytesMut::with_capacity(256 + body.len());
     let version = match parts.version {
         hyper::Version::HTTP_10 => "HTTP/1.0",
@@ -115,7 +123,9 @@ fn as_message(parts: &hyper::http::request::Parts, url: &str, body: &Bytes) -> B
     };
     b.put_slice(parts.method.as_str().as_bytes());
     b.put_u8(b' ');
+    let url_at = b.len();
     b.put_slice(url.as_bytes());
+    let url_end = b.len();
     b.put_u8(b' ');
     b.put_slice(version.as_bytes());
     b.put_slice(b"\r\n");
@@ -129,8 +139,14 @@ fn as_message(parts: &hyper::http::request::Parts, url: &str, body: &Bytes) -> B
         b.put_slice(b"\r\n");
     }
     b.put_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    let body_at = b.len();
     b.put_slice(body);
-    b.freeze()
+    let raw = b.freeze();
+    Faked {
+        url: raw.slice(url_at..url_end),
+        body: raw.slice(body_at..),
+        raw,
+    }
 }
 
 impl Inner {
@@ -154,20 +170,29 @@ impl Inner {
         r.headers.push(("connection", "close".into()));
         r
     }
+}
 
+/// What serves the requests once the module started: its settings, the
+/// program whose route they run and the host that makes them route messages.
+struct Server {
+    inner: Arc<Inner>,
+    program: Arc<Program>,
+    /// `event_route[xhttp:request]`; without it every request gets 404.
+    route: Option<RouteId>,
+    host: Arc<dyn Host>,
+}
+
+impl Server {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> HttpReply {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let inner = &self.inner;
+        inner.requests.fetch_add(1, Ordering::Relaxed);
         let url = match req.uri().path_and_query() {
             Some(pq) if req.uri().scheme().is_none() => pq.as_str().to_string(),
             _ => req.uri().to_string(),
         };
-        let filtered = self.url_skip.as_ref().is_some_and(|r| r.is_match(&url))
-            || self.url_match.as_ref().is_some_and(|r| !r.is_match(&url));
-        let (program, route) = match self.program.get() {
-            Some(p) => (p.clone(), p.event_route(EVENT_ROUTE)),
-            None => return reply(503, "Service Unavailable", "", Bytes::new()),
-        };
-        let Some(route) = route.filter(|_| !filtered) else {
+        let filtered = inner.url_skip.as_ref().is_some_and(|r| r.is_match(&url))
+            || inner.url_match.as_ref().is_some_and(|r| !r.is_match(&url));
+        let Some(route) = self.route.filter(|_| !filtered) else {
             return reply(404, "Not Found", "text/plain", "Not Found\n");
         };
         let (parts, body) = req.into_parts();
@@ -178,23 +203,23 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if announced.is_some_and(|n| n > MAX_BODY as u64) {
-            return self.too_large();
+            return inner.too_large();
         }
         let body =
-            match tokio::time::timeout(self.body_timeout, Limited::new(body, MAX_BODY).collect())
+            match tokio::time::timeout(inner.body_timeout, Limited::new(body, MAX_BODY).collect())
                 .await
             {
                 Ok(Ok(c)) => c.to_bytes(),
                 Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                    return self.too_large();
+                    return inner.too_large();
                 }
                 Ok(Err(_)) => return reply(400, "Bad Request", "text/plain", "unreadable body\n"),
                 Err(_) => {
-                    self.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                    inner.body_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         "xhttp: the body of {url} from {} did not arrive within {} ms: 408",
                         peer.src,
-                        self.body_timeout.as_millis()
+                        inner.body_timeout.as_millis()
                     );
                     let mut r = reply(
                         408,
@@ -206,27 +231,24 @@ impl Inner {
                     return r;
                 }
             };
-        let msg = match siphon_sip::parse_http_request(as_message(&parts, &url, &body)) {
-            Ok(m) => m,
-            Err(e) => {
-                return reply(
-                    400,
-                    "Bad Request",
-                    "text/plain",
-                    format!("bad request: {e}\n"),
-                );
-            }
-        };
-        // The body as the route's modules read it: a view of the message, not a second copy.
-        let (body, ruri) = (msg.body_bytes(), msg.ruri().unwrap_or_default());
+        let msg = as_message(&parts, &url, &body);
+        let mut ctx = self.program.new_ctx(RouteType::EVENT);
+        // The SIP pseudo-variables ($hdr, $rb, $rm, $si…) read the request.
+        if let Err(e) = self.host.set_http_message(&mut ctx, msg.raw, peer) {
+            return reply(
+                400,
+                "Bad Request",
+                "text/plain",
+                format!("bad request: {e}\n"),
+            );
+        }
         let authorization = parts
             .headers
             .get(hyper::header::AUTHORIZATION)
             .map(|v| Bytes::copy_from_slice(v.as_bytes()));
-        let mut ctx = program.new_ctx(RouteType::EVENT);
-        ctx.ext.insert(SipCtx::new(msg, peer));
-        ctx.ext.insert(Exchange::new(ruri, body, peer, authorization));
-        let outcome = program.run(route, &mut ctx);
+        ctx.ext
+            .insert(Exchange::new(msg.url, msg.body, peer, authorization));
+        let outcome = self.program.run(route, &mut ctx);
         if let Outcome::Suspended(_) = outcome {
             tracing::error!("event_route[{EVENT_ROUTE}]: cannot suspend, there is no transaction");
         }
@@ -238,7 +260,7 @@ impl Inner {
                 f.await
             }
             None => {
-                self.unanswered.fetch_add(1, Ordering::Relaxed);
+                inner.unanswered.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("event_route[{EVENT_ROUTE}] gave no reply to {url}: answering 500");
                 reply(
                     500,
@@ -251,7 +273,7 @@ impl Inner {
     }
 }
 
-struct Service(Arc<Inner>);
+struct Service(Arc<Server>);
 
 impl HttpService for Service {
     fn serve(
@@ -260,11 +282,11 @@ impl HttpService for Service {
         peer: Peer,
         shutdown: CancellationToken,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let inner = self.0.clone();
+        let server = self.0.clone();
         Box::pin(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let inner = inner.clone();
-                async move { Ok::<_, Infallible>(to_response(inner.handle(req, peer).await)) }
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(to_response(server.handle(req, peer).await)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -291,12 +313,10 @@ struct Hu;
 
 impl PvAccess for Hu {
     fn get(&self, ex: &mut siphon_script::Exec<'_>, _: PvIdx) -> Value {
-        match ex.ctx.ext.get::<SipCtx>() {
-            Some(s) if ex.ctx.ext.get::<Exchange>().is_some() => {
-                s.msg.ruri().map_or(Value::Null, Value::Str)
-            }
-            _ => Value::Null,
-        }
+        ex.ctx
+            .ext
+            .get::<Exchange>()
+            .map_or(Value::Null, |x| Value::Str(x.url().clone()))
     }
 }
 
@@ -369,17 +389,19 @@ impl Module for Xhttp {
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let _ = self.inner.program.set(cx.program.clone());
-        if cx.program.event_route(EVENT_ROUTE).is_none() {
+        let route = cx.program.event_route(EVENT_ROUTE);
+        if route.is_none() {
             tracing::warn!(
                 "xhttp: no event_route[{EVENT_ROUTE}]: HTTP requests will get 404 Not Found"
             );
         }
-        if !self
-            .inner
-            .core
-            .set_http_service(Arc::new(Service(self.inner.clone())))
-        {
+        let server = Server {
+            inner: self.inner.clone(),
+            program: cx.program.clone(),
+            route,
+            host: cx.host.clone(),
+        };
+        if !cx.host.set_http_service(Arc::new(Service(Arc::new(server)))) {
             return Err("another HTTP service is registered already".into());
         }
         Ok(())
@@ -397,9 +419,8 @@ fn regex_param(cfg: &ModuleConfig, name: &str) -> Result<Option<regex::Regex>, S
         .transpose()
 }
 
-/// The module definition; HTTP connections of `core`'s TCP listeners come here.
-pub fn def(core: &Arc<Core>) -> ModuleDef {
-    let core = core.clone();
+/// The module definition; HTTP connections of the host's SIP TCP listeners come here.
+pub fn def() -> ModuleDef {
     ModuleDef {
         name: "xhttp",
         params: vec![
@@ -408,7 +429,7 @@ pub fn def(core: &Arc<Core>) -> ModuleDef {
             ParamSpec::str("event_callback"),
             ParamSpec::int("body_timeout"),
         ],
-        instantiate: Arc::new(move |cfg| {
+        instantiate: Arc::new(|cfg| {
             if let Some(cb) = cfg.str("event_callback").filter(|s| !s.is_empty()) {
                 return Err(format!(
                     "event_callback \"{cb}\" names a KEMI function; siphon runs native \
@@ -426,10 +447,8 @@ pub fn def(core: &Arc<Core>) -> ModuleDef {
             };
             Ok(Arc::new(Xhttp {
                 inner: Arc::new(Inner {
-                    core: core.clone(),
                     url_match: regex_param(cfg, "url_match")?,
                     url_skip: regex_param(cfg, "url_skip")?,
-                    program: OnceLock::new(),
                     body_timeout,
                     requests: AtomicU64::new(0),
                     unanswered: AtomicU64::new(0),
@@ -456,10 +475,13 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let body = Bytes::from_static(b"{\"a\":1}");
-        let raw = as_message(&parts, "/RPC?x=1", &body);
-        let m = siphon_sip::parse_http_request(raw).unwrap();
+        let faked = as_message(&parts, "/RPC?x=1", &body);
+        let m = siphon_sip::parse_http_request(faked.raw).unwrap();
         assert_eq!(m.ruri().as_deref(), Some(&b"/RPC?x=1"[..]));
         assert_eq!(&m.body_bytes()[..], &body[..]);
+        // The views the route's modules read are the parser's.
+        assert_eq!(&faked.url[..], b"/RPC?x=1");
+        assert_eq!(faked.body, m.body_bytes());
         assert_eq!(m.headers_named(b"transfer-encoding").count(), 0);
         assert_eq!(m.headers_named(b"content-type").count(), 1);
     }

@@ -13,13 +13,13 @@
 //! `name{labels} value timestamp`, and the statistics already live in
 //! siphon's own counters, so a metrics registry would only copy them.
 
-use crate::Exchange;
+use siphon_script::http::{Exchange, HttpReply};
 use bytes::Bytes;
 use siphon_script::api::*;
 use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, Program, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// The path `prom_check_uri()` accepts.
 pub const PATH: &str = "/metrics";
@@ -63,7 +63,6 @@ struct Prom {
     prefix: String,
     stats: Selection,
     metrics: HashMap<String, Arc<Metric>>,
-    program: OnceLock<Arc<Program>>,
 }
 
 /// The loaded module.
@@ -118,7 +117,7 @@ fn parse_decl(text: &str) -> Result<(String, Vec<String>), String> {
 }
 
 impl Prom {
-    fn render(&self) -> String {
+    fn render(&self, program: &Program) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
@@ -158,9 +157,9 @@ impl Prom {
             }
         }
         out.push('\n');
-        if let (Some(p), false) = (self.program.get(), self.stats == Selection::Some(vec![])) {
+        if self.stats != Selection::Some(vec![]) {
             out.push_str("# Kamailio whole internal statistics\n");
-            let mut stats = p.stat_snapshot();
+            let mut stats = program.stat_snapshot();
             stats.sort();
             for (name, v) in stats.into_iter().filter(|(n, _)| self.stats.wants(n)) {
                 let _ = writeln!(
@@ -227,9 +226,8 @@ impl Module for XhttpProm {
             let url = ex
                 .ctx
                 .ext
-                .get::<siphon_core::SipCtx>()
-                .and_then(|s| s.msg.ruri())
-                .map(|u| String::from_utf8_lossy(&u).into_owned())
+                .get::<Exchange>()
+                .map(|x| String::from_utf8_lossy(x.url()).into_owned())
                 .unwrap_or_default();
             let path = url.split('?').next().unwrap_or("");
             if path == PATH || path.starts_with("/metrics/") {
@@ -239,12 +237,12 @@ impl Module for XhttpProm {
             }
         });
         let dispatch = FunctionSpec::new("prom_dispatch", &[], move |ex, _| {
-            let body = p.render();
+            let body = p.render(ex.prog);
             let Some(x) = ex.ctx.ext.get_mut::<Exchange>() else {
                 tracing::warn!("prom_dispatch: not handling an HTTP request");
                 return (-1).into();
             };
-            let ok = x.reply(crate::HttpReply {
+            let ok = x.reply(HttpReply {
                 status: 200,
                 reason: "OK".into(),
                 content_type: "text/plain; version=0.0.4".into(),
@@ -297,11 +295,6 @@ impl Module for XhttpProm {
             })
             .min_args(1),
         ]
-    }
-
-    fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let _ = self.0.program.set(cx.program.clone());
-        Ok(())
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -373,7 +366,6 @@ pub fn def() -> ModuleDef {
                     .unwrap_or_else(|| "kamailio_".into()),
                 stats,
                 metrics,
-                program: OnceLock::new(),
             }))) as Arc<dyn Module>)
         }),
     }
