@@ -23,7 +23,6 @@ pub use tm::{TmConfig, TxId};
 pub use transport::{Bound, HttpService, Peer, PrefixedStream, Transport};
 
 use bytes::Bytes;
-use siphon_script::api::Host;
 use siphon_script::{Outcome, Program, Registry, RouteType};
 use siphon_sip::{Method, SipMsg};
 use std::net::SocketAddr;
@@ -97,13 +96,10 @@ impl Core {
         reg.add(tls::def());
     }
 
-    /// The host handle modules get in their [`StartCx`](siphon_script::api::StartCx);
-    /// `shutdown` is the token [`Core::start`] gets.
-    pub fn host(self: &Arc<Self>, shutdown: CancellationToken) -> Arc<dyn Host> {
-        Arc::new(CoreHost {
-            core: self.clone(),
-            shutdown,
-        })
+    /// Hands HTTP connections on the SIP TCP listeners to `service` (xhttp
+    /// does this when it starts). Only the first call takes effect.
+    pub fn set_http_service(&self, service: Arc<dyn HttpService>) -> bool {
+        self.http.set(service).is_ok()
     }
 
     /// The compiled program.
@@ -463,8 +459,8 @@ impl Core {
 
     /// Our Via for a request going to `to`, without its branch:
     /// `SIP/2.0/UDP 127.0.0.1:5060` (the listener's advertised address if set).
-    pub(crate) fn sent_by(&self, to: dns::Target) -> Option<Bytes> {
-        let host_port = self.out.via_sent_by(to, None)?;
+    pub(crate) fn sent_by(&self, to: dns::Target, from: Option<SocketAddr>) -> Option<Bytes> {
+        let host_port = self.out.via_sent_by(to, from)?;
         let proto = match to.transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
@@ -477,44 +473,18 @@ impl Core {
     pub(crate) fn to_tag(&self, msg: &SipMsg) -> Vec<u8> {
         // FNV-style over Call-ID, From-tag and branch, keyed by a per-process seed.
         let mut x = self.to_tag_seed;
-        for part in [
+        let (call_id, from_tag) = (
             msg.call_id().unwrap_or_default(),
             msg.from().and_then(|f| f.tag).unwrap_or_default(),
-            msg.top_via().and_then(|v| v.branch).unwrap_or_default(),
-        ] {
+        );
+        let branch = msg.top_via().and_then(|v| v.branch.as_deref()).unwrap_or_default();
+        for part in [&call_id[..], &from_tag[..], branch] {
             for &b in part.iter() {
                 x = (x ^ b as u64).wrapping_mul(0x100_0000_01b3);
             }
             x = x.rotate_left(17);
         }
         format!("{:016x}", x).into_bytes()
-    }
-}
-
-/// What modules reach the core through ([`Core::host`]).
-struct CoreHost {
-    core: Arc<Core>,
-    shutdown: CancellationToken,
-}
-
-impl Host for CoreHost {
-    fn shutdown(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    fn set_http_service(&self, service: Arc<dyn HttpService>) -> bool {
-        self.core.http.set(service).is_ok()
-    }
-
-    fn set_http_message(
-        &self,
-        ctx: &mut siphon_script::Ctx,
-        raw: Bytes,
-        peer: Peer,
-    ) -> Result<(), String> {
-        let msg = siphon_sip::parse_http_request(raw).map_err(|e| e.to_string())?;
-        ctx.ext.insert(SipCtx::new(msg, peer));
-        Ok(())
     }
 }
 

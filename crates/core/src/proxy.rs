@@ -144,12 +144,15 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
         };
         let mut edits = branch_edits.unwrap_or_else(|| s.edits.clone());
         edits.ruri = Some(p.uri.clone());
+        let send = send_options(s, &d);
         match d.plan() {
-            Plan::Literal(target) => match branch_spec(core, &s.msg, edits, target, p.flags) {
-                Some(b) => specs.push(b),
-                None => bad_uri += 1,
-            },
-            _ => resolving.push((d, s.msg.clone(), edits, p.flags)),
+            Plan::Literal(target) => {
+                match branch_spec(core, &s.msg, edits, hop(target, &send), p.flags) {
+                    Some(b) => specs.push(b),
+                    None => bad_uri += 1,
+                }
+            }
+            _ => resolving.push((d, s.msg.clone(), edits, p.flags, send)),
         }
     }
     if specs.is_empty() && resolving.is_empty() {
@@ -173,7 +176,7 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
             }
         }
     }
-    for (d, msg, edits, flags) in resolving {
+    for (d, msg, edits, flags, send) in resolving {
         if !core.tm.with(core, id.index, |t, _| t.hold(id)) {
             return -1;
         }
@@ -187,8 +190,8 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
                 Ok(targets) => {
                     // The first address we can send to; the others for use_dns_failover.
                     let mut usable = targets.into_iter().filter_map(|t| {
-                        core.sent_by(t).map(|sent_by| siphon_tm::Alternate {
-                            dest: t,
+                        core.sent_by(t, send.from).map(|sent_by| siphon_tm::Alternate {
+                            dest: hop(t, &send),
                             sent_by,
                             reliable: t.transport.is_reliable(),
                         })
@@ -235,43 +238,125 @@ fn host_port_uri(host: &str, port: Option<u16>) -> Bytes {
 
 /// The ACK of a 2xx, relayed statelessly to `$du` (else the R-URI) or the
 /// variant's host and port, over the URI's `;transport=` or the variant's
-/// protocol (Kamailio's `forward_request`). UDP goes through the core's
-/// `forward()`; TCP and TLS here, on a connection to the callee.
+/// protocol (Kamailio's `forward_request`).
 fn relay_ack(core: &Arc<Core>, ex: &mut Exec<'_>, to: &RelayTo) -> i32 {
     let Some(s) = sip(ex) else { return -1 };
-    let uri = match &to.host_port {
-        Some((host, port)) => host_port_uri(host, *port),
-        None => s.du.clone().unwrap_or_else(|| s.ruri()),
-    };
+    let uri = to.host_port.as_ref().map(|(h, p)| host_port_uri(h, *p));
     let force = to
         .transport
         .or(to.host_port.as_ref().map(|_| s.peer.transport));
-    let target = match Destination::from_uri(&uri, force).map(|d| d.plan()) {
-        Ok(Plan::Literal(t)) if t.transport.is_reliable() => t,
-        _ => return crate::script::forward(core, ex, Some(uri)),
-    };
-    let mf = s.msg.max_forwards().unwrap_or(70);
-    let Some(sent_by) = core.sent_by(target).filter(|_| mf > 0) else {
+    forward_stateless(core, ex, uri, force)
+}
+
+/// A stateless relay (`forward()`, the ACK of a 2xx): to `uri`, else `$du`,
+/// else the R-URI, resolved per RFC 3263 (a name without holding the route:
+/// the request goes when the name resolves), with our Via on top,
+/// Max-Forwards decremented (483 at 0) and the sender's Via completed with
+/// `received`/`rport`. Its replies come back by the Via.
+pub(crate) fn forward_stateless(
+    core: &Arc<Core>,
+    ex: &mut Exec<'_>,
+    uri: Option<Bytes>,
+    force: Option<Transport>,
+) -> i32 {
+    let Some(s) = sip(ex) else { return -1 };
+    if !s.msg.is_request() {
         return -1;
+    }
+    let uri = uri.or_else(|| s.du.clone()).unwrap_or_else(|| s.ruri());
+    let d = match Destination::from_uri(&uri, force) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(target: "script", "forward: {e}");
+            return -1;
+        }
     };
     let mut edits = s.edits.clone();
-    let mut via = sent_by.to_vec();
-    via.extend_from_slice(b";branch=");
-    via.extend_from_slice(crate::script::BRANCH_PREFIX);
-    via.extend_from_slice(&core.to_tag(&s.msg));
-    edits.push_via = Some(Bytes::from(via));
-    edits.max_forwards = Some(mf - 1);
-    let out = siphon_sip::serialize(&s.msg, &edits);
-    match core.out.send_to(core, target, None, out, None) {
-        Ok(()) => {
-            crate::stats::Stats::inc(&core.stats.fwd_requests);
+    match s.msg.max_forwards() {
+        Some(0) => {
+            core.sl_reply(&s.msg, &s.peer, 483, b"Too Many Hops", &[]);
+            return -1;
+        }
+        Some(n) => edits.max_forwards = Some(n - 1),
+        None => edits
+            .append
+            .push(Bytes::from_static(b"Max-Forwards: 70\r\n")),
+    }
+    edits.top_via = core.received_via(&s.msg, &s.peer);
+    let mut branch = crate::script::BRANCH_PREFIX.to_vec();
+    branch.extend_from_slice(&core.to_tag(&s.msg));
+    let send = send_options(s, &d);
+    let msg = s.msg.clone();
+    let go = move |core: &Arc<Core>, target: Target| -> bool {
+        let Some(sent_by) = core.sent_by(target, send.from) else {
+            tracing::info!("forward: no listener of {} to send to {}", target.transport.name(), target.addr);
+            return false;
+        };
+        let mut edits = edits.clone();
+        let mut via = sent_by.to_vec();
+        via.extend_from_slice(b";branch=");
+        via.extend_from_slice(&branch);
+        edits.push_via = Some(Bytes::from(via));
+        let out = siphon_sip::serialize(&msg, &edits);
+        match core.out.send_with(core, target, &send, out, None) {
+            Ok(()) => {
+                crate::stats::Stats::inc(&core.stats.fwd_requests);
+                true
+            }
+            Err(e) => {
+                crate::stats::Stats::inc(&core.stats.send_failures);
+                tracing::info!("forward to {}: {e}", target.addr);
+                false
+            }
+        }
+    };
+    match d.plan() {
+        Plan::Literal(target) => {
+            if go(core, target) {
+                1
+            } else {
+                -1
+            }
+        }
+        _ => {
+            let core = core.clone();
+            tokio::spawn(async move {
+                let targets = match core.resolver() {
+                    Some(r) => r.resolve_destination(&d).await,
+                    None => Err(crate::dns::DnsError::Config("no resolver".into())),
+                };
+                match targets {
+                    Ok(t) => {
+                        let _ = t.into_iter().any(|t| go(&core, t));
+                    }
+                    Err(e) => {
+                        crate::stats::Stats::inc(&core.stats.send_failures);
+                        tracing::info!("forward: {e}");
+                    }
+                }
+            });
             1
         }
-        Err(e) => {
-            crate::stats::Stats::inc(&core.stats.send_failures);
-            tracing::info!(target: "script", "t_relay: ACK to {}: {e}", target.addr);
-            -1
-        }
+    }
+}
+
+/// How a request leaves for `d`: `$fs`, `set_forward_no_connect()`, and
+/// the name TLS checks the certificate for.
+fn send_options(s: &SipCtx, d: &Destination) -> crate::transport::SendOptions {
+    crate::transport::SendOptions {
+        from: s.send_socket.map(|(_, a)| a),
+        no_connect: s.forward_no_connect,
+        server_name: match &d.host {
+            crate::dns::Host::Name(n) => Some(n.clone()),
+            _ => None,
+        },
+    }
+}
+
+fn hop(target: Target, send: &crate::transport::SendOptions) -> crate::tm::Hop {
+    crate::tm::Hop {
+        target,
+        send: send.clone(),
     }
 }
 
@@ -321,17 +406,18 @@ fn branch_spec(
     core: &Core,
     msg: &SipMsg,
     mut edits: siphon_sip::Edits,
-    target: Target,
+    dest: crate::tm::Hop,
     flags: u64,
 ) -> Option<BranchSpec<crate::tm::CoreShell>> {
-    let sent_by = core.sent_by(target)?;
+    let sent_by = core.sent_by(dest.target, dest.send.from)?;
     edits.push_via = None;
+    let reliable = dest.target.transport.is_reliable();
     Some(BranchSpec {
         msg: msg.clone(),
         edits,
         sent_by,
-        dest: target,
-        reliable: target.transport.is_reliable(),
+        dest,
+        reliable,
         flags,
         failover: Vec::new(),
     })
@@ -537,6 +623,55 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
         })
         .min_args(1));
     }
+    // `force_send_socket(proto:addr:port)` and `$fs`: requests leave from one
+    // of our listeners.
+    let c = core.clone();
+    f(FunctionSpec::new("force_send_socket", &[Str], move |ex, a| {
+        let text = a.text(0, ex);
+        match parse_socket(&c, &text) {
+            Some(sock) => {
+                let Some(s) = sip(ex) else { return (-1).into() };
+                s.send_socket = Some(sock);
+                1.into()
+            }
+            None => {
+                tracing::error!(target: "script", "force_send_socket: `{text}` is not one of our listening sockets");
+                (-1).into()
+            }
+        }
+    }));
+    f(FunctionSpec::new("set_forward_no_connect", &[], |ex, _| {
+        let Some(s) = sip(ex) else { return (-1).into() };
+        s.forward_no_connect = true;
+        1.into()
+    }));
+    // siphon never opens a connection to send a reply (a reply whose
+    // connection closed is dropped and counted), which is what this asks.
+    f(FunctionSpec::new("set_reply_no_connect", &[], |_, _| 1.into()));
+    let c = core.clone();
+    f(FunctionSpec::new("t_precheck_trans", &[], move |ex, _| {
+        // True when the request already has a transaction (a retransmission
+        // racing its first copy); siphon absorbs the later ones before the script.
+        let Some(s) = sip(ex) else { return (-1).into() };
+        let msg = s.msg.clone();
+        let Some(index) = c.tm.index_of(&msg) else {
+            return (-1).into();
+        };
+        truth(c.tm.with(&c, index, |t, _| t.lookup(&msg).is_some()))
+    }));
+    let c = core.clone();
+    reg.core_pvs.push(PvClassSpec::new(
+        "fs",
+        PvInner::None,
+        Arc::new(move |_| Ok(Arc::new(ForcedSocket(c.clone())) as Arc<dyn PvAccess>)),
+    ));
+    let c = core.clone();
+    reg.core_pvs.push(PvClassSpec::new(
+        "T_reply_reason",
+        PvInner::None,
+        Arc::new(move |_| Ok(Arc::new(ReplyReason(c.clone())) as Arc<dyn PvAccess>)),
+    ));
+    let mut f = |spec: FunctionSpec| reg.core_functions.push(spec);
     for name in ["sl_reply_error", "send_reply_error"] {
         let c = core.clone();
         f(FunctionSpec::new(name, &[], move |ex, _| {
@@ -595,6 +730,77 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
             Ok(Arc::new(BranchPv(key)) as Arc<dyn PvAccess>)
         }),
     ));
+}
+
+/// `udp:127.0.0.1:5060` (or `127.0.0.1:5060`, or `tcp:[::1]:5060`) when it
+/// is one of our listeners.
+fn parse_socket(core: &Core, text: &str) -> Option<(Transport, std::net::SocketAddr)> {
+    let t = text.trim();
+    let (proto, rest) = match t.split_once(':') {
+        Some((p, r)) if ["udp", "tcp", "tls"].contains(&p.to_ascii_lowercase().as_str()) => {
+            (Some(p.to_ascii_lowercase()), r)
+        }
+        _ => (None, t),
+    };
+    let addr: std::net::SocketAddr = rest.parse().ok()?;
+    core.bound()
+        .iter()
+        .find(|b| {
+            b.addr == addr && proto.as_deref().is_none_or(|p| p == b.transport.name())
+        })
+        .map(|b| (b.transport, b.addr))
+}
+
+struct ForcedSocket(Arc<Core>);
+
+impl PvAccess for ForcedSocket {
+    fn get(&self, ex: &mut Exec<'_>, _: PvIdx) -> Value {
+        match sip(ex).and_then(|s| s.send_socket) {
+            Some((t, a)) => Value::from(format!("{}:{a}", t.name())),
+            None => Value::Null,
+        }
+    }
+    fn set(&self, ex: &mut Exec<'_>, _: PvIdx, v: Value) -> Result<(), String> {
+        let s = sip(ex).ok_or("needs a SIP message")?;
+        if v.is_null() {
+            s.send_socket = None;
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&v.to_bytes()).into_owned();
+        s.send_socket = Some(
+            parse_socket(&self.0, &text)
+                .ok_or_else(|| format!("`{text}` is not one of our listening sockets"))?,
+        );
+        Ok(())
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
+/// `$T_reply_reason`: the reason phrase of the reply a reply route runs for,
+/// or of the picked branch's reply in a failure route.
+struct ReplyReason(Arc<Core>);
+
+impl PvAccess for ReplyReason {
+    fn get(&self, ex: &mut Exec<'_>, _: PvIdx) -> Value {
+        let Some(s) = sip(ex) else { return Value::Null };
+        if !s.msg.is_request() {
+            return reason_of(&s.msg);
+        }
+        let Some(id) = s.tx else { return Value::Null };
+        self.0
+            .tm
+            .with(&self.0, id.index, |t, _| t.picked_reply(id).map(reason_of))
+            .unwrap_or(Value::Null)
+    }
+}
+
+fn reason_of(m: &SipMsg) -> Value {
+    match m.kind {
+        siphon_sip::Kind::Response { reason, .. } => Value::Str(m.slice(reason)),
+        _ => Value::Null,
+    }
 }
 
 struct CheckStatus {

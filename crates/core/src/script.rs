@@ -56,6 +56,10 @@ pub struct SipCtx {
     pub bflags: u64,
     /// Max-Forwards was checked and decremented (by `t_relay`, or the maxfwd module).
     pub max_forwards_done: bool,
+    /// `$fs` / `force_send_socket()`: the local socket requests go out from.
+    pub send_socket: Option<(crate::Transport, std::net::SocketAddr)>,
+    /// `set_forward_no_connect()`: requests only over connections already open.
+    pub forward_no_connect: bool,
     /// `t_suspend()` was called: park the transaction when the route ends.
     pub suspend_requested: bool,
 }
@@ -78,6 +82,8 @@ impl SipCtx {
             branch: None,
             bflags: 0,
             max_forwards_done: false,
+            send_socket: None,
+            forward_no_connect: false,
             suspend_requested: false,
         }
     }
@@ -175,56 +181,9 @@ fn rebuild_uri(uri: &[u8], user: Option<&[u8]>, host: Option<&[u8]>) -> Option<B
     Some(Bytes::from(out))
 }
 
-/// Where `forward()` sends: `$du` or the given URI or the R-URI; IP hosts only.
-fn forward_target(uri: &[u8]) -> Option<std::net::SocketAddr> {
-    let u = siphon_sip::parse_uri(uri).ok()?;
-    let ip: std::net::IpAddr = std::str::from_utf8(u.host).ok()?.parse().ok()?;
-    Some(std::net::SocketAddr::new(ip, u.port.unwrap_or(5060)))
-}
-
 /// `forward()`: a stateless relay (also what `t_relay` does with the ACK of a 2xx).
-pub(crate) fn forward(core: &Core, ex: &mut Exec<'_>, to: Option<Bytes>) -> i32 {
-    let Some(s) = sip(ex) else { return -1 };
-    let target = to.or_else(|| s.du.clone()).unwrap_or_else(|| s.ruri());
-    let Some(dest) = forward_target(&target) else {
-        tracing::error!(target: "script", "forward: cannot send to `{}` (siphon relays to IP addresses)", String::from_utf8_lossy(&target));
-        return -1;
-    };
-    let mf = s.msg.max_forwards().unwrap_or(70);
-    if mf == 0 {
-        core.sl_reply(&s.msg, &s.peer, 483, b"Too Many Hops", &[]);
-        return -1;
-    }
-    let local = core
-        .out
-        .udp_addrs()
-        .into_iter()
-        .find(|a| a.is_ipv4() == dest.is_ipv4());
-    let Some(local) = local else { return -1 };
-    let mut edits = s.edits.clone();
-    let branch = {
-        let tag = core.to_tag(&s.msg);
-        let mut b = BRANCH_PREFIX.to_vec();
-        b.extend_from_slice(&tag);
-        b
-    };
-    let host = match local.ip() {
-        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        ip => ip.to_string(),
-    };
-    edits.push_via = Some(Bytes::from(format!(
-        "SIP/2.0/UDP {host}:{};branch={};rport",
-        local.port(),
-        String::from_utf8_lossy(&branch)
-    )));
-    edits.max_forwards = Some(mf - 1);
-    let out = siphon_sip::serialize(&s.msg, &edits);
-    if core.out.send_udp(Some(local), dest, out) {
-        crate::stats::Stats::inc(&core.stats.fwd_requests);
-        1
-    } else {
-        -1
-    }
+pub(crate) fn forward(core: &Arc<Core>, ex: &mut Exec<'_>, to: Option<Bytes>) -> i32 {
+    crate::proxy::forward_stateless(core, ex, to, None)
 }
 
 /// One SIP pseudo-variable.

@@ -19,7 +19,6 @@ use siphon_tm::{Action, NewTx, ReplyEdit, Resumed, RouteKind, Shell, TmStats, Tx
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use siphon_tm::{TmConfig, TxId};
@@ -29,10 +28,18 @@ pub(crate) struct CoreShell;
 
 impl Shell for CoreShell {
     type Peer = Upstream;
-    type Dest = Target;
+    type Dest = Hop;
     type Route = RouteId;
     type Ctx = Box<Ctx>;
     type Resume = Pending;
+}
+
+/// Where a branch goes and how: the address, and what the script fixed for
+/// it (`$fs`, `set_forward_no_connect()`, the name TLS checks).
+#[derive(Debug, Clone)]
+pub(crate) struct Hop {
+    pub(crate) target: Target,
+    pub(crate) send: crate::transport::SendOptions,
 }
 
 /// Where a transaction's replies go: the request's peer (its connection) and
@@ -52,8 +59,12 @@ const SHARDS: usize = 64;
 
 struct Shard {
     table: Mutex<TxShard<CoreShell>>,
-    wake: Notify,
 }
+
+/// How often the timer task looks for due timers: Kamailio ticks every
+/// 62.5 ms; 10 ms keeps retransmissions within a hundredth of T1 without
+/// waking a task for every transaction.
+const TICK: Duration = Duration::from_millis(10);
 
 pub(crate) struct Tm {
     shards: Vec<Shard>,
@@ -68,7 +79,6 @@ impl Tm {
                     TmConfig::default(),
                     (seed as u32).rotate_left(i as u32) ^ i as u32,
                 )),
-                wake: Notify::new(),
             })
             .collect();
         Tm { shards, seed }
@@ -108,20 +118,15 @@ impl Tm {
     ) -> R {
         let i = index as usize % SHARDS;
         let now = Instant::now();
-        let (r, actions, wake) = {
+        let (r, actions) = {
             let mut t = self.lock(i);
-            let before = t.next_deadline();
             let r = f(&mut t, now);
             let mut actions = Vec::new();
             while let Some(a) = t.poll_action() {
                 actions.push(a);
             }
-            let after = t.next_deadline();
-            (r, actions, after.is_some() && (before.is_none() || after < before))
+            (r, actions)
         };
-        if wake {
-            self.shards[i].wake.notify_one();
-        }
         for a in actions {
             core.perform(a);
         }
@@ -221,26 +226,26 @@ impl Tm {
     }
 }
 
-/// Runs each shard's timers: retransmissions, fr_timer, the end of completed transactions.
+/// Runs the shards' timers: retransmissions, fr_timer, the end of completed
+/// transactions. One task ticks and visits the shards that have something due.
 pub(crate) fn start_timers(core: &Arc<Core>, shutdown: &CancellationToken) {
-    for i in 0..SHARDS {
-        tokio::spawn(shard_timer(core.clone(), i, shutdown.clone()));
-    }
+    tokio::spawn(timer_task(core.clone(), shutdown.clone()));
 }
 
-async fn shard_timer(core: Arc<Core>, i: usize, shutdown: CancellationToken) {
+async fn timer_task(core: Arc<Core>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let next = core.tm.lock(i).next_deadline();
-        let sleep = match next {
-            Some(at) => tokio::time::sleep_until(at.into()),
-            None => tokio::time::sleep(Duration::from_secs(3600)),
-        };
         tokio::select! {
-            _ = sleep => {}
-            _ = core.tm.shards[i].wake.notified() => continue,
+            _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        core.tm.with(&core, i as u32, |t, now| t.on_timer(now));
+        let now = Instant::now();
+        for i in 0..SHARDS {
+            if core.tm.lock(i).next_deadline().is_some_and(|d| d <= now) {
+                core.tm.with(&core, i as u32, |t, now| t.on_timer(now));
+            }
+        }
     }
 }
 
@@ -395,16 +400,24 @@ impl Core {
 
     /// Sends a branch's request (or its CANCEL, ACK, a retransmission); a
     /// branch that cannot go out fails at once.
-    pub(crate) fn send_branch(self: &Arc<Self>, tx: TxId, branch: u16, dest: Target, bytes: Bytes) {
+    pub(crate) fn send_branch(self: &Arc<Self>, tx: TxId, branch: u16, dest: Hop, bytes: Bytes) {
         let core = self.clone();
         let notice = Box::new(move |e: crate::transport::SendError| {
             tracing::info!("branch {branch} of {}:{}: {e}", tx.index, tx.label);
             let c = core.clone();
             c.tm.with(&core, tx.index, |t, now| t.branch_failed(tx, branch, now));
         });
-        if let Err(e) = self.out.send_to(self, dest, None, bytes, Some(notice)) {
+        if let Err(e) = self
+            .out
+            .send_with(self, dest.target, &dest.send, bytes, Some(notice))
+        {
             crate::stats::Stats::inc(&self.stats.send_failures);
-            tracing::info!("branch {branch} of {}:{} to {}: {e}", tx.index, tx.label, dest.addr);
+            tracing::info!(
+                "branch {branch} of {}:{} to {}: {e}",
+                tx.index,
+                tx.label,
+                dest.target.addr
+            );
             self.tm
                 .with(self, tx.index, |t, now| t.branch_failed(tx, branch, now));
         }
@@ -457,9 +470,10 @@ impl Core {
         branch: u16,
         route: RouteId,
         reply: SipMsg,
-        dest: Target,
+        dest: Hop,
         ctx: Option<Box<Ctx>>,
     ) {
+        let dest = dest.target;
         let Some(program) = self.program().cloned() else {
             return;
         };

@@ -293,7 +293,9 @@ impl Outbound {
     /// queued meanwhile. Errors returned here are not notified; `on_fail`
     /// runs (once, from any task) when the connect fails or times out, the
     /// TLS handshake fails, or the connection breaks before these bytes were
-    /// written. [`Outbound::send_with`] adds `no_connect` and the TLS name.
+    /// written. [`Outbound::send_with`] adds `no_connect` and the TLS name
+    /// (what the proxy uses); this short form is the tests'.
+    #[cfg(test)]
     pub(crate) fn send_to(
         &self,
         core: &Arc<Core>,
@@ -452,6 +454,7 @@ impl Outbound {
     }
 
     /// Our UDP addresses.
+    #[cfg(test)]
     pub(crate) fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp
             .lock()

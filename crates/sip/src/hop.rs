@@ -128,7 +128,7 @@ Content-Length: 4\r\n\r\nv=0\n";
         assert_eq!(m.method_bytes(), &b"CANCEL"[..]);
         assert_eq!(m.ruri().unwrap(), &b"sip:bob@127.0.0.3:5070"[..]);
         let via = m.top_via().unwrap();
-        assert_eq!(via.branch.unwrap(), &b"z9hG4bKsiphon1.0"[..]);
+        assert_eq!(via.branch.clone().unwrap(), &b"z9hG4bKsiphon1.0"[..]);
         assert_eq!(m.headers_named(b"Via").count(), 1, "only our Via");
         assert_eq!(
             m.value(HeaderName::Route).unwrap(),
@@ -172,7 +172,7 @@ Content-Length: 4\r\n\r\nv=0\n";
         assert_eq!(m.value(HeaderName::CSeq).unwrap(), &b"7 ACK"[..]);
         assert_eq!(m.headers_named(b"Via").count(), 1);
         assert_eq!(
-            m.top_via().unwrap().branch.unwrap(),
+            m.top_via().unwrap().branch.clone().unwrap(),
             &b"z9hG4bKsiphon1.0"[..]
         );
         assert_eq!(m.headers_named(b"Route").count(), 1);

@@ -229,6 +229,9 @@ pub struct SipMsg {
     pub headers_end: u32,
     /// The body.
     pub body: Rng,
+    /// The topmost Via value, decoded once: matching, reply routing and
+    /// transaction keys read it several times per message.
+    top_via: std::sync::OnceLock<Option<crate::Via>>,
 }
 
 fn trim(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
@@ -400,6 +403,7 @@ fn parse_start(buf: Bytes, http: bool, one_content_length: bool) -> Result<SipMs
         headers_end,
         body: Rng::new(pos, pos + body_len),
         buf,
+        top_via: std::sync::OnceLock::new(),
     })
 }
 
@@ -498,10 +502,14 @@ impl SipMsg {
         crate::parse_cseq(&self.value(HeaderName::CSeq)?)
     }
     /// The topmost Via (the first value of the first Via header).
-    pub fn top_via(&self) -> Option<crate::Via> {
-        let v = self.value(HeaderName::Via)?;
-        let first = crate::split_commas(&v).into_iter().next()?;
-        crate::parse_via(&v.slice(first.range()))
+    pub fn top_via(&self) -> Option<&crate::Via> {
+        self.top_via
+            .get_or_init(|| {
+                let v = self.value(HeaderName::Via)?;
+                let first = crate::views::first_item(&v);
+                crate::parse_via(&v.slice(first.range()))
+            })
+            .as_ref()
     }
     /// The From header.
     pub fn from(&self) -> Option<crate::NameAddr> {

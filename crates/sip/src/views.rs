@@ -4,6 +4,41 @@
 use crate::msg::{Method, Rng};
 use bytes::Bytes;
 
+/// The first item of a comma-separated header value (what `split_commas`
+/// would give first), without splitting the rest.
+pub(crate) fn first_item(v: &[u8]) -> Rng {
+    let (mut quoted, mut angle, mut esc) = (false, false, false);
+    let mut end = v.len();
+    for (i, &c) in v.iter().enumerate() {
+        if esc {
+            esc = false;
+            continue;
+        }
+        match c {
+            b'\\' if quoted => esc = true,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b',' if !quoted && !angle => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (mut s, mut e) = (0, end);
+    while s < e && v[s].is_ascii_whitespace() {
+        s += 1;
+    }
+    while e > s && v[e - 1].is_ascii_whitespace() {
+        e -= 1;
+    }
+    Rng {
+        start: s as u32,
+        end: e as u32,
+    }
+}
+
 /// Splits a header value at commas that are outside quotes and `<…>`.
 pub fn split_commas(v: &[u8]) -> Vec<Rng> {
     let mut out = Vec::new();

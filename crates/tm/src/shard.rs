@@ -16,7 +16,9 @@ use siphon_sip::{
     CancelReason, ClientAction, ClientState, ClientTimers, ClientTx, Edits, Method, ReplyOptions,
     ReplyOrigin, ReplyVerdict, ServerTx, SipMsg, TxAction, TxState,
 };
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::time::{Duration, Instant};
 
 /// What the shell's types are: the table stores them and hands them back.
@@ -439,8 +441,8 @@ impl<S: Shell> TxShard<S> {
             cfg,
             salt,
             next_label: salt | 1,
-            txs: HashMap::new(),
-            by_key: HashMap::new(),
+            txs: HashMap::default(),
+            by_key: HashMap::default(),
             timers: BTreeSet::new(),
             out: VecDeque::new(),
             stats: TmStats::default(),
@@ -1002,7 +1004,7 @@ impl<S: Shell> TxShard<S> {
 
     /// Which shard a reply belongs to: the index our branch parameter carries.
     pub fn reply_index(msg: &SipMsg) -> Option<u32> {
-        let b = msg.top_via()?.branch?;
+        let b = msg.top_via()?.branch.as_ref()?;
         id::parse_branch(&b).map(|(id, _, _)| id.index)
     }
 
@@ -1030,7 +1032,7 @@ impl<S: Shell> TxShard<S> {
 
     /// The transaction (label), branch and "is the reply to our CANCEL" of a reply.
     fn match_reply(&self, msg: &SipMsg) -> Option<(u32, u16, bool)> {
-        let b = msg.top_via()?.branch?;
+        let b = msg.top_via()?.branch.as_ref()?;
         let (id, salt, branch) = id::parse_branch(&b)?;
         let label = self.label(id).filter(|_| salt == self.salt)?;
         let cseq = msg.cseq()?;

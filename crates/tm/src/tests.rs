@@ -197,7 +197,7 @@ fn one_branch_rings_and_answers() {
     // Our Via on top, the caller's below, the script's R-URI and Max-Forwards.
     let sent = parse(w.sent[0].clone()).unwrap();
     let via = sent.top_via().unwrap();
-    let (id, _, b) = id::parse_branch(&via.branch.unwrap()).unwrap();
+    let (id, _, b) = id::parse_branch(&via.branch.clone().unwrap()).unwrap();
     assert_eq!((id, b), (tx, 0));
     assert_eq!(sent.headers_named(b"Via").count(), 2);
     assert_eq!(sent.ruri().unwrap(), &b"sip:bob@127.0.0.3"[..]);

@@ -35,7 +35,7 @@ fn request_line_and_compact_headers() {
     let cseq = m.cseq().unwrap();
     assert_eq!((cseq.num, cseq.method), (1, Method::Invite));
     let via = m.top_via().unwrap();
-    assert_eq!(&via.branch.unwrap()[..], b"z9hG4bK-a1");
+    assert_eq!(&via.branch.clone().unwrap()[..], b"z9hG4bK-a1");
     assert_eq!(via.rport, Some(None));
     assert_eq!(&m.from().unwrap().tag.unwrap()[..], b"ft1");
     assert!(m.to().unwrap().tag.is_none());
@@ -122,7 +122,7 @@ fn edits_are_applied_at_serialisation() {
     let out = serialize(&m, &e);
     let m2 = parse(out.clone()).expect("re-parses");
     assert_eq!(&m2.ruri().unwrap()[..], b"sip:carol@127.0.0.5");
-    assert_eq!(&m2.top_via().unwrap().branch.unwrap()[..], b"z9hG4bKnew");
+    assert_eq!(&m2.top_via().unwrap().branch.clone().unwrap()[..], b"z9hG4bKnew");
     assert_eq!(m2.headers_named(b"via").count(), 3);
     assert_eq!(m2.max_forwards(), Some(69));
     assert!(m2.header(HeaderName::Route).is_none());
@@ -137,7 +137,7 @@ fn edits_are_applied_at_serialisation() {
         },
     );
     let m3 = parse(pop).unwrap();
-    assert_eq!(&m3.top_via().unwrap().branch.unwrap()[..], b"z9hG4bK-a1");
+    assert_eq!(&m3.top_via().unwrap().branch.clone().unwrap()[..], b"z9hG4bK-a1");
 }
 
 #[test]
