@@ -23,6 +23,7 @@ pub use tm::{TmConfig, TxId};
 pub use transport::{Bound, HttpService, Peer, PrefixedStream, Transport};
 
 use bytes::Bytes;
+use siphon_script::api::Host;
 use siphon_script::{Outcome, Program, Registry, RouteType};
 use siphon_sip::{Method, SipMsg};
 use std::net::SocketAddr;
@@ -96,10 +97,13 @@ impl Core {
         reg.add(tls::def());
     }
 
-    /// Hands HTTP connections on the SIP TCP listeners to `service` (xhttp
-    /// does this when it starts). Only the first call takes effect.
-    pub fn set_http_service(&self, service: Arc<dyn HttpService>) -> bool {
-        self.http.set(service).is_ok()
+    /// The host handle modules get in their [`StartCx`](siphon_script::api::StartCx);
+    /// `shutdown` is the token [`Core::start`] gets.
+    pub fn host(self: &Arc<Self>, shutdown: CancellationToken) -> Arc<dyn Host> {
+        Arc::new(CoreHost {
+            core: self.clone(),
+            shutdown,
+        })
     }
 
     /// The compiled program.
@@ -485,6 +489,33 @@ impl Core {
             x = x.rotate_left(17);
         }
         format!("{:016x}", x).into_bytes()
+    }
+}
+
+/// What modules reach the core through ([`Core::host`]).
+struct CoreHost {
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+}
+
+impl Host for CoreHost {
+    fn shutdown(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    fn set_http_service(&self, service: Arc<dyn HttpService>) -> bool {
+        self.core.http.set(service).is_ok()
+    }
+
+    fn set_http_message(
+        &self,
+        ctx: &mut siphon_script::Ctx,
+        raw: Bytes,
+        peer: Peer,
+    ) -> Result<(), String> {
+        let msg = siphon_sip::parse_http_request(raw).map_err(|e| e.to_string())?;
+        ctx.ext.insert(SipCtx::new(msg, peer));
+        Ok(())
     }
 }
 
