@@ -413,10 +413,8 @@ impl Module for TmModule {
     }
 }
 
-pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
-    use ArgKind::*;
-    crate::proxy::register(core, reg);
-    let simple = [
+/// The SIP PVs read by name (`$rm`, `$fu`, …).
+const SIMPLE: [(&str, SipPv); 34] = [
         ("rm", SipPv::Method),
         ("ru", SipPv::Ruri),
         ("rU", SipPv::RUser),
@@ -452,8 +450,85 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
         ("mt", SipPv::MsgType),
         ("pp", SipPv::Pid),
     ];
-    for (name, pv) in simple {
+
+/// The SIP PV a `$T_req(...)`/`$T_rpl(...)` names: `$name` of the simple
+/// ones, or `$hdr(Name)`.
+fn sip_pv_named(text: &str) -> Result<SipPv, String> {
+    let t = text.trim();
+    let name = t
+        .strip_prefix('$')
+        .ok_or_else(|| format!("expects a pseudo-variable like $hdr(Contact), not `{t}`"))?;
+    if let Some(h) = name.strip_prefix("hdr(").and_then(|r| r.strip_suffix(')')) {
+        let h = h.trim();
+        if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == ':') {
+            return Err("$hdr(...) expects a header name".into());
+        }
+        return Ok(SipPv::Hdr(Bytes::copy_from_slice(h.as_bytes())));
+    }
+    SIMPLE
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, pv)| pv.clone())
+        .ok_or_else(|| format!("`{t}` is not a SIP pseudo-variable siphon reads on a transaction's message"))
+}
+
+/// `$T_req(pv)` / `$T_rpl(pv)`: a SIP PV read on the transaction's request,
+/// or on the reply the failure route runs for (the picked branch's).
+struct OnTxMessage {
+    reply: bool,
+    inner: SipPvAccess,
+}
+
+impl PvAccess for OnTxMessage {
+    fn get(&self, ex: &mut Exec<'_>, idx: PvIdx) -> Value {
+        let Some(s) = sip(ex) else { return Value::Null };
+        let (Some(id), peer) = (s.tx, s.peer) else {
+            return Value::Null;
+        };
+        let core = &self.inner.core;
+        let msg = core.tm.with(core, id.index, |t, _| {
+            if self.reply {
+                t.picked_reply(id).cloned()
+            } else {
+                t.request(id).cloned()
+            }
+        });
+        let Some(msg) = msg else { return Value::Null };
+        let saved = ex.ctx.ext.remove::<SipCtx>();
+        ex.ctx.ext.insert(SipCtx::new(msg, peer));
+        let v = self.inner.get(ex, idx);
+        match saved {
+            Some(s) => ex.ctx.ext.insert(s),
+            None => {
+                ex.ctx.ext.remove::<SipCtx>();
+            }
+        }
+        v
+    }
+}
+
+pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
+    use ArgKind::*;
+    crate::proxy::register(core, reg);
+    for (name, pv) in SIMPLE {
         reg.core_pvs.push(pv_spec(core, name, pv));
+    }
+    for (name, reply) in [("T_req", false), ("T_rpl", true)] {
+        let c = core.clone();
+        reg.core_pvs.push(PvClassSpec::new(
+            name,
+            PvInner::Required,
+            Arc::new(move |inner| {
+                let pv = sip_pv_named(inner.unwrap_or_default())?;
+                Ok(Arc::new(OnTxMessage {
+                    reply,
+                    inner: SipPvAccess {
+                        pv,
+                        core: c.clone(),
+                    },
+                }) as Arc<dyn PvAccess>)
+            }),
+        ));
     }
     let c = core.clone();
     reg.core_pvs.push(PvClassSpec::new(

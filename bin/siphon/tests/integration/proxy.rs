@@ -485,6 +485,7 @@ fn serial_fork_after_486_checks_the_status_in_failure_route() {
             r#"{}
 failure_route[F] {{
     xlog("L_INFO", "failure_route F: T_reply_code $T_reply_code\n");
+    xlog("L_INFO", "failure_route F: T_rpl $T_rpl($rs) $T_reply_reason, T_req from $T_req($fU)\n");
     if (t_is_canceled()) {{
         exit;
     }}
@@ -506,6 +507,12 @@ failure_route[F] {{
         srv.log.lock().unwrap()
     );
     assert!(srv.log_contains("failure_route F: busy, next"));
+    // $T_rpl reads the picked reply, $T_req the transaction's request.
+    assert!(
+        srv.log_contains("failure_route F: T_rpl 486 Busy Here, T_req from sipp"),
+        "{:#?}",
+        srv.log.lock().unwrap()
+    );
     // The busy callee got the proxy's ACK for each 486.
     assert_uas_done(busy, 2);
     assert_uas_done(second, 2);
