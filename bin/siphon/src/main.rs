@@ -187,7 +187,7 @@ fn run(program: siphon_script::Program, core: Arc<siphon_core::Core>) -> ExitCod
             return ExitCode::from(1);
         }
     };
-    let program = Arc::new(program);
+    let program = program.into_shared();
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         // Signal handlers first: a SIGTERM right after "siphon started" must stop us cleanly.

@@ -157,7 +157,8 @@ impl std::fmt::Debug for ModuleDef {
 pub struct StartCx {
     /// The compiled program: event routes to run, route ids to resume in.
     /// What the module starts (listeners, connections, HTTP services) keeps
-    /// a clone; a script function has it as [`Exec::prog`].
+    /// a clone; a script function has it as [`Exec::prog`], and
+    /// [`Program::to_shared`] for the work it starts.
     pub program: Arc<Program>,
     /// The host: what the SIP core offers modules.
     pub host: Arc<dyn Host>,

@@ -539,6 +539,7 @@ impl Compiler<'_> {
             log_prefix,
             regex_cache: Default::default(),
             stats: Default::default(),
+            me: std::sync::Weak::new(),
         };
         (prog, self.diags)
     }

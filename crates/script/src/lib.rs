@@ -38,7 +38,7 @@ use siphon_cfg::{Diagnostic, Loader, PreOptions, SourceMap};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Index of a route in a [`Program`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -202,6 +202,10 @@ pub struct Program {
     started: std::time::SystemTime,
     stat_sources: Vec<Arc<dyn rpc::StatSource>>,
     evi: Arc<evi::Evi>,
+    /// This program once shared ([`Program::into_shared`]): what a script
+    /// function hands the I/O it starts ([`Program::to_shared`]), so no
+    /// module keeps a copy filled in late.
+    me: Weak<Program>,
 }
 
 impl std::fmt::Debug for Program {
@@ -216,6 +220,21 @@ impl std::fmt::Debug for Program {
 const REGEX_CACHE_MAX: usize = 256;
 
 impl Program {
+    /// The program, shared by the host, the modules and the I/O they start.
+    pub fn into_shared(self) -> Arc<Program> {
+        Arc::new_cyclic(|me| Program {
+            me: me.clone(),
+            ..self
+        })
+    }
+
+    /// The shared handle on this program, for a script function to give the
+    /// work it starts (a suspension's resume, an asynchronous RPC answer);
+    /// `None` when it was not made with [`Program::into_shared`].
+    pub fn to_shared(&self) -> Option<Arc<Program>> {
+        self.me.upgrade()
+    }
+
     /// A fresh context for a run of the given kind.
     pub fn new_ctx(&self, route_type: RouteType) -> Ctx {
         let mut c = Ctx::new(route_type, 0);

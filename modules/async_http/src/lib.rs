@@ -32,8 +32,8 @@ use siphon_script::{
     ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec, RouteId, RouteTable,
     RouteType, Value,
 };
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +49,6 @@ pub struct AsyncHttp {
     api: Api,
     name: &'static str,
     engine: Arc<Engine>,
-    program: Arc<OnceLock<Arc<Program>>>,
 }
 
 /// `$http_req(...)` settings for the next query of this context.
@@ -339,9 +338,9 @@ fn simple(name: &'static str, r: Res) -> PvClassSpec {
 
 impl AsyncHttp {
     fn launcher(&self, name: &'static str, params: &[ArgKind], kind: Kind) -> FunctionSpec {
-        let (engine, program, api) = (self.engine.clone(), self.program.clone(), self.api);
+        let (engine, api) = (self.engine.clone(), self.api);
         FunctionSpec::new(name, params, move |ex, a| {
-            let Some(prog) = program.get().cloned() else {
+            let Some(prog) = ex.prog.to_shared() else {
                 return (-1).into();
             };
             let url = a.text(0, ex);
@@ -470,11 +469,6 @@ impl Module for AsyncHttp {
         Some(Arc::new(Stats(self.engine.clone(), self.name)))
     }
 
-    fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let _ = self.program.set(cx.program.clone());
-        Ok(())
-    }
-
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -535,7 +529,6 @@ fn module(api: Api, name: &'static str, settings: Settings) -> Result<Arc<dyn Mo
         api,
         name,
         engine: Arc::new(Engine::new(settings)?),
-        program: Arc::new(OnceLock::new()),
     }) as Arc<dyn Module>)
 }
 

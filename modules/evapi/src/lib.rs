@@ -27,11 +27,9 @@ use hub::{EvapiCtx, Hub, Settings, Target};
 use serde_json::{Value, json};
 use siphon_script::api::*;
 use siphon_script::rpc::{RpcFailure, RpcSpec, StatSource};
-use siphon_script::{
-    ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec, RouteType,
-};
+use siphon_script::{ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, PvClassSpec, RouteType};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The loaded module.
@@ -39,7 +37,6 @@ pub struct Evapi {
     hub: Arc<Hub>,
     /// Kamailio parameters given that do nothing here (`name=value`).
     no_effect: Vec<String>,
-    program: Arc<OnceLock<Arc<Program>>>,
 }
 
 #[derive(Clone, Copy)]
@@ -72,12 +69,11 @@ struct AsyncCall {
     args: Arc<Args>,
     kind: Kind,
     hub: Arc<Hub>,
-    program: Arc<OnceLock<Arc<Program>>>,
 }
 
 impl Call for AsyncCall {
-    fn call(&self, _ex: &mut Exec<'_>) -> FnResult {
-        let Some(program) = self.program.get().cloned() else {
+    fn call(&self, ex: &mut Exec<'_>) -> FnResult {
+        let Some(program) = ex.prog.to_shared() else {
             return (-1).into();
         };
         let (args, hub, kind) = (self.args.clone(), self.hub.clone(), self.kind);
@@ -114,14 +110,8 @@ impl Call for AsyncCall {
     }
 }
 
-fn async_fn(
-    name: &'static str,
-    kind: Kind,
-    params: &[ArgKind],
-    hub: &Arc<Hub>,
-    program: &Arc<OnceLock<Arc<Program>>>,
-) -> FunctionSpec {
-    let (hub, program) = (hub.clone(), program.clone());
+fn async_fn(name: &'static str, kind: Kind, params: &[ArgKind], hub: &Arc<Hub>) -> FunctionSpec {
+    let hub = hub.clone();
     FunctionSpec::with_bind(
         name,
         params,
@@ -130,7 +120,6 @@ fn async_fn(
                 args: Arc::new(args),
                 kind,
                 hub: hub.clone(),
-                program: program.clone(),
             }) as Box<dyn Call>)
         }),
     )
@@ -188,21 +177,18 @@ impl Module for Evapi {
             Kind::Relay,
             &[ArgKind::Str],
             &self.hub,
-            &self.program,
         ));
         v.push(async_fn(
             "evapi_async_multicast",
             Kind::Multicast,
             &[ArgKind::Str, ArgKind::Str],
             &self.hub,
-            &self.program,
         ));
         v.push(async_fn(
             "evapi_async_unicast",
             Kind::Unicast,
             &[ArgKind::Str, ArgKind::Str],
             &self.hub,
-            &self.program,
         ));
         v.push(FunctionSpec::new("evapi_close", &[], |ex, _| {
             match ex.ctx.ext.get_mut::<EvapiCtx>() {
@@ -326,7 +312,6 @@ impl Module for Evapi {
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let _ = self.program.set(cx.program.clone());
         let _ = self.hub.program.set(cx.program.clone());
         if !self.no_effect.is_empty() {
             tracing::warn!(
@@ -543,7 +528,6 @@ pub fn def() -> ModuleDef {
                     .iter()
                     .filter_map(|n| cfg.int(n).map(|v| format!("{n}={v}")))
                     .collect(),
-                program: Arc::new(OnceLock::new()),
             }) as Arc<dyn Module>)
         }),
     }

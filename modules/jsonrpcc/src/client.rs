@@ -13,7 +13,7 @@ use siphon_script::evi::EventParams;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -127,7 +127,6 @@ pub struct Client {
     policy: Policy,
     seed: AtomicU64,
     settings: Settings,
-    program: OnceLock<Arc<Program>>,
     /// Messages no server could take.
     pub no_server: AtomicU64,
     me: Weak<Client>,
@@ -181,7 +180,6 @@ impl Client {
             policy,
             seed: AtomicU64::new(seed),
             settings,
-            program: OnceLock::new(),
             no_server: AtomicU64::new(0),
             me: me.clone(),
         })
@@ -192,12 +190,19 @@ impl Client {
         self.groups.iter().flat_map(|g| g.servers.iter())
     }
 
-    /// Starts one connection task per server (inside the runtime).
+    /// Starts one connection task per server (inside the runtime); they
+    /// raise `E_SERVER_STATE` through `program`'s event interface.
     pub fn start(&self, program: Arc<Program>) {
-        let _ = self.program.set(program);
         for s in self.servers() {
             if let Some(rx) = s.rx.lock().ok().and_then(|mut r| r.take()) {
-                tokio::spawn(run(s.clone(), rx, self.me.clone(), self.settings.clone()));
+                let settings = self.settings.clone();
+                tokio::spawn(run(
+                    s.clone(),
+                    rx,
+                    self.me.clone(),
+                    settings,
+                    program.clone(),
+                ));
             }
         }
     }
@@ -354,22 +359,21 @@ impl Client {
             let _ = r.send(Outcome::Failure);
         }
     }
+}
 
-    fn state_changed(&self, s: &Server, up: bool) {
-        if let Some(p) = self.program.get() {
-            let _ = p.evi().raise(
-                E_SERVER_STATE,
-                EventParams::Named(vec![
-                    ("server".into(), json!(s.spec.addr_text())),
-                    ("priority".into(), json!(s.spec.priority)),
-                    (
-                        "state".into(),
-                        json!(if up { "connected" } else { "disconnected" }),
-                    ),
-                ]),
-            );
-        }
-    }
+/// Raises `E_SERVER_STATE` for `s`.
+fn state_changed(program: &Program, s: &Server, up: bool) {
+    let _ = program.evi().raise(
+        E_SERVER_STATE,
+        EventParams::Named(vec![
+            ("server".into(), json!(s.spec.addr_text())),
+            ("priority".into(), json!(s.spec.priority)),
+            (
+                "state".into(),
+                json!(if up { "connected" } else { "disconnected" }),
+            ),
+        ]),
+    );
 }
 
 impl Server {
@@ -401,6 +405,7 @@ async fn run(
     mut rx: mpsc::Receiver<Cmd>,
     client: Weak<Client>,
     settings: Settings,
+    program: Arc<Program>,
 ) {
     let name = server.spec.addr_text();
     let mut attempts_left = settings.max_conn_attempts;
@@ -422,18 +427,14 @@ async fn run(
                 let _ = stream.set_nodelay(true);
                 server.state.store(UP, Ordering::Relaxed);
                 tracing::info!("jsonrpcc: connected to {name}");
-                if let Some(c) = client.upgrade() {
-                    c.state_changed(&server, true);
-                }
+                state_changed(&program, &server, true);
                 attempts_left = settings.max_conn_attempts;
                 backoff = MIN_BACKOFF;
                 let why = serve(&server, stream, &mut rx, &client, &settings).await;
                 server.state.store(DOWN, Ordering::Relaxed);
                 let Some(why) = why else { return };
                 tracing::warn!("jsonrpcc: {name}: {why}; reconnecting");
-                if let Some(c) = client.upgrade() {
-                    c.state_changed(&server, false);
-                }
+                state_changed(&program, &server, false);
             }
             r => {
                 let why = match r {

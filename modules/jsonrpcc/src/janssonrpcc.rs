@@ -18,9 +18,9 @@ use crate::servers::{ServerSpec, parse_jansson_server};
 use serde_json::{Value, json};
 use siphon_script::api::*;
 use siphon_script::rpc::StatSource;
-use siphon_script::{ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, Program, RouteTable};
+use siphon_script::{ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, RouteTable};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where results go.
@@ -188,17 +188,11 @@ pub struct Janssonrpcc {
     conns: HashMap<String, Arc<Client>>,
     result: ResultPv,
     codes: Vec<(i64, i64)>,
-    program: Arc<OnceLock<Arc<Program>>>,
 }
 
 impl Janssonrpcc {
     fn request_fn(&self, name: &'static str, with_options: bool) -> FunctionSpec {
-        let (conns, codes, result, program) = (
-            self.conns.clone(),
-            self.codes.clone(),
-            self.result.clone(),
-            self.program.clone(),
-        );
+        let (conns, codes, result) = (self.conns.clone(), self.codes.clone(), self.result.clone());
         let params: &[ArgKind] = if with_options {
             &[ArgKind::Str, ArgKind::Str, ArgKind::Str, ArgKind::Str]
         } else {
@@ -229,7 +223,7 @@ impl Janssonrpcc {
                     return (-1).into();
                 }
             };
-            let Some(prog) = program.get().cloned() else {
+            let Some(prog) = ex.prog.to_shared() else {
                 return (-1).into();
             };
             let call = Call {
@@ -335,7 +329,6 @@ impl Module for Janssonrpcc {
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let _ = self.program.set(cx.program.clone());
         for c in self.conns.values() {
             c.start(cx.program.clone());
         }
@@ -394,7 +387,6 @@ pub fn def() -> ModuleDef {
                         .unwrap_or_else(|| "$var(jsrpc_result)".into()),
                 )?,
                 codes: parse_codes(&cfg.str("retry_codes").unwrap_or_default())?,
-                program: Arc::new(OnceLock::new()),
             }) as Arc<dyn Module>)
         }),
     }

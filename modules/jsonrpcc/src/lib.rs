@@ -22,15 +22,14 @@ use client::{Client, Outcome, Settings};
 use serde_json::{Value, json};
 use siphon_script::api::*;
 use siphon_script::rpc::{RpcSpec, StatSource};
-use siphon_script::{ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, Program, RouteTable};
+use siphon_script::{ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, RouteTable};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The loaded module.
 pub struct Jsonrpcc {
     client: Arc<Client>,
-    program: Arc<OnceLock<Arc<Program>>>,
 }
 
 /// Params text → JSON (lenient: single quotes allowed). `None` when it is no JSON at all.
@@ -68,7 +67,6 @@ impl Module for Jsonrpcc {
             },
         );
         let client = self.client.clone();
-        let program = self.program.clone();
         let request = FunctionSpec::new(
             "jsonrpc_request",
             &[
@@ -92,7 +90,7 @@ impl Module for Jsonrpcc {
                 let Some(pv) = a.pv(4).cloned() else {
                     return (-1).into();
                 };
-                let Some(program) = program.get().cloned() else {
+                let Some(program) = ex.prog.to_shared() else {
                     return (-1).into();
                 };
                 let client = client.clone();
@@ -170,7 +168,6 @@ impl Module for Jsonrpcc {
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let _ = self.program.set(cx.program.clone());
         self.client.start(cx.program.clone());
         Ok(())
     }
@@ -288,7 +285,6 @@ pub fn def() -> ModuleDef {
                         max_conn_attempts: attempts,
                     },
                 ),
-                program: Arc::new(OnceLock::new()),
             }) as Arc<dyn Module>)
         }),
     }

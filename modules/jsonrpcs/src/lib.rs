@@ -28,10 +28,10 @@ use siphon_script::api::*;
 use siphon_script::http::{Exchange, HttpReply};
 use siphon_script::net::Transport;
 use siphon_script::rpc::RpcSpec;
-use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec};
+use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, PvClassSpec};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 /// The HTTP answer for a rendered reply.
 fn http_answer(reply: Option<Vec<u8>>) -> HttpReply {
@@ -246,7 +246,6 @@ fn positive(cfg: &ModuleConfig, name: &str, default: usize) -> Result<usize, Str
 /// The loaded module.
 pub struct Jsonrpcs {
     cfg: Config,
-    program: Arc<OnceLock<Arc<Program>>>,
     counters: Arc<Counters>,
 }
 
@@ -260,13 +259,11 @@ struct Jsonrpl {
 
 impl Module for Jsonrpcs {
     fn functions(&self) -> Vec<FunctionSpec> {
-        let program = self.program.clone();
-        let dispatch_program = self.program.clone();
         let (limits, exec_limits) = (self.cfg.limits(usize::MAX), self.cfg.limits(usize::MAX));
         let creds = self.cfg.auth.clone();
         let (counters, exec_counters) = (self.counters.clone(), self.counters.clone());
         let http_dispatch = FunctionSpec::new("jsonrpc_dispatch", &[], move |ex, _| {
-            let Some(p) = dispatch_program.get().cloned() else {
+            let Some(p) = ex.prog.to_shared() else {
                 return (-1).into();
             };
             let Some(x) = ex.ctx.ext.get_mut::<Exchange>() else {
@@ -321,12 +318,12 @@ impl Module for Jsonrpcs {
             http_dispatch,
             FunctionSpec::new("jsonrpc_exec", &[ArgKind::Str], move |ex, args| {
                 let doc = args.bytes(0, ex);
-                let Some(p) = program.get() else {
+                let Some(p) = ex.prog.to_shared() else {
                     return (-1).into();
                 };
                 let caller = Caller::new("script", "jsonrpc_exec");
                 let cx = Ctx {
-                    program: p,
+                    program: &p,
                     mode: Mode::Sync,
                     caller: &caller,
                     limits: exec_limits,
@@ -415,7 +412,6 @@ impl Module for Jsonrpcs {
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let _ = self.program.set(cx.program.clone());
         if self.cfg.wants(2) {
             transport::start_fifo(&self.cfg, cx.program.clone(), self.counters.clone())?;
         }
@@ -467,7 +463,6 @@ pub fn def() -> ModuleDef {
         instantiate: Arc::new(|cfg| {
             Ok(Arc::new(Jsonrpcs {
                 cfg: Config::from(cfg)?,
-                program: Arc::new(OnceLock::new()),
                 counters: Arc::new(Counters::default()),
             }) as Arc<dyn Module>)
         }),

@@ -37,8 +37,8 @@ use siphon_script::{
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -252,7 +252,11 @@ impl Server {
         if let Outcome::Suspended(_) = outcome {
             tracing::error!("event_route[{EVENT_ROUTE}]: cannot suspend, there is no transaction");
         }
-        match ctx.ext.get_mut::<Exchange>().and_then(Exchange::take_answer) {
+        match ctx
+            .ext
+            .get_mut::<Exchange>()
+            .and_then(Exchange::take_answer)
+        {
             Some(Answer::Now(r)) => r,
             Some(Answer::Later(f)) => {
                 // The context is not needed while the answer is computed.
@@ -401,7 +405,10 @@ impl Module for Xhttp {
             route,
             host: cx.host.clone(),
         };
-        if !cx.host.set_http_service(Arc::new(Service(Arc::new(server)))) {
+        if !cx
+            .host
+            .set_http_service(Arc::new(Service(Arc::new(server))))
+        {
             return Err("another HTTP service is registered already".into());
         }
         Ok(())

@@ -13,9 +13,9 @@
 //! `name{labels} value timestamp`, and the statistics already live in
 //! siphon's own counters, so a metrics registry would only copy them.
 
-use siphon_script::http::{Exchange, HttpReply};
 use bytes::Bytes;
 use siphon_script::api::*;
+use siphon_script::http::{Exchange, HttpReply};
 use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, Program, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
