@@ -6,7 +6,9 @@
 //! [`Registry`] before the configuration is compiled, and is started with the
 //! compiled [`Program`] afterwards. A suspended transaction keeps its whole
 //! script context and is resumed through the same path whether a module's
-//! I/O or the script's `t_continue` resumes it.
+//! I/O or the script's `t_continue` resumes it. Modules never name the core:
+//! they reach it through the host handle ([`Core::host`], the module API's
+//! `Host`) they get at start.
 
 #![warn(missing_docs)]
 

@@ -7,8 +7,12 @@
 //! external application suspends the transaction ([`api::FnResult::Suspend`])
 //! and the host resumes it later in a named route.
 //!
-//! The module API ([`api`]) lives here so that each module crate depends on
-//! this crate only, never on the core or on another module.
+//! The module API ([`api`], with [`http`] and [`net`]) lives here so that
+//! each module crate depends on this crate only, never on the core or on
+//! another module: what two modules share (the HTTP exchange, the peer a
+//! message came from) is defined here, and what a module needs of the core
+//! at run time comes through the host handle it gets at start
+//! ([`api::StartCx`], [`api::Host`]).
 
 #![warn(missing_docs)]
 

@@ -2,15 +2,18 @@
 //!
 //! The SIP transport looks at the first line of every TCP connection; when it
 //! ends in `HTTP/1.x` the connection comes here (the [`HttpService`] xhttp
-//! registers with its host at start)
-//! and hyper speaks HTTP/1.1 on it (keep-alive, pipelining, chunked bodies).
-//! Each request becomes a SIP-shaped message (the request line with its
-//! `HTTP/1.x` version, the headers and the body, as Kamailio fakes it) so the
-//! script's `$hdr(...)`, `$rb`, `$rm`, `$si`, `$sp`, `$Rp` work unchanged,
-//! and runs `event_route[xhttp:request]`. The route answers with
+//! registers with its [`Host`] at start) and hyper speaks HTTP/1.1 on it
+//! (keep-alive, pipelining, chunked bodies). Each request becomes a
+//! SIP-shaped message (the request line with its `HTTP/1.x` version, the
+//! headers and the body, as Kamailio fakes it), which the host makes the
+//! route's message ([`Host::set_http_message`]) so the script's
+//! `$hdr(...)`, `$rb`, `$rm`, `$si`, `$sp`, `$Rp` work unchanged, and runs
+//! `event_route[xhttp:request]`. The route answers with
 //! `xhttp_reply(code, reason, content_type, body)` or a module that fills the
-//! [`Exchange`] (jsonrpcs' `jsonrpc_dispatch()`); an answer may come later
-//! (an asynchronous RPC command) without holding a worker.
+//! [`Exchange`] (the module API's: jsonrpcs' `jsonrpc_dispatch()`,
+//! xhttp_prom's `prom_dispatch()`); an answer may come later (an
+//! asynchronous RPC command) without holding a worker. xhttp depends on the
+//! module API only, not on the core.
 //!
 //! Parameters: `url_match`, `url_skip` (regular expressions on the URL; skip
 //! wins; a filtered URL gets 404 without running the route),
