@@ -20,18 +20,7 @@ use siphon_tm::{BranchSpec, RelayError, TxId};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One `append_branch` entry.
-#[derive(Debug, Clone)]
-pub struct BranchEntry {
-    /// The branch's request URI.
-    pub uri: Bytes,
-    /// Where it is sent, if not to `uri`.
-    pub du: Option<Bytes>,
-    /// `q` × 1000 (Kamailio's scale), if given.
-    pub q: Option<i32>,
-    /// Branch flags.
-    pub flags: u64,
-}
+use siphon_script::sip::BranchEntry;
 
 /// What a `t_relay` variant fixes.
 #[derive(Debug, Clone, Default)]

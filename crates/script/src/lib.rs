@@ -27,6 +27,7 @@ pub mod jansson;
 pub mod net;
 pub mod pv;
 pub mod rpc;
+pub mod sip;
 pub mod value;
 
 pub use api::{

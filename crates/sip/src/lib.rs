@@ -28,7 +28,7 @@ pub use msg::{
     FrameError, Header, HeaderName, Kind, Method, ParseError, Rng, SipMsg, parse,
     parse_for_error_reply, parse_http_request, tcp_frame_len,
 };
-pub use tx::{ReplyOrigin, ServerTx, TxAction, TxState};
+pub use tx::{ReplyOrigin, ServerTx, TxAction, TxId, TxState};
 pub use uri::{Uri, UriError, parse_uri};
 pub use views::{CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via, split_commas};
 pub use write::{Edits, ReplyOptions, build_reply, serialize, via_with_received};

@@ -7,6 +7,17 @@
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
+/// A transaction's identity: `$T(id_index)` and `$T(id_label)`. Here, below
+/// the transaction table and the module API, so both can name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId {
+    /// Bucket (0..65535): Call-ID and CSeq number hashed, as Kamailio does, so
+    /// an INVITE, its CANCEL and its ACK share it; it picks the shard.
+    pub index: u32,
+    /// Unique within the shard.
+    pub label: u32,
+}
+
 /// RFC 3261 timer T1 (RTT estimate).
 pub const T1: Duration = Duration::from_millis(500);
 /// RFC 3261 timer T2 (maximum retransmit interval).

@@ -5,15 +5,7 @@
 use bytes::Bytes;
 use siphon_sip::{Method, SipMsg};
 
-/// `$T(id_index)` and `$T(id_label)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TxId {
-    /// Bucket (0..65535): Call-ID and CSeq number hashed, as Kamailio does, so
-    /// an INVITE, its CANCEL and its ACK share it; it picks the shard.
-    pub index: u32,
-    /// Unique within the shard.
-    pub label: u32,
-}
+pub use siphon_sip::TxId;
 
 /// The magic cookie every RFC 3261 branch starts with.
 pub const MAGIC: &[u8] = b"z9hG4bK";
