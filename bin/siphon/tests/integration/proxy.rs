@@ -722,6 +722,48 @@ fn udp_caller_to_tcp_callee() {
     assert_uas_done(uas, 2);
 }
 
+/// A UDP caller to a callee over TLS (Python's ssl module, the test CA's
+/// certificate for 127.0.0.1): siphon's TLS client verifies it against
+/// `ca_list`; the INVITE, the ACK of the 200 and the BYE go over TLS with a
+/// `SIP/2.0/TLS` Via.
+#[test]
+fn udp_caller_to_tls_callee() {
+    let dir = super::cli::Scratch::new("proxy-tls");
+    let (ca, cert, key) = super::harness::test_certs(&dir);
+    let uas = super::harness::PyPeer::start(
+        "tls_uas.py",
+        &[cert.to_str().unwrap(), key.to_str().unwrap()],
+        "got ",
+        "(python3 ssl)",
+    );
+    let srv = Server::start(&proxy_cfg(
+        &format!(
+            "loadmodule \"tls.so\"\nmodparam(\"tls\", \"certificate\", \"{}\")\nmodparam(\"tls\", \"private_key\", \"{}\")\nmodparam(\"tls\", \"ca_list\", \"{}\")\nlisten=tls:127.0.0.1:0",
+            cert.display(),
+            key.display(),
+            ca.display()
+        ),
+        "",
+        &format!(
+            "route[TARGET] {{\n    if (uri == myself) {{\n        $du = \"sip:127.0.0.1:{};transport=tls\";\n    }}\n}}\n",
+            uas.port
+        ),
+    ));
+    let caller = Raw::new();
+    let seen = raw_call(&caller, srv.udp, "tls", "tls-1", || {});
+    assert!(seen.iter().any(|m| status(m) == Some(180)), "{seen:#?}");
+    let mut methods = Vec::new();
+    while let Some(doc) = uas.next() {
+        let via = doc["via"][0].as_str().unwrap_or_default().to_string();
+        assert!(via.contains("SIP/2.0/TLS"), "our Via over TLS: {via}");
+        methods.push(doc["method"].as_str().unwrap_or_default().to_string());
+        if methods.last().map(String::as_str) == Some("BYE") {
+            break;
+        }
+    }
+    assert_eq!(methods, ["INVITE", "ACK", "BYE"]);
+}
+
 /// `t_relay_to_tcp()` names the protocol instead of the URI.
 #[test]
 fn t_relay_to_tcp_reaches_a_tcp_callee() {
