@@ -321,6 +321,7 @@ impl Core {
         // A branch's reply goes to its transaction; anything else (a late 2xx
         // after the transaction ended, a stateless forward's) by the next Via.
         let msg = match siphon_tm::TxShard::<tm::CoreShell>::reply_index(&msg) {
+            #[allow(clippy::result_large_err, reason = "the reply is handed back, not copied")]
             Some(index) => match self.tm.with(self, index, |t, now| t.receive_reply(msg, now)) {
                 Ok(()) => return,
                 Err(msg) => msg,
@@ -337,7 +338,7 @@ impl Core {
         let Ok(next) = siphon_sip::parse(out.clone()) else {
             return;
         };
-        let Some(dest) = next.top_via().and_then(|v| via_destination(&v)) else {
+        let Some(dest) = next.top_via().and_then(via_destination) else {
             stats::Stats::inc(&self.stats.drop_replies);
             return;
         };

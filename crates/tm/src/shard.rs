@@ -193,6 +193,10 @@ pub struct ReplyEdit {
 }
 
 /// What the shell must do.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "actions live between a shard's lock and their execution; boxing the reply would allocate per reply"
+)]
 pub enum Action<S: Shell> {
     /// Send to the caller.
     Upstream {
@@ -291,6 +295,14 @@ pub struct TmStats {
     pub failovers: u64,
 }
 
+/// When a CANCEL goes again.
+struct CancelRetx {
+    bytes: Bytes,
+    at: Instant,
+    interval: Duration,
+    until: Instant,
+}
+
 /// A branch's CANCEL: none yet, waiting for a provisional, or sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum CancelState {
@@ -334,6 +346,12 @@ struct Branch<S: Shell> {
     reply: Option<(SipMsg, Edits)>,
     /// The branch never got out (the selection may not pick it).
     send_failed: bool,
+    /// Over TCP/TLS: nothing is retransmitted.
+    reliable: bool,
+    /// Our CANCEL, resent over UDP (T1 doubling to T2) until its 200, the
+    /// branch's final, or 64·T1 (RFC 3261 §9.1: a CANCEL is a non-INVITE
+    /// client transaction of its own).
+    cancel_retx: Option<CancelRetx>,
     timed_out: bool,
     replied: bool,
     cancel: CancelState,
@@ -884,6 +902,8 @@ impl<S: Shell> TxShard<S> {
             code: 0,
             reply: None,
             send_failed: false,
+            reliable: spec.reliable,
+            cancel_retx: None,
             timed_out: false,
             replied: false,
             cancel: CancelState::None,
@@ -985,6 +1005,8 @@ impl<S: Shell> TxShard<S> {
                 code,
                 reply: None,
                 send_failed: false,
+                reliable: true,
+                cancel_retx: None,
                 timed_out: false,
                 replied: false,
                 cancel: CancelState::None,
@@ -1005,18 +1027,30 @@ impl<S: Shell> TxShard<S> {
     /// Which shard a reply belongs to: the index our branch parameter carries.
     pub fn reply_index(msg: &SipMsg) -> Option<u32> {
         let b = msg.top_via()?.branch.as_ref()?;
-        id::parse_branch(&b).map(|(id, _, _)| id.index)
+        id::parse_branch(b).map(|(id, _, _)| id.index)
     }
 
     /// A reply arrived: handled here, or handed back when it matches no
     /// branch of ours (the shell forwards it statelessly by its Via).
+    #[allow(
+        clippy::result_large_err,
+        reason = "the message handed back is the caller's own, moved in and out without a copy"
+    )]
     pub fn receive_reply(&mut self, msg: SipMsg, now: Instant) -> Result<(), SipMsg> {
         let Some((label, branch, cancel)) = self.match_reply(&msg) else {
             return Err(msg);
         };
         self.stats.rpl_received += 1;
         if cancel {
-            // The 200 to our own CANCEL: nothing more to do.
+            // The reply to our own CANCEL: it stops resending; nothing more.
+            if let Some(b) = self
+                .txs
+                .get_mut(&label)
+                .and_then(|t| t.branches.get_mut(branch as usize))
+            {
+                b.cancel_retx = None;
+            }
+            self.schedule(label);
             return Ok(());
         }
         let t = self.txs.get_mut(&label).expect("matched");
@@ -1033,7 +1067,7 @@ impl<S: Shell> TxShard<S> {
     /// The transaction (label), branch and "is the reply to our CANCEL" of a reply.
     fn match_reply(&self, msg: &SipMsg) -> Option<(u32, u16, bool)> {
         let b = msg.top_via()?.branch.as_ref()?;
-        let (id, salt, branch) = id::parse_branch(&b)?;
+        let (id, salt, branch) = id::parse_branch(b)?;
         let label = self.label(id).filter(|_| salt == self.salt)?;
         let cseq = msg.cseq()?;
         let t = &self.txs[&label];
@@ -1299,6 +1333,14 @@ impl<S: Shell> TxShard<S> {
         let Some(dest) = b.dest.clone() else { return };
         b.cancel = CancelState::Sent;
         b.client.on_cancel_sent(now);
+        if !b.reliable {
+            b.cancel_retx = Some(CancelRetx {
+                bytes: cancel.clone(),
+                at: now + self.cfg.t1,
+                interval: self.cfg.t1,
+                until: now + 64 * self.cfg.t1,
+            });
+        }
         self.stats.cancels_sent += 1;
         self.out.push_back(Action::Downstream {
             tx: id,
@@ -1580,6 +1622,14 @@ impl<S: Shell> TxShard<S> {
                             siphon_sip::build_cancel(&inv, CancelReason::None),
                             b.dest.clone(),
                         ) {
+                            if !b.reliable {
+                                b.cancel_retx = Some(CancelRetx {
+                                    bytes: c.clone(),
+                                    at: now + self.cfg.t1,
+                                    interval: self.cfg.t1,
+                                    until: now + 64 * self.cfg.t1,
+                                });
+                            }
                             self.stats.cancels_sent += 1;
                             self.out.push_back(Action::Downstream {
                                 tx: id,
@@ -1593,6 +1643,32 @@ impl<S: Shell> TxShard<S> {
                     ended = true;
                 }
                 ClientAction::Terminate | ClientAction::None => {}
+            }
+        }
+        let t = self.txs.get_mut(&label).expect("present");
+        for (i, b) in t.branches.iter_mut().enumerate() {
+            let Some(r) = b.cancel_retx.as_mut() else {
+                continue;
+            };
+            if now >= r.until
+                || b.client.state() == ClientState::Terminated
+                || b.replied && b.code >= 200
+            {
+                b.cancel_retx = None;
+                continue;
+            }
+            if now < r.at {
+                continue;
+            }
+            r.interval = (r.interval * 2).min(self.cfg.t2);
+            r.at = now + r.interval;
+            if let Some(dest) = b.dest.clone() {
+                self.out.push_back(Action::Downstream {
+                    tx: t.id,
+                    branch: i as u16,
+                    dest,
+                    bytes: r.bytes.clone(),
+                });
             }
         }
         for i in failovers {
@@ -1652,6 +1728,11 @@ impl<S: Shell> TxShard<S> {
         let next = [t.uas.next_deadline(), t.fr_at]
             .into_iter()
             .chain(t.branches.iter().map(|b| b.client.next_deadline()))
+            .chain(
+                t.branches
+                    .iter()
+                    .map(|b| b.cancel_retx.as_ref().map(|r| r.at)),
+            )
             .flatten()
             .min();
         if next == t.scheduled {

@@ -856,3 +856,34 @@ fn without_use_dns_failover_a_silent_branch_times_out() {
     w.out();
     assert_eq!(w.tick(2_000), ["up 408"]);
 }
+
+#[test]
+fn our_cancel_is_resent_over_udp_until_its_200() {
+    let mut w = World::new();
+    let (tx, msg) = w.invite("cancel-udp");
+    w.relay(tx, &msg, &[3], false);
+    w.done(tx, RouteKind::Request);
+    w.out();
+    w.at(100);
+    assert_eq!(w.receive(0, 180), ["up 180"]);
+    let cancel = request("CANCEL", "ccancel-udp", "cancel-udp", "");
+    assert_eq!(
+        w.shard.receive_request(&cancel, w.now),
+        Received::Canceled(tx)
+    );
+    let mut ours = None;
+    while let Some(a) = w.shard.poll_action() {
+        if let Action::Downstream { bytes, .. } = a {
+            ours = Some(parse(bytes).unwrap());
+        }
+    }
+    let ours = ours.expect("a CANCEL to the branch");
+    // Lost: it goes again at T1, then 2·T1.
+    assert_eq!(w.tick(600), ["b0 CANCEL"]);
+    assert_eq!(w.tick(1_700), ["b0 CANCEL"]);
+    // Its 200 stops it.
+    let ok = siphon_sip::build_reply(&ours, 200, b"OK", &ReplyOptions::default());
+    assert!(w.shard.receive_reply(parse(ok).unwrap(), w.now).is_ok());
+    assert!(w.tick(2_000).is_empty(), "no more CANCELs (fr_timer is 2 s here)");
+    assert_eq!(w.receive(0, 487), ["b0 ACK", "up 487"]);
+}
