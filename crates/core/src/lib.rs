@@ -520,6 +520,17 @@ impl Host for CoreHost {
         ctx.ext.insert(SipCtx::new(msg, peer));
         Ok(())
     }
+
+    fn reply(
+        &self,
+        ctx: &mut siphon_script::Ctx,
+        code: u16,
+        reason: &str,
+        extra: &[Bytes],
+        mode: siphon_script::api::ReplyMode,
+    ) -> Result<(), String> {
+        script::module_reply(&self.core, ctx, code, reason, extra, mode)
+    }
 }
 
 /// Where replies to a request go (RFC 3261 §18.2.2, RFC 3581): the source

@@ -71,6 +71,9 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
                 .push(Bytes::from_static(b"Max-Forwards: 70\r\n")),
         }
         s.max_forwards_done = true;
+    }
+    // Also after the maxfwd module did the Max-Forwards part.
+    if s.edits.top_via.is_none() {
         s.edits.top_via = core.received_via(&s.msg, &s.peer);
     }
     let Some(id) = core.newtran(s) else {

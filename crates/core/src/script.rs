@@ -53,21 +53,57 @@ fn sl_send(core: &Core, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 {
 
 fn t_send(core: &Arc<Core>, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 {
     let Some(s) = sip(ex) else { return -1 };
-    let Some(id) = s.tx else {
-        tracing::error!(target: "script", "t_reply: no transaction for this request (call t_newtran() first)");
-        return -1;
-    };
     let extra = std::mem::take(&mut s.reply_hdrs);
-    let tag = core.to_tag(&s.msg);
-    // Built here (not in the table) to replace a reply too large for UDP.
-    let (code, bytes) = core.sendable_reply(&s.msg, &s.peer, code, reason, &tag, &extra);
-    if core
-        .tm
-        .with(core, id.index, |t, now| t.reply_bytes(id, code, bytes, now))
-    {
+    if tx_reply(core, s, code, reason, &extra) {
         1
     } else {
         -1
+    }
+}
+
+/// A reply through the request's transaction (`t_reply`).
+fn tx_reply(core: &Arc<Core>, s: &SipCtx, code: u16, reason: &[u8], extra: &[Bytes]) -> bool {
+    let Some(id) = s.tx else {
+        tracing::error!(target: "script", "t_reply: no transaction for this request (call t_newtran() first)");
+        return false;
+    };
+    let tag = core.to_tag(&s.msg);
+    // Built here (not in the table) to replace a reply too large for UDP.
+    let (code, bytes) = core.sendable_reply(&s.msg, &s.peer, code, reason, &tag, extra);
+    core.tm
+        .with(core, id.index, |t, now| t.reply_bytes(id, code, bytes, now))
+}
+
+/// [`siphon_script::api::Host::reply`]: a module answers the route's request
+/// (sanity's stateless replies, registrar's `send_reply`-like ones).
+pub(crate) fn module_reply(
+    core: &Arc<Core>,
+    ctx: &mut siphon_script::Ctx,
+    code: u16,
+    reason: &str,
+    extra: &[Bytes],
+    mode: ReplyMode,
+) -> Result<(), String> {
+    if !(100..=699).contains(&code) {
+        return Err(format!("reply code {code} is not between 100 and 699"));
+    }
+    let s = ctx.ext.get_mut::<SipCtx>().ok_or("no SIP message to answer")?;
+    if !s.msg.is_request() {
+        return Err("a reply is not answered".into());
+    }
+    if s.msg.method() == siphon_sip::Method::Ack {
+        return Err("an ACK is not answered".into());
+    }
+    let mut lines = std::mem::take(&mut s.reply_hdrs);
+    lines.extend_from_slice(extra);
+    let sent = match (mode, s.tx) {
+        (ReplyMode::Stateful, Some(_)) => tx_reply(core, s, code, reason.as_bytes(), &lines),
+        _ => core.sl_reply(&s.msg, &s.peer, code, reason.as_bytes(), &lines),
+    };
+    if sent {
+        Ok(())
+    } else {
+        Err(format!("the {code} reply could not be sent"))
     }
 }
 

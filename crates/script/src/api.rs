@@ -185,6 +185,31 @@ pub trait Host: Send + Sync {
     /// message of `ctx`, so the SIP pseudo-variables (`$hdr`, `$rb`, `$rm`,
     /// `$si`…) read it. The error says why it does not parse.
     fn set_http_message(&self, ctx: &mut Ctx, raw: Bytes, peer: Peer) -> Result<(), String>;
+    /// Answers the request of `ctx` (a route's SIP message) with `code` and
+    /// `reason`; the reply carries the lines `append_to_reply` collected, then
+    /// `extra` (whole header lines with CRLF: `Unsupported: foo\r\n`,
+    /// `Contact: …\r\n`). The error says why nothing was sent (not a request,
+    /// an ACK, no transaction for [`ReplyMode::Stateful`] …).
+    fn reply(
+        &self,
+        _ctx: &mut Ctx,
+        _code: u16,
+        _reason: &str,
+        _extra: &[Bytes],
+        _mode: ReplyMode,
+    ) -> Result<(), String> {
+        Err("this host sends no SIP replies".into())
+    }
+}
+
+/// How [`Host::reply`] answers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    /// Statelessly, as `sl_send_reply()` does (sanity's replies).
+    Stateless,
+    /// Through the request's transaction when it has one, else statelessly,
+    /// as `send_reply()` does (registrar's replies).
+    Stateful,
 }
 
 /// A loaded module.

@@ -31,7 +31,7 @@ pub use msg::{
 pub use tx::{ReplyOrigin, ServerTx, TxAction, TxId, TxState};
 pub use uri::{Uri, UriError, parse_uri};
 pub use views::{CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via, split_commas};
-pub use write::{Edits, ReplyOptions, build_reply, serialize, via_with_received};
+pub use write::{At, Edits, ReplyOptions, build_reply, serialize, via_with_received};
 
 /// The largest message siphon accepts over TCP (and builds).
 pub const MAX_MESSAGE: usize = 65_536;

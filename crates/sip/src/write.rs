@@ -12,6 +12,10 @@ pub struct Edits {
     pub remove: Vec<usize>,
     /// Whole header lines (with CRLF) to add after the last header.
     pub append: Vec<Bytes>,
+    /// Whole header lines (with CRLF) to add elsewhere, in the order given
+    /// (Kamailio's lumps anchored at a header: `insert_hf`, a missing
+    /// Max-Forwards, `append_hf(txt, hdr)`).
+    pub insert: Vec<(At, Bytes)>,
     /// A Via value to put on top (`SIP/2.0/UDP host:port;branch=…`).
     pub push_via: Option<Bytes>,
     /// Remove the topmost Via value (relaying a reply).
@@ -23,12 +27,24 @@ pub struct Edits {
     pub top_via: Option<Bytes>,
 }
 
+/// Where [`Edits::insert`] puts a header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// Before the first header (and before a Via the relay adds).
+    Top,
+    /// Before header `i` (an index into `SipMsg::headers`).
+    Before(usize),
+    /// After header `i`.
+    After(usize),
+}
+
 impl Edits {
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
         self.ruri.is_none()
             && self.remove.is_empty()
             && self.append.is_empty()
+            && self.insert.is_empty()
             && self.push_via.is_none()
             && !self.pop_via
             && self.max_forwards.is_none()
@@ -56,6 +72,12 @@ pub fn serialize(msg: &SipMsg, edits: &Edits) -> Bytes {
         }
         _ => out.put_slice(&b[..first_header]),
     }
+    let put_at = |out: &mut BytesMut, at: At| {
+        for (_, line) in edits.insert.iter().filter(|(a, _)| *a == at) {
+            out.put_slice(line);
+        }
+    };
+    put_at(&mut out, At::Top);
     if let Some(v) = &edits.push_via {
         out.put_slice(b"Via: ");
         out.put_slice(v);
@@ -63,30 +85,45 @@ pub fn serialize(msg: &SipMsg, edits: &Edits) -> Bytes {
     }
     let mut first_via_done = false;
     for (i, h) in msg.headers.iter().enumerate() {
-        if edits.remove.contains(&i) {
-            continue;
-        }
-        if h.name == HeaderName::Via && !first_via_done {
-            first_via_done = true;
-            if edits.pop_via || edits.top_via.is_some() {
-                write_top_via(&mut out, msg, h, edits);
-                continue;
-            }
-        }
-        if h.name == HeaderName::MaxForwards
-            && let Some(mf) = edits.max_forwards
-        {
-            out.put_slice(&b[h.name_rng.range()]);
-            out.put_slice(format!(": {mf}\r\n").as_bytes());
-            continue;
-        }
-        out.put_slice(&b[h.line.range()]);
+        put_at(&mut out, At::Before(i));
+        write_header(&mut out, msg, i, h, edits, &mut first_via_done);
+        put_at(&mut out, At::After(i));
     }
     for a in &edits.append {
         out.put_slice(a);
     }
     out.put_slice(&b[msg.headers_end as usize..msg.body.end as usize]);
     out.freeze()
+}
+
+/// Header `i` as the edits leave it (nothing when removed).
+fn write_header(
+    out: &mut BytesMut,
+    msg: &SipMsg,
+    i: usize,
+    h: &crate::Header,
+    edits: &Edits,
+    first_via_done: &mut bool,
+) {
+    let b = msg.buf();
+    if edits.remove.contains(&i) {
+        return;
+    }
+    if h.name == HeaderName::Via && !*first_via_done {
+        *first_via_done = true;
+        if edits.pop_via || edits.top_via.is_some() {
+            write_top_via(out, msg, h, edits);
+            return;
+        }
+    }
+    if h.name == HeaderName::MaxForwards
+        && let Some(mf) = edits.max_forwards
+    {
+        out.put_slice(&b[h.name_rng.range()]);
+        out.put_slice(format!(": {mf}\r\n").as_bytes());
+        return;
+    }
+    out.put_slice(&b[h.line.range()]);
 }
 
 /// The first Via header with its first value popped or extended.
@@ -229,4 +266,32 @@ pub fn via_with_received(via: &[u8], received: Option<&[u8]>, rport: Option<u16>
         out.extend_from_slice(r);
     }
     out
+}
+
+#[cfg(test)]
+mod insert_tests {
+    use super::*;
+
+    #[test]
+    fn inserted_lines_land_where_asked() {
+        let m = crate::parse(Bytes::from_static(
+            b"OPTIONS sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        ))
+        .unwrap();
+        let e = Edits {
+            insert: vec![
+                (At::After(3), Bytes::from_static(b"X-After-Call-ID: 1\r\n")),
+                (At::Top, Bytes::from_static(b"Max-Forwards: 10\r\n")),
+                (At::Before(1), Bytes::from_static(b"X-Before-From: 1\r\n")),
+                (At::Top, Bytes::from_static(b"X-Top: 2\r\n")),
+            ],
+            push_via: Some(Bytes::from_static(b"SIP/2.0/UDP us;branch=z9hG4bK2")),
+            ..Default::default()
+        };
+        let out = serialize(&m, &e);
+        assert_eq!(
+            &out[..],
+            &b"OPTIONS sip:b@h SIP/2.0\r\nMax-Forwards: 10\r\nX-Top: 2\r\nVia: SIP/2.0/UDP us;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nX-Before-From: 1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nX-After-Call-ID: 1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"[..]
+        );
+    }
 }
