@@ -11,6 +11,7 @@ mod jsonrpcc;
 mod jsonrpcs;
 mod proxy;
 mod proxy_interop;
+mod registrar;
 mod sanity_maxfwd;
 mod seeds;
 mod sip;
