@@ -975,6 +975,9 @@ fn save(ex: &mut Exec<'_>, a: &Args, cfg: &RegConfig, host: Option<&Arc<dyn Host
                 if e == RegError::LowExpires {
                     extra.push(Bytes::from(format!("Min-Expires: {}\r\n", cfg.min_expires)));
                 }
+                if e == RegError::PathUnsupported {
+                    extra.push(Bytes::from_static(b"Unsupported: path\r\n"));
+                }
                 if e == RegError::TooMany && cfg.retry_after > 0 {
                     extra.push(Bytes::from(format!("Retry-After: {}\r\n", cfg.retry_after)));
                 }

@@ -585,3 +585,227 @@ fn usrloc_refuses_a_database_mode() {
         "{err}"
     );
 }
+
+#[test]
+fn lookup_forks_in_parallel_to_every_contact_highest_q_first() {
+    on_both(&[], |r| {
+        let answers = SippUas::start("uas_ack_bye.xml", "u1");
+        let ringing = SippUas::start("uas_ring_cancel.xml", "u1");
+        let uac = UdpUac::new(r.sip);
+        let contacts = [
+            format!("<sip:ring@{}>;q=0.5", ringing.addr),
+            format!("<sip:grace@{}>;q=1", answers.addr),
+        ];
+        let m = register(
+            &uac,
+            r.sip,
+            "grace",
+            1,
+            "c1",
+            &[&contacts[0], &contacts[1]],
+            "",
+        );
+        assert_eq!(
+            header(&m, "Contact").as_deref(),
+            Some(
+                format!(
+                    "<sip:grace@{}>;q=1;expires=3600, <sip:ring@{}>;q=0.5;expires=3600",
+                    answers.addr, ringing.addr
+                )
+                .as_str()
+            )
+        );
+        // Both ring at once; the answer wins, the ringing one is CANCELled.
+        // The ACK and BYE follow the callee's Contact.
+        sipp_uac("uac_invite_bye.xml", r.sip, "u1", 1, &["-s", "grace"]);
+        for (name, uas) in [("ringing", ringing), ("answering", answers)] {
+            let run = uas.finish();
+            assert_eq!(
+                (run.successful, run.failed),
+                (1, 0),
+                "{:?} {name}: {}",
+                r.which,
+                run.tail()
+            );
+        }
+    });
+}
+
+const FLAGS_CFG: &str = r#"
+loadmodule "jsonrpcs.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:0")
+modparam("usrloc", "nat_bflag", 6)
+modparam("registrar", "max_contacts", 2)
+modparam("registrar", "retry_after", 30)
+modparam("registrar", "received_avp", "$avp(RECEIVED)")
+request_route {
+    if (is_method("REGISTER")) {
+        if ($tU == "quiet") {
+            $var(rc) = save("location", "0x02");
+            xlog("L_INFO", "quiet save: $var(rc)\n");
+            sl_send_reply("202", "Saved Quietly");
+            exit;
+        }
+        if ($hdr(X-Nat) != $null) {
+            setbflag(6);
+            $avp(RECEIVED) = "sip:" + $si + ":" + $sp;
+        }
+        t_newtran();
+        save("location");
+        xlog("L_INFO", "save: $rc\n");
+        exit;
+    }
+    if (!lookup("location")) {
+        xlog("L_INFO", "lookup: $rc\n");
+        sl_send_reply("404", "Not Found");
+        exit;
+    }
+    if (isbflagset(6)) {
+        xlog("L_INFO", "lookup: nat flag restored, du=$du ru=$ru\n");
+    }
+    sl_send_reply("299", "Found");
+}
+"#;
+
+#[test]
+fn save_replies_through_the_transaction_and_keeps_flags_received_and_limits() {
+    let srv = Server::start(FLAGS_CFG);
+    let uac = UdpUac::new(srv.udp);
+    let to = srv.udp;
+    // t_newtran() first: save() answers through the transaction
+    let m = register(
+        &uac,
+        to,
+        "henry",
+        1,
+        "c1",
+        &["<sip:henry@10.0.0.1:5060>"],
+        "X-Nat: yes\r\n",
+    );
+    let received = format!("sip:127.0.0.1:{}", uac.addr().port());
+    assert_eq!(
+        header(&m, "Contact").as_deref(),
+        Some(format!("<sip:henry@10.0.0.1:5060>;expires=3600;received=\"{received}\"").as_str())
+    );
+    assert!(srv.log_soon("save: 1"));
+    let d = rpc_doc(&srv, "ul.lookup", json!(["location", "henry"]));
+    let c = &d["result"]["Contacts"][0]["Contact"];
+    assert_eq!(
+        (&c["CFlags"], &c["Received"]),
+        (&json!(64), &json!(received)),
+        "{d}"
+    );
+    // lookup restores the branch flags and sends to the received address
+    uac.send(
+        &super::harness::request("OPTIONS", uac.addr(), "opt1", "o1", "")
+            .replace("sip:service@", "sip:henry@"),
+    );
+    assert_eq!(uac.final_code(Duration::from_secs(5)), Some(299));
+    assert!(srv.log_soon(&format!(
+        "lookup: nat flag restored, du={received} ru=sip:henry@10.0.0.1:5060"
+    )));
+    // max_contacts 2: a third binding is refused with 503 and Retry-After, nothing saved
+    let m = register(
+        &uac,
+        to,
+        "henry",
+        2,
+        "c1",
+        &["<sip:henry@10.0.0.2>", "<sip:henry@10.0.0.3>"],
+        "",
+    );
+    assert_eq!(m.status(), Some(503));
+    assert_eq!(header(&m, "Retry-After").as_deref(), Some("30"));
+    assert_eq!(
+        header(&m, "P-Registrar-Error").as_deref(),
+        Some("Too many registered contacts")
+    );
+    assert!(srv.log_soon("save: -2"));
+    assert_eq!(stat(&srv, "usrloc:location-contacts"), 1);
+    // an update is 2, a removal 3, a query 4
+    let m = register(
+        &uac,
+        to,
+        "henry",
+        3,
+        "c1",
+        &["<sip:henry@10.0.0.1:5060>"],
+        "",
+    );
+    assert_eq!(m.status(), Some(200));
+    assert!(srv.log_soon("save: 2"));
+    register(&uac, to, "henry", 4, "c1", &[], "");
+    assert!(srv.log_soon("save: 4"));
+    register(
+        &uac,
+        to,
+        "henry",
+        5,
+        "c1",
+        &["<sip:henry@10.0.0.1:5060>;expires=0"],
+        "",
+    );
+    assert!(srv.log_soon("save: 3"));
+    uac.send(
+        &super::harness::request("OPTIONS", uac.addr(), "opt2", "o2", "")
+            .replace("sip:service@", "sip:henry@"),
+    );
+    assert_eq!(uac.final_code(Duration::from_secs(5)), Some(404));
+    assert!(srv.log_soon("lookup: -1"));
+    // 0x02: saved without a reply (the script answers)
+    let m = register(&uac, to, "quiet", 1, "q1", &["<sip:quiet@10.0.0.9>"], "");
+    assert_eq!(m.status(), Some(202));
+    assert!(srv.log_soon("quiet save: 1"));
+    assert_eq!(stat(&srv, "registrar:accepted_regs"), 5);
+    assert_eq!(stat(&srv, "registrar:rejected_regs"), 1);
+}
+
+const REGISTERED_CFG: &str = r#"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+request_route {
+    if (is_method("REGISTER")) {
+        save("location");
+        exit;
+    }
+    if (is_method("MESSAGE")) {
+        if (unregister("location", "sip:" + $rU + "@127.0.0.1")) {
+            sl_send_reply("296", "Unregistered");
+        } else {
+            sl_send_reply("295", "Nothing To Unregister");
+        }
+        exit;
+    }
+    if (registered("location")) {
+        sl_send_reply("298", "Registered");
+    } else {
+        sl_send_reply("297", "Not Registered");
+    }
+}
+"#;
+
+#[test]
+fn registered_and_unregister_look_at_the_table() {
+    let srv = Server::start(REGISTERED_CFG);
+    let uac = UdpUac::new(srv.udp);
+    let ask = |method: &str, user: &str, n: u32| {
+        let req = super::harness::request(
+            method,
+            uac.addr(),
+            &format!("{method}{n}"),
+            &format!("{method}-{n}"),
+            "",
+        );
+        uac.send(&req.replace("sip:service@", &format!("sip:{user}@")));
+        uac.final_code(Duration::from_secs(5))
+    };
+    assert_eq!(ask("OPTIONS", "ivy", 1), Some(297));
+    register(&uac, srv.udp, "ivy", 1, "c1", &["<sip:ivy@10.0.0.1>"], "");
+    assert_eq!(ask("OPTIONS", "ivy", 2), Some(298));
+    assert_eq!(ask("MESSAGE", "ivy", 3), Some(296));
+    assert_eq!(ask("OPTIONS", "ivy", 4), Some(297));
+    assert_eq!(ask("MESSAGE", "ivy", 5), Some(295));
+}
