@@ -20,7 +20,7 @@ use siphon_tm::{BranchSpec, RelayError, TxId};
 use std::sync::Arc;
 use std::time::Duration;
 
-use siphon_script::sip::BranchEntry;
+use siphon_script::sip::{BranchEntry, RecordRoute, RrSocket};
 
 /// What a `t_relay` variant fixes.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +40,8 @@ struct Planned {
     uri: Bytes,
     dest: Bytes,
     flags: u64,
+    /// `record_route()` (rr): its own when the branch route asked for it.
+    record_route: Option<RecordRoute>,
 }
 
 /// `t_relay` and its variants. Returns 1 when the branches went (or are on
@@ -86,6 +88,7 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
             uri: s.ruri(),
             dest: host_port_uri(host, *port),
             flags: s.bflags,
+            record_route: s.record_route.clone(),
         });
     } else if !s.ruri_consumed {
         let uri = s.ruri();
@@ -93,6 +96,7 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
             dest: s.du.clone().unwrap_or_else(|| uri.clone()),
             uri,
             flags: s.bflags,
+            record_route: s.record_route.clone(),
         });
     }
     for b in std::mem::take(&mut s.branches) {
@@ -100,6 +104,7 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
             dest: b.du.clone().unwrap_or_else(|| b.uri.clone()),
             uri: b.uri,
             flags: b.flags,
+            record_route: s.record_route.clone(),
         });
     }
     if planned.is_empty() {
@@ -139,12 +144,13 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
         let send = send_options(s, &d);
         match d.plan() {
             Plan::Literal(target) => {
+                record_route(core, &mut edits, p.record_route.as_ref(), &s.peer, target, send.from);
                 match branch_spec(core, &s.msg, edits, hop(target, &send), p.flags) {
                     Some(b) => specs.push(b),
                     None => bad_uri += 1,
                 }
             }
-            _ => resolving.push((d, s.msg.clone(), edits, p.flags, send)),
+            _ => resolving.push((d, s.msg.clone(), edits, p.flags, send, p.record_route, s.peer)),
         }
     }
     if specs.is_empty() && resolving.is_empty() {
@@ -168,7 +174,7 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
             }
         }
     }
-    for (d, msg, edits, flags, send) in resolving {
+    for (d, msg, edits, flags, send, rr, peer) in resolving {
         if !core.tm.with(core, id.index, |t, _| t.hold(id)) {
             return -1;
         }
@@ -188,9 +194,13 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
                             reliable: t.transport.is_reliable(),
                         })
                     });
-                    usable.next().map(|first| BranchSpec {
+                    usable.next().map(|first: siphon_tm::Alternate<crate::tm::CoreShell>| BranchSpec {
                         msg: msg.clone(),
-                        edits: edits.clone(),
+                        edits: {
+                            let mut e = edits.clone();
+                            record_route(&core, &mut e, rr.as_ref(), &peer, first.dest.target, send.from);
+                            e
+                        },
                         sent_by: first.sent_by,
                         dest: first.dest,
                         reliable: first.reliable,
@@ -279,12 +289,14 @@ pub(crate) fn forward_stateless(
     branch.extend_from_slice(&core.to_tag(&s.msg));
     let send = send_options(s, &d);
     let msg = s.msg.clone();
+    let (rr, peer) = (s.record_route.clone(), s.peer);
     let go = move |core: &Arc<Core>, target: Target| -> bool {
         let Some(sent_by) = core.sent_by(target, send.from) else {
             tracing::info!("forward: no listener of {} to send to {}", target.transport.name(), target.addr);
             return false;
         };
         let mut edits = edits.clone();
+        record_route(core, &mut edits, rr.as_ref(), &peer, target, send.from);
         let mut via = sent_by.to_vec();
         via.extend_from_slice(b";branch=");
         via.extend_from_slice(&branch);
@@ -365,6 +377,7 @@ fn run_branch_route(
     };
     let s = sip(ex)?;
     let saved = (s.edits.clone(), s.du.clone(), s.bflags, s.branch);
+    let saved_rr = std::mem::replace(&mut s.record_route, p.record_route.clone());
     s.edits.ruri = Some(p.uri.clone());
     s.du = (p.dest != p.uri).then(|| p.dest.clone());
     s.bflags = p.flags;
@@ -382,6 +395,8 @@ fn run_branch_route(
         dest: s.du.clone().unwrap_or_else(|| uri.clone()),
         uri,
         flags: s.bflags,
+        // A record_route() in the branch route is this branch's only (Kamailio).
+        record_route: std::mem::replace(&mut s.record_route, saved_rr),
     };
     // This branch's edits stay with it: the request goes out with them.
     let branch_edits = std::mem::replace(&mut s.edits, saved.0);
@@ -391,6 +406,45 @@ fn run_branch_route(
         return None;
     }
     Some((out, Some(branch_edits)))
+}
+
+/// `record_route()` (rr): the Record-Route line(s) on top of a request
+/// that came in from `peer` and leaves for `target` (from `from`, `$fs`):
+/// the inbound listener's address, and with double record-routing the
+/// outbound one's first (Kamailio's lumps substituted at printing).
+fn record_route(
+    core: &Core,
+    edits: &mut siphon_sip::Edits,
+    rr: Option<&RecordRoute>,
+    peer: &siphon_script::net::Peer,
+    target: Target,
+    from: Option<std::net::SocketAddr>,
+) {
+    let Some(rr) = rr else { return };
+    let socket = |transport: Transport, host_port: Option<String>| {
+        host_port.map(|host_port| RrSocket {
+            host_port,
+            transport: transport.name(),
+        })
+    };
+    let inbound = socket(
+        peer.transport,
+        core.out.via_sent_by(
+            Target {
+                transport: peer.transport,
+                addr: peer.src,
+            },
+            Some(peer.local),
+        ),
+    );
+    let outbound = socket(target.transport, core.out.via_sent_by(target, from));
+    let (Some(inbound), Some(outbound)) = (inbound, outbound) else {
+        tracing::warn!(target: "script", "record_route: no listener for the Record-Route of a request to {}", target.addr);
+        return;
+    };
+    for (n, line) in rr.lines(&inbound, &outbound).into_iter().enumerate() {
+        edits.insert.insert(n, (siphon_sip::At::Top, line));
+    }
 }
 
 /// The branch for `target`: our Via's sent-by for that transport and family.

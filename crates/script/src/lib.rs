@@ -336,6 +336,11 @@ impl Program {
     pub fn started(&self) -> std::time::SystemTime {
         self.started
     }
+    /// Whether a URI or address is one of this server's (`uri == myself`;
+    /// false when the host gave no check).
+    pub fn is_myself(&self, v: &[u8]) -> bool {
+        self.hooks.myself.as_ref().is_some_and(|f| f(v))
+    }
     /// A loaded module by its concrete type.
     pub fn module<T: Module>(&self) -> Option<&T> {
         self.modules

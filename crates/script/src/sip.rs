@@ -7,6 +7,9 @@ use crate::net::{Peer, Transport};
 use bytes::Bytes;
 use siphon_sip::{Edits, SipMsg};
 
+mod record_route;
+pub use record_route::{DoubleRr, RecordRoute, RrAddresses, RrSocket};
+
 /// The SIP side of a route run: the message, where it came from, what the
 /// script changed, and its transaction.
 #[derive(Debug)]
@@ -46,6 +49,9 @@ pub struct SipCtx {
     pub forward_no_connect: bool,
     /// `t_suspend()` was called: park the transaction when the route ends.
     pub suspend_requested: bool,
+    /// `record_route()` / `record_route_preset()` (rr): the Record-Route the
+    /// core writes on top of each relayed branch.
+    pub record_route: Option<RecordRoute>,
 }
 
 impl SipCtx {
@@ -69,6 +75,7 @@ impl SipCtx {
             send_socket: None,
             forward_no_connect: false,
             suspend_requested: false,
+            record_route: None,
         }
     }
 

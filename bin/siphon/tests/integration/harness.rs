@@ -610,3 +610,17 @@ pub(crate) fn sipp_uac_on(
     );
     run.output
 }
+
+/// Stops a server the test started (siphon, Kamailio): SIGTERM (Kamailio
+/// then stops the workers it forked), 5 s to exit, then SIGKILL.
+pub(crate) fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -11,6 +11,7 @@ mod jsonrpcc;
 mod jsonrpcs;
 mod proxy;
 mod proxy_interop;
+mod record_route;
 mod registrar;
 mod sanity_maxfwd;
 mod seeds;

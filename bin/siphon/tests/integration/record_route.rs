@@ -1,0 +1,179 @@
+//! rr end to end: a sipp caller, a record-routing proxy on
+//! `bench/kamailio-rr.cfg` (record_route() on the INVITE, loose_route() and
+//! t_relay() in the dialog) and a sipp callee. The callee's INVITE must
+//! carry our Record-Route, the caller's ACK and the callee's BYE come back
+//! with a Route to the proxy and must reach the other side
+//! (`bench/sipp/uac_rr.xml`, `uas_rr.xml`). The same config runs on
+//! Kamailio 5.6.3 when installed, and the Record-Route lines the callee got
+//! from both must have the same shape; without `kamailio` that half says so
+//! and passes.
+
+use super::harness::{SippUas, free_port, sipp_uac, terminate, wait_bound};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// A proxy on `bench/kamailio-rr.cfg` (UDP and TCP on one free port),
+/// stopped with SIGTERM when dropped.
+struct Proxy {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Server {
+    Siphon,
+    Kamailio,
+}
+
+/// The proxy relaying initial INVITEs to `uas` (over TCP when `uas_tcp`);
+/// `None` (after a note) when it is Kamailio and Kamailio is not installed.
+fn start(server: Server, uas: SocketAddr, uas_tcp: bool) -> Option<Proxy> {
+    let cfg = format!("{}/../../bench/kamailio-rr.cfg", env!("CARGO_MANIFEST_DIR"));
+    let program = match server {
+        Server::Siphon => env!("CARGO_BIN_EXE_siphon"),
+        Server::Kamailio => {
+            if Command::new("kamailio").arg("-v").output().is_err() {
+                eprintln!(
+                    "kamailio is not installed (scripts/install-test-peers.sh): its half skipped"
+                );
+                return None;
+            }
+            "kamailio"
+        }
+    };
+    for _ in 0..5 {
+        let addr = free_port("u1");
+        let mut cmd = Command::new(program);
+        cmd.args(["-f", &cfg]);
+        if let Server::Kamailio = server {
+            cmd.args(["-DD", "-E", "-m", "64", "-M", "8"]);
+        }
+        let mut child = cmd
+            .args(["-A", &format!("PROXY_PORT={}", addr.port())])
+            .args(["-A", &format!("UAS_PORT={}", uas.port())])
+            .args(["-A", &format!("UAS_TCP={}", u8::from(uas_tcp))])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the proxy");
+        if wait_bound(addr, "u1", &mut child) && wait_bound(addr, "t1", &mut child) {
+            return Some(Proxy { addr, child });
+        }
+        drop(Proxy { addr, child });
+    }
+    panic!("the proxy did not start on {cfg}");
+}
+
+/// A file sipp writes the messages of a run into (`-trace_msg`).
+fn trace_file(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("siphon-rr-{}-{name}.log", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// The Record-Route lines of the first INVITE in a sipp message trace, with
+/// the proxy's port and the From-tag written `PORT` and `TAG`.
+fn record_routes(trace: &PathBuf, proxy: SocketAddr) -> Vec<String> {
+    let text = std::fs::read_to_string(trace).expect("sipp wrote its message trace");
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("INVITE "))
+        .expect("the callee got an INVITE");
+    let port = format!(":{}", proxy.port());
+    lines[start..]
+        .iter()
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.starts_with("Record-Route:"))
+        .map(|l| {
+            let l = l.trim_end().replace(&port, ":PORT");
+            match l.split_once(";ftag=") {
+                Some((head, rest)) => {
+                    let end = rest.find([';', '>']).unwrap_or(rest.len());
+                    format!("{head};ftag=TAG{}", &rest[end..])
+                }
+                None => l,
+            }
+        })
+        .collect()
+}
+
+/// `calls` calls from a UDP caller to a callee over `uas_transport`
+/// through `server`; the Record-Route lines the callee saw (normalised).
+fn call_through(server: Server, uas_transport: &str, calls: u32) -> Option<Vec<String>> {
+    let name = format!(
+        "{}-{uas_transport}",
+        match server {
+            Server::Siphon => "siphon",
+            Server::Kamailio => "kamailio",
+        }
+    );
+    let trace = trace_file(&name);
+    let uas = SippUas::start_on(
+        "127.0.0.1",
+        "uas_rr.xml",
+        uas_transport,
+        &[
+            "-trace_msg",
+            "-message_file",
+            trace.to_str().expect("utf-8 path"),
+        ],
+    );
+    let proxy = start(server, uas.addr, uas_transport == "t1")?;
+    // INVITE with Record-Route; the caller's ACK and the callee's BYE along
+    // the route set, each through loose_route() on the proxy.
+    sipp_uac("uac_rr.xml", proxy.addr, "u1", calls, &[]);
+    let run = uas.finish();
+    assert!(
+        run.successful == u64::from(calls) && run.failed == 0,
+        "callee: {} ok, {} failed of {calls}\n{}",
+        run.successful,
+        run.failed,
+        run.tail()
+    );
+    let rr = record_routes(&trace, proxy.addr);
+    let _ = std::fs::remove_file(&trace);
+    Some(rr)
+}
+
+/// One Record-Route: the socket the request came in on and left from.
+const SINGLE: [&str; 1] = ["Record-Route: <sip:127.0.0.1:PORT;lr;ftag=TAG>"];
+
+/// Double Record-Route when the callee is over TCP: the outbound socket's
+/// first, both `;r2=on` (what Kamailio 5.6.3 writes).
+const DOUBLE: [&str; 2] = [
+    "Record-Route: <sip:127.0.0.1:PORT;transport=tcp;r2=on;lr;ftag=TAG>",
+    "Record-Route: <sip:127.0.0.1:PORT;r2=on;lr;ftag=TAG>",
+];
+
+#[test]
+fn siphon_record_routes_and_loose_routes_a_udp_dialog() {
+    let rr = call_through(Server::Siphon, "u1", 3).expect("siphon runs");
+    assert_eq!(rr, SINGLE);
+}
+
+#[test]
+fn kamailio_record_routes_and_loose_routes_a_udp_dialog() {
+    if let Some(rr) = call_through(Server::Kamailio, "u1", 3) {
+        assert_eq!(rr, SINGLE);
+    }
+}
+
+#[test]
+fn siphon_double_record_routes_a_udp_caller_to_a_tcp_callee() {
+    let rr = call_through(Server::Siphon, "t1", 3).expect("siphon runs");
+    assert_eq!(rr, DOUBLE);
+}
+
+#[test]
+fn kamailio_double_record_routes_a_udp_caller_to_a_tcp_callee() {
+    if let Some(rr) = call_through(Server::Kamailio, "t1", 3) {
+        assert_eq!(rr, DOUBLE);
+    }
+}
