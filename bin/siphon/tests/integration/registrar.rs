@@ -809,3 +809,79 @@ fn registered_and_unregister_look_at_the_table() {
     assert_eq!(ask("OPTIONS", "ivy", 4), Some(297));
     assert_eq!(ask("MESSAGE", "ivy", 5), Some(295));
 }
+
+#[test]
+fn method_filtering_answers_405_for_a_method_no_contact_accepts() {
+    on_both(&["METHOD_FILTERING=1"], |r| {
+        let uac = UdpUac::new(r.sip);
+        let m = register(
+            &uac,
+            r.sip,
+            "jack",
+            1,
+            "c1",
+            &["<sip:jack@127.0.0.1:7020>"],
+            "Allow: INVITE, ACK, BYE, CANCEL\r\n",
+        );
+        assert_eq!(m.status(), Some(200));
+        let req = super::harness::request("MESSAGE", uac.addr(), "msg1", "m1", "");
+        uac.send(&req.replace("sip:service@", "sip:jack@"));
+        assert_eq!(
+            uac.final_code(Duration::from_secs(5)),
+            Some(405),
+            "{:?}",
+            r.which
+        );
+    });
+}
+
+#[test]
+fn a_saved_path_routes_the_request_through_its_first_hop() {
+    on_both(&["USE_PATH=1"], |r| {
+        let edge = UdpSocket::bind("127.0.0.1:0").unwrap();
+        edge.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let hop = format!("<sip:edge@{};lr>", edge.local_addr().unwrap());
+        let uac = UdpUac::new(r.sip);
+        let m = register(
+            &uac,
+            r.sip,
+            "kate",
+            1,
+            "c1",
+            &["<sip:kate@10.0.0.7:5060>"],
+            &format!("Path: {hop}\r\nSupported: path\r\n"),
+        );
+        assert_eq!(m.status(), Some(200));
+        assert_eq!(
+            header(&m, "Path").as_deref(),
+            Some(hop.as_str()),
+            "{:?}",
+            r.which
+        );
+        let req = super::harness::request("OPTIONS", uac.addr(), "opt1", "o1", "");
+        uac.send(&req.replace("sip:service@", "sip:kate@"));
+        let mut buf = vec![0u8; 65535];
+        let (n, _) = edge
+            .recv_from(&mut buf)
+            .expect("the request at the Path's first hop");
+        let got = siphon_sip::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+        assert_eq!(
+            got.ruri().as_deref(),
+            Some(&b"sip:kate@10.0.0.7:5060"[..]),
+            "{:?}",
+            r.which
+        );
+        assert_eq!(
+            header(&got, "Route").as_deref(),
+            Some(hop.as_str()),
+            "{:?}",
+            r.which
+        );
+        let d = r.rpc("ul.lookup", json!(["location", "kate"]));
+        assert_eq!(
+            d["result"]["Contacts"][0]["Contact"]["Path"],
+            json!(hop),
+            "{d}"
+        );
+    });
+}
