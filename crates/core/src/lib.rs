@@ -16,6 +16,7 @@ pub mod dns;
 mod proxy;
 mod script;
 pub mod stats;
+mod textops;
 pub mod tls;
 mod tm;
 pub mod transport;

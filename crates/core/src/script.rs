@@ -473,6 +473,7 @@ impl PvAccess for OnTxMessage {
 pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     use ArgKind::*;
     crate::proxy::register(core, reg);
+    crate::textops::register(core, reg);
     for (name, pv) in SIMPLE {
         reg.core_pvs.push(pv_spec(core, name, pv));
     }
@@ -703,16 +704,6 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
             1.into()
         } else {
             (-1).into()
-        }
-    }));
-    f(FunctionSpec::new("append_hf", &[Str], |ex, a| {
-        let text = a.bytes(0, ex);
-        match sip(ex) {
-            Some(s) => {
-                s.edits.append.push(text);
-                1.into()
-            }
-            None => (-1).into(),
         }
     }));
     f(FunctionSpec::new("remove_hf", &[Str], |ex, a| {

@@ -3,6 +3,7 @@
 mod async_http;
 mod async_relay;
 mod cli;
+mod counters;
 mod evapi;
 mod event_jsonrpc;
 mod golden;

@@ -1,0 +1,253 @@
+//! Core functions Kamailio's shipped configurations call beyond sl/tm:
+//! header edits with a position (textops), `msg_apply_changes` (textopsx),
+//! `force_rport`, `is_myself`, `isdsturiset` (kex) and the tmx route-type
+//! checks.
+
+use crate::Core;
+use bytes::Bytes;
+use siphon_script::api::*;
+use siphon_script::sip::SipCtx;
+use siphon_script::{ArgKind, Exec, FunctionSpec, Registry, RouteType};
+use siphon_sip::{At, Edits, SipMsg};
+use std::sync::Arc;
+
+fn sip<'a>(ex: &'a mut Exec<'_>) -> Option<&'a mut SipCtx> {
+    ex.ctx.ext.get_mut::<SipCtx>()
+}
+
+fn code(b: bool) -> FnResult {
+    if b { 1.into() } else { (-1).into() }
+}
+
+/// Indices of the headers a script name (`"Via"`, `"v"`, `"X-Foo"`) names.
+fn named(msg: &SipMsg, name: &[u8]) -> Vec<usize> {
+    msg.headers
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.name.matches(msg.get(h.name_rng), name))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Where `append_hf(text, hdr)` (`append`) or `insert_hf(text, hdr)` puts its
+/// line: after the last / before the first header called `hdr`; without one
+/// (or none of that name), after all headers / before the first.
+fn position(msg: &SipMsg, hdr: Option<&[u8]>, append: bool) -> Option<At> {
+    let found = hdr.map(|h| named(msg, h)).unwrap_or_default();
+    if append {
+        found.last().map(|&i| At::After(i))
+    } else {
+        Some(found.first().map_or(At::Top, |&i| At::Before(i)))
+    }
+}
+
+/// `append_hf`/`insert_hf`: `text` is whole header lines (with CRLF).
+fn add_hf(ex: &mut Exec<'_>, a: &Args, append: bool) -> FnResult {
+    let text = a.bytes(0, ex);
+    let hdr = (a.len() > 1).then(|| a.bytes(1, ex));
+    let Some(s) = sip(ex) else { return (-1).into() };
+    if text.is_empty() {
+        tracing::info!(target: "script", "nothing to add");
+        return (-1).into();
+    }
+    match position(&s.msg, hdr.as_deref(), append) {
+        Some(at) => s.edits.insert.push((at, text)),
+        None => s.edits.append.push(text),
+    }
+    1.into()
+}
+
+/// `msg_apply_changes()`: the header edits so far become the message the
+/// rest of the script reads (`$hdr`, `is_present_hf` …). The R-URI stays a
+/// change (`$ru`), as in Kamailio; relay-time edits (our Via) are untouched.
+fn apply_changes(s: &mut SipCtx) -> Result<(), String> {
+    let e = &s.edits;
+    if e.remove.is_empty() && e.append.is_empty() && e.insert.is_empty() && e.max_forwards.is_none()
+    {
+        return Ok(());
+    }
+    let applied = Edits {
+        remove: std::mem::take(&mut s.edits.remove),
+        append: std::mem::take(&mut s.edits.append),
+        insert: std::mem::take(&mut s.edits.insert),
+        max_forwards: s.edits.max_forwards.take(),
+        ..Default::default()
+    };
+    let out = siphon_sip::serialize(&s.msg, &applied);
+    let msg =
+        siphon_sip::parse(out).map_err(|e| format!("the changed message does not parse: {e}"))?;
+    s.msg = msg;
+    Ok(())
+}
+
+/// `force_rport()`: replies go to the port the request came from and the
+/// relayed request's copy of the sender's Via gets `rport=<port>`, as if the
+/// sender had asked (RFC 3581): siphon adds `rport` to the received message's
+/// top Via, so `$hdr(Via)` shows it (Kamailio keeps a flag instead).
+fn force_rport(s: &mut SipCtx) -> Result<(), String> {
+    let Some(via) = s.msg.top_via() else {
+        return Err("no Via".into());
+    };
+    if via.rport.is_some() {
+        return Ok(());
+    }
+    let v = s.msg.value(siphon_sip::HeaderName::Via).unwrap_or_default();
+    let first = siphon_sip::split_commas(&v)
+        .into_iter()
+        .next()
+        .map(|r| v.slice(r.range()))
+        .unwrap_or_default();
+    let mut top = first.to_vec();
+    top.extend_from_slice(b";rport");
+    let out = siphon_sip::serialize(
+        &s.msg,
+        &Edits {
+            top_via: Some(Bytes::from(top)),
+            ..Default::default()
+        },
+    );
+    s.msg = siphon_sip::parse(out).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
+    use ArgKind::*;
+    let mut f = |spec: FunctionSpec| reg.core_functions.push(spec);
+    f(FunctionSpec::new("append_hf", &[Str, Str], |ex, a| add_hf(ex, a, true)).min_args(1));
+    f(FunctionSpec::new("insert_hf", &[Str, Str], |ex, a| add_hf(ex, a, false)).min_args(1));
+    f(FunctionSpec::new("msg_apply_changes", &[], |ex, _| {
+        let Some(s) = sip(ex).filter(|s| s.msg.is_request()) else {
+            return (-1).into();
+        };
+        match apply_changes(s) {
+            Ok(()) => 1.into(),
+            Err(e) => {
+                tracing::error!(target: "script", "msg_apply_changes: {e}");
+                (-1).into()
+            }
+        }
+    })
+    .routes(RouteType::REQUEST));
+    f(FunctionSpec::new("force_rport", &[], |ex, _| {
+        let Some(s) = sip(ex).filter(|s| s.msg.is_request()) else {
+            return (-1).into();
+        };
+        match force_rport(s) {
+            Ok(()) => 1.into(),
+            Err(e) => {
+                tracing::error!(target: "script", "force_rport: {e}");
+                (-1).into()
+            }
+        }
+    }));
+    f(FunctionSpec::new("isdsturiset", &[], |ex, _| {
+        code(sip(ex).is_some_and(|s| s.du.is_some()))
+    }));
+    let c = core.clone();
+    f(FunctionSpec::new("is_myself", &[Str], move |ex, a| {
+        code(c.is_myself(&a.bytes(0, ex)))
+    }));
+    for (name, rt) in [
+        ("t_is_branch_route", RouteType::BRANCH),
+        ("t_is_failure_route", RouteType::FAILURE),
+        ("t_is_reply_route", RouteType::ONREPLY),
+    ] {
+        f(FunctionSpec::new(name, &[], move |ex, _| {
+            code(ex.ctx.route_type.intersects(rt))
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(raw: &str) -> SipCtx {
+        let addr = "127.0.0.1:5062".parse().unwrap();
+        SipCtx::new(
+            siphon_sip::parse(Bytes::from(raw.to_string())).unwrap(),
+            siphon_script::net::Peer {
+                transport: siphon_script::net::Transport::Udp,
+                src: addr,
+                local: addr,
+                conn: None,
+            },
+        )
+    }
+
+    const REQ: &str = "OPTIONS sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1, SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nX-A: 1\r\nX-A: 2\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn positions_follow_kamailio() {
+        let s = ctx(REQ);
+        assert_eq!(
+            position(&s.msg, None, true),
+            None,
+            "append: after the last header"
+        );
+        assert_eq!(position(&s.msg, None, false), Some(At::Top));
+        assert_eq!(
+            position(&s.msg, Some(b"x-a"), true),
+            Some(At::After(6)),
+            "after the last X-A"
+        );
+        assert_eq!(
+            position(&s.msg, Some(b"X-A"), false),
+            Some(At::Before(5)),
+            "before the first X-A"
+        );
+        assert_eq!(
+            position(&s.msg, Some(b"f"), false),
+            Some(At::Before(1)),
+            "compact names"
+        );
+        assert_eq!(position(&s.msg, Some(b"X-None"), false), Some(At::Top));
+        assert_eq!(position(&s.msg, Some(b"X-None"), true), None);
+    }
+
+    #[test]
+    fn apply_changes_makes_the_edits_the_message() {
+        let mut s = ctx(REQ);
+        s.edits.remove.push(5);
+        s.edits
+            .insert
+            .push((At::Top, Bytes::from_static(b"X-Top: t\r\n")));
+        s.edits.append.push(Bytes::from_static(b"X-End: e\r\n"));
+        s.edits.ruri = Some(Bytes::from_static(b"sip:c@h"));
+        apply_changes(&mut s).unwrap();
+        let m = &s.msg;
+        let vals: Vec<_> = m.headers_named(b"X-A").map(|h| m.header_value(h)).collect();
+        assert_eq!(vals, [&b"2"[..]]);
+        assert_eq!(m.headers_named(b"X-Top").count(), 1);
+        assert_eq!(m.headers_named(b"X-End").count(), 1);
+        assert!(
+            s.edits.remove.is_empty() && s.edits.insert.is_empty() && s.edits.append.is_empty()
+        );
+        assert_eq!(
+            s.edits.ruri.as_deref(),
+            Some(&b"sip:c@h"[..]),
+            "the R-URI stays a change"
+        );
+        assert_eq!(&m.ruri().unwrap()[..], b"sip:b@h");
+    }
+
+    #[test]
+    fn force_rport_marks_the_top_via_only() {
+        let mut s = ctx(REQ);
+        force_rport(&mut s).unwrap();
+        let v = s.msg.value(siphon_sip::HeaderName::Via).unwrap();
+        assert_eq!(
+            &v[..],
+            b"SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;rport, SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK0"
+        );
+        assert!(s.msg.top_via().unwrap().rport.is_some());
+        // Replies now go to the source port.
+        assert_eq!(
+            crate::reply_destination(&s.msg, &s.peer),
+            Some("127.0.0.1:5062".parse().unwrap())
+        );
+        // Idempotent.
+        force_rport(&mut s).unwrap();
+        assert_eq!(s.msg.value(siphon_sip::HeaderName::Via).unwrap(), v);
+    }
+}
