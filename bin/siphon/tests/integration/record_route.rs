@@ -177,3 +177,142 @@ fn kamailio_double_record_routes_a_udp_caller_to_a_tcp_callee() {
         assert_eq!(rr, DOUBLE);
     }
 }
+
+// --- Record-Route through serial forking and branch routes (raw UDP peers) ---
+
+/// A UDP peer of our own, to read the Record-Route lines a callee gets.
+struct Peer(std::net::UdpSocket);
+
+impl Peer {
+    fn new() -> Peer {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        Peer(s)
+    }
+    fn addr(&self) -> SocketAddr {
+        self.0.local_addr().expect("addr")
+    }
+    /// The next message whose start line begins with `start`, and its sender.
+    fn recv(&self, start: &str) -> (String, SocketAddr) {
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let (n, from) = self
+                .0
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("no {start} came: {e}"));
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m.starts_with(start) {
+                return (m, from);
+            }
+        }
+    }
+    fn send(&self, to: SocketAddr, m: &str) {
+        self.0.send_to(m.as_bytes(), to).expect("send");
+    }
+    /// Refuses `invite` with `486` and waits for the proxy's ACK.
+    fn refuse(&self, invite: &str, proxy: SocketAddr) {
+        let copied: String = invite
+            .lines()
+            .filter(|l| {
+                ["Via:", "From:", "Call-ID:", "CSeq:"]
+                    .iter()
+                    .any(|h| l.starts_with(h))
+            })
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        let to = invite.lines().find(|l| l.starts_with("To:")).expect("To");
+        self.send(
+            proxy,
+            &format!("SIP/2.0 486 Busy Here\r\n{copied}{to};tag=busy\r\nContent-Length: 0\r\n\r\n"),
+        );
+        self.recv("ACK ");
+    }
+}
+
+/// The Record-Route lines of a message, in order.
+fn rr_lines(m: &str) -> Vec<&str> {
+    m.lines()
+        .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with("Record-Route:"))
+        .collect()
+}
+
+/// `record_route()` in the request route stays on the transaction's
+/// request: the branch a failure route relays anew carries it too (Kamailio
+/// saves the lumps with the transaction). One called in a `branch_route` is
+/// that branch's only.
+#[test]
+fn record_route_in_failure_and_branch_routes() {
+    let (a, b, caller) = (Peer::new(), Peer::new(), Peer::new());
+    let srv = super::harness::Server::start(&format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "rr.so"
+request_route {{
+    if (is_method("ACK")) {{
+        t_check_trans();
+        exit;
+    }}
+    if ($rU == "serial") {{
+        record_route();
+        t_on_failure("NEXT");
+    }} else {{
+        append_branch("sip:parallel@{b}");
+        t_on_branch("BR");
+    }}
+    $du = "sip:{a}";
+    t_relay();
+}}
+failure_route[NEXT] {{
+    if (t_check_status("486") && $du == "sip:{a}") {{
+        $du = "sip:{b}";
+        t_relay();
+    }}
+}}
+branch_route[BR] {{
+    if ($ru == "sip:parallel@{b}") {{
+        record_route(";b=1");
+    }}
+}}
+"#,
+        a = a.addr(),
+        b = b.addr()
+    ));
+    let proxy = srv.udp;
+    let invite = |user: &str, call: &str| {
+        let me = caller.addr();
+        format!(
+            "INVITE sip:{user}@{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{call}\r\n\
+             From: <sip:alice@{me}>;tag=ft-{call}\r\nTo: <sip:{user}@{proxy}>\r\nCall-ID: {call}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:alice@{me}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let ours = format!("Record-Route: <sip:{proxy};lr;ftag=ft-");
+    // Serial: a refuses, the failure route relays to b with the same Record-Route.
+    caller.send(proxy, &invite("serial", "rr-serial"));
+    let (to_a, from) = a.recv("INVITE ");
+    assert_eq!(rr_lines(&to_a), [format!("{ours}rr-serial>")]);
+    assert!(
+        to_a.starts_with(&format!(
+            "INVITE sip:serial@{proxy} SIP/2.0\r\nRecord-Route:"
+        )),
+        "{to_a}"
+    );
+    a.refuse(&to_a, from);
+    let (to_b, from) = b.recv("INVITE ");
+    assert_eq!(rr_lines(&to_b), [format!("{ours}rr-serial>")], "{to_b}");
+    b.refuse(&to_b, from);
+    caller.recv("SIP/2.0 486");
+    // Parallel: only the branch whose branch_route asked gets it.
+    caller.send(proxy, &invite("parallel", "rr-par"));
+    let (to_a, from_a) = a.recv("INVITE ");
+    let (to_b, from_b) = b.recv("INVITE ");
+    assert!(rr_lines(&to_a).is_empty(), "{to_a}");
+    assert_eq!(rr_lines(&to_b), [format!("{ours}rr-par;b=1>")], "{to_b}");
+    a.refuse(&to_a, from_a);
+    b.refuse(&to_b, from_b);
+    caller.recv("SIP/2.0 486");
+}
