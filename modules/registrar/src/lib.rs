@@ -944,10 +944,11 @@ fn save(ex: &mut Exec<'_>, a: &Args, cfg: &RegConfig, host: Option<&Arc<dyn Host
         if cfg.use_path && reg.path.is_some() && cfg.path_mode == 2 && !reg.path_supported {
             return Err(RegError::PathUnsupported);
         }
-        let done = ul.with(&table, |t| {
-            apply(t, &reg, received.as_deref(), cfg, &ul, opts, now)
+        // One lock: the reply lists the bindings as this REGISTER left them.
+        let (done, hdr) = ul.with(&table, |t| {
+            let done = apply(t, &reg, received.as_deref(), cfg, &ul, opts, now)?;
+            Ok::<_, RegError>((done, contact_header(t.get(&reg.aor), cfg, now)))
         })?;
-        let hdr = ul.with(&table, |t| contact_header(t.get(&reg.aor), cfg, now));
         let path = (cfg.use_path && cfg.path_mode != 0 && reg.path_supported)
             .then(|| reg.path.clone())
             .flatten();
