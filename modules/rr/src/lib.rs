@@ -101,6 +101,9 @@ struct RrState {
     /// Our route parameters as `loose_route()` found them (the top Route's,
     /// or the R-URI's after a strict router).
     routed: Option<Bytes>,
+    /// What `loose_route()` returned: a second call returns it again
+    /// without removing Route URIs twice.
+    loose_routed: Option<i32>,
 }
 
 fn sip<'a>(ex: &'a mut Exec<'_>) -> Option<&'a mut SipCtx> {
@@ -256,6 +259,9 @@ impl Rr {
     }
 
     fn loose_route(&self, ex: &mut Exec<'_>) -> i32 {
+        if let Some(code) = ex.ctx.ext.get::<RrState>().and_then(|s| s.loose_routed) {
+            return code;
+        }
         let (cfg, prog) = (self.cfg, ex.prog);
         let Some(s) = sip(ex) else { return -1 };
         let myself = |u: &[u8]| prog.is_myself(u);
@@ -279,8 +285,9 @@ impl Rr {
                 None => {}
             }
         }
-        let routed = r.routed_params.clone();
-        state(ex).routed = routed;
+        let st = state(ex);
+        st.routed = r.routed_params;
+        st.loose_routed = Some(r.code);
         r.code
     }
 }
