@@ -23,14 +23,15 @@ pub mod usrloc;
 
 use bytes::Bytes;
 use siphon_script::api::{
-    Args, Host, Module, ModuleConfig, PvAccess, PvClassSpec, PvIdx, PvInner, ReplyMode, StartCx,
+    Args, Call, FnResult, Host, Module, ModuleConfig, PvAccess, PvClassSpec, PvIdx, PvInner,
+    ReplyMode, StartCx,
 };
 use siphon_script::rpc::StatSource;
 use siphon_script::sip::{BranchEntry, SipCtx};
 use siphon_script::{ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, RouteType, Value};
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use store::{ALL_METHODS, Contact, FL_MEM, Found, Key, Q_UNSPECIFIED};
 use usrloc::{ExpiredContact, Usrloc, UsrlocModule, now};
 
@@ -73,6 +74,45 @@ pub struct RegistrarModule {
     stats: Arc<RegStats>,
     /// The host, given at start: save() answers through it.
     host: Arc<OnceLock<Arc<dyn Host>>>,
+    /// The tables the script names (`save("location")`), made in usrloc at
+    /// start as Kamailio's fixups register them, so `ul.dump` lists them.
+    tables: Arc<Mutex<Vec<String>>>,
+}
+
+/// A bound call of one of registrar's functions.
+struct TableCall<F> {
+    args: Args,
+    f: Arc<F>,
+}
+
+impl<F: Fn(&mut Exec<'_>, &Args) -> FnResult + Send + Sync> Call for TableCall<F> {
+    fn call(&self, ex: &mut Exec<'_>) -> FnResult {
+        (self.f)(ex, &self.args)
+    }
+}
+
+/// A function whose first argument is a table: a constant name is noted in `tables`.
+fn table_fn<F>(
+    name: &'static str,
+    params: &[ArgKind],
+    tables: &Arc<Mutex<Vec<String>>>,
+    f: F,
+) -> FunctionSpec
+where
+    F: Fn(&mut Exec<'_>, &Args) -> FnResult + Send + Sync + 'static,
+{
+    let (f, tables) = (Arc::new(f), tables.clone());
+    FunctionSpec::with_bind(
+        name,
+        params,
+        Arc::new(move |args: Args| {
+            if let Some(v) = args.const_value(0) {
+                let mut t = tables.lock().unwrap_or_else(|e| e.into_inner());
+                t.push(v.to_text().into_owned());
+            }
+            Ok(Box::new(TableCall { args, f: f.clone() }) as Box<dyn Call>)
+        }),
+    )
 }
 
 #[derive(Default)]
@@ -111,6 +151,7 @@ pub fn def() -> ModuleDef {
                 cfg: Arc::new(config(cfg)?),
                 stats: Arc::default(),
                 host: Arc::default(),
+                tables: Arc::default(),
             }) as Arc<dyn Module>)
         }),
     }
@@ -183,7 +224,7 @@ impl Module for RegistrarModule {
         let c = self.cfg.clone();
         let st = self.stats.clone();
         let host = self.host.clone();
-        let save = FunctionSpec::new("save", &[Str, Any, Str], move |ex, a| {
+        let save = table_fn("save", &[Str, Any, Str], &self.tables, move |ex, a| {
             let rc = save(ex, a, &c, host.get());
             if rc > 0 {
                 st.accepted.fetch_add(1, Ordering::Relaxed);
@@ -195,19 +236,23 @@ impl Module for RegistrarModule {
         .min_args(1)
         .routes(routes);
         let c = self.cfg.clone();
-        let lookup =
-            FunctionSpec::new("lookup", &[Str, Str], move |ex, a| lookup(ex, a, &c).into())
-                .min_args(1)
-                .routes(routes.or(RouteType::BRANCH));
+        let lookup = table_fn("lookup", &[Str, Str], &self.tables, move |ex, a| {
+            lookup(ex, a, &c).into()
+        })
+        .min_args(1)
+        .routes(routes.or(RouteType::BRANCH));
         let c = self.cfg.clone();
-        let registered = FunctionSpec::new("registered", &[Str, Str], move |ex, a| {
+        let registered = table_fn("registered", &[Str, Str], &self.tables, move |ex, a| {
             registered(ex, a, &c).into()
         })
         .min_args(1);
         let c = self.cfg.clone();
-        let unregister = FunctionSpec::new("unregister", &[Str, Str, Str], move |ex, a| {
-            unregister(ex, a, &c).into()
-        })
+        let unregister = table_fn(
+            "unregister",
+            &[Str, Str, Str],
+            &self.tables,
+            move |ex, a| unregister(ex, a, &c).into(),
+        )
         .min_args(2);
         vec![save, lookup, registered, unregister]
     }
@@ -238,8 +283,11 @@ impl Module for RegistrarModule {
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        if cx.program.module::<UsrlocModule>().is_none() {
+        let Some(ul) = cx.program.module::<UsrlocModule>() else {
             return Err("registrar needs usrloc: add loadmodule \"usrloc.so\"".into());
+        };
+        for t in self.tables.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            ul.ul.with(t, |_| ());
         }
         let _ = self.host.set(cx.host.clone());
         Ok(())

@@ -321,7 +321,7 @@ fn table_param(c: &RpcCall, ul: &Usrloc) -> Result<String, RpcFailure> {
         .str(0)
         .ok_or_else(|| RpcFailure::params("expected the table name"))?;
     if ul.with_existing(&t, |_| ()).is_none() {
-        return Err(fault(500, &format!("table {t} not found")));
+        return Err(fault(500, "Domain table not found"));
     }
     Ok(t)
 }
@@ -349,15 +349,12 @@ fn rpc_commands(ul: &Arc<Usrloc>) -> Vec<RpcSpec> {
                 let aors: Vec<Json> = recs
                     .iter()
                     .map(|r| {
+                        if brief {
+                            return json!({"AoR": r.aor});
+                        }
                         let contacts: Vec<Json> = r
                             .valid(now)
-                            .map(|c| {
-                                if brief {
-                                    json!({"Contact": {"Address": c.uri, "Expires": c.remaining(now)}})
-                                } else {
-                                    contact_json(c, now)
-                                }
-                            })
+                            .map(|c| contact_json(c, now))
                             .collect();
                         json!({"Info": {"AoR": r.aor, "HashID": hash_id(&r.aor), "Contacts": contacts}})
                     })
@@ -397,7 +394,7 @@ fn rpc_commands(ul: &Arc<Usrloc>) -> Vec<RpcSpec> {
         let aor = aor_param(c, 1, &u)?;
         if u.with(&t, |t| t.remove(&aor)) {
             tracing::info!("ul.rm: {aor} removed from {t}");
-            Ok(Json::Null)
+            Ok(json!({}))
         } else {
             Err(fault(500, "AOR not found in location table"))
         }
@@ -416,7 +413,7 @@ fn rpc_commands(ul: &Arc<Usrloc>) -> Vec<RpcSpec> {
             match u.with(&t, |t| t.remove_contact(&aor, &uri)) {
                 None => Err(fault(404, "AOR not found")),
                 Some(false) => Err(fault(404, "Contact not found")),
-                Some(true) => Ok(Json::Null),
+                Some(true) => Ok(json!({})),
             }
         },
     )
@@ -432,6 +429,8 @@ fn rpc_commands(ul: &Arc<Usrloc>) -> Vec<RpcSpec> {
             let expires = c.int(3).ok_or_else(|| RpcFailure::params("expected expires"))?;
             let q = c
                 .str(4)
+                // Kamailio's q is a number here; below 0: none given
+                .filter(|q| !q.trim_start().starts_with('-'))
                 .map(|q| crate::parse_q(q.as_bytes()).ok_or_else(|| RpcFailure::params("bad q")))
                 .transpose()?
                 .unwrap_or(Q_UNSPECIFIED);
@@ -468,7 +467,7 @@ fn rpc_commands(ul: &Arc<Usrloc>) -> Vec<RpcSpec> {
                     None => r.insert(contact, desc),
                 }
             });
-            Ok(Json::Null)
+            Ok(json!({}))
         },
     )
     .changes_state();
@@ -476,7 +475,7 @@ fn rpc_commands(ul: &Arc<Usrloc>) -> Vec<RpcSpec> {
     let flush = RpcSpec::new("ul.flush", "Removes the expired contacts now.", move |_| {
         let n = u.expire_all(now()).len();
         tracing::info!("ul.flush: {n} expired contacts removed");
-        Ok(Json::Null)
+        Ok(json!({}))
     })
     .changes_state();
     vec![dump, lookup, rm, rm_contact, add, flush]

@@ -450,6 +450,53 @@ fn lookup_relays_an_invite_to_the_registered_uas_and_404_otherwise() {
 #[test]
 fn ul_commands_add_look_up_and_remove_bindings() {
     on_both(&[], |r| {
+        // the table the script names exists from the start
+        let empty = json!([{"Domain": {"Domain": "location", "Size": 1024, "AoRs": [], "Stats": {"Records": 0, "Max-Slots": 0}}}]);
+        assert_eq!(
+            r.rpc("ul.dump", json!([]))["result"]["Domains"],
+            empty,
+            "{:?}",
+            r.which
+        );
+        let e = r.rpc("ul.lookup", json!(["nosuch", "erin"]));
+        assert_eq!(
+            e["error"],
+            json!({"code": 500, "message": "Domain table not found"}),
+            "{:?}",
+            r.which
+        );
+        // expires 0: permanent; q below 0: none
+        let add = r.rpc(
+            "ul.add",
+            json!([
+                "location",
+                "zed",
+                "sip:zed@127.0.0.1:7000",
+                0,
+                -1,
+                "0",
+                0,
+                0,
+                4294967295u32
+            ]),
+        );
+        assert_eq!(add["result"], json!({}), "{:?}: {add}", r.which);
+        let brief = r.rpc("ul.dump", json!(["brief"]));
+        assert_eq!(
+            brief["result"]["Domains"][0]["Domain"]["AoRs"],
+            json!([{"AoR": "zed"}]),
+            "{brief}"
+        );
+        let c = &dumped(r, "zed")[0]["Contact"];
+        assert_eq!(
+            (&c["Expires"], &c["Q"]),
+            (&json!("permanent"), &json!(-1)),
+            "{c}"
+        );
+        assert_eq!(
+            r.rpc("ul.rm", json!(["location", "zed"]))["result"],
+            json!({})
+        );
         let add = r.rpc(
             "ul.add",
             json!([
