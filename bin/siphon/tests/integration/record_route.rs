@@ -104,8 +104,31 @@ fn record_routes(trace: &PathBuf, proxy: SocketAddr) -> Vec<String> {
         .collect()
 }
 
+/// The requests starting with `method` in a sipp message trace that still
+/// carry a Route header (none should once the proxy took its own out).
+fn with_route(trace: &PathBuf, method: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(trace).expect("sipp wrote its message trace");
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        if !l.starts_with(&format!("{method} ")) {
+            continue;
+        }
+        let mut msg = vec![l];
+        while let Some(h) = lines.next_if(|h| !h.trim().is_empty()) {
+            msg.push(h);
+        }
+        if msg.iter().any(|h| h.starts_with("Route:")) {
+            out.push(msg.join("\n"));
+        }
+    }
+    out
+}
+
 /// `calls` calls from a UDP caller to a callee over `uas_transport`
 /// through `server`; the Record-Route lines the callee saw (normalised).
+/// The ACK reaching the callee and the BYE reaching the caller must carry
+/// no Route: the proxy's own entries (both of a double pair) are removed.
 fn call_through(server: Server, uas_transport: &str, calls: u32) -> Option<Vec<String>> {
     let name = format!(
         "{}-{uas_transport}",
@@ -115,6 +138,7 @@ fn call_through(server: Server, uas_transport: &str, calls: u32) -> Option<Vec<S
         }
     );
     let trace = trace_file(&name);
+    let caller_trace = trace_file(&format!("{name}-caller"));
     let uas = SippUas::start_on(
         "127.0.0.1",
         "uas_rr.xml",
@@ -128,7 +152,17 @@ fn call_through(server: Server, uas_transport: &str, calls: u32) -> Option<Vec<S
     let proxy = start(server, uas.addr, uas_transport == "t1")?;
     // INVITE with Record-Route; the caller's ACK and the callee's BYE along
     // the route set, each through loose_route() on the proxy.
-    sipp_uac("uac_rr.xml", proxy.addr, "u1", calls, &[]);
+    sipp_uac(
+        "uac_rr.xml",
+        proxy.addr,
+        "u1",
+        calls,
+        &[
+            "-trace_msg",
+            "-message_file",
+            caller_trace.to_str().expect("utf-8 path"),
+        ],
+    );
     let run = uas.finish();
     assert!(
         run.successful == u64::from(calls) && run.failed == 0,
@@ -138,7 +172,10 @@ fn call_through(server: Server, uas_transport: &str, calls: u32) -> Option<Vec<S
         run.tail()
     );
     let rr = record_routes(&trace, proxy.addr);
+    assert_eq!(with_route(&trace, "ACK"), Vec::<String>::new());
+    assert_eq!(with_route(&caller_trace, "BYE"), Vec::<String>::new());
     let _ = std::fs::remove_file(&trace);
+    let _ = std::fs::remove_file(&caller_trace);
     Some(rr)
 }
 
