@@ -369,8 +369,11 @@ fn pv_spec(core: &Arc<Core>, name: &'static str, pv: SipPv) -> PvClassSpec {
     PvClassSpec::new(name, PvInner::None, Arc::new(move |_| Ok(acc.clone())))
 }
 
-struct TmModule;
+struct TmModule(Arc<Core>);
 impl Module for TmModule {
+    fn cfg_vars(&self) -> Vec<CfgVar> {
+        crate::textops::tm_cfg_vars(&self.0)
+    }
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -791,7 +794,7 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
                 t.aggregate_challenges = v != 0;
             }
             c.tm.set_config(t);
-            Ok(Arc::new(TmModule) as Arc<dyn Module>)
+            Ok(Arc::new(TmModule(c.clone())) as Arc<dyn Module>)
         }),
         ..base
     });

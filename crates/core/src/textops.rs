@@ -110,6 +110,53 @@ fn force_rport(s: &mut SipCtx) -> Result<(), String> {
     Ok(())
 }
 
+/// tm's timers as cfg_rpc settings (`cfg.set tm fr_timer 10000`, ms), for
+/// the transactions created afterwards.
+pub(crate) fn tm_cfg_vars(core: &Arc<Core>) -> Vec<CfgVar> {
+    use crate::TmConfig;
+    use std::time::Duration;
+    type Field = fn(&mut TmConfig) -> &mut Duration;
+    let fields: [(&'static str, &'static str, Field, u64); 7] = [
+        ("fr_timer", "timer for a final reply (ms)", |t| &mut t.fr_timer, 1),
+        ("fr_inv_timer", "timer for a final reply to an INVITE after a provisional (ms)", |t| &mut t.fr_inv_timer, 1),
+        ("max_inv_lifetime", "longest life of an INVITE transaction (ms)", |t| &mut t.max_inv_lifetime, 1),
+        ("max_noninv_lifetime", "longest life of a non-INVITE transaction (ms)", |t| &mut t.max_noninv_lifetime, 1),
+        ("wt_timer", "how long a completed transaction is kept (ms)", |t| &mut t.wait, 0),
+        ("retr_timer1", "first retransmission interval, T1 (ms)", |t| &mut t.t1, 1),
+        ("retr_timer2", "largest retransmission interval, T2 (ms)", |t| &mut t.t2, 1),
+    ];
+    fields
+        .into_iter()
+        .map(|(name, help, field, min)| {
+            let (c1, c2) = (core.clone(), core.clone());
+            CfgVar {
+                group: "tm",
+                name,
+                help,
+                get: Arc::new(move || {
+                    ParamValue::Int(field(&mut c1.tm.config()).as_millis() as i64)
+                }),
+                set: Arc::new(move |v| {
+                    let ms = match v {
+                        ParamValue::Int(n) => *n,
+                        ParamValue::Str(s) => {
+                            s.trim().parse().map_err(|_| format!("`{s}` is no number"))?
+                        }
+                    };
+                    if ms < min as i64 {
+                        return Err(format!("{name} must be at least {min} ms, not {ms}"));
+                    }
+                    let mut t = c2.tm.config();
+                    *field(&mut t) = Duration::from_millis(ms as u64);
+                    t.t2 = t.t2.max(t.t1);
+                    c2.tm.set_config(t);
+                    Ok(())
+                }),
+            }
+        })
+        .collect()
+}
+
 pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     use ArgKind::*;
     let mut f = |spec: FunctionSpec| reg.core_functions.push(spec);

@@ -242,12 +242,42 @@ pub trait Module: Send + Sync + Any {
     fn stats(&self) -> Option<Arc<dyn crate::rpc::StatSource>> {
         None
     }
+    /// Settings it lets cfg_rpc's `cfg.get`/`cfg.set` read and change at run
+    /// time, under Kamailio's cfg group and variable names.
+    fn cfg_vars(&self) -> Vec<CfgVar> {
+        Vec::new()
+    }
     /// Starts the module's tasks; called inside the runtime after compilation.
     fn start(&self, _cx: &StartCx) -> Result<(), String> {
         Ok(())
     }
     /// For downcasting by code that knows the module.
     fn as_any(&self) -> &dyn Any;
+}
+
+/// A setting changeable at run time ([`Module::cfg_vars`]): `cfg.get
+/// group name`, `cfg.set group name value`.
+#[derive(Clone)]
+pub struct CfgVar {
+    /// Kamailio's cfg group (`maxfwd`, `tm`).
+    pub group: &'static str,
+    /// The variable (`max_limit`).
+    pub name: &'static str,
+    /// What it does, for `cfg.help`.
+    pub help: &'static str,
+    /// Its current value.
+    pub get: Arc<dyn Fn() -> ParamValue + Send + Sync>,
+    /// Sets it; the error says why the value is refused.
+    pub set: CfgSet,
+}
+
+/// Sets a [`CfgVar`].
+pub type CfgSet = Arc<dyn Fn(&ParamValue) -> Result<(), String> + Send + Sync>;
+
+impl std::fmt::Debug for CfgVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CfgVar({}.{})", self.group, self.name)
+    }
 }
 
 // ---------- functions ----------

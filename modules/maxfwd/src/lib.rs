@@ -10,7 +10,8 @@
 //! - `is_maxfwd_lt(n)` (also `maxfwd_at_least`, `mf_lowlimit`): 1 when the
 //!   (already decremented) value is below `n`, -1 when not, -2 without the
 //!   header, -3 when it is no number.
-//! - param `max_limit` (0..255, default 70).
+//! - param `max_limit` (0..255, default 70; `cfg.set maxfwd max_limit N`
+//!   changes it at run time, as Kamailio's cfg group does).
 //!
 //! Kamailio rewrites the digits in place padded with spaces
 //! (`Max-Forwards:  9`, a quirk); siphon writes the plain number.
@@ -20,25 +21,26 @@ use siphon_script::sip::SipCtx;
 use siphon_script::{ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, RouteType};
 use siphon_sip::{At, HeaderName};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The module: its `max_limit`.
+/// The module: its `max_limit` (`cfg.set maxfwd max_limit N` changes it).
 pub struct Maxfwd {
-    max_limit: u32,
+    max_limit: Arc<AtomicU32>,
 }
 
 impl Module for Maxfwd {
     fn functions(&self) -> Vec<FunctionSpec> {
-        let limit = self.max_limit;
         let mut v = Vec::new();
         for name in [
             "mf_process_maxfwd_header",
             "maxfwd_process",
             "process_maxfwd",
         ] {
+            let limit = self.max_limit.clone();
             v.push(
                 FunctionSpec::checked(name, &[ArgKind::Int], check_limit, move |ex, a| {
                     match a.int(0, ex) {
-                        Some(max) => process(ex, max, limit).into(),
+                        Some(max) => process(ex, max, limit.load(Ordering::Relaxed)).into(),
                         None => (-1).into(),
                     }
                 })
@@ -61,6 +63,29 @@ impl Module for Maxfwd {
             );
         }
         v
+    }
+    fn cfg_vars(&self) -> Vec<CfgVar> {
+        let (get, set) = (self.max_limit.clone(), self.max_limit.clone());
+        vec![CfgVar {
+            group: "maxfwd",
+            name: "max_limit",
+            help: "Max. maxfwd limit (0..255)",
+            get: Arc::new(move || ParamValue::Int(i64::from(get.load(Ordering::Relaxed)))),
+            set: Arc::new(move |v| {
+                let n = match v {
+                    ParamValue::Int(n) => *n,
+                    ParamValue::Str(s) => s
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("`{s}` is no number"))?,
+                };
+                if !(0..=255).contains(&n) {
+                    return Err(format!("max_limit must be between 0 and 255, not {n}"));
+                }
+                set.store(n as u32, Ordering::Relaxed);
+                Ok(())
+            }),
+        }]
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -161,7 +186,7 @@ pub fn def() -> ModuleDef {
                 ));
             }
             Ok(Arc::new(Maxfwd {
-                max_limit: max_limit as u32,
+                max_limit: Arc::new(AtomicU32::new(max_limit as u32)),
             }) as Arc<dyn Module>)
         }),
     }

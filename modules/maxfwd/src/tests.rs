@@ -14,6 +14,11 @@ fn run(params: &str, mf: &str, body: &str) -> (Vec<String>, String) {
 
 /// As [`run`], with the SIP context the route left.
 fn run_ctx(params: &str, mf: &str, body: &str) -> (Vec<String>, SipCtx) {
+    run_tuned(params, mf, body, |_| {})
+}
+
+/// As [`run_ctx`], with `tune` called on the module before the route runs.
+fn run_tuned(params: &str, mf: &str, body: &str, tune: impl Fn(&Maxfwd)) -> (Vec<String>, SipCtx) {
     let out = Arc::new(Mutex::new(Vec::new()));
     let mut reg = Registry::new();
     reg.add(def());
@@ -29,6 +34,7 @@ fn run_ctx(params: &str, mf: &str, body: &str) -> (Vec<String>, SipCtx) {
     let p = l
         .program
         .unwrap_or_else(|| panic!("{}", siphon_cfg::diag::render_all(&l.diags, &l.sources)));
+    tune(p.module::<Maxfwd>().unwrap());
     let raw = format!(
         "INVITE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{mf}Content-Length: 0\r\n\r\n"
     );
@@ -189,4 +195,23 @@ fn bad_limits_are_config_errors() {
         e.iter().any(|m| m.contains("mf_process_maxfwd_header")),
         "request_route only: {e:?}"
     );
+}
+
+#[test]
+fn cfg_set_changes_max_limit_at_run_time() {
+    let (_, s) = run_tuned(
+        "",
+        "Max-Forwards: 200\r\n",
+        "mf_process_maxfwd_header(\"10\");",
+        |m| {
+            let vars = m.cfg_vars();
+            let v = &vars[0];
+            assert_eq!((v.group, v.name), ("maxfwd", "max_limit"));
+            assert_eq!((v.get)(), ParamValue::Int(70));
+            assert!((v.set)(&ParamValue::Int(256)).is_err());
+            (v.set)(&ParamValue::Str("16".into())).unwrap();
+            assert_eq!((v.get)(), ParamValue::Int(16));
+        },
+    );
+    assert_eq!(s.edits.max_forwards, Some(16));
 }

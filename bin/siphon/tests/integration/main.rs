@@ -2,6 +2,7 @@
 
 mod async_http;
 mod async_relay;
+mod cfg_rpc;
 mod cli;
 mod counters;
 mod evapi;
