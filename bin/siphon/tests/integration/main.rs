@@ -18,6 +18,7 @@ mod registrar;
 mod sanity_maxfwd;
 mod seeds;
 mod sip;
+mod siputils_textops;
 mod suspend;
 mod tls;
 mod transport_limits;

@@ -47,8 +47,10 @@ request_route {
 }
 "#;
 
-struct Proc {
-    addr: SocketAddr,
+/// A server (siphon or Kamailio) on a configuration, listening on one free
+/// UDP port; stopped with SIGTERM when dropped.
+pub(crate) struct Proc {
+    pub(crate) addr: SocketAddr,
     child: Child,
     _dir: Scratch,
 }
@@ -69,8 +71,27 @@ impl Drop for Proc {
 
 /// `bin` on CFG listening on a free UDP port (`-l`).
 fn start(bin: &str, extra: &[&str]) -> Proc {
-    let dir = Scratch::new(&format!("sanity-{}", bin.rsplit('/').next().unwrap_or(bin)));
-    let cfg = dir.write("t.cfg", CFG);
+    start_with(CFG, bin, extra)
+}
+
+/// Kamailio's arguments for a test run (foreground, log to stderr, small pools).
+pub(crate) const KAMAILIO_ARGS: [&str; 6] = ["-DD", "-E", "-m", "64", "-M", "8"];
+
+/// Whether Kamailio is installed (a note when not).
+pub(crate) fn have_kamailio() -> bool {
+    let ok = Command::new("kamailio").arg("-v").output().is_ok();
+    if !ok {
+        eprintln!("kamailio is not installed (scripts/install-test-peers.sh): test skipped");
+    }
+    ok
+}
+
+/// `bin` (siphon's path or `kamailio`) on the configuration `text`,
+/// listening on a free UDP port (`-l`).
+pub(crate) fn start_with(text: &str, bin: &str, extra: &[&str]) -> Proc {
+    let name = bin.rsplit('/').next().unwrap_or(bin);
+    let dir = Scratch::new(&format!("cfg-{name}-{}", text.len()));
+    let cfg = dir.write("t.cfg", text);
     for _ in 0..5 {
         let addr = free_port("u1");
         let mut child = Command::new(bin)
@@ -93,11 +114,7 @@ fn start(bin: &str, extra: &[&str]) -> Proc {
 }
 
 fn kamailio() -> Option<Proc> {
-    if Command::new("kamailio").arg("-v").output().is_err() {
-        eprintln!("kamailio is not installed (scripts/install-test-peers.sh): test skipped");
-        return None;
-    }
-    Some(start("kamailio", &["-DD", "-E", "-m", "64", "-M", "8"]))
+    have_kamailio().then(|| start("kamailio", &KAMAILIO_ARGS))
 }
 
 fn siphon() -> Option<Proc> {
