@@ -35,6 +35,7 @@ pub fn registry_with_core() -> (Registry, Arc<Core>) {
     reg.add(siphon_mod_evapi::def());
     reg.add(siphon_mod_async_http::def());
     reg.add(siphon_mod_async_http::def_client());
+    reg.add(siphon_mod_ctl::def());
     reg.add(siphon_mod_siputils::def());
     reg.add(siphon_mod_cfg_rpc::def());
     reg.add(siphon_mod_counters::def());

@@ -4,6 +4,7 @@ mod async_http;
 mod async_relay;
 mod cfg_rpc;
 mod cli;
+mod ctl;
 mod counters;
 mod evapi;
 mod event_jsonrpc;
