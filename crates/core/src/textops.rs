@@ -187,6 +187,14 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
             }
         }
     }));
+    f(FunctionSpec::new("set_reply_close", &[], |ex, _| {
+        if let Some(x) = ex.ctx.ext.get_mut::<siphon_script::http::Exchange>() {
+            x.close_after_reply();
+            return 1.into();
+        }
+        tracing::warn!(target: "script", "set_reply_close(): siphon closes only HTTP connections (xhttp) after the reply, not SIP ones");
+        (-1).into()
+    }));
     f(FunctionSpec::new("isdsturiset", &[], |ex, _| {
         code(sip(ex).is_some_and(|s| s.du.is_some()))
     }));

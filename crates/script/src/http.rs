@@ -116,6 +116,8 @@ pub struct Exchange {
     answer: Option<Answer>,
     peer: Peer,
     authorization: Option<Bytes>,
+    /// `set_reply_close()`: the connection closes after the answer.
+    close: bool,
 }
 
 impl Exchange {
@@ -127,7 +129,16 @@ impl Exchange {
             answer: None,
             peer,
             authorization,
+            close: false,
         }
+    }
+    /// `set_reply_close()`: close the connection once the answer is sent.
+    pub fn close_after_reply(&mut self) {
+        self.close = true;
+    }
+    /// Whether the connection closes after the answer.
+    pub fn closes_after_reply(&self) -> bool {
+        self.close
     }
     /// The request URL as sent (`/RPC?x=1`): `$hu`.
     pub fn url(&self) -> &Bytes {

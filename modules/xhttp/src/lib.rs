@@ -255,16 +255,26 @@ impl Server {
         if let Outcome::Suspended(_) = outcome {
             tracing::error!("event_route[{EVENT_ROUTE}]: cannot suspend, there is no transaction");
         }
+        let close = ctx
+            .ext
+            .get::<Exchange>()
+            .is_some_and(Exchange::closes_after_reply);
+        let closing = |mut r: HttpReply| {
+            if close {
+                r.headers.push(("connection", "close".into()));
+            }
+            r
+        };
         match ctx
             .ext
             .get_mut::<Exchange>()
             .and_then(Exchange::take_answer)
         {
-            Some(Answer::Now(r)) => r,
+            Some(Answer::Now(r)) => closing(r),
             Some(Answer::Later(f)) => {
                 // The context is not needed while the answer is computed.
                 drop(ctx);
-                f.await
+                closing(f.await)
             }
             None => {
                 inner.unanswered.fetch_add(1, Ordering::Relaxed);

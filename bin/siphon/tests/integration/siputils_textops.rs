@@ -172,3 +172,47 @@ fn kamailio_runs_them_alike() {
         check("kamailio", &KAMAILIO_ARGS);
     }
 }
+
+/// `set_reply_close()` in `event_route[xhttp:request]` (the shipped config's
+/// JSON-RPC route): the answer says `Connection: close` and the connection
+/// ends; without it the connection stays open.
+#[test]
+fn set_reply_close_ends_the_http_connection() {
+    use std::io::{Read, Write};
+    let srv = super::harness::Server::start(
+        r#"
+loadmodule "xhttp.so"
+event_route[xhttp:request] {
+    if ($hu =~ "^/close") {
+        set_reply_close();
+    }
+    xhttp_reply("200", "OK", "text/plain", "hi");
+}
+"#,
+    );
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(srv.tcp).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Until the end of the connection, or the whole answer on one kept open.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (String::from_utf8_lossy(&got).to_lowercase(), true),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("{path}: {e}: {}", String::from_utf8_lossy(&got)),
+            }
+            if !path.starts_with("/close") && got.ends_with(b"hi") {
+                return (String::from_utf8_lossy(&got).to_lowercase(), false);
+            }
+        }
+    };
+    let (text, ended) = get("/close");
+    assert!(
+        ended && text.contains("connection: close") && text.ends_with("hi"),
+        "{text}"
+    );
+    let (text, _) = get("/keep");
+    assert!(!text.contains("connection: close"), "{text}");
+}
