@@ -187,7 +187,7 @@ pub fn builtin_commands() -> Vec<RpcSpec> {
             let started = c.program.started();
             let up = started.elapsed().map_or(0, |d| d.as_secs());
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            Ok(json!({"now": now, "up_since": now.saturating_sub(up), "uptime": up}))
+            Ok(json!({"now": ctime(now), "up_since": ctime(now.saturating_sub(up)), "uptime": up}))
         }),
         RpcSpec::new("core.modules", "The loaded modules.", |c| Ok(json!(c.program.module_names()))),
         RpcSpec::new("core.info", "Version, workers and listen addresses.", |c| {
@@ -200,13 +200,51 @@ pub fn builtin_commands() -> Vec<RpcSpec> {
                 "debug": core.debug,
             }))
         }),
-        RpcSpec::new("core.ps", "The process's threads (siphon is one process).", |c| Ok(ps(&c.program))),
+        RpcSpec::new("core.ps", "The process's threads (siphon is one process): id and description, one after the other.", |c| {
+            Ok(Value::Array(
+                ps(&c.program)
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|p| [p["PID"].clone(), p["DSC"].clone()])
+                    .collect(),
+            ))
+        }),
         RpcSpec::new("core.psx", "The process's threads (siphon is one process).", |c| Ok(ps(&c.program))),
         RpcSpec::new("core.shmmem", "Memory of the process (resident and virtual, bytes).", |_| Ok(memory())),
     ]
     .into_iter()
     .chain(stats_commands())
     .collect()
+}
+
+/// `secs` since the epoch as C's `ctime` writes them, without its newline
+/// (`Tue Dec  1 16:05:02 2026`), in UTC: what Kamailio's `core.uptime` shows.
+fn ctime(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {} {day:>2} {:02}:{:02}:{:02} {year}",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 fn ps(program: &Program) -> Value {
@@ -322,6 +360,14 @@ mod tests {
         ] {
             assert_eq!(selected("core:rcv_requests", filter), hit, "{filter}");
         }
+    }
+
+    #[test]
+    fn times_are_written_as_ctime_writes_them() {
+        assert_eq!(ctime(0), "Thu Jan  1 00:00:00 1970");
+        // What Kamailio's core.uptime printed (TZ UTC) at 1796141102.
+        assert_eq!(ctime(1_796_141_102), "Tue Dec  1 16:05:02 2026");
+        assert_eq!(ctime(951_782_400), "Tue Feb 29 00:00:00 2000");
     }
 
     #[test]

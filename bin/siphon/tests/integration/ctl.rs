@@ -121,6 +121,16 @@ fn kamcmd_runs_commands_over_unix_tcp_and_datagrams() {
         );
         assert!(l[3].starts_with("\tuptime: "), "{out}");
 
+        // Times as C's ctime writes them (`now: Tue Dec  1 16:05:02 2026`).
+        let now = l[1].strip_prefix("\tnow: ").unwrap();
+        assert_eq!(now.split_whitespace().count(), 5, "{out}");
+
+        // core.ps: pid and description, one after the other.
+        let (out, _) = kamcmd(sock, &["core.ps"]);
+        let l = lines(&out);
+        assert_eq!(l[0].parse::<u32>().ok(), Some(srv.pid()), "{out}");
+        assert_eq!(l[1], "main process", "{out}");
+
         let (out, _) = kamcmd(sock, &["system.listMethods"]);
         for m in [
             "core.version",
@@ -218,7 +228,10 @@ request_route {{ if (is_method("REGISTER")) {{ save("location"); exit; }} }}
     ] {
         assert!(l.contains(&want), "{want:?} in {out}");
     }
-    assert!(l.iter().any(|x| x.starts_with("\t\t\t\t\t\t\tExpires: ")), "{out}");
+    assert!(
+        l.iter().any(|x| x.starts_with("\t\t\t\t\t\t\tExpires: ")),
+        "{out}"
+    );
 }
 
 /// A binrpc client connection: what was read past the last packet is kept.
