@@ -21,6 +21,22 @@ pub enum Item {
     ModParam(ModParam),
     /// A routing block.
     Route(RouteBlock),
+    /// `group.name = value [desc "text"]`: a custom setting, read with
+    /// `$sel(cfg_get.group.name)` and changed at run time through cfg_rpc.
+    CustomCfg(CustomCfg),
+}
+
+/// A custom setting (Kamailio's "custom parameters").
+#[derive(Debug, Clone)]
+pub struct CustomCfg {
+    /// The group (`pstn`).
+    pub group: Spanned<String>,
+    /// The name (`gw_ip`).
+    pub name: Spanned<String>,
+    /// The value: an integer or a string.
+    pub value: Spanned<ParamValue>,
+    /// The `desc "…"` text.
+    pub desc: Option<String>,
 }
 
 /// A core parameter line.

@@ -163,6 +163,12 @@ impl<'a> Parser<'a> {
             }
             "modparam" => self.modparam().map(|m| Some(Item::ModParam(m))),
             _ if self.peek_at(1).is(Punct::Assign) => self.global().map(|g| Some(Item::Global(g))),
+            _ if self.peek_at(1).is(Punct::Dot)
+                && self.peek_at(2).ident().is_some()
+                && self.peek_at(3).is(Punct::Assign) =>
+            {
+                self.custom_cfg().map(|c| Some(Item::CustomCfg(c)))
+            }
             _ => {
                 let span = t.span;
                 let msg = if self.peek_at(1).is(Punct::LParen) {
@@ -195,6 +201,57 @@ impl<'a> Parser<'a> {
             self.bump();
         }
         Ok(Spanned::new(s, span))
+    }
+
+    /// `group.name = value [desc "text"]` (value: a string or an integer).
+    fn custom_cfg(&mut self) -> PResult<CustomCfg> {
+        let g = self.bump();
+        let group = Spanned::new(g.ident().unwrap_or_default().to_string(), g.span);
+        self.bump(); // .
+        let n = self.bump();
+        let name = Spanned::new(n.ident().unwrap_or_default().to_string(), n.span);
+        self.bump(); // =
+        let t = self.peek();
+        let value = match &t.tok {
+            Tok::Str(_) => {
+                let v = self.string_value("a string")?;
+                Spanned::new(ParamValue::Str(v.node), v.span)
+            }
+            Tok::Int(n) => {
+                let v = Spanned::new(ParamValue::Int(*n), t.span);
+                self.bump();
+                v
+            }
+            Tok::Punct(Punct::Minus) if matches!(self.peek_at(1).tok, Tok::Int(_)) => {
+                let Tok::Int(n) = self.peek_at(1).tok else {
+                    unreachable!()
+                };
+                let span = t.span.to(self.peek_at(1).span);
+                self.bump();
+                self.bump();
+                Spanned::new(ParamValue::Int(-n), span)
+            }
+            _ => {
+                return Err(self.expected(&format!(
+                    "a string or an integer as the value of `{}.{}`",
+                    group.node, name.node
+                )));
+            }
+        };
+        let mut desc = None;
+        if self.peek().ident() == Some("desc") && !self.peek().newline_before {
+            self.bump();
+            desc = Some(
+                self.string_value("the description as a string after `desc`")?
+                    .node,
+            );
+        }
+        Ok(CustomCfg {
+            group,
+            name,
+            value,
+            desc,
+        })
     }
 
     fn global(&mut self) -> PResult<Global> {

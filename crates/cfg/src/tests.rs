@@ -155,3 +155,59 @@ fn unclosed_block_and_deep_nesting_do_not_hang() {
     );
     assert!(errs(&deep).iter().any(|e| e.contains("nested deeper")));
 }
+
+#[test]
+fn custom_settings_with_a_description() {
+    let c = ok(r#"pstn.gw_ip = "" desc "PSTN GW Address"
+pstn.gw_port = "5060"
+app.level = -3 desc "a level"
+children=2
+request_route { }
+"#);
+    let got: Vec<(String, String, ParamValue, Option<String>)> = c
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            Item::CustomCfg(x) => Some((
+                x.group.node.clone(),
+                x.name.node.clone(),
+                x.value.node.clone(),
+                x.desc.clone(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "pstn".into(),
+                "gw_ip".into(),
+                ParamValue::Str(String::new()),
+                Some("PSTN GW Address".into())
+            ),
+            (
+                "pstn".into(),
+                "gw_port".into(),
+                ParamValue::Str("5060".into()),
+                None
+            ),
+            (
+                "app".into(),
+                "level".into(),
+                ParamValue::Int(-3),
+                Some("a level".into())
+            ),
+        ]
+    );
+    assert!(
+        c.items
+            .iter()
+            .any(|i| matches!(i, Item::Global(g) if g.name.node == "children"))
+    );
+    let e = errs("pstn.gw_ip = yes\n");
+    assert!(
+        e[0].contains("t.cfg:1:14") && e[0].contains("a string or an integer"),
+        "{e:?}"
+    );
+}

@@ -108,7 +108,7 @@ pub(crate) fn module_reply(
 }
 
 /// `sip:user@host:port;params` with the user or host replaced.
-fn rebuild_uri(uri: &[u8], user: Option<&[u8]>, host: Option<&[u8]>) -> Option<Bytes> {
+pub(crate) fn rebuild_uri(uri: &[u8], user: Option<&[u8]>, host: Option<&[u8]>) -> Option<Bytes> {
     let u = siphon_sip::parse_uri(uri).ok()?;
     let mut out = Vec::with_capacity(uri.len() + 16);
     out.extend_from_slice(u.scheme);

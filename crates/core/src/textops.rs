@@ -117,13 +117,48 @@ pub(crate) fn tm_cfg_vars(core: &Arc<Core>) -> Vec<CfgVar> {
     use std::time::Duration;
     type Field = fn(&mut TmConfig) -> &mut Duration;
     let fields: [(&'static str, &'static str, Field, u64); 7] = [
-        ("fr_timer", "timer for a final reply (ms)", |t| &mut t.fr_timer, 1),
-        ("fr_inv_timer", "timer for a final reply to an INVITE after a provisional (ms)", |t| &mut t.fr_inv_timer, 1),
-        ("max_inv_lifetime", "longest life of an INVITE transaction (ms)", |t| &mut t.max_inv_lifetime, 1),
-        ("max_noninv_lifetime", "longest life of a non-INVITE transaction (ms)", |t| &mut t.max_noninv_lifetime, 1),
-        ("wt_timer", "how long a completed transaction is kept (ms)", |t| &mut t.wait, 0),
-        ("retr_timer1", "first retransmission interval, T1 (ms)", |t| &mut t.t1, 1),
-        ("retr_timer2", "largest retransmission interval, T2 (ms)", |t| &mut t.t2, 1),
+        (
+            "fr_timer",
+            "timer for a final reply (ms)",
+            |t| &mut t.fr_timer,
+            1,
+        ),
+        (
+            "fr_inv_timer",
+            "timer for a final reply to an INVITE after a provisional (ms)",
+            |t| &mut t.fr_inv_timer,
+            1,
+        ),
+        (
+            "max_inv_lifetime",
+            "longest life of an INVITE transaction (ms)",
+            |t| &mut t.max_inv_lifetime,
+            1,
+        ),
+        (
+            "max_noninv_lifetime",
+            "longest life of a non-INVITE transaction (ms)",
+            |t| &mut t.max_noninv_lifetime,
+            1,
+        ),
+        (
+            "wt_timer",
+            "how long a completed transaction is kept (ms)",
+            |t| &mut t.wait,
+            0,
+        ),
+        (
+            "retr_timer1",
+            "first retransmission interval, T1 (ms)",
+            |t| &mut t.t1,
+            1,
+        ),
+        (
+            "retr_timer2",
+            "largest retransmission interval, T2 (ms)",
+            |t| &mut t.t2,
+            1,
+        ),
     ];
     fields
         .into_iter()
@@ -139,9 +174,10 @@ pub(crate) fn tm_cfg_vars(core: &Arc<Core>) -> Vec<CfgVar> {
                 set: Arc::new(move |v| {
                     let ms = match v {
                         ParamValue::Int(n) => *n,
-                        ParamValue::Str(s) => {
-                            s.trim().parse().map_err(|_| format!("`{s}` is no number"))?
-                        }
+                        ParamValue::Str(s) => s
+                            .trim()
+                            .parse()
+                            .map_err(|_| format!("`{s}` is no number"))?,
                     };
                     if ms < min as i64 {
                         return Err(format!("{name} must be at least {min} ms, not {ms}"));
@@ -155,6 +191,51 @@ pub(crate) fn tm_cfg_vars(core: &Arc<Core>) -> Vec<CfgVar> {
             }
         })
         .collect()
+}
+
+/// Where the R-URI's user may be rewritten.
+const URI_ROUTES: RouteType = RouteType::REQUEST
+    .or(RouteType::FAILURE)
+    .or(RouteType::BRANCH);
+
+/// A change to the R-URI's user part (Kamailio's core `strip`, `strip_tail`,
+/// `prefix`).
+#[derive(Debug, Clone, Copy)]
+enum UserEdit {
+    Strip,
+    StripTail,
+    Prefix,
+}
+
+/// The user part after `op`; stripping more than there is leaves it empty
+/// (Kamailio warns and does the same).
+fn edited_user(user: &[u8], op: UserEdit, n: usize, prefix: &[u8]) -> Vec<u8> {
+    let n = n.min(user.len());
+    match op {
+        UserEdit::Strip => user[n..].to_vec(),
+        UserEdit::StripTail => user[..user.len() - n].to_vec(),
+        UserEdit::Prefix => [prefix, user].concat(),
+    }
+}
+
+fn edit_user(ex: &mut Exec<'_>, op: UserEdit, n: usize, prefix: &[u8]) -> i32 {
+    let Some(s) = sip(ex).filter(|s| s.msg.is_request()) else {
+        return -1;
+    };
+    let ruri = s.ruri();
+    let Ok(u) = siphon_sip::parse_uri(&ruri) else {
+        tracing::error!(target: "script", "{op:?}: the R-URI cannot be parsed");
+        return -1;
+    };
+    let user = edited_user(u.user.unwrap_or_default(), op, n, prefix);
+    match crate::script::rebuild_uri(&ruri, Some(&user), None) {
+        Some(new) => {
+            s.edits.ruri = Some(new);
+            s.ruri_consumed = false;
+            1
+        }
+        None => -1,
+    }
 }
 
 pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
@@ -186,6 +267,31 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
                 (-1).into()
             }
         }
+    }));
+    for (name, op) in [
+        ("strip", UserEdit::Strip),
+        ("strip_tail", UserEdit::StripTail),
+    ] {
+        f(
+            FunctionSpec::new(name, &[Int], move |ex, a| match a.int(0, ex) {
+                Some(n) if n >= 0 => edit_user(ex, op, n as usize, b"").into(),
+                _ => (-1).into(),
+            })
+            .routes(URI_ROUTES),
+        );
+    }
+    f(FunctionSpec::new("prefix", &[Str], |ex, a| {
+        let p = a.bytes(0, ex);
+        edit_user(ex, UserEdit::Prefix, 0, &p).into()
+    })
+    .routes(URI_ROUTES));
+    f(FunctionSpec::new("strempty", &[Any], |ex, a| {
+        let v = a.value(0, ex);
+        code(v.is_null() || v.to_bytes().is_empty())
+    }));
+    f(FunctionSpec::new("starts_with", &[Str, Str], |ex, a| {
+        let (s, p) = (a.bytes(0, ex), a.bytes(1, ex));
+        code(s.starts_with(&p))
     }));
     f(FunctionSpec::new("set_reply_close", &[], |ex, _| {
         if let Some(x) = ex.ctx.ext.get_mut::<siphon_script::http::Exchange>() {
@@ -231,6 +337,14 @@ mod tests {
     }
 
     const REQ: &str = "OPTIONS sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1, SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nX-A: 1\r\nX-A: 2\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn user_edits() {
+        assert_eq!(edited_user(b"0049301", UserEdit::Strip, 2, b""), b"49301");
+        assert_eq!(edited_user(b"49301", UserEdit::Prefix, 0, b"+"), b"+49301");
+        assert_eq!(edited_user(b"49301", UserEdit::StripTail, 2, b""), b"493");
+        assert_eq!(edited_user(b"12", UserEdit::Strip, 5, b""), b"");
+    }
 
     #[test]
     fn positions_follow_kamailio() {

@@ -66,6 +66,8 @@ pub(crate) struct Compiler<'r> {
     resume_targets: HashSet<RouteId>,
     loop_depth: usize,
     pv_params: ModuleConfig,
+    /// Custom settings: group, name, description, value.
+    custom: Vec<(String, String, String, Value)>,
 }
 
 /// Compiles `cfg`; returns the program and warnings, or every diagnostic when
@@ -97,6 +99,7 @@ pub(crate) fn compile(
         resume_targets: HashSet::new(),
         loop_depth: 0,
         pv_params: ModuleConfig::default(),
+        custom: vec![],
     };
     c.globals(cfg);
     c.modules(cfg);
@@ -123,6 +126,24 @@ impl Compiler<'_> {
     // ---------- globals and modules ----------
 
     fn globals(&mut self, cfg: &Config) {
+        for item in &cfg.items {
+            if let Item::CustomCfg(c) = item {
+                let (g, n) = (&c.group.node, &c.name.node);
+                if self.custom.iter().any(|(cg, cn, ..)| cg == g && cn == n) {
+                    self.err(
+                        c.name.span,
+                        format!("custom setting `{g}.{n}` is declared twice"),
+                    );
+                    continue;
+                }
+                let v = match &c.value.node {
+                    ast::ParamValue::Int(i) => Value::Int(*i),
+                    ast::ParamValue::Str(s) => Value::from(s.clone()),
+                };
+                let desc = c.desc.clone().unwrap_or_default();
+                self.custom.push((g.clone(), n.clone(), desc, v));
+            }
+        }
         for item in &cfg.items {
             if let Item::Global(g) = item
                 && let Err(d) = self.core.apply(&g.name, &g.value)
@@ -531,6 +552,7 @@ impl Compiler<'_> {
             var_names,
             var_init,
             shared,
+            custom: crate::CustomCfg::new(self.custom),
             core: self.core,
             hooks: Hooks {
                 myself: self.reg.hooks.myself.clone(),
@@ -1057,6 +1079,28 @@ impl Compiler<'_> {
                 PvKind::Shv(*self.shv_slots.entry(n).or_insert(next))
             }
             "rc" | "retcode" => PvKind::Rc,
+            "sel" => {
+                let n = need_inner(self, "cfg_get.group.name")?;
+                let found = n
+                    .strip_prefix("cfg_get.")
+                    .and_then(|gn| gn.split_once('.'))
+                    .map(|(g, name)| {
+                        self.custom
+                            .iter()
+                            .position(|(cg, cn, ..)| cg == g && cn == name)
+                    });
+                match found {
+                    Some(Some(i)) => PvKind::Dyn(Arc::new(CustomSetting(i))),
+                    Some(None) => {
+                        self.err(span, format!("`{}`: no custom setting `{}` (declare it: `{} = value desc \"…\"`)", syn.text, &n[8..], &n[8..]));
+                        return None;
+                    }
+                    None => {
+                        self.err(span, format!("`{}`: siphon reads only `$sel(cfg_get.group.name)` (a custom setting)", syn.text));
+                        return None;
+                    }
+                }
+            }
             class => {
                 let Some(spec) = self.pv_classes.get(class).cloned() else {
                     let mut d =
@@ -1190,4 +1234,13 @@ fn parse_initial(text: &str) -> Option<(String, Value)> {
         return None;
     };
     Some((name.trim().to_string(), value))
+}
+
+/// `$sel(cfg_get.group.name)`: a custom setting's current value.
+struct CustomSetting(usize);
+
+impl crate::api::PvAccess for CustomSetting {
+    fn get(&self, ex: &mut crate::Exec<'_>, _idx: crate::api::PvIdx) -> Value {
+        ex.prog.custom_cfg().get(self.0)
+    }
 }

@@ -170,6 +170,72 @@ impl SharedVars {
     }
 }
 
+/// The configuration's custom settings (`pstn.gw_ip = "" desc "…"`): read
+/// with `$sel(cfg_get.pstn.gw_ip)`, changed at run time by cfg_rpc.
+#[derive(Debug, Default)]
+pub struct CustomCfg {
+    vars: Vec<CustomVar>,
+}
+
+/// One custom setting.
+#[derive(Debug)]
+pub struct CustomVar {
+    /// Its group (`pstn`).
+    pub group: String,
+    /// Its name (`gw_ip`).
+    pub name: String,
+    /// The `desc` text.
+    pub desc: String,
+    value: Mutex<Value>,
+}
+
+impl CustomCfg {
+    pub(crate) fn new(vars: Vec<(String, String, String, Value)>) -> Self {
+        CustomCfg {
+            vars: vars
+                .into_iter()
+                .map(|(group, name, desc, v)| CustomVar {
+                    group,
+                    name,
+                    desc,
+                    value: Mutex::new(v),
+                })
+                .collect(),
+        }
+    }
+    /// The settings, in the order declared.
+    pub fn vars(&self) -> &[CustomVar] {
+        &self.vars
+    }
+    /// The index of `group.name`.
+    pub fn find(&self, group: &str, name: &str) -> Option<usize> {
+        self.vars
+            .iter()
+            .position(|v| v.group == group && v.name == name)
+    }
+    /// The value of setting `i`.
+    pub fn get(&self, i: usize) -> Value {
+        self.vars
+            .get(i)
+            .and_then(|v| v.value.lock().ok().map(|g| g.clone()))
+            .unwrap_or_default()
+    }
+    /// Sets setting `i`: an integer setting takes integers only, a string
+    /// one any value as text (Kamailio's types).
+    pub fn set(&self, i: usize, v: Value) -> Result<(), String> {
+        let var = self.vars.get(i).ok_or("no such setting")?;
+        let mut g = var.value.lock().map_err(|_| "poisoned")?;
+        *g = match (&*g, v) {
+            (Value::Int(_), v) => Value::Int(
+                v.to_int()
+                    .ok_or_else(|| format!("{}.{} takes an integer", var.group, var.name))?,
+            ),
+            (_, v) => Value::Str(v.to_bytes()),
+        };
+        Ok(())
+    }
+}
+
 /// Counters of the route engine.
 #[derive(Debug, Default)]
 pub struct ScriptStats {
@@ -195,6 +261,7 @@ pub struct Program {
     var_names: Vec<Arc<str>>,
     var_init: Vec<Value>,
     shared: SharedVars,
+    custom: CustomCfg,
     /// The core parameters.
     pub core: core::CoreParams,
     hooks: Hooks,
@@ -286,6 +353,10 @@ impl Program {
     /// The slot of `$var(name)`, if the script names it.
     pub fn var_slot(&self, name: &str) -> Option<usize> {
         self.var_names.iter().position(|n| &**n == name)
+    }
+    /// The custom settings (`$sel(cfg_get.group.name)`).
+    pub fn custom_cfg(&self) -> &CustomCfg {
+        &self.custom
     }
     /// `$shv` storage.
     pub fn shared(&self) -> &SharedVars {

@@ -373,3 +373,33 @@ fn compile_errors() {
     assert!(errors("loadmodule \"nosuch.so\"")[0].contains("module `nosuch` is not available"));
     assert!(errors("route[A] {}\nroute[A] {}")[0].contains("defined twice"));
 }
+
+#[test]
+fn custom_settings_read_with_sel_and_changed_at_run_time() {
+    let (p, out) = compile_ok(
+        "pstn.gw_ip = \"\" desc \"PSTN GW Address\"\napp.level = 3\nrequest_route {\n out(\"[\" + $sel(cfg_get.pstn.gw_ip) + \"]\"); out($sel(cfg_get.app.level) + 1);\n}\n",
+    );
+    let run = || {
+        let mut ctx = p.new_ctx(RouteType::REQUEST);
+        p.run(p.request_route().unwrap(), &mut ctx);
+    };
+    run();
+    let c = p.custom_cfg();
+    let ip = c.find("pstn", "gw_ip").unwrap();
+    assert_eq!(c.vars()[ip].desc, "PSTN GW Address");
+    c.set(ip, Value::from("10.0.0.1")).unwrap();
+    let level = c.find("app", "level").unwrap();
+    assert!(
+        c.set(level, Value::from("x")).is_err(),
+        "an integer setting"
+    );
+    c.set(level, Value::from("7")).unwrap();
+    run();
+    assert_eq!(*out.lock().unwrap(), ["[]", "4", "[10.0.0.1]", "8"]);
+    let e = errors("request_route { out($sel(cfg_get.pstn.nope)); }\n");
+    assert!(e[0].contains("no custom setting `pstn.nope`"), "{e:?}");
+    let e = errors("request_route { out($sel(ruri.user)); }\n");
+    assert!(e[0].contains("reads only"), "{e:?}");
+    let e = errors("a.b = 1\na.b = 2\nrequest_route { }\n");
+    assert!(e[0].contains("declared twice"), "{e:?}");
+}

@@ -2,7 +2,8 @@
 //! (also `cfg.set_now_int`, `cfg.set_now_string`, `cfg.seti`, `cfg.sets`),
 //! `cfg.help group name`, `cfg.list`, over the settings the loaded modules
 //! let change at run time ([`Module::cfg_vars`]: `maxfwd max_limit`, tm's
-//! timers …). Anything else is an error naming what siphon can change;
+//! timers …) and the configuration's custom settings (`pstn.gw_ip = ""
+//! desc "…"`, read with `$sel(cfg_get.pstn.gw_ip)`). Anything else is an error naming what siphon can change;
 //! the delayed forms (`cfg.set_delayed_*`, `cfg.commit`, `cfg.rollback`,
 //! `cfg.diff`) and group instances are refused: siphon applies a change at
 //! once.
@@ -16,9 +17,24 @@ use std::sync::Arc;
 /// The module (no state: it reads the other modules' settings).
 pub struct CfgRpc;
 
-/// Every run-time setting of the loaded modules.
-fn vars(p: &Program) -> Vec<CfgVar> {
-    p.modules().iter().flat_map(|(_, m)| m.cfg_vars()).collect()
+/// A setting `cfg.*` reaches: a module's, or one the configuration declared
+/// (`pstn.gw_ip = "" desc "…"`, read with `$sel(cfg_get.pstn.gw_ip)`).
+enum Setting {
+    Module(CfgVar),
+    Custom(usize),
+}
+
+/// `group.name` of every setting.
+fn names(p: &Program) -> Vec<String> {
+    let mods = p.modules().iter().flat_map(|(_, m)| m.cfg_vars());
+    mods.map(|v| format!("{}.{}", v.group, v.name))
+        .chain(
+            p.custom_cfg()
+                .vars()
+                .iter()
+                .map(|v| format!("{}.{}", v.group, v.name)),
+        )
+        .collect()
 }
 
 fn fault(message: String) -> RpcFailure {
@@ -26,21 +42,31 @@ fn fault(message: String) -> RpcFailure {
 }
 
 /// The setting the first two params name.
-fn find(c: &RpcCall) -> Result<CfgVar, RpcFailure> {
+fn find(c: &RpcCall) -> Result<Setting, RpcFailure> {
     let (Some(g), Some(n)) = (c.str(0), c.str(1)) else {
         return Err(RpcFailure::params("expected a group and a variable name"));
     };
-    let all = vars(&c.program);
-    all.iter()
+    let p = &c.program;
+    if let Some(v) = p
+        .modules()
+        .iter()
+        .flat_map(|(_, m)| m.cfg_vars())
         .find(|v| v.group == g && v.name == n)
-        .cloned()
-        .ok_or_else(|| {
-            let names: Vec<String> = all.iter().map(|v| format!("{}.{}", v.group, v.name)).collect();
-            fault(format!(
-                "siphon cannot read or change {g}.{n} at run time (set it in the configuration and restart); it can: {}",
-                if names.is_empty() { "nothing with the modules loaded".into() } else { names.join(", ") }
-            ))
-        })
+    {
+        return Ok(Setting::Module(v));
+    }
+    if let Some(i) = p.custom_cfg().find(&g, &n) {
+        return Ok(Setting::Custom(i));
+    }
+    let all = names(p);
+    Err(fault(format!(
+        "siphon cannot read or change {g}.{n} at run time (set it in the configuration and restart); it can: {}",
+        if all.is_empty() {
+            "nothing with this configuration".into()
+        } else {
+            all.join(", ")
+        }
+    )))
 }
 
 fn to_json(v: ParamValue) -> Value {
@@ -50,9 +76,26 @@ fn to_json(v: ParamValue) -> Value {
     }
 }
 
+fn get(c: &RpcCall) -> Result<Value, RpcFailure> {
+    Ok(match find(c)? {
+        Setting::Module(v) => to_json((v.get)()),
+        Setting::Custom(i) => match c.program.custom_cfg().get(i) {
+            siphon_script::Value::Int(n) => json!(n),
+            other => json!(other.to_text()),
+        },
+    })
+}
+
+fn help(c: &RpcCall) -> Result<Value, RpcFailure> {
+    Ok(match find(c)? {
+        Setting::Module(v) => json!(v.help),
+        Setting::Custom(i) => json!(c.program.custom_cfg().vars()[i].desc),
+    })
+}
+
 /// `cfg.set*`: the third param as `kind` wants it (any, int, string).
 fn set(c: &RpcCall, kind: Option<bool>) -> Result<Value, RpcFailure> {
-    let var = find(c)?;
+    let setting = find(c)?;
     let value = match (c.params.get(2), kind) {
         (None, _) => return Err(RpcFailure::params("expected a value")),
         (Some(_), Some(true)) => ParamValue::Int(
@@ -62,28 +105,35 @@ fn set(c: &RpcCall, kind: Option<bool>) -> Result<Value, RpcFailure> {
         (Some(Value::Number(_)), None) => ParamValue::Int(c.int(2).unwrap_or_default()),
         (Some(_), _) => ParamValue::Str(c.str(2).unwrap_or_default()),
     };
-    (var.set)(&value).map_err(fault)?;
+    match setting {
+        Setting::Module(v) => (v.set)(&value).map_err(fault)?,
+        Setting::Custom(i) => {
+            let v = match value {
+                ParamValue::Int(n) => siphon_script::Value::Int(n),
+                ParamValue::Str(s) => siphon_script::Value::from(s),
+            };
+            c.program.custom_cfg().set(i, v).map_err(fault)?
+        }
+    }
     Ok(Value::Null)
 }
 
 fn commands() -> Vec<RpcSpec> {
     let mut v = vec![
-        RpcSpec::new("cfg.get", "A setting's value: cfg.get group name.", |c| {
-            Ok(to_json((find(c)?.get)()))
-        }),
+        RpcSpec::new("cfg.get", "A setting's value: cfg.get group name.", get),
         RpcSpec::new(
             "cfg.help",
             "What a setting does: cfg.help group name.",
-            |c| Ok(json!(find(c)?.help)),
+            help,
         ),
         RpcSpec::new(
             "cfg.list",
             "The settings siphon can change at run time.",
             |c| {
                 Ok(json!(
-                    vars(&c.program)
+                    names(&c.program)
                         .iter()
-                        .map(|v| format!("{}: {}", v.group, v.name))
+                        .map(|n| n.replacen('.', ": ", 1))
                         .collect::<Vec<_>>()
                 ))
             },
@@ -197,7 +247,7 @@ mod tests {
         });
         let l = load_str(
             "t.cfg",
-            "loadmodule \"cfg_rpc\"\nloadmodule \"knob\"\nrequest_route { }\n",
+            "loadmodule \"cfg_rpc\"\nloadmodule \"knob\"\npstn.gw_ip = \"\" desc \"PSTN GW Address\"\nrequest_route { }\n",
             &Default::default(),
             &reg,
         );
@@ -215,7 +265,23 @@ mod tests {
         assert_eq!(rpc(&p, "cfg.get", json!(["knob", "level"])), Ok(json!(5)));
         let e = rpc(&p, "cfg.set", json!(["knob", "level", 12])).unwrap_err();
         assert!(e.message.contains("bad level"), "{e:?}");
-        assert_eq!(rpc(&p, "cfg.list", json!([])), Ok(json!(["knob: level"])));
+        assert_eq!(
+            rpc(&p, "cfg.list", json!([])),
+            Ok(json!(["knob: level", "pstn: gw_ip"]))
+        );
+        assert_eq!(rpc(&p, "cfg.get", json!(["pstn", "gw_ip"])), Ok(json!("")));
+        assert_eq!(
+            rpc(&p, "cfg.sets", json!(["pstn", "gw_ip", "10.0.0.1"])),
+            Ok(Value::Null)
+        );
+        assert_eq!(
+            rpc(&p, "cfg.get", json!(["pstn", "gw_ip"])),
+            Ok(json!("10.0.0.1"))
+        );
+        assert_eq!(
+            rpc(&p, "cfg.help", json!(["pstn", "gw_ip"])),
+            Ok(json!("PSTN GW Address"))
+        );
         assert_eq!(
             rpc(&p, "cfg.help", json!(["knob", "level"])),
             Ok(json!("a level (0..9)"))

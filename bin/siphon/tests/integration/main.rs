@@ -6,6 +6,7 @@ mod cfg_rpc;
 mod cli;
 mod ctl;
 mod counters;
+mod custom_cfg;
 mod evapi;
 mod event_jsonrpc;
 mod golden;
