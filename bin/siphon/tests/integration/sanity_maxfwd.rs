@@ -57,15 +57,7 @@ pub(crate) struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::harness::terminate(&mut self.child);
     }
 }
 
@@ -311,4 +303,59 @@ fn siphon_answers_as_kamailio() {
 #[test]
 fn kamailio_answers_so() {
     answers_as_kamailio(kamailio);
+}
+
+/// The shipped config's checks in the path of real user agents: sipp calls
+/// (INVITE, 180, 200, ACK, BYE) through `mf_process_maxfwd_header` and
+/// `sanity_check("17895", "7")` pass on siphon as on Kamailio.
+const RELAY_CFG: &str = r#"#!KAMAILIO
+#!trydef UAS_PORT 5095
+children=1
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "sanity.so"
+modparam("sanity", "autodrop", 0)
+
+request_route {
+    if (!mf_process_maxfwd_header("10")) {
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }
+    if (!sanity_check("17895", "7")) {
+        exit;
+    }
+    $du = "sip:127.0.0.1:" + UAS_PORT;
+    t_relay();
+}
+"#;
+
+fn sipp_calls_pass(bin: &str, extra: &[&str]) {
+    let uas = super::harness::SippUas::start("uas", "u1");
+    let port = format!("UAS_PORT={}", uas.addr.port());
+    let mut args = extra.to_vec();
+    args.extend(["-A", &port]);
+    let p = start_with(RELAY_CFG, bin, &args);
+    super::harness::sipp_uac("uac", p.addr, "u1", 5, &[]);
+    let run = uas.finish();
+    assert!(
+        run.successful == 5 && run.failed == 0,
+        "{bin}: UAS {} ok, {} failed\n{}",
+        run.successful,
+        run.failed,
+        run.tail()
+    );
+}
+
+#[test]
+fn sipp_calls_pass_the_checks_on_siphon() {
+    sipp_calls_pass(env!("CARGO_BIN_EXE_siphon"), &[]);
+}
+
+#[test]
+fn sipp_calls_pass_the_checks_on_kamailio() {
+    if have_kamailio() {
+        sipp_calls_pass("kamailio", &KAMAILIO_ARGS);
+    }
 }
