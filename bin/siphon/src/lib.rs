@@ -42,6 +42,7 @@ pub fn registry_with_core() -> (Registry, Arc<Core>) {
     reg.add(siphon_mod_rr::def());
     reg.add(siphon_mod_registrar::def_usrloc());
     reg.add(siphon_mod_registrar::def());
+    reg.add(siphon_mod_acc::def());
     reg.add(siphon_mod_maxfwd::def());
     reg.add(siphon_mod_sanity::def());
     (reg, core)

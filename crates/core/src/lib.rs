@@ -532,6 +532,17 @@ impl Host for CoreHost {
     ) -> Result<(), String> {
         script::module_reply(&self.core, ctx, code, reason, extra, mode)
     }
+
+    fn on_transaction_final(&self, hook: siphon_script::api::TxFinalHook) -> bool {
+        let mut hooks = self
+            .core
+            .tm
+            .final_hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        hooks.push(hook);
+        true
+    }
 }
 
 /// Where replies to a request go (RFC 3261 §18.2.2, RFC 3581): the source

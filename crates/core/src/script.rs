@@ -52,9 +52,10 @@ fn sl_send(core: &Core, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 {
 }
 
 fn t_send(core: &Arc<Core>, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 {
+    let flags = ex.ctx.flags;
     let Some(s) = sip(ex) else { return -1 };
     let extra = std::mem::take(&mut s.reply_hdrs);
-    if tx_reply(core, s, code, reason, &extra) {
+    if tx_reply(core, s, flags, code, reason, &extra) {
         1
     } else {
         -1
@@ -62,7 +63,14 @@ fn t_send(core: &Arc<Core>, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 
 }
 
 /// A reply through the request's transaction (`t_reply`).
-fn tx_reply(core: &Arc<Core>, s: &SipCtx, code: u16, reason: &[u8], extra: &[Bytes]) -> bool {
+fn tx_reply(
+    core: &Arc<Core>,
+    s: &SipCtx,
+    flags: u64,
+    code: u16,
+    reason: &[u8],
+    extra: &[Bytes],
+) -> bool {
     let Some(id) = s.tx else {
         tracing::error!(target: "script", "t_reply: no transaction for this request (call t_newtran() first)");
         return false;
@@ -70,8 +78,11 @@ fn tx_reply(core: &Arc<Core>, s: &SipCtx, code: u16, reason: &[u8], extra: &[Byt
     let tag = core.to_tag(&s.msg);
     // Built here (not in the table) to replace a reply too large for UDP.
     let (code, bytes) = core.sendable_reply(&s.msg, &s.peer, code, reason, &tag, extra);
-    core.tm
-        .with(core, id.index, |t, now| t.reply_bytes(id, code, bytes, now))
+    core.tm.with(core, id.index, |t, now| {
+        // The flags as the reply leaves: what acc reads of the transaction.
+        t.set_flags(id, flags);
+        t.reply_bytes(id, code, bytes, now)
+    })
 }
 
 /// [`siphon_script::api::Host::reply`]: a module answers the route's request
@@ -87,6 +98,7 @@ pub(crate) fn module_reply(
     if !(100..=699).contains(&code) {
         return Err(format!("reply code {code} is not between 100 and 699"));
     }
+    let flags = ctx.flags;
     let s = ctx.ext.get_mut::<SipCtx>().ok_or("no SIP message to answer")?;
     if !s.msg.is_request() {
         return Err("a reply is not answered".into());
@@ -97,7 +109,7 @@ pub(crate) fn module_reply(
     let mut lines = std::mem::take(&mut s.reply_hdrs);
     lines.extend_from_slice(extra);
     let sent = match (mode, s.tx) {
-        (ReplyMode::Stateful, Some(_)) => tx_reply(core, s, code, reason.as_bytes(), &lines),
+        (ReplyMode::Stateful, Some(_)) => tx_reply(core, s, flags, code, reason.as_bytes(), &lines),
         _ => core.sl_reply(&s.msg, &s.peer, code, reason.as_bytes(), &lines),
     };
     if sent {

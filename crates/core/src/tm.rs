@@ -69,6 +69,8 @@ const TICK: Duration = Duration::from_millis(10);
 pub(crate) struct Tm {
     shards: Vec<Shard>,
     seed: u64,
+    /// What modules asked to hear of finals sent upstream (acc).
+    pub(crate) final_hooks: std::sync::RwLock<Vec<siphon_script::api::TxFinalHook>>,
 }
 
 impl Tm {
@@ -81,7 +83,11 @@ impl Tm {
                 )),
             })
             .collect();
-        Tm { shards, seed }
+        Tm {
+            shards,
+            seed,
+            final_hooks: Default::default(),
+        }
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, TxShard<CoreShell>> {
@@ -369,6 +375,7 @@ impl Core {
     /// Hands a context back to its transaction after a route ran.
     pub(crate) fn give_back(self: &Arc<Self>, id: TxId, ctx: Ctx, kind: RouteKind) {
         self.tm.with(self, id.index, |t, now| {
+            t.set_flags(id, ctx.flags);
             t.route_done(id, Box::new(ctx), kind, None, now)
         });
     }
@@ -395,6 +402,64 @@ impl Core {
                 ctx,
             } => self.run_onreply(tx, branch, route, reply, dest, ctx),
             Action::Ended { .. } => {}
+            Action::Completed {
+                request,
+                peer,
+                code,
+                reply,
+                flags,
+                branch_ruri,
+                ..
+            } => self.transaction_final(request, peer.peer, code, reply, flags, branch_ruri),
+        }
+    }
+
+    /// A flagged transaction's final went upstream: the modules that asked
+    /// hear of it (acc).
+    fn transaction_final(
+        &self,
+        request: SipMsg,
+        peer: Peer,
+        code: u16,
+        reply: Bytes,
+        flags: u64,
+        branch_ruri: Option<Bytes>,
+    ) {
+        let hooks = self
+            .tm
+            .final_hooks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if hooks.is_empty() {
+            return;
+        }
+        let parsed = siphon_sip::parse(reply.clone()).ok();
+        let line_end = reply
+            .iter()
+            .position(|&c| c == b'\r' || c == b'\n')
+            .unwrap_or(reply.len());
+        // `SIP/2.0 200 OK`: the reason is what follows the code.
+        let reason = reply[..line_end]
+            .splitn(3, |&c| c == b' ')
+            .nth(2)
+            .map(|r| {
+                let at = r.as_ptr() as usize - reply.as_ptr() as usize;
+                reply.slice(at..at + r.len())
+            })
+            .unwrap_or_default();
+        let fin = siphon_script::api::TxFinal {
+            request,
+            peer,
+            branch_ruri,
+            code,
+            reason,
+            to_tag: parsed.and_then(|m| m.to()).and_then(|t| t.tag),
+            flags,
+            time: std::time::SystemTime::now(),
+        };
+        for h in hooks {
+            h(&fin);
         }
     }
 

@@ -200,7 +200,39 @@ pub trait Host: Send + Sync {
     ) -> Result<(), String> {
         Err("this host sends no SIP replies".into())
     }
+    /// Calls `hook` each time a transaction whose request carries message
+    /// flags (`setflag`) sends its final reply upstream (Kamailio's
+    /// TMCB_RESPONSE_OUT for a final, as acc uses it). False when this host
+    /// has no transactions.
+    fn on_transaction_final(&self, _hook: TxFinalHook) -> bool {
+        false
+    }
 }
+
+/// A transaction's final reply as it went upstream ([`Host::on_transaction_final`]).
+#[derive(Debug, Clone)]
+pub struct TxFinal {
+    /// The request, as received.
+    pub request: siphon_sip::SipMsg,
+    /// Where the request came from.
+    pub peer: Peer,
+    /// The R-URI of the branch whose final it is, as sent (`None`: a final
+    /// made here with no branch).
+    pub branch_ruri: Option<Bytes>,
+    /// The final's code.
+    pub code: u16,
+    /// Its reason phrase.
+    pub reason: Bytes,
+    /// The To-tag of the reply sent.
+    pub to_tag: Option<Bytes>,
+    /// The request's message flags when the final went out.
+    pub flags: u64,
+    /// When it went out.
+    pub time: std::time::SystemTime,
+}
+
+/// What [`Host::on_transaction_final`] calls.
+pub type TxFinalHook = Arc<dyn Fn(&TxFinal) + Send + Sync>;
 
 /// How [`Host::reply`] answers a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +277,13 @@ pub trait Module: Send + Sync + Any {
     /// Settings it lets cfg_rpc's `cfg.get`/`cfg.set` read and change at run
     /// time, under Kamailio's cfg group and variable names.
     fn cfg_vars(&self) -> Vec<CfgVar> {
+        Vec::new()
+    }
+    /// Format strings from its parameters (`$fU`, `$hdr(X)` … inside) that
+    /// the compiler binds once every PV class is known (acc's `log_extra`);
+    /// errors are reported at `loadmodule`. The module reads them back,
+    /// compiled, with [`crate::Program::module_formats`].
+    fn formats(&self) -> Vec<String> {
         Vec::new()
     }
     /// Starts the module's tasks; called inside the runtime after compilation.

@@ -490,6 +490,24 @@ impl Compiler<'_> {
             let next = self.shv_slots.len();
             self.shv_slots.entry(name.clone()).or_insert(next);
         }
+        // Format strings modules take from their parameters (acc's
+        // `log_extra`), compiled now that every PV class is known.
+        let mut module_formats = HashMap::new();
+        for (name, m) in self.instances.clone() {
+            let span = self
+                .loaded
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or_else(Span::default, |(_, s)| *s);
+            let fmts: Vec<Fmt> = m
+                .formats()
+                .iter()
+                .filter_map(|f| self.format(f, span))
+                .collect();
+            if !fmts.is_empty() {
+                module_formats.insert(name, fmts);
+            }
+        }
         let mut var_names = vec![Arc::<str>::from(""); self.var_slots.len()];
         for (n, &i) in &self.var_slots {
             var_names[i] = n.as_str().into();
@@ -559,6 +577,7 @@ impl Compiler<'_> {
             },
             modules: self.instances,
             log_prefix,
+            module_formats,
             regex_cache: Default::default(),
             stats: Default::default(),
             me: std::sync::Weak::new(),

@@ -267,6 +267,8 @@ pub struct Program {
     hooks: Hooks,
     modules: Vec<(String, Arc<dyn Module>)>,
     log_prefix: Option<pv::Fmt>,
+    /// Each module's [`Module::formats`], compiled.
+    module_formats: HashMap<String, Vec<pv::Fmt>>,
     regex_cache: Mutex<HashMap<String, Arc<regex::bytes::Regex>>>,
     /// Engine counters.
     pub stats: ScriptStats,
@@ -305,6 +307,12 @@ impl Program {
     /// `None` when it was not made with [`Program::into_shared`].
     pub fn to_shared(&self) -> Option<Arc<Program>> {
         self.me.upgrade()
+    }
+
+    /// The format strings `module` asked for ([`Module::formats`]),
+    /// compiled, in its order; to expand with [`Exec::fmt`].
+    pub fn module_formats(&self, module: &str) -> &[pv::Fmt] {
+        self.module_formats.get(module).map_or(&[], Vec::as_slice)
     }
 
     /// A fresh context for a run of the given kind.

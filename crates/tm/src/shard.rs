@@ -244,6 +244,29 @@ pub enum Action<S: Shell> {
         /// The context.
         ctx: Option<S::Ctx>,
     },
+    /// A final reply went upstream for a transaction whose request carries
+    /// message flags (`setflag`, given by [`TxShard::set_flags`]): what
+    /// accounting (acc) reports. Only flagged transactions report it: with no
+    /// flag set there is nothing to account.
+    Completed {
+        /// The transaction.
+        tx: TxId,
+        /// The request, as received.
+        request: SipMsg,
+        /// Where it came from.
+        peer: S::Peer,
+        /// The final's code.
+        code: u16,
+        /// The reply as sent upstream.
+        reply: Bytes,
+        /// The request's message flags when the final went out.
+        flags: u64,
+        /// The R-URI of the branch whose final it is (the 2xx's, or the one the
+        /// selection picked), as sent; `None` for a final made here with no branch.
+        branch_ruri: Option<Bytes>,
+        /// When it went out.
+        at: Instant,
+    },
     /// The transaction is over: its context goes with it.
     Ended {
         /// The transaction.
@@ -404,6 +427,10 @@ struct Tx<S: Shell> {
     /// transaction waits for them as for sent ones.
     holds: u32,
     scheduled: Option<Instant>,
+    /// The request's message flags, as the shell last gave them ([`TxShard::set_flags`]).
+    flags: u64,
+    /// The branch whose 2xx went upstream.
+    answered_by: Option<u16>,
 }
 
 impl<S: Shell> Tx<S> {
@@ -626,6 +653,8 @@ impl<S: Shell> TxShard<S> {
             fr_inv: self.cfg.fr_inv_timer,
             holds: 0,
             scheduled: None,
+            flags: 0,
+            answered_by: None,
         };
         self.by_key.insert(key, label);
         self.txs.insert(label, tx);
@@ -667,6 +696,14 @@ impl<S: Shell> TxShard<S> {
     /// The request the transaction was created for.
     pub fn request(&self, id: TxId) -> Option<&SipMsg> {
         self.txs.get(&self.label(id)?).map(|t| &t.req)
+    }
+
+    /// The request's message flags (the shell gives them when a route ends
+    /// and before a reply it sends): [`Action::Completed`] carries them.
+    pub fn set_flags(&mut self, id: TxId, flags: u64) {
+        if let Some(t) = self.label(id).and_then(|l| self.txs.get_mut(&l)) {
+            t.flags = flags;
+        }
     }
 
     /// `t_on_failure`: the failure route for the next failure (one run).
@@ -808,14 +845,30 @@ impl<S: Shell> TxShard<S> {
         let Some(t) = self.txs.get_mut(&label) else {
             return false;
         };
+        let first_final = code >= 200 && !t.uas.is_final();
         let Some(TxAction::Send(b)) = t.uas.on_reply_from(code, bytes, origin, now) else {
             return false;
         };
+        let completed = (first_final && t.flags != 0).then(|| Action::Completed {
+            branch_ruri: t
+                .answered_by
+                .or(t.picked)
+                .and_then(|b| t.branches.get(b as usize))
+                .and_then(|b| request_uri(&b.sent)),
+            tx: t.id,
+            request: t.req.clone(),
+            peer: t.peer.clone(),
+            code,
+            reply: b.clone(),
+            flags: t.flags,
+            at: now,
+        });
         self.out.push_back(Action::Upstream {
             tx: t.id,
             peer: t.peer.clone(),
             bytes: b,
         });
+        self.out.extend(completed);
         self.stats.replies[((code / 100).clamp(1, 6) - 1) as usize] += 1;
         if code >= 200 {
             t.fr_at = None;
@@ -1179,6 +1232,7 @@ impl<S: Shell> TxShard<S> {
         }
         t.branches[branch as usize].code = code;
         if code < 300 {
+            t.answered_by = Some(branch);
             let bytes = relayed(&msg, &edits);
             if self.send_upstream(label, code, bytes, ReplyOrigin::Relayed, now) {
                 self.stats.rpl_relayed += 1;
@@ -1771,6 +1825,16 @@ enum Upstream {
 }
 
 /// A received reply as relayed: our Via off, the reply route's edits on.
+/// The request URI of a request as sent (its request line's second word).
+fn request_uri(sent: &Bytes) -> Option<Bytes> {
+    let line_end = sent.iter().position(|&c| c == b'\r' || c == b'\n')?;
+    let mut words = sent[..line_end].split(|&c| c == b' ');
+    words.next()?;
+    let uri = words.next()?;
+    let start = uri.as_ptr() as usize - sent.as_ptr() as usize;
+    Some(sent.slice(start..start + uri.len()))
+}
+
 fn relayed(msg: &SipMsg, edits: &Edits) -> Bytes {
     let mut e = edits.clone();
     e.pop_via = true;

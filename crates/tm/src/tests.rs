@@ -181,6 +181,22 @@ impl World {
                     format!("failure {route}")
                 }
                 Action::Ended { .. } => "ended".to_string(),
+                Action::Completed {
+                    code,
+                    flags,
+                    reply,
+                    at,
+                    branch_ruri,
+                    ..
+                } => {
+                    let r = parse(reply).unwrap();
+                    format!(
+                        "completed {code} {} flags {flags} at {} ruri {}",
+                        r.status().unwrap(),
+                        (at - self.t0).as_millis(),
+                        String::from_utf8_lossy(&branch_ruri.unwrap_or_default())
+                    )
+                }
             });
         }
         v
@@ -886,4 +902,51 @@ fn our_cancel_is_resent_over_udp_until_its_200() {
     assert!(w.shard.receive_reply(parse(ok).unwrap(), w.now).is_ok());
     assert!(w.tick(2_000).is_empty(), "no more CANCELs (fr_timer is 2 s here)");
     assert_eq!(w.receive(0, 487), ["b0 ACK", "up 487"]);
+}
+
+#[test]
+fn a_flagged_transaction_reports_its_final_once_when_it_goes_upstream() {
+    let mut w = World::new();
+    let (tx, msg) = w.invite("acc");
+    w.relay(tx, &msg, &[3], false);
+    w.shard.set_flags(tx, 0b10);
+    w.done(tx, RouteKind::Request);
+    assert_eq!(w.out(), ["up 100", "b0 INVITE"]);
+    assert_eq!(w.receive(0, 180), ["up 180"], "no report for a provisional");
+    w.at(1_500);
+    assert_eq!(
+        w.receive(0, 200),
+        [
+            "up 200",
+            "completed 200 200 flags 2 at 1500 ruri sip:bob@127.0.0.3"
+        ]
+    );
+    assert_eq!(
+        w.receive(0, 200),
+        ["up 200"],
+        "a retransmitted 2xx is not reported again"
+    );
+}
+
+#[test]
+fn a_timeout_reports_the_local_408_and_an_unflagged_transaction_reports_nothing() {
+    let mut w = World::new();
+    let (tx, msg) = w.tx("OPTIONS", "acc408", false);
+    w.relay(tx, &msg, &[3], false);
+    w.shard.set_flags(tx, 1 << 3);
+    w.done(tx, RouteKind::Request);
+    assert_eq!(w.out(), ["b0 OPTIONS"]);
+    let out = w.tick(2_000);
+    assert!(
+        out.contains(&"completed 408 408 flags 8 at 2000 ruri sip:bob@127.0.0.3".to_string()),
+        "{out:?}"
+    );
+
+    let (tx, msg) = w.invite("noacc");
+    w.relay(tx, &msg, &[3], false);
+    w.done(tx, RouteKind::Request);
+    w.out();
+    let out = w.receive(0, 486);
+    assert!(out.contains(&"up 486".to_string()), "{out:?}");
+    assert!(!out.iter().any(|l| l.starts_with("completed")), "{out:?}");
 }

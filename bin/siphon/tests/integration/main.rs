@@ -1,5 +1,6 @@
 //! siphon's end-to-end tests: one test binary (see the crate layout in docs/architecture.md).
 
+mod acc;
 mod async_http;
 mod async_relay;
 mod cfg_rpc;
