@@ -49,7 +49,12 @@ pub struct ParamSpec {
     pub multi: bool,
     /// Accepted for compatibility but has no effect in siphon (a warning says so).
     pub no_effect: bool,
+    /// Checks each value at its `modparam` (the error is reported there).
+    pub check: Option<ParamCheck>,
 }
+
+/// Checks a [`ParamSpec`]'s value; the error says why it is refused.
+pub type ParamCheck = fn(&ParamValue) -> Result<(), String>;
 
 impl ParamSpec {
     /// An integer parameter.
@@ -59,6 +64,7 @@ impl ParamSpec {
             kind: ParamKind::Int,
             multi: false,
             no_effect: false,
+            check: None,
         }
     }
     /// A string parameter.
@@ -68,6 +74,7 @@ impl ParamSpec {
             kind: ParamKind::Str,
             multi: false,
             no_effect: false,
+            check: None,
         }
     }
     /// An int-or-string parameter.
@@ -77,6 +84,7 @@ impl ParamSpec {
             kind: ParamKind::IntOrStr,
             multi: false,
             no_effect: false,
+            check: None,
         }
     }
     /// May be given several times.
@@ -87,6 +95,11 @@ impl ParamSpec {
     /// Accepted, with a warning that it has no effect.
     pub const fn no_effect(mut self) -> Self {
         self.no_effect = true;
+        self
+    }
+    /// Each value is checked by `f` at its `modparam`.
+    pub const fn check(mut self, f: ParamCheck) -> Self {
+        self.check = Some(f);
         self
     }
 }

@@ -287,6 +287,12 @@ impl Compiler<'_> {
             },
             (ast::ParamValue::Str(s), _) => ParamValue::Str(s.clone()),
         };
+        if let Some(check) = spec.check
+            && let Err(e) = check(&value)
+        {
+            self.err(mp.value.span, format!("`{pname}` of module `{name}`: {e}"));
+            return;
+        }
         if spec.no_effect {
             self.diags.push(Diagnostic::warning(mp.param.span, format!("`{pname}` of module `{name}` has no effect in siphon (accepted for compatibility)")));
         }

@@ -108,69 +108,88 @@ pub fn parse_extra(s: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// An integer parameter that siphon supports only at the value(s) in `ok`.
-fn only(cfg: &ModuleConfig, name: &str, ok: &[i64], why: &str) -> Result<(), String> {
-    match cfg.int(name) {
-        Some(v) if !ok.contains(&v) => {
-            Err(format!("`{name}` = {v} is not available in siphon: {why}"))
+/// A value as written, for a diagnostic.
+fn show(v: &ParamValue) -> String {
+    match v {
+        ParamValue::Int(n) => n.to_string(),
+        ParamValue::Str(t) => format!("\"{t}\""),
+    }
+}
+
+/// Whether `v` is an integer in `ok`, or an empty string.
+fn left_default(v: &ParamValue, ok: &[i64]) -> bool {
+    match v {
+        ParamValue::Int(n) => ok.contains(n),
+        ParamValue::Str(t) => {
+            t.trim().is_empty() || t.trim().parse().is_ok_and(|n: i64| ok.contains(&n))
         }
-        _ => Ok(()),
     }
 }
 
-/// A string parameter that must stay empty.
-fn empty(cfg: &ModuleConfig, name: &str, why: &str) -> Result<(), String> {
-    match cfg.str(name) {
-        Some(v) if !v.trim().is_empty() => Err(format!(
-            "`{name}` \"{v}\" is not available in siphon: {why}"
-        )),
-        _ => Ok(()),
-    }
+/// A check refusing any value but Kamailio's default(s), saying why.
+macro_rules! refuse {
+    ($f:ident, $ok:expr, $why:expr) => {
+        fn $f(v: &ParamValue) -> Result<(), String> {
+            if left_default(v, $ok) {
+                Ok(())
+            } else {
+                Err(format!("{} is not available in siphon: {}", show(v), $why))
+            }
+        }
+    };
 }
 
-const LOG_ONLY: &str = "only the log backend of acc is (no database accounting)";
+refuse!(
+    log_only,
+    &[-1, 0],
+    "only the log backend of acc is (no database accounting)"
+);
+refuse!(
+    no_cdr,
+    &[0],
+    "CDRs need the dialog module, which siphon does not have"
+);
+refuse!(no_multi_leg, &[], "multi-leg accounting is not implemented");
+refuse!(no_early_media, &[0], "siphon accounts final replies only");
+refuse!(no_report_ack, &[0], "ACKs are not accounted");
+refuse!(
+    no_direction,
+    &[0],
+    "the direction of in-dialog requests is not detected (From/To are logged as received)"
+);
+refuse!(
+    no_reason_hf,
+    &[0],
+    "the reason is always the reply's status line"
+);
+refuse!(
+    time_modes,
+    &[0, 1, 2],
+    "time_mode 3 and 4 (strftime) are not implemented"
+);
+
+/// The parameters siphon takes only at Kamailio's defaults, and their checks
+/// (run at `modparam`, so the diagnostic points there).
+const REFUSED: &[(&str, ParamKind, ParamCheck)] = &[
+    ("db_url", ParamKind::Str, log_only),
+    ("db_flag", ParamKind::Int, log_only),
+    ("db_missed_flag", ParamKind::Int, log_only),
+    ("db_extra", ParamKind::Str, log_only),
+    ("cdr_enable", ParamKind::Int, no_cdr),
+    ("multi_leg_info", ParamKind::Str, no_multi_leg),
+    ("early_media", ParamKind::Int, no_early_media),
+    ("report_ack", ParamKind::Int, no_report_ack),
+    ("detect_direction", ParamKind::Int, no_direction),
+    ("reason_from_hf", ParamKind::Int, no_reason_hf),
+    ("time_mode", ParamKind::Int, time_modes),
+];
 
 fn settings(cfg: &ModuleConfig) -> Result<Settings, String> {
-    empty(cfg, "db_url", LOG_ONLY)?;
-    only(cfg, "db_flag", &[-1, 0], LOG_ONLY)?;
-    only(cfg, "db_missed_flag", &[-1, 0], LOG_ONLY)?;
-    empty(cfg, "db_extra", LOG_ONLY)?;
-    only(
-        cfg,
-        "cdr_enable",
-        &[0],
-        "CDRs need the dialog module, which siphon does not have",
-    )?;
-    empty(
-        cfg,
-        "multi_leg_info",
-        "multi-leg accounting is not implemented",
-    )?;
-    only(
-        cfg,
-        "early_media",
-        &[0],
-        "siphon accounts final replies only",
-    )?;
-    only(cfg, "report_ack", &[0], "ACKs are not accounted")?;
-    only(
-        cfg,
-        "detect_direction",
-        &[0],
-        "the direction of in-dialog requests is not detected (From/To are logged as received)",
-    )?;
-    only(
-        cfg,
-        "reason_from_hf",
-        &[0],
-        "the reason is always the reply's status line",
-    )?;
-    only(
-        cfg,
-        "time_mode",
-        &[0, 1, 2],
-        "time_mode 3 and 4 (strftime) are not implemented",
-    )?;
+    for (name, _, check) in REFUSED {
+        for v in cfg.all(name) {
+            check(v).map_err(|e| format!("`{name}` {e}"))?;
+        }
+    }
     let extras = match cfg.str("log_extra") {
         Some(s) => parse_extra(&s)?,
         None => vec![],
@@ -435,6 +454,13 @@ pub fn def() -> ModuleDef {
     let s = ParamSpec::str;
     let ne_s = |n: &'static str| ParamSpec::str(n).no_effect();
     let ne_i = |n: &'static str| ParamSpec::int(n).no_effect();
+    let refused = REFUSED.iter().map(|&(name, kind, check)| {
+        let p = match kind {
+            ParamKind::Int => ParamSpec::int(name),
+            _ => ParamSpec::str(name),
+        };
+        p.check(check)
+    });
     ModuleDef {
         name: "acc",
         params: vec![
@@ -445,12 +471,7 @@ pub fn def() -> ModuleDef {
             i("log_level"),
             ne_s("log_facility"),
             s("log_extra"),
-            i("early_media"),
-            i("report_ack"),
             i("report_cancels"),
-            i("detect_direction"),
-            i("reason_from_hf"),
-            i("time_mode"),
             s("time_attr"),
             s("time_exten"),
             ne_s("time_format"),
@@ -459,9 +480,7 @@ pub fn def() -> ModuleDef {
             ne_i("acc_extra_size"),
             ne_i("acc_prepare_flag"),
             ne_i("acc_prepare_always"),
-            s("multi_leg_info"),
-            // CDRs (dialog): refused when enabled; the rest only shape them.
-            i("cdr_enable"),
+            // CDRs (dialog): `cdr_enable` is refused (REFUSED); the rest only shape them.
             ne_s("cdr_skip"),
             ne_i("cdr_log_enable"),
             ne_i("cdr_start_on_confirmed"),
@@ -476,11 +495,8 @@ pub fn def() -> ModuleDef {
             ne_i("cdr_on_failed"),
             ne_i("cdr_extra_size"),
             ne_s("cdrs_table"),
-            // The database backend: refused unless empty.
-            i("db_flag"),
-            i("db_missed_flag"),
-            s("db_extra"),
-            s("db_url"),
+            // The database backend: `db_url`, `db_flag`… are refused unless
+            // left empty (REFUSED); these only shape it.
             ne_s("db_table_acc"),
             ne_s("db_table_missed_calls"),
             ne_i("db_version_check"),
@@ -492,7 +508,10 @@ pub fn def() -> ModuleDef {
             ne_s("acc_sip_reason_column"),
             ne_s("acc_time_column"),
             ne_i("db_insert_mode"),
-        ],
+        ]
+        .into_iter()
+        .chain(refused)
+        .collect(),
         instantiate: Arc::new(|cfg| {
             Ok(Arc::new(Acc {
                 settings: Arc::new(settings(cfg)?),

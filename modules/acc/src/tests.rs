@@ -221,3 +221,24 @@ fn an_empty_comment_is_refused_at_load() {
     );
     assert!(l.program.is_none());
 }
+
+#[test]
+fn a_refused_parameter_is_reported_at_its_modparam() {
+    let mut reg = Registry::new();
+    reg.add(def());
+    let cfg = "loadmodule \"acc.so\"\nmodparam(\"acc\", \"db_flag\", -1)\nmodparam(\"acc\", \"db_url\", \"mysql://kamailio@localhost/kamailio\")\nrequest_route {\n}\n";
+    let l = load_str("t.cfg", cfg, &Default::default(), &reg);
+    assert!(l.program.is_none());
+    let text = siphon_cfg::diag::render_all(&l.diags, &l.sources);
+    assert!(text.contains("t.cfg:3:"), "{text}");
+    assert!(
+        text.contains("`db_url` of module `acc`: \"mysql://kamailio@localhost/kamailio\" is not available in siphon: only the log backend of acc is"),
+        "{text}"
+    );
+    let ok = "loadmodule \"acc.so\"\nmodparam(\"acc\", \"db_url\", \"\")\nmodparam(\"acc\", \"cdr_enable\", 0)\nrequest_route {\n}\n";
+    assert!(
+        load_str("t.cfg", ok, &Default::default(), &reg)
+            .program
+            .is_some()
+    );
+}
