@@ -193,6 +193,62 @@ pub(crate) fn tm_cfg_vars(core: &Arc<Core>) -> Vec<CfgVar> {
         .collect()
 }
 
+/// A header-name regular expression as Kamailio compiles it (extended,
+/// case-insensitive), matched anywhere in the name.
+fn header_regex(re: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(re)
+        .case_insensitive(true)
+        .build()
+        .map_err(|e| format!("bad regular expression `{re}`: {e}"))
+}
+
+/// `remove_hf_re(re)` / `is_present_hf_re(re)`.
+struct HeaderRe {
+    fixed: Option<regex::Regex>,
+    args: Args,
+    remove: bool,
+}
+
+impl Call for HeaderRe {
+    fn call(&self, ex: &mut Exec<'_>) -> FnResult {
+        let dynamic;
+        let re = match &self.fixed {
+            Some(r) => r,
+            None => match header_regex(&self.args.text(0, ex)) {
+                Ok(r) => {
+                    dynamic = r;
+                    &dynamic
+                }
+                Err(e) => {
+                    tracing::error!(target: "script", "{e}");
+                    return (-1).into();
+                }
+            },
+        };
+        let Some(s) = sip(ex) else { return (-1).into() };
+        let hits: Vec<usize> = s
+            .msg
+            .headers
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| {
+                !s.edits.remove.contains(i)
+                    && re.is_match(&String::from_utf8_lossy(s.msg.get(h.name_rng)))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if hits.is_empty() {
+            return (-1).into();
+        }
+        if !self.remove {
+            return 1.into();
+        }
+        let n = hits.len();
+        s.edits.remove.extend(hits);
+        (n as i32).into()
+    }
+}
+
 /// Where the R-URI's user may be rewritten.
 const URI_ROUTES: RouteType = RouteType::REQUEST
     .or(RouteType::FAILURE)
@@ -243,6 +299,23 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     let mut f = |spec: FunctionSpec| reg.core_functions.push(spec);
     f(FunctionSpec::new("append_hf", &[Str, Str], |ex, a| add_hf(ex, a, true)).min_args(1));
     f(FunctionSpec::new("insert_hf", &[Str, Str], |ex, a| add_hf(ex, a, false)).min_args(1));
+    for (name, remove) in [("remove_hf_re", true), ("is_present_hf_re", false)] {
+        f(FunctionSpec::with_bind(
+            name,
+            &[Str],
+            Arc::new(move |args: Args| {
+                let fixed = match args.const_value(0) {
+                    Some(v) => Some(header_regex(&v.to_text())?),
+                    None => None,
+                };
+                Ok(Box::new(HeaderRe {
+                    fixed,
+                    args,
+                    remove,
+                }) as Box<dyn Call>)
+            }),
+        ));
+    }
     f(FunctionSpec::new("msg_apply_changes", &[], |ex, _| {
         let Some(s) = sip(ex).filter(|s| s.msg.is_request()) else {
             return (-1).into();
@@ -337,6 +410,14 @@ mod tests {
     }
 
     const REQ: &str = "OPTIONS sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1, SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nX-A: 1\r\nX-A: 2\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn header_regexes_ignore_case() {
+        let re = header_regex("^x-a$").unwrap();
+        assert!(re.is_match("X-A"));
+        assert!(!re.is_match("X-AB"));
+        assert!(header_regex("(").is_err());
+    }
 
     #[test]
     fn user_edits() {

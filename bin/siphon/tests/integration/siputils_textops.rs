@@ -34,8 +34,10 @@ request_route {
     if (isdsturiset()) { $var(r) = $var(r) + "du "; }
     if (is_myself("$ru")) { $var(r) = $var(r) + "myself "; }
     if (t_is_branch_route()) { $var(r) = $var(r) + "branch "; }
+    if (is_present_hf_re("^x-ex")) { $var(r) = $var(r) + "x-ex "; }
     if (is_present_hf("X-Relay")) {
         add_uri_param("added=1");
+        remove_hf_re("^X-DROP");
         insert_hf("X-Top: 1\r\n");
         insert_hf("X-Before-CSeq: 1\r\n", "CSeq");
         append_hf("X-After-From: 1\r\n", "From");
@@ -97,7 +99,7 @@ fn run(bin: &str, extra: &[&str]) -> (String, String, SipMsg) {
         .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned())
         .unwrap_or_default();
     // Two Vias: not a first hop; an R-URI that is not ours.
-    let two = req("checks2", "sip:b@192.0.2.1", "").replace(
+    let two = req("checks2", "sip:b@192.0.2.1", "X-Extra: 1\r\n").replace(
         "Via: SIP/2.0/UDP 127.0.0.1:9;",
         "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx, SIP/2.0/UDP 192.0.2.7;",
     );
@@ -108,7 +110,10 @@ fn run(bin: &str, extra: &[&str]) -> (String, String, SipMsg) {
         .next()
         .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned())
         .unwrap_or_default();
-    let relay = format!("X-Relay: {}\r\n", uas.local_addr().unwrap());
+    let relay = format!(
+        "X-Drop-1: a\r\nX-Relay: {}\r\nx-drop-2: b\r\n",
+        uas.local_addr().unwrap()
+    );
     uac.send_to(req("relay", "sip:b@127.0.0.1", &relay).as_bytes(), addr)
         .unwrap();
     let fwd = recv(&uas, "relay");
@@ -125,7 +130,7 @@ fn names(m: &SipMsg) -> Vec<String> {
 fn check(bin: &str, extra: &[&str]) {
     let (r, r2, fwd) = run(bin, extra);
     assert_eq!(r.trim(), "request first-hop e164 x=y lr myself", "{bin}");
-    assert_eq!(r2.trim(), "request e164", "{bin}");
+    assert_eq!(r2.trim(), "request e164 x-ex", "{bin}");
     assert_eq!(
         names(&fwd),
         [
