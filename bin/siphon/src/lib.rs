@@ -50,12 +50,55 @@ pub fn registry_with_core() -> (Registry, Arc<Core>) {
 
 /// Reads and compiles the configuration (the embedded default when `file` is `None`).
 pub fn load(file: Option<&Path>, opts: &PreOptions, registry: &Registry) -> Loaded {
+    load_with_run_dir(file, opts, registry, None)
+}
+
+/// [`load`] with `-Y DIR`: the run directory (FIFOs, control sockets) is
+/// `DIR`, whatever the file's `run_dir` says — Kamailio applies its command
+/// line after the file. Done as a `run_dir` line after the root file's end,
+/// so the modules see it when they are built and line numbers stay right.
+pub fn load_with_run_dir(
+    file: Option<&Path>,
+    opts: &PreOptions,
+    registry: &Registry,
+    run_dir: Option<&str>,
+) -> Loaded {
+    let tail = run_dir.map(|d| format!("\nrun_dir=\"{d}\"\n"));
     match file {
-        Some(f) => siphon_script::load(f, &FsLoader, opts, registry),
+        Some(f) => {
+            let loader = RootTail {
+                root: f.to_path_buf(),
+                tail,
+            };
+            siphon_script::load(f, &loader, opts, registry)
+        }
         None => {
-            let loader = MemLoader::new().with(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG);
+            let text = format!("{DEFAULT_CONFIG}{}", tail.unwrap_or_default());
+            let loader = MemLoader::new().with(DEFAULT_CONFIG_NAME, &text);
             siphon_script::load(DEFAULT_CONFIG_NAME, &loader, opts, registry)
         }
+    }
+}
+
+/// The filesystem, with `tail` added to the root file's text.
+struct RootTail {
+    root: std::path::PathBuf,
+    tail: Option<String>,
+}
+
+impl siphon_cfg::Loader for RootTail {
+    fn resolve(&self, name: &str, from: Option<&Path>) -> std::path::PathBuf {
+        FsLoader.resolve(name, from)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        let mut text = FsLoader.read(path)?;
+        if let Some(tail) = self.tail.as_ref().filter(|_| path == self.root) {
+            text.push_str(tail);
+        }
+        Ok(text)
+    }
+    fn identity(&self, path: &Path) -> std::path::PathBuf {
+        FsLoader.identity(path)
     }
 }
 

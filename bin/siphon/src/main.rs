@@ -1,11 +1,12 @@
 //! `siphon`: run a Kamailio-style routing configuration.
 //!
 //! Flags follow Kamailio's: `-f FILE`, `-c` (check and exit), `-A NAME[=VAL]`,
-//! `-E`, `-D`, `-l ADDR`, `-V`, `-h`.
+//! `-E`, `-D`, `-l ADDR`, `-Y DIR`, `-V`, `-h`.
 
 use clap::{ArgAction, Parser, Subcommand};
 use siphon::{
-    DEFAULT_CONFIG, add_listen, level_filter, load, parse_define, registry_with_core, render,
+    DEFAULT_CONFIG, add_listen, level_filter, load_with_run_dir, parse_define, registry_with_core,
+    render,
 };
 use siphon_cfg::PreOptions;
 use siphon_script::api::StartCx;
@@ -40,6 +41,9 @@ struct Cli {
     /// Add a listen address (`udp:127.0.0.1:5060`).
     #[arg(short = 'l', value_name = "ADDR")]
     listen: Vec<String>,
+    /// Run directory for FIFOs and control sockets (overrides the file's `run_dir`).
+    #[arg(short = 'Y', value_name = "DIR")]
+    run_dir: Option<String>,
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -140,7 +144,20 @@ fn main() -> ExitCode {
         defines: cli.define.iter().map(|d| parse_define(d)).collect(),
     };
     let (registry, core) = registry_with_core();
-    let loaded = load(cli.file.as_deref(), &opts, &registry);
+    if let Some(d) = cli
+        .run_dir
+        .as_ref()
+        .filter(|d| d.contains(['"', '\n', '\r']))
+    {
+        eprintln!("error: -Y {d:?}: a directory name without quotes or line breaks");
+        return ExitCode::from(1);
+    }
+    let loaded = load_with_run_dir(
+        cli.file.as_deref(),
+        &opts,
+        &registry,
+        cli.run_dir.as_deref(),
+    );
     if !loaded.diags.is_empty() {
         eprint!("{}", render(&loaded.diags, &loaded.sources));
     }

@@ -424,7 +424,8 @@ impl Core {
     }
 
     /// The top Via of a reply to `msg`: `received` when the sent-by is not
-    /// where it came from, `rport` filled (RFC 3261 §18.2.1, RFC 3581).
+    /// where it came from or the Via asks for `rport` (RFC 3581 §4: even when
+    /// equal; Kamailio's `received_test`), `rport` filled (RFC 3261 §18.2.1).
     pub(crate) fn reply_top_via(&self, msg: &SipMsg, peer: &Peer) -> Option<Vec<u8>> {
         let v = msg.value(siphon_sip::HeaderName::Via)?;
         let first = siphon_sip::split_commas(&v)
@@ -436,7 +437,9 @@ impl Core {
         let src_ip = peer.src.ip().to_string();
         let received = via
             .as_ref()
-            .is_some_and(|v| v.host != src_ip.as_bytes())
+            .is_some_and(|v| {
+                v.host != src_ip.as_bytes() || v.rport.is_some() || v.received.is_some()
+            })
             .then_some(src_ip.as_bytes());
         let rport = via.as_ref().and_then(|v| v.rport).map(|_| peer.src.port());
         Some(siphon_sip::via_with_received(&first, received, rport))

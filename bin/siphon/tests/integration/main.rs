@@ -14,6 +14,7 @@ mod golden;
 mod harness;
 mod jsonrpcc;
 mod jsonrpcs;
+mod kamailio_cfg;
 mod proxy;
 mod proxy_interop;
 mod record_route;
