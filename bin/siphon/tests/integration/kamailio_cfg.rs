@@ -79,7 +79,7 @@ impl Srv {
                 .stderr(std::fs::File::create(&log).expect("log file"))
                 .spawn()
                 .expect("spawn the server");
-            if wait_bound(addr, "u1", &mut child) {
+            if wait_bound(addr, "u1", &mut child) && wait_bound(addr, "t1", &mut child) {
                 return Some(Srv {
                     bin,
                     addr,
@@ -445,6 +445,18 @@ fn sipp_register(srv: &Srv) -> Seen {
     vec![]
 }
 
+/// The same over TCP (the `-l tcp:` listener).
+fn sipp_register_tcp(srv: &Srv) -> Seen {
+    sipp_uac(
+        "register.xml",
+        srv.addr,
+        "t1",
+        1,
+        &["-s", "alice", "-key", "expires", "300"],
+    );
+    vec![]
+}
+
 /// A call alice -> bob by AOR over raw UDP: INVITE found by lookup, 180,
 /// 200, ACK and BYE (from bob) along the Record-Route; what each side saw.
 fn raw_call(srv: &Srv) -> Seen {
@@ -664,6 +676,11 @@ fn kamailio_cfg_registers_and_queries() {
 #[test]
 fn kamailio_cfg_sipp_registers() {
     on_both(KAMAILIO_CFG, sipp_register);
+}
+
+#[test]
+fn kamailio_cfg_sipp_registers_over_tcp() {
+    on_both(KAMAILIO_CFG, sipp_register_tcp);
 }
 
 #[test]
