@@ -556,7 +556,28 @@ fn raw_call(srv: &Srv) -> Seen {
     ));
     let done = bob.final_reply();
     seen.push(format!("bob: {} {}", done.status(), done.one("CSeq")));
+    // acc's log lines for the INVITE and the BYE (the files' log_flag and log_extra).
+    seen.extend(acc_lines(srv, 2).iter().map(|l| {
+        let l = digits_after(l, "timestamp=", "T");
+        l.replace(&ci, "CALL")
+    }));
     seen
+}
+
+/// The first `n` "ACC: …" log lines (from "ACC:" on), waiting up to 5 s for them.
+fn acc_lines(srv: &Srv, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&srv.log).unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.find("ACC: ").map(|i| l[i..].to_string()))
+            .collect();
+        if lines.len() >= n || Instant::now() >= deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A sipp UAS running `uas` registered as bob, a sipp UAC running `uac`
