@@ -236,13 +236,13 @@ async fn a_refused_connect_fails_its_bytes_at_once() {
     drop(closed);
     let (n1, mut rx1) = notice();
     let (n2, mut rx2) = notice();
-    let start = Instant::now();
     core.out
         .send_to(&core, tcp(addr), None, options(1), Some(n1))
         .unwrap();
     core.out
         .send_to(&core, tcp(addr), None, options(2), Some(n2))
         .unwrap();
+    // Refused, not timed out (tcp_connect_timeout is 1 s here).
     assert_eq!(
         next_failure(&mut rx1).await,
         SendError::ConnectRefused(addr)
@@ -251,13 +251,9 @@ async fn a_refused_connect_fails_its_bytes_at_once() {
         next_failure(&mut rx2).await,
         SendError::ConnectRefused(addr)
     );
-    // Well before tcp_connect_timeout (1 s).
-    assert!(
-        start.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        start.elapsed()
-    );
-    assert_eq!(count(&core.stats.tcp_connect_failures), 1);
+    // One connect for both, or two when the first was refused before the
+    // second send looked for it: either way, never a timeout.
+    assert!((1..=2).contains(&count(&core.stats.tcp_connect_failures)));
     assert_eq!(count(&core.stats.tcp_connect_timeouts), 0);
     assert_eq!(count(&core.stats.tcp_connects), 0);
     shutdown.cancel();
