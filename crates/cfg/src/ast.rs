@@ -8,6 +8,8 @@ use crate::source::{Span, Spanned};
 pub struct Config {
     /// Top-level items in file order.
     pub items: Vec<Item>,
+    /// The `#!ifdef` branch each guarded token was read under.
+    pub guards: crate::lex::Guards,
 }
 
 /// A top-level item.

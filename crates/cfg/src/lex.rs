@@ -175,6 +175,57 @@ struct Cond {
     parent_active: bool,
     seen_else: bool,
     span: Span,
+    /// The name tested and whether the directive was `#!ifndef`.
+    name: String,
+    ifndef: bool,
+}
+
+/// The innermost `#!ifdef`/`#!ifndef` branch a token was read under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    /// The name the directive tests.
+    pub name: String,
+    /// The `#!ifdef`/`#!ifndef` directive.
+    pub directive: Span,
+    /// The directive was `#!ifndef`.
+    pub ifndef: bool,
+    /// The token lies in the `#!else` branch.
+    pub in_else: bool,
+    /// `file:line` of the directive.
+    pub at: String,
+}
+
+impl Guard {
+    /// Why the guarded branch was taken, e.g. `WITH_AUTH is defined (#!ifdef WITH_AUTH at f.cfg:12)`.
+    pub fn reason(&self) -> String {
+        let defined = self.ifndef == self.in_else;
+        format!(
+            "{} is {} ({}#!{} {} at {})",
+            self.name,
+            if defined { "defined" } else { "not defined" },
+            if self.in_else { "the #!else of " } else { "" },
+            if self.ifndef { "ifndef" } else { "ifdef" },
+            self.name,
+            self.at
+        )
+    }
+}
+
+/// For tokens read inside a taken `#!ifdef`/`#!ifndef` branch, the innermost
+/// such branch (included files inherit the branch their `include_file` is in).
+#[derive(Debug, Clone, Default)]
+pub struct Guards {
+    guards: Vec<Guard>,
+    by_start: HashMap<(FileId, u32), usize>,
+}
+
+impl Guards {
+    /// The innermost branch the token starting where `span` starts was read under.
+    pub fn of(&self, span: Span) -> Option<&Guard> {
+        self.by_start
+            .get(&(span.file, span.lo))
+            .map(|&i| &self.guards[i])
+    }
 }
 
 const MAX_INCLUDE_DEPTH: usize = 32;
@@ -187,6 +238,8 @@ pub struct Lexed {
     pub tokens: Vec<Token>,
     /// Errors and warnings found while lexing.
     pub diags: Vec<Diagnostic>,
+    /// The `#!ifdef` branch each guarded token was read under.
+    pub guards: Guards,
 }
 
 /// Lexes and preprocesses `root` and everything it includes.
@@ -204,6 +257,8 @@ pub fn lex_config(
         diags: vec![],
         stack: vec![],
         names: vec![],
+        guards: Guards::default(),
+        enclosing: None,
     };
     for (name, value) in &opts.defines {
         pre.defines.insert(
@@ -244,6 +299,7 @@ pub fn lex_config(
     Lexed {
         tokens,
         diags: pre.diags,
+        guards: pre.guards,
     }
 }
 
@@ -257,6 +313,9 @@ struct Pre<'a> {
     stack: Vec<PathBuf>,
     /// The same files as named, for messages.
     names: Vec<PathBuf>,
+    guards: Guards,
+    /// The guard (index in `guards`) of the `include_file` being read.
+    enclosing: Option<usize>,
 }
 
 impl Pre<'_> {
@@ -274,6 +333,9 @@ impl Pre<'_> {
             hi: hi as u32,
         };
         let active = |conds: &Vec<Cond>| conds.last().is_none_or(|c| c.active);
+        // The innermost taken branch's index in `self.guards`, made on first use.
+        let enclosing = self.enclosing;
+        let mut guard: Option<usize> = None;
         // Tokens of this file, before include splicing and define expansion.
         while pos < b.len() {
             let c = b[pos];
@@ -322,12 +384,16 @@ impl Pre<'_> {
                             parent_active,
                             seen_else: false,
                             span: dspan,
+                            name: arg.to_string(),
+                            ifndef: name == "ifndef",
                         });
+                        guard = None;
                     }
                     "else" => match conds.last_mut() {
                         Some(c) if !c.seen_else => {
                             c.seen_else = true;
                             c.active = c.parent_active && !c.active;
+                            guard = None;
                         }
                         Some(_) => self.diags.push(Diagnostic::error(
                             dspan,
@@ -339,6 +405,7 @@ impl Pre<'_> {
                         )),
                     },
                     "endif" => {
+                        guard = None;
                         if conds.pop().is_none() {
                             self.diags.push(Diagnostic::error(
                                 dspan,
@@ -415,6 +482,8 @@ impl Pre<'_> {
                             .trim()
                             .trim_matches('"')
                             .to_string();
+                        let outer = self.enclosing;
+                        self.enclosing = self.current_guard(&mut guard, &conds, enclosing);
                         self.include(
                             &arg,
                             name == "import_file",
@@ -422,6 +491,7 @@ impl Pre<'_> {
                             file,
                             out,
                         );
+                        self.enclosing = outer;
                     }
                     _ => {
                         self.diags.push(
@@ -571,6 +641,9 @@ impl Pre<'_> {
             };
             newline_before = false;
             space_before = false;
+            if let Some(g) = self.current_guard(&mut guard, &conds, enclosing) {
+                self.guards.by_start.insert((file, token.span.lo), g);
+            }
             // include_file "x" / import_file "x" as statements.
             if let Some(prev) = out.last()
                 && let (Some(kw @ ("include_file" | "import_file")), Tok::Str(name)) =
@@ -580,7 +653,10 @@ impl Pre<'_> {
                 let name = name.clone();
                 let sp = prev.span.to(token.span);
                 out.pop();
+                let outer = self.enclosing;
+                self.enclosing = self.current_guard(&mut guard, &conds, enclosing);
                 self.include(&name, optional, sp, file, out);
+                self.enclosing = outer;
                 continue;
             }
             self.push_expanded(token, out, 0);
@@ -590,6 +666,32 @@ impl Pre<'_> {
                 c.span,
                 "this `#!ifdef`/`#!ifndef` has no `#!endif`",
             ));
+        }
+    }
+
+    /// The innermost taken `#!ifdef` branch (index in `self.guards`), recorded on first use.
+    fn current_guard(
+        &mut self,
+        guard: &mut Option<usize>,
+        conds: &[Cond],
+        enclosing: Option<usize>,
+    ) -> Option<usize> {
+        match (*guard, conds.last()) {
+            (Some(g), _) => Some(g),
+            (None, Some(c)) => {
+                let f = self.sources.file(c.span.file);
+                let at = format!("{}:{}", f.path.display(), f.line_col(c.span.lo).0);
+                self.guards.guards.push(Guard {
+                    at,
+                    name: c.name.clone(),
+                    directive: c.span,
+                    ifndef: c.ifndef,
+                    in_else: c.seen_else,
+                });
+                *guard = Some(self.guards.guards.len() - 1);
+                *guard
+            }
+            (None, None) => enclosing,
         }
     }
 
@@ -632,6 +734,8 @@ impl Pre<'_> {
             diags: vec![],
             stack: vec![],
             names: vec![],
+            guards: Guards::default(),
+            enclosing: None,
         };
         let id = inner.sources.add("<define>".into(), text.to_string());
         let mut toks = Vec::new();
@@ -898,6 +1002,46 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn guards_name_the_innermost_taken_branch_and_cross_includes() {
+        let files = [
+            (
+                "m.cfg",
+                "#!define A\nfree\n#!ifdef A\na1\n#!ifndef B\nnb\n#!else\nx\n#!endif\na2\ninclude_file \"i.cfg\"\n#!endif\nend\n",
+            ),
+            ("i.cfg", "inc\n"),
+        ];
+        let mut loader = crate::source::MemLoader::new();
+        for (n, t) in files {
+            loader = loader.with(n, t);
+        }
+        let mut sm = SourceMap::default();
+        let l = lex_config("m.cfg".into(), &loader, &mut sm, &PreOptions::default());
+        assert!(l.diags.is_empty(), "{:?}", l.diags);
+        let why = |w: &str| {
+            let t = l.tokens.iter().find(|t| t.ident() == Some(w)).expect(w);
+            l.guards.of(t.span).map(Guard::reason)
+        };
+        assert_eq!(why("free"), None);
+        assert_eq!(why("end"), None);
+        assert_eq!(
+            why("a1").as_deref(),
+            Some("A is defined (#!ifdef A at m.cfg:3)")
+        );
+        assert_eq!(
+            why("nb").as_deref(),
+            Some("B is not defined (#!ifndef B at m.cfg:5)")
+        );
+        assert_eq!(
+            why("a2").as_deref(),
+            Some("A is defined (#!ifdef A at m.cfg:3)")
+        );
+        assert_eq!(
+            why("inc").as_deref(),
+            Some("A is defined (#!ifdef A at m.cfg:3)")
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod source;
 
 pub use ast::Config;
 pub use diag::{Diagnostic, Severity};
-pub use lex::PreOptions;
+pub use lex::{Guard, Guards, PreOptions};
 pub use source::{FileId, FsLoader, Loader, MemLoader, SourceMap, Span, Spanned};
 
 use std::path::PathBuf;
@@ -49,7 +49,8 @@ impl Parsed {
 pub fn parse_config(root: impl Into<PathBuf>, loader: &dyn Loader, opts: &PreOptions) -> Parsed {
     let mut sources = SourceMap::default();
     let lexed = lex::lex_config(root.into(), loader, &mut sources, opts);
-    let (config, mut diags) = parse::parse_tokens(&lexed.tokens);
+    let (mut config, mut diags) = parse::parse_tokens(&lexed.tokens);
+    config.guards = lexed.guards;
     let mut all = lexed.diags;
     all.append(&mut diags);
     Parsed {

@@ -111,7 +111,10 @@ impl<'a> Parser<'a> {
                 Err(Failed) => self.recover_top(),
             }
         }
-        Config { items }
+        Config {
+            items,
+            ..Config::default()
+        }
     }
 
     /// Skips to the next line that starts with a word (the start of an item).

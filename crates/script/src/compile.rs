@@ -192,6 +192,9 @@ impl Compiler<'_> {
                             if let Some(s) = did_you_mean(&name, names.iter().copied()) {
                                 d = d.help(format!("did you mean `{s}`?"));
                             }
+                            if let Some(g) = cfg.guards.of(path.span) {
+                                d = d.note(format!("loaded because {}", g.reason()));
+                            }
                             d = d.note(format!("siphon has: {}", names.join(", ")));
                             self.diags.push(d);
                         }
