@@ -27,63 +27,7 @@ impl Server {
         let dir = super::cli::Scratch::new(&format!("srv{}", N.fetch_add(1, Ordering::Relaxed)));
         let text = format!("listen=udp:127.0.0.1:0\nlisten=tcp:127.0.0.1:0\nchildren=2\n{cfg}");
         let f = dir.write("s.cfg", &text);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
-            .args(["-f", &f])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn siphon");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let streams: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().expect("stdout")),
-            Box::new(child.stderr.take().expect("stderr")),
-        ];
-        for stream in streams {
-            let (log2, tx) = (log.clone(), tx.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    log2.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let (mut udp, mut tcp) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            // A server that exited (a bind error) says so at once, not after the deadline.
-            let exited = matches!(child.try_wait(), Ok(Some(_)));
-            let line = if exited {
-                rx.recv_timeout(Duration::from_millis(200))
-            } else {
-                rx.recv_timeout(
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(100)),
-                )
-            };
-            let Ok(line) = line.or_else(|e| {
-                if exited || Instant::now() >= deadline {
-                    Err(e)
-                } else {
-                    Ok(String::new())
-                }
-            }) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("siphon did not start: {:#?}", log.lock().unwrap());
-            };
-            if let Some(a) = line.strip_prefix("listening on udp:") {
-                udp = udp.or(a.trim().parse().ok());
-            }
-            if let Some(a) = line.strip_prefix("listening on tcp:") {
-                tcp = tcp.or(a.trim().parse().ok());
-            }
-            // The stdout line (not the log line): stdout's earlier lines are in by then.
-            if line == "siphon started" {
-                break;
-            }
-        }
+        let (child, log, udp, tcp) = spawn_started(&["-f", &f]);
         Server {
             child,
             udp: udp.expect("udp port"),
@@ -114,6 +58,72 @@ impl Server {
     pub(crate) fn log_contains(&self, s: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(s))
     }
+}
+
+/// Lines siphon printed (stdout and stderr), shared with the threads reading them.
+pub(crate) type Log = Arc<Mutex<Vec<String>>>;
+
+/// Spawns siphon with `args` and waits for "siphon started" (panics if it exits
+/// or 20 s pass first); the UDP and TCP addresses it printed, if any.
+pub(crate) fn spawn_started(args: &[&str]) -> (Child, Log, Option<SocketAddr>, Option<SocketAddr>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn siphon");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let streams: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("stdout")),
+        Box::new(child.stderr.take().expect("stderr")),
+    ];
+    for stream in streams {
+        let (log2, tx) = (log.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let (mut udp, mut tcp) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // A server that exited (a bind error) says so at once, not after the deadline.
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        let line = if exited {
+            rx.recv_timeout(Duration::from_millis(200))
+        } else {
+            rx.recv_timeout(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100)),
+            )
+        };
+        let Ok(line) = line.or_else(|e| {
+            if exited || Instant::now() >= deadline {
+                Err(e)
+            } else {
+                Ok(String::new())
+            }
+        }) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("siphon did not start: {:#?}", log.lock().unwrap());
+        };
+        if let Some(a) = line.strip_prefix("listening on udp:") {
+            udp = udp.or(a.trim().parse().ok());
+        }
+        if let Some(a) = line.strip_prefix("listening on tcp:") {
+            tcp = tcp.or(a.trim().parse().ok());
+        }
+        // The stdout line (not the log line): stdout's earlier lines are in by then.
+        if line == "siphon started" {
+            break;
+        }
+    }
+    (child, log, udp, tcp)
 }
 
 impl Drop for Server {
