@@ -434,6 +434,13 @@ fn run(program: siphon_script::Program, core: Arc<siphon_core::Core>, opts: RunO
         }
         let pid_file = PidFile(opts.pid_file.clone());
         if let Some(ids) = &opts.ids {
+            // As Kamailio: the pid file belongs to the user siphon runs as.
+            if let Some(p) = &opts.pid_file
+                && let Err(e) = nix::unistd::chown(p, ids.user.as_ref().map(|u| u.1), ids.gid)
+            {
+                tracing::error!("-P {}: cannot give the pid file to -u/-g: {e}", p.display());
+                return ExitCode::from(1);
+            }
             if let Err(e) = drop_privileges(ids) {
                 tracing::error!("{e}");
                 return ExitCode::from(1);

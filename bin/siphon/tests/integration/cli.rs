@@ -313,7 +313,29 @@ fn user_and_group_are_dropped_after_binding() {
     };
     let s = Scratch::new("suid");
     let f = s.write("u.cfg", UDP_200);
-    let run = Started::new(&["-f", &f, "-u", "nobody", "-g", "nogroup", "-E"]);
+    let dir = s.0.display().to_string();
+    let run = Started::new(&[
+        "-f",
+        &f,
+        "-u",
+        "nobody",
+        "-g",
+        "nogroup",
+        "-E",
+        "-P",
+        "siphon.pid",
+        "-w",
+        &dir,
+    ]);
+    // As Kamailio 5.6 (checked: kamailio -u nobody -g nogroup -P …): the pid file is theirs.
+    let meta = std::fs::metadata(s.0.join("siphon.pid")).expect("pid file");
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta)
+        ),
+        (uid, gid)
+    );
     // Every thread, not only the one that changed its ids.
     let tasks = std::fs::read_dir(format!("/proc/{}/task", run.pid())).expect("tasks");
     let mut n = 0;
@@ -363,4 +385,73 @@ fn unknown_option_exits_as_kamailio() {
     if let Ok(k) = Command::new("kamailio").arg("-Z").output() {
         assert_eq!(k.status.code(), out.status.code(), "same as Kamailio's");
     }
+}
+
+/// The same command line, Kamailio's and siphon's: `-u nobody -g nogroup -P -w -m -M -DD -E`
+/// on a config both read; both answer SIP as nobody:nogroup and own their pid file alike.
+#[test]
+fn drops_privileges_like_kamailio() {
+    if !nix_is_root() {
+        eprintln!("skipped: dropping privileges needs root (CI runs this as root)");
+        return;
+    }
+    let (Some(uid), Some(gid)) = (
+        id_of(&["id", "-u", "nobody"]),
+        id_of(&["getent", "group", "nogroup"]),
+    ) else {
+        eprintln!("skipped: no user nobody or group nogroup here");
+        return;
+    };
+    let mut servers = vec![env!("CARGO_BIN_EXE_siphon")];
+    if Command::new("kamailio").arg("-v").output().is_ok() {
+        servers.push("kamailio");
+    } else {
+        eprintln!("kamailio is not installed: siphon only");
+    }
+    for server in servers {
+        let s = Scratch::new(&format!("suid-{}", servers_name(server)));
+        let f = s.write(
+            "k.cfg",
+            "loadmodule \"sl.so\"\nrequest_route { sl_send_reply(\"200\", \"OK\"); }\n",
+        );
+        let dir = s.0.display().to_string();
+        let addr = super::harness::free_port("u1");
+        let listen = format!("udp:127.0.0.1:{}", addr.port());
+        let mut child = Command::new(server)
+            .args(["-f", &f, "-l", &listen, "-u", "nobody", "-g", "nogroup"])
+            .args([
+                "-P", "srv.pid", "-w", &dir, "-m", "16", "-M", "4", "-DD", "-E",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let bound = super::harness::wait_bound(addr, "u1", &mut child);
+        // Bound first, then the ids change: the first 200 comes once the workers run.
+        let answered = bound && (0..5).any(|_| answers_options(addr));
+        let pid = std::fs::read_to_string(s.0.join("srv.pid")).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()));
+        let meta = std::fs::metadata(s.0.join("srv.pid"));
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        assert!(answered, "{server} answers SIP as nobody");
+        eprintln!("{server}: pid {} answered as {uid}:{gid}", pid.trim());
+        assert_eq!(pid.trim(), child.id().to_string(), "{server}: pid file");
+        let status = status.expect("status");
+        assert_eq!(proc_ids(&status, "Uid:"), [uid; 4], "{server}: {status}");
+        assert_eq!(proc_ids(&status, "Gid:"), [gid; 4], "{server}: {status}");
+        let meta = meta.expect("pid file");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (uid, gid),
+            "{server}: pid file owner"
+        );
+    }
+}
+
+fn servers_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
