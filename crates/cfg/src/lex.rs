@@ -198,11 +198,23 @@ pub struct Guard {
 impl Guard {
     /// Why the guarded branch was taken, e.g. `WITH_AUTH is defined (#!ifdef WITH_AUTH at f.cfg:12)`.
     pub fn reason(&self) -> String {
+        format!("{} ({})", self.condition(), self.directive_text())
+    }
+
+    /// What the branch needs: `WITH_AUTH is defined`.
+    pub fn condition(&self) -> String {
         let defined = self.ifndef == self.in_else;
         format!(
-            "{} is {} ({}#!{} {} at {})",
+            "{} is {}",
             self.name,
-            if defined { "defined" } else { "not defined" },
+            if defined { "defined" } else { "not defined" }
+        )
+    }
+
+    /// `#!ifdef WITH_AUTH at f.cfg:12`, or `the #!else of …`.
+    pub fn directive_text(&self) -> String {
+        format!(
+            "{}#!{} {} at {}",
             if self.in_else { "the #!else of " } else { "" },
             if self.ifndef { "ifndef" } else { "ifdef" },
             self.name,
@@ -217,9 +229,16 @@ impl Guard {
 pub struct Guards {
     guards: Vec<Guard>,
     by_start: HashMap<(FileId, u32), usize>,
+    /// Names `#!define`d only in branches not taken, with the first such branch.
+    skipped_defines: HashMap<String, Guard>,
 }
 
 impl Guards {
+    /// Where `name` is `#!define`d in a branch not taken, if it is not defined anywhere else.
+    pub fn skipped_define(&self, name: &str) -> Option<&Guard> {
+        self.skipped_defines.get(name)
+    }
+
     /// The innermost branch the token starting where `span` starts was read under.
     pub fn of(&self, span: Span) -> Option<&Guard> {
         self.by_start
@@ -296,6 +315,10 @@ pub fn lex_config(
         newline_before: true,
         space_before: true,
     });
+    let defined = &pre.defines;
+    pre.guards
+        .skipped_defines
+        .retain(|name, _| !defined.contains_key(name));
     Lexed {
         tokens,
         diags: pre.diags,
@@ -411,6 +434,24 @@ impl Pre<'_> {
                                 dspan,
                                 "`#!endif` without `#!ifdef` or `#!ifndef`",
                             ));
+                        }
+                    }
+                    "define" | "trydef" | "redefine" if !active(&conds) => {
+                        // Remembered to explain a later use of the name (`DBURL` under WITH_MYSQL).
+                        let dname = text[name_end..line_end].split_whitespace().next();
+                        if let (Some(dname), Some(c)) = (dname, conds.last()) {
+                            let f = self.sources.file(c.span.file);
+                            let at = format!("{}:{}", f.path.display(), f.line_col(c.span.lo).0);
+                            self.guards
+                                .skipped_defines
+                                .entry(dname.to_string())
+                                .or_insert(Guard {
+                                    name: c.name.clone(),
+                                    directive: c.span,
+                                    ifndef: c.ifndef,
+                                    in_else: c.seen_else,
+                                    at,
+                                });
                         }
                     }
                     _ if !active(&conds) => {}

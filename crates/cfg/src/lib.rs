@@ -52,6 +52,20 @@ pub fn parse_config(root: impl Into<PathBuf>, loader: &dyn Loader, opts: &PreOpt
     let (mut config, mut diags) = parse::parse_tokens(&lexed.tokens);
     config.guards = lexed.guards;
     let mut all = lexed.diags;
+    // `modparam("auth_db", "db_url", DBURL)` with DBURL defined only under an #!ifdef that is off.
+    for d in &mut diags {
+        if let Some(g) = d
+            .span
+            .and_then(|sp| config.guards.skipped_define(sources.snippet(sp)))
+        {
+            let name = sources.snippet(d.span.unwrap_or_default());
+            d.notes.push(format!(
+                "note: `{name}` is #!define'd only where {} ({}), which is not the case here",
+                g.condition(),
+                g.directive_text()
+            ));
+        }
+    }
     all.append(&mut diags);
     Parsed {
         config,
