@@ -768,41 +768,113 @@ fn basic_cfg_404_and_refusals() {
     on_both(BASIC_CFG, refused);
 }
 
-/// Bob registered twice (two sipp UASs, q 1.0 and 0.5): the file's
-/// `lookup("location")` forks the INVITE to both in parallel; one rings
+/// Bob registered twice, q 0.5 at a sipp UAS that rings
 /// (uas_ring_cancel.xml: it must get the CANCEL, answer 200 and 487 and
-/// get the ACK), the other answers (uas_rr.xml: Record-Route echoed, the
-/// ACK, then bob's BYE along the route set); the caller (uac_rr.xml) gets
-/// the answering one's 200, twice.
+/// get the ACK) and q 1.0 at a raw UA that answers: the file's
+/// `lookup("location")` forks alice's INVITE to both in parallel. The raw
+/// UA answers only once alice has the other branch's 180 (so the proxy
+/// has seen it ring: Kamailio, like RFC 3261 9.1, CANCELs a branch only
+/// after a provisional, and one arriving after the 200 is a race);
+/// then alice's ACK and BYE follow the Record-Route to the winner.
 fn parallel_fork(srv: &Srv) -> Seen {
-    let ringing = SippUas::start("uas_ring_cancel.xml", "u1");
-    let answering = SippUas::start("uas_rr.xml", "u1");
-    let ua = Ua::new(srv.addr);
+    // The UAS's messages, shown when it did not end its call.
+    let ring_msg = srv.run.with_file_name("ringing.msg");
+    let ringing = SippUas::start_on(
+        "127.0.0.1",
+        "uas_ring_cancel.xml",
+        "u1",
+        &["-trace_msg", "-message_file", &ring_msg.to_string_lossy()],
+    );
+    let (alice, bob, reg) = (Ua::new(srv.addr), Ua::new(srv.addr), Ua::new(srv.addr));
     let mut seen = Vec::new();
-    for (uas, q) in [(&ringing, "0.5"), (&answering, "1.0")] {
+    for (contact, q) in [(ringing.addr, "0.5"), (bob.addr(), "1.0")] {
         let r = register(
             srv,
-            &ua,
+            &reg,
             "bob",
-            Some(&format!("<sip:bob@{}>;q={q}", uas.addr)),
+            Some(&format!("<sip:bob@{contact}>;q={q}")),
             300,
         );
         assert_eq!(r.code(), Some(200), "{:?}: {}", srv.bin, r.0);
-        let mut contacts: Vec<_> = r.all("Contact", "m");
-        contacts.sort();
-        seen.push(format!("{} {} contacts", r.status(), contacts.len()));
+        seen.push(format!(
+            "{} {} contacts",
+            r.status(),
+            r.all("Contact", "m").len()
+        ));
     }
-    sipp_uac("uac_rr.xml", srv.addr, "u1", 2, &["-s", "bob"]);
-    for (name, uas) in [("answering", answering), ("ringing", ringing)] {
-        let run = uas.finish();
-        assert!(
-            run.successful == 2 && run.failed == 0,
-            "{:?} {name} UAS:\n{}",
-            srv.bin,
-            run.tail()
-        );
-        seen.push(format!("{name}: {} calls", run.successful));
-    }
+    let ci = call_id("fork");
+    let br = ci.replace('@', "-");
+    let (a, b) = (alice.addr(), bob.addr());
+    let from = "From: <sip:alice@127.0.0.1>;tag=alice1";
+    alice.send(&format!(
+        "INVITE {} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKinv{br};rport\n{from}\nTo: <sip:bob@127.0.0.1>\nCall-ID: {ci}\nCSeq: 1 INVITE\nContact: <sip:alice@{a}>\nMax-Forwards: 70\nContent-Length: 0\n\n",
+        srv.uri("bob")
+    ));
+    let inv = bob.request("INVITE");
+    // The sipp UAS's 180 (its To tag has "SIPpTag03") reaches alice.
+    let rang = (0..20).any(|_| {
+        alice
+            .recv()
+            .is_some_and(|m| m.code() == Some(180) && m.one("To").contains("SIPpTag03"))
+    });
+    assert!(rang, "{:?}: no 180 from the ringing branch", srv.bin);
+    seen.push("the q=0.5 branch rang".into());
+    let rr = inv.all("Record-Route", "");
+    bob.send(&format!(
+        "SIP/2.0 200 OK\n{}From: {}\nTo: {};tag=bob1\nCall-ID: {ci}\nCSeq: 1 INVITE\n{}Contact: <sip:bob@{b}>\nContent-Length: 0\n\n",
+        inv.lines("Via", "v"),
+        inv.one("From"),
+        inv.one("To"),
+        inv.lines("Record-Route", "")
+    ));
+    let ok = alice.final_reply();
+    assert!(
+        ok.one("To").ends_with("tag=bob1"),
+        "{:?}: {}",
+        srv.bin,
+        ok.0
+    );
+    seen.push(format!("alice: {} from the q=1.0 branch", ok.status()));
+    let routes: String = ok
+        .all("Record-Route", "")
+        .iter()
+        .rev()
+        .map(|v| format!("Route: {v}\n"))
+        .collect();
+    assert!(
+        !rr.is_empty() && !routes.is_empty(),
+        "{:?}: {}",
+        srv.bin,
+        ok.0
+    );
+    let dialog = format!("{from}\nTo: <sip:bob@127.0.0.1>;tag=bob1\nCall-ID: {ci}\n{routes}");
+    alice.send(&format!(
+        "ACK sip:bob@{b} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKack{br};rport\n{dialog}CSeq: 1 ACK\nMax-Forwards: 70\nContent-Length: 0\n\n"
+    ));
+    bob.request("ACK");
+    alice.send(&format!(
+        "BYE sip:bob@{b} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKbye{br};rport\n{dialog}CSeq: 2 BYE\nMax-Forwards: 70\nContent-Length: 0\n\n"
+    ));
+    let bye = bob.request("BYE");
+    bob.send(&format!(
+        "SIP/2.0 200 OK\n{}From: {}\nTo: {}\nCall-ID: {ci}\nCSeq: 2 BYE\nContent-Length: 0\n\n",
+        bye.lines("Via", "v"),
+        bye.one("From"),
+        bye.one("To")
+    ));
+    let done = alice.final_reply();
+    seen.push(format!("BYE: {} {}", done.status(), done.one("CSeq")));
+    // The ringing branch got the CANCEL, answered 487 and got its ACK.
+    let run = ringing.finish();
+    assert!(
+        run.successful == 1 && run.failed == 0,
+        "{:?} ringing UAS:\n{}\nits messages:\n{}\nserver log:\n{}",
+        srv.bin,
+        run.tail(),
+        std::fs::read_to_string(&ring_msg).unwrap_or_default(),
+        srv.log_tail()
+    );
+    seen.push(format!("ringing: {} call canceled", run.successful));
     seen
 }
 
@@ -865,7 +937,13 @@ fn reregister_older_cseq(srv: &Srv) -> Seen {
     let ci = call_id("rereg");
     assert_eq!(reregister(srv, &ua, &ci, 5, 100).code(), Some(200));
     let stale = reregister(srv, &ua, &ci, 4, 3600);
-    assert_eq!(stale.status(), "400 Bad Request", "{:?}: {}", srv.bin, stale.0);
+    assert_eq!(
+        stale.status(),
+        "400 Bad Request",
+        "{:?}: {}",
+        srv.bin,
+        stale.0
+    );
     let second = ua.final_reply();
     assert!(
         second.one("CSeq").ends_with("4 REGISTER"),
