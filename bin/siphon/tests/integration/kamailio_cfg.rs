@@ -557,10 +557,18 @@ fn raw_call(srv: &Srv) -> Seen {
     let done = bob.final_reply();
     seen.push(format!("bob: {} {}", done.status(), done.one("CSeq")));
     // acc's log lines for the INVITE and the BYE (the files' log_flag and log_extra).
-    seen.extend(acc_lines(srv, 2).iter().map(|l| {
-        let l = digits_after(l, "timestamp=", "T");
-        l.replace(&ci, "CALL")
-    }));
+    // Kamailio's worker processes write their lines independently: the
+    // INVITE's and the BYE's may come in either order, so they are compared
+    // as a set.
+    let mut acc: Vec<String> = acc_lines(srv, 2)
+        .iter()
+        .map(|l| {
+            let l = digits_after(l, "timestamp=", "T");
+            l.replace(&ci, "CALL")
+        })
+        .collect();
+    acc.sort();
+    seen.extend(acc);
     seen
 }
 
