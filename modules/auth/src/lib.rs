@@ -1,0 +1,518 @@
+//! auth (Kamailio): digest authentication (RFC 2617, RFC 7616 with MD5 and
+//! SHA-256) against passwords the script supplies (`$sht(users=>$fU)`, an
+//! AVP, a constant): `pv_www_authenticate`, `pv_proxy_authenticate`,
+//! `pv_auth_check`, the challenges `www_challenge`, `proxy_challenge`,
+//! `auth_challenge` (401/407 sent through the transaction when there is one,
+//! else statelessly, as Kamailio's), `consume_credentials`,
+//! `has_credentials`.
+//!
+//! Nonces are self-validating (expiry, creation time and a per-process id
+//! under a keyed MD5 with `secret`); each nonce+nc is accepted once
+//! (Kamailio's `nonce_count`; siphon has it on by default). Return codes are
+//! Kamailio's: 1 ok, -1 error (or a nonce that is not ours), -2 wrong
+//! password, -4 stale nonce, -5 no credentials for the realm, -6 nonce
+//! reused, -8 auth user mismatch (`pv_auth_check`).
+
+pub mod digest;
+pub mod nonce;
+
+use digest::{Alg, Credentials, parse_credentials};
+use nonce::{NonceError, Nonces};
+use siphon_script::api::*;
+use siphon_script::sip::SipCtx;
+use siphon_script::{ArgKind, Ctx, Exec, FunctionSpec, ModuleDef, ParamSpec, RouteType};
+use std::sync::{Arc, OnceLock};
+
+/// Kamailio's return codes.
+pub mod rc {
+    /// Authenticated.
+    pub const OK: i32 = 1;
+    /// Error, or a nonce that is not ours.
+    pub const ERROR: i32 = -1;
+    /// Wrong password.
+    pub const INVALID_PASSWORD: i32 = -2;
+    /// The nonce expired.
+    pub const STALE_NONCE: i32 = -4;
+    /// No credentials for the realm.
+    pub const NO_CREDENTIALS: i32 = -5;
+    /// The nonce (with this nc) was used already.
+    pub const NONCE_REUSED: i32 = -6;
+    /// The auth user is not the From/To user (`pv_auth_check`).
+    pub const USER_MISMATCH: i32 = -8;
+}
+
+/// Which header carries the credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HdrType {
+    /// `Authorization` / `WWW-Authenticate`, 401.
+    Www,
+    /// `Proxy-Authorization` / `Proxy-Authenticate`, 407.
+    Proxy,
+}
+
+impl HdrType {
+    fn credentials(self) -> &'static str {
+        match self {
+            HdrType::Www => "Authorization",
+            HdrType::Proxy => "Proxy-Authorization",
+        }
+    }
+    fn challenge(self) -> &'static str {
+        match self {
+            HdrType::Www => "WWW-Authenticate",
+            HdrType::Proxy => "Proxy-Authenticate",
+        }
+    }
+    fn reply(self) -> (u16, &'static str) {
+        match self {
+            HdrType::Www => (401, "Unauthorized"),
+            HdrType::Proxy => (407, "Proxy Authentication Required"),
+        }
+    }
+}
+
+/// Left in the context: the credentials that authenticated (for
+/// `consume_credentials`).
+#[derive(Debug, Clone, Copy)]
+struct Authorized(usize);
+
+/// Left in the context: the credentials carried a stale nonce (the next
+/// challenge says `stale=true`).
+#[derive(Debug, Clone, Copy)]
+struct Stale;
+
+/// The module.
+pub struct Auth(Arc<Inner>);
+
+struct Inner {
+    nonces: Nonces,
+    /// `algorithm` named in challenges (`None`: none named, MD5).
+    algorithm: Option<Alg>,
+    /// `nonce_count`: replay protection.
+    nonce_count: bool,
+    host: OnceLock<Arc<dyn Host>>,
+}
+
+const REQ: RouteType = RouteType::REQUEST.or(RouteType::FAILURE).or(RouteType::BRANCH);
+
+/// pv_*_authenticate flags.
+const F_HA1: i64 = 1;
+const F_CHALLENGE_AVP: i64 = 2 | 4 | 8 | 16;
+const F_KEEP_NC: i64 = 32;
+/// challenge flags.
+const C_QOP_AUTH: i64 = 1;
+const C_QOP_AUTH_INT: i64 = 2;
+const C_NO_500: i64 = 4;
+const C_STALE: i64 = 16;
+
+fn now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
+fn check_auth_flags(a: &Args) -> Result<(), String> {
+    if let Some(v) = a.const_value(2) {
+        match v.to_int() {
+            Some(f) if f & F_CHALLENGE_AVP != 0 => {
+                return Err(format!(
+                    "flags {f}: flags 2, 4, 8 and 16 (a challenge built into $avp(digest_challenge)) are not supported by siphon; call www_challenge/proxy_challenge for the challenge"
+                ));
+            }
+            Some(f) if !(0..64).contains(&f) => return Err(format!("flags {f} out of range (0..63)")),
+            Some(_) => {}
+            None => return Err(format!("flags must be a number, not `{}`", v.to_text())),
+        }
+    }
+    Ok(())
+}
+
+fn check_challenge_flags(a: &Args) -> Result<(), String> {
+    if let Some(v) = a.const_value(1) {
+        match v.to_int() {
+            Some(f) if f & !(C_QOP_AUTH | C_QOP_AUTH_INT | C_NO_500 | C_STALE) != 0 => {
+                return Err(format!(
+                    "flags {f}: siphon supports flags 1 (qop=auth), 2 (qop=auth-int), 4 (no 500 on failure) and 16 (stale=true); 32 (challenge only in an AVP) is not supported"
+                ));
+            }
+            Some(_) => {}
+            None => return Err(format!("flags must be a number, not `{}`", v.to_text())),
+        }
+    }
+    Ok(())
+}
+
+impl Module for Auth {
+    fn functions(&self) -> Vec<FunctionSpec> {
+        let m = || self.0.clone();
+        let (m1, m2, m3, m4, m5, m6, m7, m8) = (m(), m(), m(), m(), m(), m(), m(), m());
+        vec![
+            FunctionSpec::checked(
+                "pv_www_authenticate",
+                &[ArgKind::Str, ArgKind::Str, ArgKind::Int, ArgKind::Str],
+                check_auth_flags,
+                move |ex, a| {
+                    let method = (a.len() > 3).then(|| a.text(3, ex));
+                    m1.authenticate_call(ex, a, HdrType::Www, method, 0).into()
+                },
+            )
+            .min_args(3)
+            .routes(REQ),
+            FunctionSpec::checked(
+                "pv_proxy_authenticate",
+                &[ArgKind::Str, ArgKind::Str, ArgKind::Int],
+                check_auth_flags,
+                move |ex, a| m2.authenticate_call(ex, a, HdrType::Proxy, None, 0).into(),
+            )
+            .routes(REQ),
+            FunctionSpec::checked(
+                "pv_auth_check",
+                &[ArgKind::Str, ArgKind::Str, ArgKind::Int, ArgKind::Int],
+                check_auth_flags,
+                move |ex, a| {
+                    let is_reg = ex
+                        .ctx
+                        .ext
+                        .get::<SipCtx>()
+                        .is_some_and(|s| s.msg.method() == siphon_sip::Method::Register);
+                    let hdr = if is_reg { HdrType::Www } else { HdrType::Proxy };
+                    let checks = a.int(3, ex).unwrap_or(0);
+                    m3.authenticate_call(ex, a, hdr, None, checks).into()
+                },
+            )
+            .routes(REQ),
+            FunctionSpec::checked(
+                "www_challenge",
+                &[ArgKind::Str, ArgKind::Int],
+                check_challenge_flags,
+                move |ex, a| m4.challenge_call(ex, a, Some(HdrType::Www)).into(),
+            )
+            .routes(REQ),
+            FunctionSpec::checked(
+                "proxy_challenge",
+                &[ArgKind::Str, ArgKind::Int],
+                check_challenge_flags,
+                move |ex, a| m5.challenge_call(ex, a, Some(HdrType::Proxy)).into(),
+            )
+            .routes(REQ),
+            FunctionSpec::checked(
+                "auth_challenge",
+                &[ArgKind::Str, ArgKind::Int],
+                check_challenge_flags,
+                move |ex, a| m6.challenge_call(ex, a, None).into(),
+            )
+            .routes(REQ),
+            FunctionSpec::new("consume_credentials", &[], move |ex, _| {
+                let _ = &m7;
+                consume_credentials(ex.ctx).into()
+            })
+            .routes(REQ),
+            FunctionSpec::new("has_credentials", &[ArgKind::Str], move |ex, a| {
+                let _ = &m8;
+                let realm = a.text(0, ex);
+                has_credentials(ex.ctx, &realm).into()
+            })
+            .routes(REQ),
+        ]
+    }
+    fn start(&self, cx: &StartCx) -> Result<(), String> {
+        let _ = self.0.host.set(cx.host.clone());
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The realm to use: the one given, or the From host when empty (the To
+/// host for REGISTER), as Kamailio.
+fn realm_or_default(s: &SipCtx, realm: String) -> String {
+    if !realm.is_empty() {
+        return realm;
+    }
+    let na = if s.msg.method() == siphon_sip::Method::Register {
+        s.msg.to()
+    } else {
+        s.msg.from()
+    };
+    na.and_then(|n| siphon_sip::parse_uri(&n.uri).ok().map(|u| String::from_utf8_lossy(u.host).into_owned()))
+        .unwrap_or_default()
+}
+
+/// The first credentials of `hdr` type for `realm`: header index and values.
+fn find_credentials(s: &SipCtx, hdr: HdrType, realm: &str) -> Option<(usize, Credentials)> {
+    s.msg.headers.iter().enumerate().find_map(|(i, h)| {
+        if !s.msg.get(h.name_rng).eq_ignore_ascii_case(hdr.credentials().as_bytes()) || s.edits.remove.contains(&i) {
+            return None;
+        }
+        let c = parse_credentials(&s.msg.header_value(h))?;
+        (c.realm == realm).then_some((i, c))
+    })
+}
+
+fn consume_credentials(ctx: &mut Ctx) -> i32 {
+    let Some(Authorized(i)) = ctx.ext.get::<Authorized>().copied() else {
+        tracing::info!(target: "script", "consume_credentials: no authorized credentials found (error in scripts)");
+        return rc::ERROR;
+    };
+    let Some(s) = ctx.ext.get_mut::<SipCtx>() else {
+        return rc::ERROR;
+    };
+    if !s.edits.remove.contains(&i) {
+        s.edits.remove.push(i);
+    }
+    rc::OK
+}
+
+fn has_credentials(ctx: &mut Ctx, realm: &str) -> i32 {
+    let Some(s) = ctx.ext.get::<SipCtx>() else {
+        return rc::ERROR;
+    };
+    let found = [HdrType::Www, HdrType::Proxy]
+        .into_iter()
+        .any(|h| find_credentials(s, h, realm).is_some());
+    if found { rc::OK } else { rc::ERROR }
+}
+
+impl Inner {
+    fn authenticate_call(
+        &self,
+        ex: &mut Exec<'_>,
+        a: &Args,
+        hdr: HdrType,
+        method: Option<String>,
+        checks: i64,
+    ) -> i32 {
+        let realm = a.text(0, ex);
+        let passwd = a.text(1, ex);
+        let flags = a.int(2, ex).unwrap_or(0);
+        if flags & F_CHALLENGE_AVP != 0 {
+            tracing::error!(target: "script", "auth: flags {flags}: a challenge built into $avp(digest_challenge) is not supported; use www_challenge/proxy_challenge");
+            return rc::ERROR;
+        }
+        self.authenticate(ex.ctx, hdr, &realm, &passwd, flags, method.as_deref(), checks)
+    }
+
+    /// Checks the credentials of `hdr` type for `realm` against `passwd`.
+    #[allow(clippy::too_many_arguments)]
+    fn authenticate(
+        &self,
+        ctx: &mut Ctx,
+        hdr: HdrType,
+        realm: &str,
+        passwd: &str,
+        flags: i64,
+        method: Option<&str>,
+        checks: i64,
+    ) -> i32 {
+        ctx.ext.remove::<Authorized>();
+        let Some(s) = ctx.ext.get::<SipCtx>() else {
+            return rc::ERROR;
+        };
+        if !s.msg.is_request() {
+            return rc::ERROR;
+        }
+        let realm = realm_or_default(s, realm.to_string());
+        let Some((idx, c)) = find_credentials(s, hdr, &realm) else {
+            return rc::NO_CREDENTIALS;
+        };
+        if c.username.is_empty() || c.nonce.is_empty() || c.response.is_empty() || c.uri.is_empty() {
+            tracing::info!(target: "script", "auth: malformed {} credentials", hdr.credentials());
+            return rc::ERROR;
+        }
+        let (alg, sess) = if c.algorithm.is_empty() {
+            (Alg::Md5, false)
+        } else {
+            match Alg::parse(&c.algorithm) {
+                Some(x) => x,
+                None => {
+                    tracing::info!(target: "script", "auth: unsupported algorithm {}", c.algorithm);
+                    return rc::ERROR;
+                }
+            }
+        };
+        if !c.qop.is_empty() && (c.nc.is_empty() || c.cnonce.is_empty()) {
+            return rc::ERROR;
+        }
+        let t = now();
+        let (nid, expires) = match self.nonces.check(&c.nonce, t) {
+            Ok(x) => x,
+            Err(NonceError::Stale) => {
+                ctx.ext.insert(Stale);
+                return rc::STALE_NONCE;
+            }
+            Err(NonceError::Invalid) => {
+                // As Kamailio: a nonce this process did not make (another
+                // secret, a restart, a forgery) is an error.
+                tracing::info!(target: "script", "auth: invalid nonce value received");
+                return rc::ERROR;
+            }
+            Err(NonceError::Reused) => return rc::NONCE_REUSED,
+        };
+        // nc 0 stands for "no qop": such a nonce is accepted once.
+        let nc = if c.qop.is_empty() {
+            0
+        } else {
+            match u32::from_str_radix(&c.nc, 16) {
+                Ok(n) if c.nc.len() == 8 => n,
+                _ => return rc::ERROR,
+            }
+        };
+        if self.nonce_count && self.nonces.was_used(nid, nc) {
+            tracing::info!(target: "script", "auth: nonce reused (nc {})", c.nc);
+            return rc::NONCE_REUSED;
+        }
+        if checks & 1 != 0 {
+            let is_reg = s.msg.method() == siphon_sip::Method::Register;
+            let na = if is_reg { s.msg.to() } else { s.msg.from() };
+            let user = na
+                .and_then(|n| siphon_sip::parse_uri(&n.uri).ok().map(|u| String::from_utf8_lossy(u.user.unwrap_or_default()).into_owned()))
+                .unwrap_or_default();
+            if user != c.username {
+                return rc::USER_MISMATCH;
+            }
+        }
+        let method = method.map_or_else(
+            || String::from_utf8_lossy(&s.msg.method_bytes()).into_owned(),
+            str::to_string,
+        );
+        let ha1 = if flags & F_HA1 != 0 {
+            passwd.to_ascii_lowercase()
+        } else {
+            digest::ha1(alg, &c.username, &c.realm, passwd)
+        };
+        let body = s.msg.get(s.msg.body);
+        let expected = digest::response(alg, sess, &ha1, &c, &method, body);
+        let ok = ha1.len() == alg.hex_len() && expected.eq_ignore_ascii_case(c.response.trim());
+        if self.nonce_count && (ok || flags & F_KEEP_NC == 0) && !self.nonces.mark_used(nid, expires, nc, t) {
+            return rc::NONCE_REUSED;
+        }
+        if !ok {
+            return rc::INVALID_PASSWORD;
+        }
+        ctx.ext.insert(Authorized(idx));
+        rc::OK
+    }
+
+    fn challenge_call(&self, ex: &mut Exec<'_>, a: &Args, hdr: Option<HdrType>) -> i32 {
+        let realm = a.text(0, ex);
+        let flags = a.int(1, ex).unwrap_or(0);
+        self.challenge(ex.ctx, hdr, realm, flags)
+    }
+
+    /// The challenge header line for `realm`.
+    fn challenge_line(&self, hdr: HdrType, realm: &str, flags: i64, stale: bool) -> String {
+        let mut v = format!(
+            "{}: Digest realm=\"{}\", nonce=\"{}\"",
+            hdr.challenge(),
+            realm,
+            self.nonces.make(now())
+        );
+        if stale {
+            v.push_str(", stale=true");
+        }
+        if flags & C_QOP_AUTH_INT != 0 {
+            v.push_str(", qop=\"auth-int\"");
+        } else if flags & C_QOP_AUTH != 0 {
+            v.push_str(", qop=\"auth\"");
+        }
+        if let Some(alg) = self.algorithm {
+            v.push_str(", algorithm=");
+            v.push_str(alg.name());
+        }
+        v.push_str("\r\n");
+        v
+    }
+
+    /// Sends 401/407 with a challenge (`hdr` None: by method, as `auth_challenge`).
+    fn challenge(&self, ctx: &mut Ctx, hdr: Option<HdrType>, realm: String, flags: i64) -> i32 {
+        let Some(s) = ctx.ext.get::<SipCtx>() else {
+            return rc::ERROR;
+        };
+        if !s.msg.is_request() || s.msg.method() == siphon_sip::Method::Ack {
+            return rc::ERROR;
+        }
+        let hdr = hdr.unwrap_or(if s.msg.method() == siphon_sip::Method::Register {
+            HdrType::Www
+        } else {
+            HdrType::Proxy
+        });
+        let realm = realm_or_default(s, realm);
+        let stale = flags & C_STALE != 0 || ctx.ext.get::<Stale>().is_some();
+        let line = self.challenge_line(hdr, &realm, flags, stale);
+        let (code, reason) = hdr.reply();
+        let Some(host) = self.host.get() else {
+            return rc::ERROR;
+        };
+        match host.reply(ctx, code, reason, &[bytes::Bytes::from(line)], ReplyMode::Stateful) {
+            Ok(()) => rc::OK,
+            Err(e) => {
+                tracing::error!(target: "script", "auth: failed to send {code} {reason}: {e}");
+                if flags & C_NO_500 == 0 {
+                    let _ = host.reply(ctx, 500, "Internal Server Error", &[], ReplyMode::Stateful);
+                }
+                rc::ERROR
+            }
+        }
+    }
+}
+
+fn check_algorithm(v: &ParamValue) -> Result<(), String> {
+    match v {
+        ParamValue::Str(s) if s.is_empty() || matches!(Alg::parse(s), Some((_, false))) => Ok(()),
+        _ => Err("algorithm must be MD5 or SHA-256".into()),
+    }
+}
+
+/// What `loadmodule "auth.so"` finds.
+pub fn def() -> ModuleDef {
+    ModuleDef {
+        name: "auth",
+        params: vec![
+            ParamSpec::str("secret"),
+            ParamSpec::int("nonce_expire"),
+            ParamSpec::int("nonce_count"),
+            ParamSpec::str("algorithm").check(check_algorithm),
+            // Kamailio 5.6's challenges take qop from the functions' flags
+            // only (checked on the wire): accepted, with a warning.
+            ParamSpec::str("qop").no_effect(),
+        ],
+        instantiate: Arc::new(|cfg| {
+            let secret = match cfg.str("secret") {
+                Some(s) if !s.is_empty() => s.into_bytes(),
+                _ => {
+                    let mut b = vec![0u8; 32];
+                    getrandom::getrandom(&mut b).map_err(|e| format!("no random secret: {e}"))?;
+                    b
+                }
+            };
+            let expire = cfg.int("nonce_expire").unwrap_or(300);
+            if !(1..=86400 * 365).contains(&expire) {
+                return Err(format!("nonce_expire must be a positive number of seconds, not {expire}"));
+            }
+            let algorithm = cfg
+                .str("algorithm")
+                .filter(|s| !s.is_empty())
+                .and_then(|s| Alg::parse(&s))
+                .map(|(a, _)| a);
+            Ok(Arc::new(Auth(Arc::new(Inner {
+                nonces: Nonces::new(secret, expire as u32),
+                algorithm,
+                nonce_count: cfg.int("nonce_count").unwrap_or(1) != 0,
+                host: OnceLock::new(),
+            }))) as Arc<dyn Module>)
+        }),
+    }
+}
+
+/// What `loadmodule "auth_db.so"` finds: a clear refusal.
+pub fn def_auth_db() -> ModuleDef {
+    ModuleDef {
+        name: "auth_db",
+        params: vec![],
+        instantiate: Arc::new(|_| {
+            Err("auth_db is not available in siphon (there is no database layer): load auth and check passwords with pv_www_authenticate/pv_proxy_authenticate/pv_auth_check, taking the password from $sht(...) or an AVP".into())
+        }),
+    }
+}
+
