@@ -634,6 +634,17 @@ pub trait PvAccess: Send + Sync {
 /// Binds a PV class with its inner name at load.
 pub type PvBind = Arc<dyn Fn(Option<&str>) -> Result<Arc<dyn PvAccess>, String> + Send + Sync>;
 
+/// Binds a PV class whose inner name holds PVs (`$sht(ipban=>$si)`): the
+/// second argument compiles a piece of the name as a format string.
+pub type PvBindFmt = Arc<
+    dyn Fn(
+            Option<&str>,
+            &mut dyn FnMut(&str) -> Result<crate::pv::Fmt, String>,
+        ) -> Result<Arc<dyn PvAccess>, String>
+        + Send
+        + Sync,
+>;
+
 /// A pseudo-variable class.
 #[derive(Clone)]
 pub struct PvClassSpec {
@@ -643,12 +654,29 @@ pub struct PvClassSpec {
     pub inner: PvInner,
     /// Binds one use.
     pub bind: PvBind,
+    /// When set, binds one use instead of `bind`, with a format compiler.
+    pub bind_fmt: Option<PvBindFmt>,
 }
 
 impl PvClassSpec {
     /// A class bound by `bind`.
     pub fn new(name: &'static str, inner: PvInner, bind: PvBind) -> Self {
-        PvClassSpec { name, inner, bind }
+        PvClassSpec {
+            name,
+            inner,
+            bind,
+            bind_fmt: None,
+        }
+    }
+
+    /// A class whose inner name may hold PVs, bound by `bind` with a format compiler.
+    pub fn with_fmt(name: &'static str, inner: PvInner, bind: PvBindFmt) -> Self {
+        PvClassSpec {
+            name,
+            inner,
+            bind: Arc::new(|_| Err("needs a format compiler".into())),
+            bind_fmt: Some(bind),
+        }
     }
 
     /// A read-only class with no inner name, computed by `f`.
@@ -667,6 +695,7 @@ impl PvClassSpec {
             name,
             inner: PvInner::None,
             bind: Arc::new(move |_| Ok(acc.clone())),
+            bind_fmt: None,
         }
     }
 }

@@ -1154,7 +1154,25 @@ impl Compiler<'_> {
                     }
                     _ => {}
                 }
-                match (spec.bind)(inner) {
+                let bound = match &spec.bind_fmt {
+                    Some(bf) => {
+                        let mut failed = false;
+                        let mut compile = |s: &str| match self.format(s, span) {
+                            Some(f) => Ok(f),
+                            None => {
+                                failed = true;
+                                Err(format!("bad name `{s}`"))
+                            }
+                        };
+                        let r = bf(inner, &mut compile);
+                        if failed {
+                            return None;
+                        }
+                        r
+                    }
+                    None => (spec.bind)(inner),
+                };
+                match bound {
                     Ok(acc) => PvKind::Dyn(acc),
                     Err(e) => {
                         self.err(span, format!("`{}`: {e}", syn.text));

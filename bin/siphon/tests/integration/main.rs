@@ -11,6 +11,7 @@ mod custom_cfg;
 mod evapi;
 mod event_jsonrpc;
 mod golden;
+mod htable_pike;
 mod harness;
 mod jsonrpcc;
 mod jsonrpcs;

@@ -1,0 +1,251 @@
+//! htable and pike end to end: `$shtinc` counts exactly across workers,
+//! the htable.* RPCs over jsonrpcs, autoexpire, a value kept across an
+//! asynchronous HTTP call, pike blocking a flooder (127.0.0.2) while
+//! another source (127.0.0.1) is answered, and the shipped kamailio.cfg with
+//! WITH_ANTIFLOOD.
+
+use super::harness::{Server, UdpUac, request};
+use super::jsonrpcs::rpc_doc;
+use serde_json::json;
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::time::{Duration, Instant};
+
+const W: Duration = Duration::from_secs(5);
+
+const RPC: &str = r#"
+loadmodule "jsonrpcs.so"
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:0")
+"#;
+
+/// Sends `total` OPTIONS with distinct Call-IDs from `sock`, at most
+/// `window` unanswered at a time; how many got a 200.
+fn flood(sock: &UdpSocket, to: SocketAddr, total: usize, window: usize, tag: &str) -> usize {
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let from = sock.local_addr().unwrap();
+    let mut open: HashSet<String> = HashSet::new();
+    let (mut next, mut ok) = (0, 0);
+    let mut buf = vec![0u8; 65535];
+    let mut last = Instant::now();
+    while next < total || !open.is_empty() {
+        while next < total && open.len() < window {
+            let ci = format!("{tag}-{next}");
+            sock.send_to(request("OPTIONS", from, &ci, &ci, "").as_bytes(), to)
+                .unwrap();
+            open.insert(ci);
+            next += 1;
+        }
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                let m = siphon_sip::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+                let ci = String::from_utf8_lossy(&m.call_id().unwrap_or_default()).into_owned();
+                if open.remove(&ci) && m.status() == Some(200) {
+                    ok += 1;
+                }
+                last = Instant::now();
+            }
+            Err(_) => assert!(
+                last.elapsed() < W,
+                "{} requests unanswered for 5 s",
+                open.len()
+            ),
+        }
+    }
+    ok
+}
+
+#[test]
+fn shtinc_counts_exactly_across_workers_and_the_rpcs() {
+    let cfg = format!(
+        r#"{RPC}
+loadmodule "htable.so"
+modparam("htable", "htable", "c=>size=4;initval=0")
+modparam("htable", "htable", "a=>size=4")
+event_route[htable:mod-init] {{
+    $sht(a=>boot) = "init";
+}}
+request_route {{
+    $var(n) = $shtinc(c=>n);
+    $sht(a=>last) = $ci;
+    sl_send_reply("200", "OK");
+}}
+"#
+    );
+    let srv = Server::start(&cfg);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(flood(&sock, srv.udp, 10_000, 64, "inc"), 10_000);
+    assert_eq!(
+        rpc_doc(&srv, "htable.get", json!(["c", "n"]))["result"],
+        json!({"item": {"name": "n", "value": 10000}})
+    );
+    assert_eq!(
+        rpc_doc(&srv, "htable.get", json!(["a", "boot"]))["result"]["item"]["value"],
+        json!("init")
+    );
+    rpc_doc(&srv, "htable.sets", json!(["a", "s", "text"]));
+    rpc_doc(&srv, "htable.seti", json!(["a", "i", 42]));
+    assert_eq!(
+        rpc_doc(&srv, "htable.get", json!(["a", "i"]))["result"]["item"]["value"],
+        json!(42)
+    );
+    let dump = rpc_doc(&srv, "htable.dump", json!(["a"]));
+    let names: HashSet<String> = dump["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["slot"].as_array().unwrap().clone())
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["boot", "last", "s", "i"].iter().map(|s| s.to_string()).collect()
+    );
+    rpc_doc(&srv, "htable.delete", json!(["a", "s"]));
+    let gone = rpc_doc(&srv, "htable.get", json!(["a", "s"]));
+    assert!(gone["error"].is_object(), "{gone}");
+    let list = rpc_doc(&srv, "htable.listTables", json!([]));
+    assert_eq!(list["result"][0]["name"], json!("c"), "{list}");
+    let stats = rpc_doc(&srv, "htable.stats", json!([]));
+    assert_eq!(stats["result"][1]["all"], json!(3), "{stats}");
+}
+
+#[test]
+fn autoexpire_removes_items_and_runs_the_expired_route() {
+    let cfg = format!(
+        r#"{RPC}
+loadmodule "htable.so"
+modparam("htable", "htable", "e=>size=4;autoexpire=1")
+modparam("htable", "timer_interval", 1)
+event_route[htable:expired:e] {{
+    xlog("L_INFO", "expired $shtrecord(key)=$shtrecord(value)\n");
+}}
+request_route {{
+    $sht(e=>k) = "v";
+    sl_send_reply("200", "OK");
+}}
+"#
+    );
+    let srv = Server::start(&cfg);
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("OPTIONS", uac.addr(), "x1", "exp1", ""));
+    assert_eq!(uac.final_code(W), Some(200));
+    assert!(srv.log_soon("expired k=v"));
+    let gone = rpc_doc(&srv, "htable.get", json!(["e", "k"]));
+    assert!(gone["error"].is_object(), "{gone}");
+}
+
+/// An HTTP server answering 200 to each request.
+fn http_ok() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_value_written_before_an_async_call_is_read_after_it() {
+    let http = http_ok();
+    let cfg = format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "htable.so"
+loadmodule "async_http.so"
+modparam("htable", "htable", "calls=>size=8;autoexpire=60")
+request_route {{
+    if (is_method("ACK")) {{ exit; }}
+    $sht(calls=>$ci) = "kept-" + $ci;
+    http_async_get("http://{http}/x", "RESUMED");
+}}
+route[RESUMED] {{
+    append_to_reply("X-Kept: $sht(calls=>$ci)\r\n");
+    t_reply("200", "OK");
+}}
+"#
+    );
+    let srv = Server::start(&cfg);
+    let uacs: Vec<UdpUac> = (0..20).map(|_| UdpUac::new(srv.udp)).collect();
+    for (i, u) in uacs.iter().enumerate() {
+        u.send(&request("MESSAGE", u.addr(), &format!("as{i}"), &format!("async-{i}"), ""));
+    }
+    for (i, u) in uacs.iter().enumerate() {
+        let deadline = Instant::now() + W;
+        let m = loop {
+            let m = u
+                .recv(deadline.saturating_duration_since(Instant::now()))
+                .expect("a reply");
+            if m.status().unwrap() >= 200 {
+                break m;
+            }
+        };
+        assert_eq!(m.status(), Some(200));
+        let kept = m
+            .headers_named(b"X-Kept")
+            .next()
+            .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned());
+        assert_eq!(kept.as_deref(), Some(format!("kept-async-{i}").as_str()));
+    }
+}
+
+#[test]
+fn pike_blocks_a_flooder_while_another_source_is_answered() {
+    let cfg = format!(
+        r#"{RPC}
+loadmodule "pike.so"
+modparam("pike", "sampling_time_unit", 60)
+modparam("pike", "reqs_density_per_unit", 10)
+modparam("pike", "remove_latency", 120)
+request_route {{
+    if (!pike_check_req()) {{
+        sl_send_reply("403", "Blocked $rc");
+        exit;
+    }}
+    sl_send_reply("200", "OK");
+}}
+"#
+    );
+    let srv = Server::start(&cfg);
+    // The flooder: 127.0.0.2 (loopback), 50 requests one after the other.
+    let flooder = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let answered = flood(&flooder, srv.udp, 50, 1, "flood");
+    assert_eq!(answered, 9, "the first 9 are under the density");
+    assert!(srv.log_soon("PIKE - BLOCKing ip 127.0.0.2"));
+    // Another source keeps getting 200s.
+    let good = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(flood(&good, srv.udp, 5, 1, "good"), 5);
+    // And the flooder is still blocked.
+    assert_eq!(flood(&flooder, srv.udp, 3, 1, "again"), 0);
+    let top = rpc_doc(&srv, "pike.top", json!(["HOT"]));
+    let hot = top["result"].as_array().unwrap();
+    assert_eq!(hot.len(), 1, "{top}");
+    assert_eq!(hot[0]["ip_addr"], json!("127.0.0.2"));
+    let all = rpc_doc(&srv, "pike.top", json!(["ALL"]));
+    assert_eq!(all["result"].as_array().unwrap().len(), 2, "{all}");
+}
+
+#[test]
+fn shipped_kamailio_cfg_with_antiflood_loads() {
+    let cfg = "/etc/kamailio/kamailio.cfg";
+    if !std::path::Path::new(cfg).exists() {
+        eprintln!("skipped: no {cfg}");
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .args(["-c", "-f", cfg, "-A", "WITH_ANTIFLOOD"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+}
