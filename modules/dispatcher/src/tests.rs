@@ -1,0 +1,394 @@
+use super::*;
+use siphon_script::net::{Peer, Transport};
+use siphon_script::rpc::RpcReply;
+use siphon_script::{Program, Registry, load_str};
+use std::sync::Mutex;
+
+const LIST: &str = "\
+# set 1: three UAS
+1 sip:127.0.0.1:5071
+1 sip:127.0.0.1:5072
+1 sip:127.0.0.1:5073
+# set 2: priorities and weights
+2 sip:10.0.0.1:5060 0 1 weight=20;duid=low
+2 sip:10.0.0.2:5060 0 5 weight=50;duid=high
+2 sip:10.0.0.3:5060 0 3 weight=30
+";
+
+fn list_file(text: &str) -> String {
+    use std::sync::atomic::AtomicUsize;
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "siphon-ds-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("dispatcher.list");
+    std::fs::write(&f, text).unwrap();
+    f.to_string_lossy().into_owned()
+}
+
+struct T {
+    p: Arc<Program>,
+    out: Arc<Mutex<Vec<String>>>,
+    file: String,
+}
+
+fn setup(list: &str, params: &str, body: &str) -> T {
+    let file = list_file(list);
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let mut reg = Registry::new();
+    reg.add(def());
+    let o = out.clone();
+    reg.core_functions
+        .push(FunctionSpec::new("out", &[ArgKind::Any], move |ex, a| {
+            let v: Value = a.value(0, ex);
+            o.lock().unwrap().push(v.to_string());
+            1.into()
+        }));
+    let o = out.clone();
+    reg.core_functions
+        .push(FunctionSpec::new("out_du", &[], move |ex, _| {
+            let du = ex.ctx.ext.get::<SipCtx>().unwrap().du.clone();
+            let ru = ex.ctx.ext.get::<SipCtx>().unwrap().ruri();
+            let v = match du {
+                Some(d) => String::from_utf8_lossy(&d).into_owned(),
+                None => format!("ru={}", String::from_utf8_lossy(&ru)),
+            };
+            o.lock().unwrap().push(v);
+            1.into()
+        }));
+    let cfg = format!(
+        "loadmodule \"dispatcher.so\"\nmodparam(\"dispatcher\", \"list_file\", \"{file}\")\n{params}\nrequest_route {{\n{body}\n}}\n"
+    );
+    let l = load_str("t.cfg", &cfg, &Default::default(), &reg);
+    let p = l
+        .program
+        .unwrap_or_else(|| panic!("{}", siphon_cfg::diag::render_all(&l.diags, &l.sources)));
+    T {
+        p: Arc::new(p),
+        out,
+        file,
+    }
+}
+
+fn request(callid: &str, from: &str, src: &str) -> SipCtx {
+    let raw = format!(
+        "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <{from}>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: {callid}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let msg = siphon_sip::parse(bytes::Bytes::from(raw)).unwrap();
+    SipCtx::new(
+        msg,
+        Peer {
+            transport: Transport::Udp,
+            src: src.parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
+            conn: None,
+        },
+    )
+}
+
+impl T {
+    /// Runs the request route for one request; returns `$du` (or the
+    /// R-URI when no `$du`) and the context.
+    fn run_with(&self, s: SipCtx) -> (String, siphon_script::Ctx) {
+        let mut ctx = self.p.new_ctx(RouteType::REQUEST);
+        ctx.ext.insert(s);
+        self.p.run(self.p.request_route().unwrap(), &mut ctx);
+        let s = ctx.ext.get::<SipCtx>().unwrap();
+        let v = match &s.du {
+            Some(d) => String::from_utf8_lossy(d).into_owned(),
+            None => format!("ru={}", String::from_utf8_lossy(&s.ruri())),
+        };
+        (v, ctx)
+    }
+    fn run(&self, callid: &str) -> String {
+        self.run_with(request(callid, "sip:alice@example.com", "127.0.0.1:5999"))
+            .0
+    }
+    fn out(&self) -> Vec<String> {
+        std::mem::take(&mut *self.out.lock().unwrap())
+    }
+    fn module(&self) -> &Dispatcher {
+        self.p.module::<Dispatcher>().unwrap()
+    }
+    fn rpc(&self, method: &str, params: J) -> Result<J, RpcFailure> {
+        let params = match params {
+            J::Array(a) => a,
+            J::Object(o) => o.values().cloned().collect(),
+            _ => vec![],
+        };
+        match siphon_script::rpc::call(&self.p, method, params).expect("a command") {
+            RpcReply::Now(r) => r,
+            RpcReply::Later(_) => panic!("later"),
+        }
+    }
+}
+
+#[test]
+fn list_file_is_parsed_sorted_by_priority_with_attributes() {
+    let l = list::parse(LIST, "d.list").unwrap();
+    assert_eq!(l.sets.len(), 2);
+    let s2 = l.set(2).unwrap();
+    let uris: Vec<&str> = s2.dests.iter().map(|d| d.uri.as_str()).collect();
+    assert_eq!(
+        uris,
+        ["sip:10.0.0.2:5060", "sip:10.0.0.3:5060", "sip:10.0.0.1:5060"]
+    );
+    assert_eq!(s2.dests[0].weight, 50);
+    assert_eq!(s2.dests[0].duid, "high");
+    assert_eq!(s2.dests[2].priority, 1);
+    let e = list::parse("1 sip:a\nx sip:b\n", "d.list").unwrap_err();
+    assert!(e.starts_with("d.list:2:"), "{e}");
+    let e = list::parse("1 nouri\n", "d.list").unwrap_err();
+    assert!(e.starts_with("d.list:1:"), "{e}");
+}
+
+#[test]
+fn kamailio_hash_is_reproduced() {
+    // Values of Kamailio's ds_get_hash (computed by a port of the C code).
+    assert_eq!(list::ds_hash(Some(b"abcdefg"), None), 1_841_897_292);
+    assert_eq!(list::ds_hash(Some(b"a84b4c76e66710"), None), 161_557_962);
+    assert_eq!(
+        list::ds_hash(Some(b"alice"), Some(b"example.com")),
+        1_442_294_598
+    );
+    assert_eq!(list::ds_hash(None, None), 0);
+}
+
+#[test]
+fn round_robin_cycles_in_file_order() {
+    let t = setup(LIST, "", "if (!ds_select_dst(\"1\", \"4\")) { out(\"none\"); }");
+    let got: Vec<String> = (0..6).map(|i| t.run(&format!("c{i}"))).collect();
+    assert_eq!(
+        got,
+        [
+            "sip:127.0.0.1:5071",
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5073",
+            "sip:127.0.0.1:5071",
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5073"
+        ]
+    );
+    assert!(t.out().is_empty());
+}
+
+#[test]
+fn hash_algorithms_pick_by_key() {
+    // Call-ID: the same Call-ID always the same destination; the index is
+    // Kamailio's hash modulo the set's size.
+    let t = setup(LIST, "", "ds_select_dst(\"1\", \"0\");");
+    let want = |key: &[u8]| {
+        format!(
+            "sip:127.0.0.1:{}",
+            5071 + list::ds_hash(Some(key), None) % 3
+        )
+    };
+    for c in ["abcdefg", "a84b4c76e66710", "x", "call-4711@host"] {
+        assert_eq!(t.run(c), want(c.as_bytes()));
+        assert_eq!(t.run(c), want(c.as_bytes()));
+    }
+    // From URI: user and host.
+    let t = setup(LIST, "", "ds_select_dst(1, 1);");
+    let h = list::ds_hash(Some(b"alice"), Some(b"example.com")) % 3;
+    let (du, _) = t.run_with(request("any", "sip:alice@example.com", "127.0.0.1:1"));
+    assert_eq!(du, format!("sip:127.0.0.1:{}", 5071 + h));
+    let (du2, _) = t.run_with(request("other", "sip:alice@example.com", "127.0.0.1:1"));
+    assert_eq!(du, du2, "From hash ignores the Call-ID");
+    // To and R-URI: bob@example.com.
+    let hb = list::ds_hash(Some(b"bob"), Some(b"example.com")) % 3;
+    for alg in [2, 3] {
+        let t = setup(LIST, "", &format!("ds_select_dst(1, {alg});"));
+        assert_eq!(t.run("q"), format!("sip:127.0.0.1:{}", 5071 + hb));
+    }
+}
+
+#[test]
+fn priority_picks_the_highest_and_fails_over_in_order() {
+    let t = setup(
+        LIST,
+        "",
+        "ds_select_dst(2, 8); out_du(); while (ds_next_dst()) { out_du(); } out($rc);",
+    );
+    t.run("c");
+    assert_eq!(
+        t.out(),
+        [
+            "sip:10.0.0.2:5060",
+            "sip:10.0.0.3:5060",
+            "sip:10.0.0.1:5060",
+            "-1"
+        ]
+    );
+}
+
+#[test]
+fn weight_splits_1000_picks_by_weight() {
+    let t = setup(LIST, "", "ds_select_dst(2, 9);");
+    let mut n = std::collections::HashMap::new();
+    for i in 0..1000 {
+        *n.entry(t.run(&format!("c{i}"))).or_insert(0) += 1;
+    }
+    assert_eq!(n["sip:10.0.0.2:5060"], 500);
+    assert_eq!(n["sip:10.0.0.3:5060"], 300);
+    assert_eq!(n["sip:10.0.0.1:5060"], 200);
+}
+
+#[test]
+fn limit_and_inactive_destinations() {
+    let t = setup(
+        LIST,
+        "",
+        "ds_select_dst(1, 4, 2); out_du(); while (ds_next_dst()) { out_du(); }",
+    );
+    t.run("a");
+    assert_eq!(t.out(), ["sip:127.0.0.1:5071", "sip:127.0.0.1:5072"]);
+    // An inactive destination is skipped: its turn goes to the next one.
+    assert_eq!(
+        t.rpc("dispatcher.set_state", json!(["ip", 1, "sip:127.0.0.1:5073"])),
+        Ok(J::Null)
+    );
+    t.run("b"); // 5072
+    t.run("c"); // 5073 is down → 5071
+    assert_eq!(
+        t.out(),
+        [
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5071",
+            "sip:127.0.0.1:5071",
+            "sip:127.0.0.1:5072"
+        ]
+    );
+    // All down: -1.
+    t.rpc("dispatcher.set_state", json!(["i", 1, "all"])).unwrap();
+    let t2 = setup(LIST, "", "if (ds_select_dst(1, 4)) { out(\"yes\"); } else { out(\"no\"); }");
+    t2.rpc("dispatcher.set_state", json!(["d", 1, "all"])).unwrap();
+    t2.run("x");
+    assert_eq!(t2.out(), ["no"]);
+}
+
+#[test]
+fn unknown_set_and_unsupported_algorithm() {
+    let t = setup(LIST, "", "ds_select_dst(7, 4); out($rc); $var(a) = 11; ds_select_dst(1, $var(a)); out($rc);");
+    t.run("a");
+    assert_eq!(t.out(), ["-1", "-1"]);
+    let file = list_file(LIST);
+    let mut reg = Registry::new();
+    reg.add(def());
+    let cfg = format!(
+        "loadmodule \"dispatcher.so\"\nmodparam(\"dispatcher\", \"list_file\", \"{file}\")\nrequest_route {{\n ds_select_dst(1, 10);\n}}\n"
+    );
+    let l = load_str("t.cfg", &cfg, &Default::default(), &reg);
+    assert!(l.program.is_none());
+    let msg = siphon_cfg::diag::render_all(&l.diags, &l.sources);
+    assert!(msg.contains("algorithm 10 is not supported") && msg.contains("t.cfg:4:"), "{msg}");
+}
+
+#[test]
+fn mark_dst_and_next_domain() {
+    let t = setup(
+        LIST,
+        "",
+        "ds_select_domain(1, 4); out_du(); ds_mark_dst(); ds_next_domain(); out_du(); ds_mark_dst(\"a\");",
+    );
+    t.run("a");
+    assert_eq!(
+        t.out(),
+        ["ru=sip:bob@127.0.0.1:5071", "ru=sip:bob@127.0.0.1:5072"]
+    );
+    let l = t.rpc("dispatcher.list", json!([])).unwrap();
+    let flags: Vec<&str> = l["RECORDS"][0]["SET"]["TARGETS"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["DEST"]["FLAGS"].as_str().unwrap())
+        .collect();
+    assert_eq!(flags, ["IX", "AX", "AX"]);
+}
+
+#[test]
+fn is_from_list_matches_source_address() {
+    let t = setup(
+        LIST,
+        "",
+        "if (ds_is_from_list()) { out(\"any\"); } if (ds_is_from_list(2)) { out(\"2\"); } if (ds_is_from_list(1, 1)) { out(\"1noport\"); } if (ds_is_from_list(\"1\", \"0\", \"sip:127.0.0.1:5073\")) { out(\"uri\"); }",
+    );
+    t.run_with(request("a", "sip:a@b", "127.0.0.1:5072"));
+    assert_eq!(t.out(), ["any", "1noport", "uri"]);
+    t.run_with(request("a", "sip:a@b", "127.0.0.1:6000"));
+    assert_eq!(t.out(), ["1noport", "uri"]);
+    t.run_with(request("a", "sip:a@b", "10.0.0.3:5060"));
+    assert_eq!(t.out(), ["any", "2", "uri"]);
+}
+
+#[test]
+fn rpcs_list_set_state_named_reload_ping() {
+    let t = setup(LIST, "", "ds_select_dst(1, 4);");
+    let l = t.rpc("dispatcher.list", json!([])).unwrap();
+    assert_eq!(l["NRSETS"], 2);
+    let d = &l["RECORDS"][1]["SET"]["TARGETS"][0]["DEST"];
+    assert_eq!(d["URI"], "sip:10.0.0.2:5060");
+    assert_eq!(d["FLAGS"], "AX");
+    assert_eq!(d["PRIORITY"], 5);
+    assert_eq!(d["ATTRS"]["DUID"], "high");
+    assert_eq!(d["ATTRS"]["WEIGHT"], 50);
+    // The seed's named form (with its typo), in any order.
+    t.rpc(
+        "dispatcher.set_state",
+        json!({"state": "ip", "grpup": 1, "address": "sip:127.0.0.1:5071"}),
+    )
+    .unwrap();
+    assert_eq!(t.module().lists().set(1).unwrap().dests[0].state(), "IP");
+    assert_eq!(t.run("a"), "sip:127.0.0.1:5072");
+    let e = t
+        .rpc("dispatcher.set_state", json!(["a", 1, "sip:9.9.9.9"]))
+        .unwrap_err();
+    assert_eq!(e.code, 500);
+    assert!(t.rpc("dispatcher.set_state", json!(["zz", 1, "all"])).is_err());
+    // Reload: the file's states again, and its new content.
+    std::fs::write(&t.file, "3 sip:127.0.0.1:5090\n").unwrap();
+    assert_eq!(t.rpc("dispatcher.reload", json!([])), Ok(J::Null));
+    assert_eq!(t.rpc("dispatcher.list", json!([])).unwrap()["NRSETS"], 1);
+    std::fs::write(&t.file, "x y\n").unwrap();
+    assert_eq!(t.rpc("dispatcher.reload", json!([])).unwrap_err().code, 500);
+    assert_eq!(t.rpc("dispatcher.list", json!([])).unwrap()["NRSETS"], 1);
+    assert_eq!(
+        t.rpc("dispatcher.ping_active", json!([])),
+        Ok(json!({"OldPingState": 1}))
+    );
+    assert_eq!(
+        t.rpc("dispatcher.ping_active", json!([0])),
+        Ok(json!({"NewPingState": 0, "OldPingState": 1}))
+    );
+}
+
+#[test]
+fn count_and_failover_keeps_destinations_across_reload() {
+    let t = setup(
+        LIST,
+        "",
+        "ds_count(1, \"a\", \"$var(n)\"); out($var(n)); ds_select_dst(1, 4); out_du();",
+    );
+    let (_, mut ctx) = t.run_with(request("a", "sip:a@b", "127.0.0.1:1"));
+    assert_eq!(t.out(), ["3", "sip:127.0.0.1:5071"]);
+    std::fs::write(&t.file, "1 sip:127.0.0.1:6000\n").unwrap();
+    t.rpc("dispatcher.reload", json!([])).unwrap();
+    // The call in progress keeps what it picked.
+    let st = ctx.ext.get_mut::<DsCtx>().unwrap();
+    let rest: Vec<&str> = st.remaining.iter().map(|d| d.uri.as_str()).collect();
+    assert_eq!(rest, ["sip:127.0.0.1:5072", "sip:127.0.0.1:5073"]);
+}
+
+#[test]
+fn with_hostport_rewrites_only_the_host() {
+    assert_eq!(
+        &with_hostport(b"sip:bob@example.com;user=phone", b"sip:10.0.0.1:5080;transport=tcp").unwrap()[..],
+        b"sip:bob@10.0.0.1:5080;user=phone"
+    );
+    assert_eq!(
+        &with_hostport(b"sip:example.com", b"sip:[::1]:5080").unwrap()[..],
+        b"sip:[::1]:5080"
+    );
+}
