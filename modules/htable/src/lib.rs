@@ -17,7 +17,10 @@
 //!   `event_route[htable:expired:NAME]` runs for each swept item with
 //!   `$shtrecord(key)`/`$shtrecord(value)`.
 //! - RPC `htable.get`, `htable.sets`, `htable.seti`, `htable.delete`,
-//!   `htable.dump`, `htable.listTables`, `htable.stats`, `htable.flush`.
+//!   `htable.dump`, `htable.listTables`, `htable.stats`, `htable.flush`,
+//!   with Kamailio's answers (the texts, the slots `core_hash` puts items in,
+//!   tables newest first); `htable.reload` answers Kamailio's "No htable
+//!   db_url" (no database backend).
 
 pub mod store;
 
@@ -358,6 +361,36 @@ impl Htable {
 
 // ---------- RPC ----------
 
+/// Kamailio's `core_hash(name, 0, 1 << size)`: the slot an item is in (`htable.dump`, `htable.stats`).
+pub fn slot_of(name: &[u8], size: u32) -> u32 {
+    let mix = |h: u32, v: u32| h.wrapping_add(v ^ (v >> 3));
+    let mut h: u32 = 0;
+    let mut chunks = name.chunks_exact(4);
+    for c in &mut chunks {
+        h = mix(h, u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    let v = chunks
+        .remainder()
+        .iter()
+        .fold(0u32, |v, b| (v << 8) + *b as u32);
+    h = mix(h, v);
+    let h = h
+        .wrapping_add(h >> 11)
+        .wrapping_add((h >> 13).wrapping_add(h >> 23));
+    h & ((1u32 << size) - 1)
+}
+
+fn ok_text(s: &str) -> Result<serde_json::Value, RpcFailure> {
+    Ok(json!(s))
+}
+
+fn fail500(m: &str) -> RpcFailure {
+    RpcFailure {
+        code: 500,
+        message: m.into(),
+    }
+}
+
 fn json_value(v: &Value) -> serde_json::Value {
     match v {
         Value::Int(n) => json!(n),
@@ -366,7 +399,9 @@ fn json_value(v: &Value) -> serde_json::Value {
 }
 
 fn rpc_table(tables: &Tables, c: &RpcCall) -> Result<Arc<Mutex<Store>>, RpcFailure> {
-    let name = c.str(0).ok_or_else(|| RpcFailure::params("Table name not found"))?;
+    let name = c
+        .str(0)
+        .ok_or_else(|| fail500("Not enough parameters (htable name)"))?;
     tables
         .get(&name)
         .cloned()
@@ -379,7 +414,7 @@ fn rpc_table(tables: &Tables, c: &RpcCall) -> Result<Arc<Mutex<Store>>, RpcFailu
 fn rpc_key(c: &RpcCall) -> Result<Bytes, RpcFailure> {
     c.str(1)
         .map(Bytes::from)
-        .ok_or_else(|| RpcFailure::params("Key name not found"))
+        .ok_or_else(|| fail500("Not enough parameters (htable name and key name)"))
 }
 
 fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
@@ -397,17 +432,16 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
     for (name, int) in [("htable.sets", false), ("htable.seti", true)] {
         let t = tables.clone();
         v.push(RpcSpec::new(name, "Set one key in a hash table.", move |c| {
-            let tb = rpc_table(&t, c)?;
-            let key = rpc_key(c)?;
+            let missing = || fail500("Not enough parameters (htable name, key name and value)");
+            let key = c.str(1).map(Bytes::from).ok_or_else(missing)?;
             let val = if int {
-                Value::Int(c.int(2).ok_or_else(|| RpcFailure::params("Value not found"))?)
+                Value::Int(c.int(2).ok_or_else(missing)?)
             } else {
-                Value::Str(Bytes::from(
-                    c.str(2).ok_or_else(|| RpcFailure::params("Value not found"))?,
-                ))
+                Value::Str(Bytes::from(c.str(2).ok_or_else(missing)?))
             };
+            let tb = rpc_table(&t, c)?;
             lock(&tb).set(key, val, t.now());
-            Ok(serde_json::Value::Null)
+            ok_text("Ok. Key set to new value.")
         }));
     }
     let t = tables.clone();
@@ -420,32 +454,36 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
                 message: "Key not found in htable.".into(),
             });
         }
-        Ok(serde_json::Value::Null)
+        ok_text("Ok. Key deleted.")
     }));
     let t = tables.clone();
     v.push(RpcSpec::new("htable.flush", "Empty a hash table.", move |c| {
         let tb = rpc_table(&t, c)?;
         lock(&tb).reset();
-        Ok(serde_json::Value::Null)
+        ok_text("Ok. Htable flushed.")
     }));
+    v.push(RpcSpec::new(
+        "htable.reload",
+        "Reload a hash table from its database table (siphon has no database backend).",
+        |_c| Err(fail500("No htable db_url")),
+    ));
     let t = tables.clone();
     v.push(RpcSpec::new("htable.dump", "Dump the items of a hash table.", move |c| {
         let tb = rpc_table(&t, c)?;
         let tb = lock(&tb);
-        let slots = 1u64 << tb.def.size;
-        let mut by_slot: std::collections::BTreeMap<u64, Vec<serde_json::Value>> =
+        let mut by_slot: std::collections::BTreeMap<u32, Vec<serde_json::Value>> =
             Default::default();
         for (k, val) in tb.items(t.now()) {
-            let h = k.iter().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64));
-            by_slot.entry(h % slots).or_default().push(json!({
+            by_slot.entry(slot_of(&k, tb.def.size)).or_default().push(json!({
                 "name": String::from_utf8_lossy(&k),
                 "value": json_value(&val),
+                "type": if matches!(val, Value::Int(_)) { "int" } else { "str" },
             }));
         }
         Ok(serde_json::Value::Array(
             by_slot
                 .into_iter()
-                .map(|(e, s)| json!({"entry": e, "slot": s}))
+                .map(|(e, s)| json!({"entry": e, "size": s.len(), "slot": s}))
                 .collect(),
         ))
     }));
@@ -454,6 +492,7 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
         Ok(serde_json::Value::Array(
             t.order
                 .iter()
+                .rev()
                 .map(|n| {
                     let tb = lock(&t.tables[n]);
                     json!({
@@ -474,16 +513,20 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
         Ok(serde_json::Value::Array(
             t.order
                 .iter()
+                .rev()
                 .map(|n| {
                     let tb = lock(&t.tables[n]);
-                    let slots = 1u64 << tb.def.size;
-                    let all = tb.items(t.now()).len() as u64;
+                    let slots = 1usize << tb.def.size;
+                    let mut per = vec![0u64; slots];
+                    for (k, _) in tb.items(t.now()) {
+                        per[slot_of(&k, tb.def.size) as usize] += 1;
+                    }
                     json!({
                         "name": n,
                         "slots": slots,
-                        "all": all,
-                        "min": all / slots,
-                        "max": all.div_ceil(slots),
+                        "all": per.iter().sum::<u64>(),
+                        "min": per.iter().min(),
+                        "max": per.iter().max(),
                     })
                 })
                 .collect(),

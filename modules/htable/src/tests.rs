@@ -53,7 +53,14 @@ fn script_reads_writes_counts_and_removes() {
 #[test]
 fn rpcs_set_get_delete_dump_list() {
     let p = program(T, "").unwrap();
-    assert_eq!(rpc(&p, "htable.seti", &[json!("a"), json!("k"), json!(3)]), Ok(serde_json::Value::Null));
+    assert_eq!(
+        rpc(&p, "htable.seti", &[json!("a"), json!("k"), json!(3)]),
+        Ok(json!("Ok. Key set to new value."))
+    );
+    assert_eq!(
+        rpc(&p, "htable.seti", &[json!("a"), json!("k"), json!("x")]).unwrap_err().message,
+        "Not enough parameters (htable name, key name and value)"
+    );
     rpc(&p, "htable.sets", &[json!("a"), json!("s"), json!("v")]).unwrap();
     assert_eq!(
         rpc(&p, "htable.get", &[json!("a"), json!("k")]).unwrap()["item"]["value"],
@@ -65,11 +72,12 @@ fn rpcs_set_get_delete_dump_list() {
     rpc(&p, "htable.delete", &[json!("a"), json!("k")]).unwrap();
     assert!(rpc(&p, "htable.get", &[json!("a"), json!("k")]).is_err());
     assert!(rpc(&p, "htable.get", &[json!("zz"), json!("k")]).is_err());
+    // Kamailio lists the tables newest first.
     let list = rpc(&p, "htable.listTables", &[]).unwrap();
-    assert_eq!(list[0]["name"], json!("a"));
-    assert_eq!(list[0]["size"], json!(16));
+    assert_eq!(list[1]["name"], json!("a"));
+    assert_eq!(list[1]["size"], json!(16));
     let stats = rpc(&p, "htable.stats", &[]).unwrap();
-    assert_eq!(stats[0]["all"], json!(1));
+    assert_eq!(stats[1], json!({"name": "a", "slots": 16, "all": 1, "min": 0, "max": 1}));
 }
 
 #[test]
@@ -80,4 +88,17 @@ fn config_errors_are_reported() {
     assert!(e.contains("no htable `nope`"), "{e}");
     let e = program(T, "sht_reset(\"nope\");").unwrap_err();
     assert!(e.contains("no htable"), "{e}");
+}
+
+#[test]
+fn slots_are_kamailio_core_hash() {
+    // Kamailio 5.6.3's htable.dump: "boot" in entry 10, "i" in entry 4 of 16.
+    assert_eq!(slot_of(b"boot", 4), 10);
+    assert_eq!(slot_of(b"i", 4), 4);
+    let p = program(T, "").unwrap();
+    rpc(&p, "htable.sets", &[json!("a"), json!("boot"), json!("init")]).unwrap();
+    assert_eq!(
+        rpc(&p, "htable.dump", &[json!("a")]).unwrap(),
+        json!([{"entry": 10, "size": 1, "slot": [{"name": "boot", "value": "init", "type": "str"}]}])
+    );
 }

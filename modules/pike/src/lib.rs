@@ -6,9 +6,12 @@
 //!   (default 30), `remove_latency` (seconds, default 120), `pike_log_level`
 //!   (the level of the "PIKE - BLOCKing" line: <= -1 error, 0 warning, 1..2
 //!   info, 3 debug, as Kamailio's L_* values).
-//! - A source is blocked while its hits in the current or the previous unit
-//!   reach the density, and forgotten `remove_latency` after its last request.
-//! - RPC `pike.top [HOT|ALL]`.
+//! - Kamailio's tree of address prefixes (see [`state`]): the first requests
+//!   of a new source build its branch; its address is blocked while its hits
+//!   in the current or the previous unit reach the density, unblocked by the
+//!   timer once they do not, forgotten `remove_latency` after its last request.
+//! - RPC `pike.top [ALL|HOT|WARM]`: `{max_hits, list: [{ip_addr,
+//!   leaf_hits_prev, leaf_hits_curr, expires, status}], number_of_rows}`.
 
 pub mod state;
 
@@ -80,6 +83,17 @@ impl PikeMod {
     }
 }
 
+impl PikeMod {
+    fn log_unblock(&self, ip: std::net::IpAddr) {
+        match self.log_level {
+            l if l <= -1 => tracing::error!("PIKE - UNBLOCKing ip {ip}"),
+            0 => tracing::warn!("PIKE - UNBLOCKing ip {ip}"),
+            1 | 2 => tracing::info!("PIKE - UNBLOCKing ip {ip}"),
+            _ => tracing::debug!("PIKE - UNBLOCKing ip {ip}"),
+        }
+    }
+}
+
 impl Module for PikeMod {
     fn functions(&self) -> Vec<FunctionSpec> {
         let me = self.handle();
@@ -102,16 +116,27 @@ impl Module for PikeMod {
         let me = self.handle();
         vec![RpcSpec::new(
             "pike.top",
-            "Lists the sources pike tracks (HOT: the blocked ones; ALL: every one).",
+            "pike.top Dump parts of the pike table",
             move |c| {
-                let hot_only = match c.str(0).as_deref().map(str::to_ascii_uppercase).as_deref() {
-                    None | Some("HOT") => true,
-                    Some("ALL") => false,
-                    Some(o) => return Err(RpcFailure::params(format!("`{o}`: expected HOT or ALL"))),
+                // As Kamailio: ALL, HOT (the default) or WARM (which lists nothing).
+                let opt = c.str(0).unwrap_or_else(|| "HOT".into());
+                let filter = if opt.contains("ALL") {
+                    Some(false)
+                } else if opt.contains("HOT") {
+                    Some(true)
+                } else if opt.contains("WARM") {
+                    None
+                } else {
+                    return Err(RpcFailure {
+                        code: 500,
+                        message: "Bad argument. Select: ALL, HOT or WARM".into(),
+                    });
                 };
                 let now = me.now();
-                Ok(serde_json::Value::Array(
-                    me.lock()
+                let st = me.lock();
+                let list: Vec<serde_json::Value> = match filter {
+                    None => Vec::new(),
+                    Some(hot_only) => st
                         .top(now, hot_only)
                         .into_iter()
                         .map(|e| {
@@ -120,11 +145,16 @@ impl Module for PikeMod {
                                 "leaf_hits_prev": e.prev,
                                 "leaf_hits_curr": e.curr,
                                 "expires": e.expires,
-                                "status": if e.hot { "HOT" } else { "ALL" },
+                                "status": e.status,
                             })
                         })
                         .collect(),
-                ))
+                };
+                Ok(json!({
+                    "max_hits": st.limit(),
+                    "list": list,
+                    "number_of_rows": list.len(),
+                }))
             },
         )]
     }
@@ -142,7 +172,7 @@ impl Module for PikeMod {
                 }
                 let now = me.now();
                 for ip in me.lock().sweep(now) {
-                    tracing::info!("PIKE - UNBLOCKing ip {ip}");
+                    me.log_unblock(ip);
                 }
             }
         });

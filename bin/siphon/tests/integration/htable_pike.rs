@@ -5,6 +5,7 @@
 //! WITH_ANTIFLOOD.
 
 use super::harness::{Server, UdpUac, request};
+use super::sanity_maxfwd::{KAMAILIO_ARGS, have_kamailio, start_with};
 use super::jsonrpcs::rpc_doc;
 use serde_json::json;
 use std::collections::HashSet;
@@ -105,10 +106,11 @@ request_route {{
     rpc_doc(&srv, "htable.delete", json!(["a", "s"]));
     let gone = rpc_doc(&srv, "htable.get", json!(["a", "s"]));
     assert!(gone["error"].is_object(), "{gone}");
+    // Newest first, as Kamailio lists them.
     let list = rpc_doc(&srv, "htable.listTables", json!([]));
-    assert_eq!(list["result"][0]["name"], json!("c"), "{list}");
+    assert_eq!(list["result"][1]["name"], json!("c"), "{list}");
     let stats = rpc_doc(&srv, "htable.stats", json!([]));
-    assert_eq!(stats["result"][1]["all"], json!(3), "{stats}");
+    assert_eq!(stats["result"][0]["all"], json!(3), "{stats}");
 }
 
 #[test]
@@ -220,7 +222,8 @@ request_route {{
     // The flooder: 127.0.0.2 (loopback), 50 requests one after the other.
     let flooder = UdpSocket::bind("127.0.0.2:0").unwrap();
     let answered = flood(&flooder, srv.udp, 50, 1, "flood");
-    assert_eq!(answered, 9, "the first 9 are under the density");
+    // As Kamailio's tree counts: 4 requests build the branch, 9 more are under the density.
+    assert_eq!(answered, 13);
     assert!(srv.log_soon("PIKE - BLOCKing ip 127.0.0.2"));
     // Another source keeps getting 200s.
     let good = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -228,11 +231,13 @@ request_route {{
     // And the flooder is still blocked.
     assert_eq!(flood(&flooder, srv.udp, 3, 1, "again"), 0);
     let top = rpc_doc(&srv, "pike.top", json!(["HOT"]));
-    let hot = top["result"].as_array().unwrap();
+    let hot = top["result"]["list"].as_array().unwrap();
     assert_eq!(hot.len(), 1, "{top}");
     assert_eq!(hot[0]["ip_addr"], json!("127.0.0.2"));
+    assert_eq!(hot[0]["status"], json!("HOT"));
+    assert_eq!(top["result"]["max_hits"], json!(10));
     let all = rpc_doc(&srv, "pike.top", json!(["ALL"]));
-    assert_eq!(all["result"].as_array().unwrap().len(), 2, "{all}");
+    assert_eq!(all["result"]["number_of_rows"], json!(2), "{all}");
 }
 
 #[test]
@@ -248,4 +253,67 @@ fn shipped_kamailio_cfg_with_antiflood_loads() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
+}
+
+const PIKE_BOTH: &str = r#"#!KAMAILIO
+debug=2
+children=2
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "pike.so"
+modparam("pike", "sampling_time_unit", 60)
+modparam("pike", "reqs_density_per_unit", 10)
+modparam("pike", "remove_latency", 120)
+request_route {
+    if (!pike_check_req()) {
+        sl_send_reply("403", "Blocked $rc");
+        exit;
+    }
+    sl_send_reply("200", "OK");
+}
+"#;
+
+/// The return codes `pike_check_req` gave `n` requests from `from`, one after the other.
+fn pike_codes(to: SocketAddr, from: &str, n: usize, tag: &str) -> Vec<i32> {
+    let sock = UdpSocket::bind((from, 0)).unwrap();
+    sock.set_read_timeout(Some(W)).unwrap();
+    let me = sock.local_addr().unwrap();
+    let mut buf = vec![0u8; 65535];
+    (0..n)
+        .map(|i| {
+            let ci = format!("{tag}-{i}");
+            sock.send_to(request("OPTIONS", me, &ci, &ci, "").as_bytes(), to)
+                .unwrap();
+            let (len, _) = sock.recv_from(&mut buf).expect("a reply");
+            let line = String::from_utf8_lossy(&buf[..len]).lines().next().unwrap().to_string();
+            match line.as_str() {
+                "SIP/2.0 200 OK" => 1,
+                "SIP/2.0 403 Blocked -1" => -1,
+                "SIP/2.0 403 Blocked -2" => -2,
+                other => panic!("{other}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn pike_return_codes_as_kamailio() {
+    let run = |bin: &str, extra: &[&str]| {
+        let p = start_with(PIKE_BOTH, bin, extra);
+        (
+            pike_codes(p.addr, "127.0.0.2", 16, "fl"),
+            pike_codes(p.addr, "127.0.0.1", 11, "nb"),
+        )
+    };
+    let ours = run(env!("CARGO_BIN_EXE_siphon"), &[]);
+    // Kamailio 5.6.3: 13 answered, then -2 and -1; a neighbour in the hot
+    // 127.0.0/24 branch is blocked on its 11th request.
+    let mut flood = vec![1; 13];
+    flood.extend([-2, -1, -1]);
+    let mut nb = vec![1; 10];
+    nb.push(-2);
+    assert_eq!(ours, (flood, nb));
+    if have_kamailio() {
+        assert_eq!(run("kamailio", &KAMAILIO_ARGS), ours);
+    }
 }
