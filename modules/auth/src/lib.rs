@@ -7,11 +7,13 @@
 //! `has_credentials`.
 //!
 //! Nonces are self-validating (expiry, creation time and a per-process id
-//! under a keyed MD5 with `secret`); each nonce+nc is accepted once
-//! (Kamailio's `nonce_count`; siphon has it on by default). Return codes are
-//! Kamailio's: 1 ok, -1 error (or a nonce that is not ours), -2 wrong
-//! password, -4 stale nonce, -5 no credentials for the realm, -6 nonce
-//! reused, -8 auth user mismatch (`pv_auth_check`).
+//! under a keyed MD5 with `secret`). Replay protection: `nonce_count` (on by
+//! default in siphon, off in Kamailio) accepts each nonce+nc of qop
+//! credentials once, a repeated nc being -4 as in Kamailio 5.6;
+//! `one_time_nonce` accepts each nonce once (-6). Return codes are
+//! Kamailio's: 1 ok, -1 error, -2 wrong password, -4 stale nonce (expired,
+//! not ours, or an nc already seen), -5 no credentials for the realm, -6
+//! nonce reused (`one_time_nonce`), -8 auth user mismatch (`pv_auth_check`).
 
 pub mod digest;
 pub mod nonce;
@@ -88,8 +90,10 @@ struct Inner {
     nonces: Nonces,
     /// `algorithm` named in challenges (`None`: none named, MD5).
     algorithm: Option<Alg>,
-    /// `nonce_count`: replay protection.
+    /// `nonce_count`: each nonce+nc once (qop credentials).
     nonce_count: bool,
+    /// `one_time_nonce`: each nonce once.
+    one_time_nonce: bool,
     host: OnceLock<Arc<dyn Host>>,
 }
 
@@ -342,25 +346,30 @@ impl Inner {
                 return rc::STALE_NONCE;
             }
             Err(NonceError::Invalid) => {
-                // As Kamailio: a nonce this process did not make (another
-                // secret, a restart, a forgery) is an error.
+                // As Kamailio 5.6 (checked on the wire): a nonce this process
+                // did not make (another secret, a restart, a forgery) is -4.
                 tracing::info!(target: "script", "auth: invalid nonce value received");
-                return rc::ERROR;
+                return rc::STALE_NONCE;
             }
-            Err(NonceError::Reused) => return rc::NONCE_REUSED,
         };
-        // nc 0 stands for "no qop": such a nonce is accepted once.
-        let nc = if c.qop.is_empty() {
-            0
-        } else {
+        let qop = !c.qop.is_empty();
+        let nc = if qop {
             match u32::from_str_radix(&c.nc, 16) {
                 Ok(n) if c.nc.len() == 8 => n,
                 _ => return rc::ERROR,
             }
+        } else {
+            0
         };
-        if self.nonce_count && self.nonces.was_used(nid, nc) {
-            tracing::info!(target: "script", "auth: nonce reused (nc {})", c.nc);
+        if self.one_time_nonce && self.nonces.any_used(nid) {
+            tracing::info!(target: "script", "auth: one-time nonce reused");
             return rc::NONCE_REUSED;
+        }
+        // As Kamailio 5.6: an nc already seen makes the nonce stale (-4),
+        // so that the client asks for a new one.
+        if self.nonce_count && qop && self.nonces.was_used(nid, nc) {
+            tracing::info!(target: "script", "auth: nonce reused (nc {})", c.nc);
+            return rc::STALE_NONCE;
         }
         if checks & 1 != 0 {
             let is_reg = s.msg.method() == siphon_sip::Method::Register;
@@ -384,8 +393,10 @@ impl Inner {
         let body = s.msg.get(s.msg.body);
         let expected = digest::response(alg, sess, &ha1, &c, &method, body);
         let ok = ha1.len() == alg.hex_len() && expected.eq_ignore_ascii_case(c.response.trim());
-        if self.nonce_count && (ok || flags & F_KEEP_NC == 0) && !self.nonces.mark_used(nid, expires, nc, t) {
-            return rc::NONCE_REUSED;
+        let track = self.one_time_nonce || (self.nonce_count && qop);
+        if track && (ok || flags & F_KEEP_NC == 0) && !self.nonces.mark_used(nid, expires, nc, t) {
+            // Used by a concurrent request since the check above.
+            return if self.one_time_nonce { rc::NONCE_REUSED } else { rc::STALE_NONCE };
         }
         if !ok {
             return rc::INVALID_PASSWORD;
@@ -472,6 +483,7 @@ pub fn def() -> ModuleDef {
             ParamSpec::str("secret"),
             ParamSpec::int("nonce_expire"),
             ParamSpec::int("nonce_count"),
+            ParamSpec::int("one_time_nonce"),
             ParamSpec::str("algorithm").check(check_algorithm),
             // Kamailio 5.6's challenges take qop from the functions' flags
             // only (checked on the wire): accepted, with a warning.
@@ -499,6 +511,7 @@ pub fn def() -> ModuleDef {
                 nonces: Nonces::new(secret, expire as u32),
                 algorithm,
                 nonce_count: cfg.int("nonce_count").unwrap_or(1) != 0,
+                one_time_nonce: cfg.int("one_time_nonce").unwrap_or(0) != 0,
                 host: OnceLock::new(),
             }))) as Arc<dyn Module>)
         }),

@@ -14,8 +14,6 @@ pub enum NonceError {
     Invalid,
     /// Ours but expired.
     Stale,
-    /// Ours, valid, but this nonce+nc was already used.
-    Reused,
 }
 
 /// Makes and checks nonces; remembers which nonce+nc were used.
@@ -88,6 +86,12 @@ impl Nonces {
         seen.map.get(&id).is_some_and(|(_, ncs)| ncs.contains(&nc))
     }
 
+    /// Whether nonce `id` was used at all.
+    pub fn any_used(&self, id: u32) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.map.contains_key(&id)
+    }
+
     /// Records nonce `id` (expiring at `expires`) as used with `nc`; false
     /// if it already was. Expired entries are dropped now and then: once a
     /// nonce expired it is refused as stale anyway.
@@ -141,6 +145,7 @@ mod tests {
         assert_eq!(n.check("zz", 1010), Err(NonceError::Invalid));
         assert!(n.mark_used(id, exp, 1, 1010));
         assert!(n.was_used(id, 1));
+        assert!(n.any_used(id));
         assert!(!n.was_used(id, 2));
         assert!(!n.mark_used(id, exp, 1, 1010));
         assert!(n.mark_used(id, exp, 2, 1010));

@@ -28,3 +28,4 @@ mod suspend;
 mod tls;
 mod transport_limits;
 mod xhttp;
+mod auth;

@@ -1,0 +1,274 @@
+//! auth (digest authentication) against real peers: sipp registering and
+//! calling with `[authentication]` through a config that checks passwords
+//! with `pv_www_authenticate`/`pv_proxy_authenticate` (200 / a relayed call
+//! to a sipp UAS); raw UDP clients computing the digest for a wrong password
+//! (403 as the config says, rc -2), a replayed Authorization (same nonce and
+//! nc: rc -4 and a new challenge, as Kamailio 5.6), the next nc on the same
+//! nonce (accepted), a forged nonce (-4), `one_time_nonce` (-6),
+//! consume_credentials (the relayed INVITE has no Proxy-Authorization),
+//! SHA-256 challenges, auth_db refused at load.
+
+use super::harness::{Server, SippUas, UdpUac, sipp_uac};
+use siphon_mod_auth::digest::{self, Alg, Credentials};
+use siphon_sip::SipMsg;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+fn config(uas: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "auth.so"
+modparam("auth", "secret", "s3cr3t")
+{extra}
+request_route {{
+  if (is_method("REGISTER")) {{
+    pv_www_authenticate("127.0.0.1", "secret", "0");
+    $var(rc) = $rc;
+    xlog("L_INFO", "AUTHRC $var(rc)\n");
+    if ($var(rc) == -6) {{ sl_send_reply("403", "Nonce Reused"); exit; }}
+    if ($var(rc) == -2) {{ sl_send_reply("403", "Wrong Password"); exit; }}
+    if ($var(rc) < 0) {{ www_challenge("127.0.0.1", "1"); exit; }}
+    consume_credentials();
+    sl_send_reply("200", "OK");
+    exit;
+  }}
+  if (is_method("INVITE")) {{
+    if (!pv_proxy_authenticate("127.0.0.1", "secret", "0")) {{
+      proxy_challenge("127.0.0.1", "1");
+      exit;
+    }}
+    consume_credentials();
+    $du = "sip:{uas}";
+  }}
+  # the ACK of the 407 (siphon does not yet absorb ACKs of stateless replies as Kamailio's sl does)
+  if (is_method("ACK") && $hdr(CSeq) == "1 ACK") {{ exit; }}
+  t_relay();
+}}
+"#
+    )
+}
+
+/// The value of a header named `name` in `m`.
+fn hdr(m: &SipMsg, name: &str) -> Option<String> {
+    m.headers_named(name.as_bytes())
+        .next()
+        .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned())
+}
+
+/// The `key="value"` of a challenge.
+fn param(ch: &str, key: &str) -> Option<String> {
+    let i = ch.find(&format!("{key}="))? + key.len() + 1;
+    let rest = &ch[i..];
+    Some(if let Some(r) = rest.strip_prefix('"') {
+        r[..r.find('"')?].to_string()
+    } else {
+        rest.split([',', ' ']).next()?.to_string()
+    })
+}
+
+fn register(uac: &UdpUac, to: SocketAddr, cseq: u32, auth: Option<&str>) -> String {
+    let a = uac.addr();
+    let auth = auth.map_or(String::new(), |v| format!("Authorization: {v}\r\n"));
+    format!(
+        "REGISTER sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKreg{cseq}x{}\r\nFrom: <sip:alice@127.0.0.1>;tag=r1\r\nTo: <sip:alice@127.0.0.1>\r\nCall-ID: auth-raw-{}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@{a}>\r\n{auth}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        a.port(),
+        a.port()
+    )
+}
+
+/// Digest credentials for `nonce` with `nc`, for REGISTER to `uri`.
+fn creds(alg: Alg, nonce: &str, nc: &str, uri: &str, password: &str) -> String {
+    let c = Credentials {
+        username: "alice".into(),
+        realm: "127.0.0.1".into(),
+        nonce: nonce.into(),
+        uri: uri.into(),
+        qop: "auth".into(),
+        nc: nc.into(),
+        cnonce: "0a4f113b".into(),
+        ..Default::default()
+    };
+    let ha1 = digest::ha1(alg, "alice", "127.0.0.1", password);
+    let resp = digest::response(alg, false, &ha1, &c, "REGISTER", b"");
+    format!(
+        "Digest username=\"alice\", realm=\"127.0.0.1\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"0a4f113b\"",
+        alg.name()
+    )
+}
+
+fn reason(m: &SipMsg) -> String {
+    match m.kind {
+        siphon_sip::Kind::Response { reason, .. } => String::from_utf8_lossy(m.get(reason)).into_owned(),
+        _ => String::new(),
+    }
+}
+
+fn reply(uac: &UdpUac) -> SipMsg {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = uac
+            .recv(Duration::from_secs(5))
+            .expect("a reply within 5 s");
+        if m.status().is_some_and(|c| c >= 200) || std::time::Instant::now() > deadline {
+            return m;
+        }
+    }
+}
+
+#[test]
+fn sipp_registers_and_calls_with_digest_credentials() {
+    let uas = SippUas::start("uas_ack_bye.xml", "u1");
+    let srv = Server::start(&config(uas.addr, ""));
+    sipp_uac(
+        "register_auth.xml",
+        srv.udp,
+        "u1",
+        3,
+        &["-s", "alice", "-au", "alice", "-ap", "secret"],
+    );
+    assert!(srv.log_soon("AUTHRC 1"), "REGISTER authenticated");
+    sipp_uac(
+        "uac_auth_call.xml",
+        srv.udp,
+        "u1",
+        2,
+        &["-s", "bob", "-au", "alice", "-ap", "secret"],
+    );
+    let run = uas.finish();
+    assert_eq!(run.successful, 2, "both calls reached the UAS\n{}", run.tail());
+}
+
+#[test]
+fn wrong_password_replay_and_next_nc() {
+    let srv = Server::start(&config("127.0.0.1:9".parse().unwrap(), ""));
+    let uac = UdpUac::new(srv.udp);
+    let uri = format!("sip:{}", srv.udp);
+    uac.send(&register(&uac, srv.udp, 1, None));
+    let r = reply(&uac);
+    assert_eq!(r.status(), Some(401));
+    let ch = hdr(&r, "WWW-Authenticate").expect("a challenge");
+    assert!(ch.starts_with("Digest realm=\"127.0.0.1\", nonce=\""), "{ch}");
+    assert_eq!(param(&ch, "qop").as_deref(), Some("auth"), "{ch}");
+    assert_eq!(param(&ch, "algorithm"), None, "no algorithm named by default: {ch}");
+    let nonce = param(&ch, "nonce").unwrap();
+
+    // Wrong password: 403 as the config says (rc -2).
+    uac.send(&register(&uac, srv.udp, 2, Some(&creds(Alg::Md5, &nonce, "00000001", &uri, "wrong"))));
+    let r = reply(&uac);
+    assert_eq!((r.status(), reason(&r)), (Some(403), "Wrong Password".into()));
+
+    // The right one with the next nc: 200.
+    let good = creds(Alg::Md5, &nonce, "00000002", &uri, "secret");
+    uac.send(&register(&uac, srv.udp, 3, Some(&good)));
+    assert_eq!(reply(&uac).status(), Some(200));
+    // The same Authorization again (same nonce and nc, new transaction):
+    // refused as stale (-4, as Kamailio 5.6 with nonce_count), so the
+    // config challenges again.
+    assert!(!srv.log_contains("AUTHRC -4"));
+    uac.send(&register(&uac, srv.udp, 4, Some(&good)));
+    let r = reply(&uac);
+    assert_eq!(r.status(), Some(401));
+    assert!(srv.log_soon("AUTHRC -4"));
+    let fresh = param(&hdr(&r, "WWW-Authenticate").unwrap(), "nonce").unwrap();
+    assert_ne!(fresh, nonce);
+    // The nc after it: accepted.
+    uac.send(&register(&uac, srv.udp, 5, Some(&creds(Alg::Md5, &nonce, "00000003", &uri, "secret"))));
+    assert_eq!(reply(&uac).status(), Some(200));
+
+    // A nonce siphon did not make: rc -4 (Kamailio's too), challenged again.
+    let forged = format!("{}0", &nonce[..nonce.len() - 1]);
+    let forged = if forged == nonce { format!("{}1", &nonce[..nonce.len() - 1]) } else { forged };
+    uac.send(&register(&uac, srv.udp, 6, Some(&creds(Alg::Md5, &forged, "00000001", &uri, "secret"))));
+    assert_eq!(reply(&uac).status(), Some(401));
+    let n = || srv.log.lock().unwrap().iter().filter(|l| l.contains("AUTHRC -4")).count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while n() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(n(), 2, "the forged nonce is -4");
+}
+
+#[test]
+fn one_time_nonce_refuses_a_second_use() {
+    let srv = Server::start(&config(
+        "127.0.0.1:9".parse().unwrap(),
+        r#"modparam("auth", "one_time_nonce", 1)"#,
+    ));
+    let uac = UdpUac::new(srv.udp);
+    let uri = format!("sip:{}", srv.udp);
+    uac.send(&register(&uac, srv.udp, 1, None));
+    let r = reply(&uac);
+    let nonce = param(&hdr(&r, "WWW-Authenticate").unwrap(), "nonce").unwrap();
+    uac.send(&register(&uac, srv.udp, 2, Some(&creds(Alg::Md5, &nonce, "00000001", &uri, "secret"))));
+    assert_eq!(reply(&uac).status(), Some(200));
+    uac.send(&register(&uac, srv.udp, 3, Some(&creds(Alg::Md5, &nonce, "00000002", &uri, "secret"))));
+    let r = reply(&uac);
+    assert_eq!((r.status(), reason(&r)), (Some(403), "Nonce Reused".into()));
+    assert!(srv.log_soon("AUTHRC -6"));
+}
+
+#[test]
+fn consume_credentials_and_sha256() {
+    let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
+    callee.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let srv = Server::start(&config(
+        callee.local_addr().unwrap(),
+        r#"modparam("auth", "algorithm", "SHA-256")"#,
+    ));
+    let uac = UdpUac::new(srv.udp);
+    let a = uac.addr();
+    let invite = |cseq: u32, auth: &str| {
+        format!(
+            "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKinv{cseq}\r\nFrom: <sip:alice@127.0.0.1>;tag=i1\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: auth-inv-{}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:alice@{a}>\r\n{auth}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            a.port()
+        )
+    };
+    uac.send(&invite(1, ""));
+    let r = reply(&uac);
+    assert_eq!(r.status(), Some(407));
+    let ch = hdr(&r, "Proxy-Authenticate").expect("a challenge");
+    assert_eq!(param(&ch, "algorithm").as_deref(), Some("SHA-256"), "{ch}");
+    let nonce = param(&ch, "nonce").unwrap();
+    let c = Credentials {
+        username: "alice".into(),
+        realm: "127.0.0.1".into(),
+        nonce: nonce.clone(),
+        uri: "sip:bob@127.0.0.1".into(),
+        qop: "auth".into(),
+        nc: "00000001".into(),
+        cnonce: "abc".into(),
+        ..Default::default()
+    };
+    let ha1 = digest::ha1(Alg::Sha256, "alice", "127.0.0.1", "secret");
+    let resp = digest::response(Alg::Sha256, false, &ha1, &c, "INVITE", b"");
+    let auth = format!(
+        "Proxy-Authorization: Digest username=\"alice\", realm=\"127.0.0.1\", nonce=\"{nonce}\", uri=\"sip:bob@127.0.0.1\", response=\"{resp}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"abc\"\r\nX-Keep: 1\r\n"
+    );
+    uac.send(&invite(2, &auth));
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = callee.recv_from(&mut buf).expect("the INVITE was relayed");
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.starts_with("INVITE sip:bob@127.0.0.1"), "{text}");
+    assert!(text.contains("X-Keep: 1"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("proxy-authorization"),
+        "consume_credentials removed the credentials: {text}"
+    );
+}
+
+#[test]
+fn auth_db_is_refused_at_load() {
+    let dir = super::cli::Scratch::new("authdb");
+    let f = dir.write("a.cfg", "loadmodule \"auth_db.so\"\nrequest_route { exit; }\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .args(["-c", "-f", &f])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("a.cfg:1:") && err.contains("auth_db is not available"), "{err}");
+}
