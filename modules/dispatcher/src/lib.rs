@@ -8,7 +8,9 @@
 //!   one was chosen, -1 when the set is unknown, the algorithm is not
 //!   supported or every destination is down.
 //! - `ds_next_dst()`, `ds_next_domain()`: the next destination of the last
-//!   selection (kept with the transaction); -1 when none is left.
+//!   selection (kept with the transaction); -1 when none is left, or when
+//!   failover is off (`flags` without bit 2, Kamailio's default: a warning
+//!   says so). `flags` bit 1 hashes the URI's user only.
 //! - `ds_mark_dst([state])`: the destination in use takes `state` (letters
 //!   `a` active, `i` inactive, `d` disabled, `t` trying, `p` probing; no
 //!   argument: `i`, plus `p` with `ds_probing_mode=1`).
@@ -63,6 +65,7 @@ pub struct Inner {
     lists: RwLock<Arc<Lists>>,
     probing_mode: i64,
     hash_user_only: bool,
+    failover: bool,
     force_dst: bool,
     ping_active: AtomicI64,
 }
@@ -229,6 +232,10 @@ fn select(m: &Inner, ex: &mut Exec<'_>, set: i64, alg: i64, limit: i64, domain: 
     if !apply(s, &first, domain, m.force_dst) {
         return -1;
     }
+    if !m.failover {
+        // Kamailio keeps no failover list without `flags` bit 2.
+        picked.clear();
+    }
     ex.ctx.ext.insert(DsCtx {
         current: Some(first),
         remaining: picked,
@@ -237,6 +244,10 @@ fn select(m: &Inner, ex: &mut Exec<'_>, set: i64, alg: i64, limit: i64, domain: 
 }
 
 fn next(m: &Inner, ex: &mut Exec<'_>, domain: bool) -> i32 {
+    if !m.failover {
+        tracing::warn!(target: "script", "ds_next_dst: failover support disabled (modparam(\"dispatcher\", \"flags\", 2) enables it)");
+        return -1;
+    }
     let Some(st) = ex.ctx.ext.get_mut::<DsCtx>() else {
         return -1;
     };
@@ -250,7 +261,6 @@ fn next(m: &Inner, ex: &mut Exec<'_>, domain: bool) -> i32 {
         let Some(s) = sip(ex) else { return -1 };
         return if apply(s, &d, domain, true) { 1 } else { -1 };
     }
-    let _ = m;
     -1
 }
 
@@ -286,11 +296,19 @@ fn mark(m: &Inner, ex: &mut Exec<'_>, state: u32) -> i32 {
     }
 }
 
-fn is_from_list(m: &Inner, ex: &mut Exec<'_>, set: i64, mode: i64, uri: Option<bytes::Bytes>) -> i32 {
+fn is_from_list(
+    m: &Inner,
+    ex: &mut Exec<'_>,
+    set: i64,
+    mode: i64,
+    uri: Option<bytes::Bytes>,
+) -> i32 {
     let Some(s) = sip(ex) else { return -1 };
     let (ip, port, proto) = match uri {
         Some(u) => {
-            let Ok(p) = siphon_sip::parse_uri(&u) else { return -1 };
+            let Ok(p) = siphon_sip::parse_uri(&u) else {
+                return -1;
+            };
             let Ok(ip) = String::from_utf8_lossy(p.host).parse::<std::net::IpAddr>() else {
                 return -1;
             };
@@ -315,7 +333,12 @@ fn is_from_list(m: &Inner, ex: &mut Exec<'_>, set: i64, mode: i64, uri: Option<b
                 && let Some(p) = &proto
             {
                 let want = d.proto.clone().unwrap_or_else(|| {
-                    if d.uri.starts_with("sips:") { "tls" } else { "udp" }.into()
+                    if d.uri.starts_with("sips:") {
+                        "tls"
+                    } else {
+                        "udp"
+                    }
+                    .into()
                 });
                 if &want != p {
                     continue;
@@ -373,7 +396,11 @@ impl Module for Dispatcher {
                     let (Some(set), Some(alg)) = (a.int(0, ex), a.int(1, ex)) else {
                         return (-1).into();
                     };
-                    let limit = if a.len() > 2 { a.int(2, ex).unwrap_or(0) } else { 0 };
+                    let limit = if a.len() > 2 {
+                        a.int(2, ex).unwrap_or(0)
+                    } else {
+                        0
+                    };
                     select(&m, ex, set, alg, limit, domain).into()
                 })
                 .min_args(2)
@@ -417,8 +444,16 @@ impl Module for Dispatcher {
         let m = me();
         v.push(
             FunctionSpec::new("ds_is_from_list", &[Any, Any, Str], move |ex, a| {
-                let set = if a.is_empty() { -1 } else { a.int(0, ex).unwrap_or(-1) };
-                let mode = if a.len() > 1 { a.int(1, ex).unwrap_or(0) } else { 2 };
+                let set = if a.is_empty() {
+                    -1
+                } else {
+                    a.int(0, ex).unwrap_or(-1)
+                };
+                let mode = if a.len() > 1 {
+                    a.int(1, ex).unwrap_or(0)
+                } else {
+                    2
+                };
                 let uri = (a.len() > 2).then(|| a.bytes(2, ex));
                 is_from_list(&m, ex, set, mode, uri).into()
             })
@@ -429,7 +464,9 @@ impl Module for Dispatcher {
             "ds_count",
             &[Any, Str, PvWritable],
             move |ex, a| {
-                let Some(set) = a.int(0, ex) else { return (-1).into() };
+                let Some(set) = a.int(0, ex) else {
+                    return (-1).into();
+                };
                 let states = a.text(1, ex);
                 let n = count(&m, set, &states);
                 match a.pv(2) {
@@ -457,15 +494,21 @@ impl Module for Dispatcher {
         };
         let reload = {
             let m = m.clone();
-            RpcSpec::new("dispatcher.reload", "Reload the destination list file", move |_| {
-                m.reload().map(|()| J::Null).map_err(|e| {
-                    tracing::error!(target: "dispatcher", "dispatcher.reload: {e}");
-                    RpcFailure {
-                        code: 500,
-                        message: "Reload Failed".into(),
-                    }
-                })
-            })
+            RpcSpec::new(
+                "dispatcher.reload",
+                "Reload the destination list file",
+                move |_| {
+                    m.reload()
+                        .map(|()| J::from("Ok. Dispatcher successfully reloaded."))
+                        .map_err(|e| {
+                            tracing::error!(target: "dispatcher", "dispatcher.reload: {e}");
+                            RpcFailure {
+                                code: 500,
+                                message: "Reload Failed".into(),
+                            }
+                        })
+                },
+            )
         };
         let set_state = {
             let m = m.clone();
@@ -501,6 +544,12 @@ impl Module for Dispatcher {
     }
 }
 
+fn null_if_empty(s: &str) -> J {
+    if s.is_empty() { J::Null } else { J::from(s) }
+}
+
+/// Kamailio's answer: sets newest first (the last set to appear in the
+/// file first), destinations by priority.
 fn rpc_list(l: &Lists) -> J {
     let records: Vec<J> = l
         .sets
@@ -522,7 +571,9 @@ fn rpc_list(l: &Lists) -> J {
                             "MAXLOAD": d.maxload,
                             "WEIGHT": d.weight,
                             "RWEIGHT": 0,
-                            "SOCKET": d.socket,
+                            "SOCKET": null_if_empty(&d.socket),
+                            "SOCKNAME": J::Null,
+                            "OBPROXY": J::Null,
                         });
                     }
                     json!({ "DEST": dest })
@@ -554,13 +605,16 @@ fn rpc_set_state(m: &Inner, c: &RpcCall) -> Result<J, RpcFailure> {
         }
     }
     let Some(state) = parse_state(&texts[order[0]]) else {
-        return Err(RpcFailure::params(format!("`{}` is no state", texts[order[0]])));
+        return Err(RpcFailure::params(format!(
+            "`{}` is no state",
+            texts[order[0]]
+        )));
     };
     let Ok(group) = texts[order[1]].trim().parse::<i64>() else {
         return Err(RpcFailure::params("the group must be a number"));
     };
     if m.set_state(state, group, &texts[order[2]]) {
-        Ok(J::Null)
+        Ok(J::from("Ok. Dispatcher state updated."))
     } else {
         Err(RpcFailure {
             code: 500,
@@ -601,7 +655,7 @@ pub fn def() -> ModuleDef {
                 .str("list_file")
                 .unwrap_or_else(|| "/etc/kamailio/dispatcher.list".into());
             let lists = load(&file)?;
-            let flags = cfg.int("flags").unwrap_or(2);
+            let flags = cfg.int("flags").unwrap_or(0);
             let probing_mode = cfg.int("ds_probing_mode").unwrap_or(0);
             if !(0..=3).contains(&probing_mode) {
                 return Err(format!("ds_probing_mode must be 0..3, not {probing_mode}"));
@@ -611,6 +665,7 @@ pub fn def() -> ModuleDef {
                 lists: RwLock::new(Arc::new(lists)),
                 probing_mode,
                 hash_user_only: flags & 1 != 0,
+                failover: flags & 2 != 0,
                 force_dst: cfg.int("force_dst").unwrap_or(1) != 0,
                 ping_active: AtomicI64::new(1),
             }))) as Arc<dyn Module>)

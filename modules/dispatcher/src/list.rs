@@ -80,7 +80,7 @@ impl Dest {
 pub struct Set {
     /// The set id.
     pub id: i64,
-    /// Destinations, highest priority first (file order among equals).
+    /// Destinations, highest priority first (reverse file order among equals).
     pub dests: Vec<Arc<Dest>>,
     /// The next round-robin index.
     pub last: AtomicUsize,
@@ -93,7 +93,7 @@ pub struct Set {
 /// All sets, as loaded from the file.
 #[derive(Debug, Default)]
 pub struct Lists {
-    /// Sets in ascending id order.
+    /// Sets, the last to appear in the file first (Kamailio's order).
     pub sets: Vec<Set>,
 }
 
@@ -140,12 +140,14 @@ pub fn parse(text: &str, file: &str) -> Result<Lists, String> {
             None => sets.push((set, vec![d])),
         }
     }
-    sets.sort_by_key(|(id, _)| *id);
+    sets.reverse();
     Ok(Lists {
         sets: sets
             .into_iter()
             .map(|(id, mut v)| {
-                // Stable: equal priorities keep the file's order.
+                // Kamailio's order: equal priorities the last line first
+                // (its list is built by prepending), higher priorities first.
+                v.reverse();
                 v.sort_by_key(|d| std::cmp::Reverse(d.priority));
                 let wlist = weights(&v);
                 Set {
@@ -169,14 +171,12 @@ pub fn dest(uri: &str, flags: u32, priority: i32, attrs: &str) -> Result<Dest, S
     }
     let host = String::from_utf8_lossy(u.host).into_owned();
     let port = u.port;
-    let proto = String::from_utf8_lossy(u.params)
-        .split(';')
-        .find_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            k.trim()
-                .eq_ignore_ascii_case("transport")
-                .then(|| v.trim().to_ascii_lowercase())
-        });
+    let proto = String::from_utf8_lossy(u.params).split(';').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("transport")
+            .then(|| v.trim().to_ascii_lowercase())
+    });
     let mut d = Dest {
         uri: uri.to_string(),
         flags: AtomicU32::new(flags & (DS_INACTIVE | DS_DISABLED | DS_PROBING | DS_TRYING)),
@@ -337,7 +337,27 @@ pub fn select(set: &Set, alg: Alg, hash: u32, limit: usize) -> Vec<Arc<Dest>> {
     }
     let start = match alg {
         Alg::CallId | Alg::From | Alg::To | Alg::Ruri => hash as usize % n,
-        Alg::RoundRobin => set.last.fetch_add(1, Ordering::Relaxed) % n,
+        Alg::RoundRobin => {
+            // The next turn goes to the one after the destination chosen
+            // (Kamailio 5.6: a skipped one does not give its turn to the next).
+            let mut cur = set.last.load(Ordering::Relaxed);
+            loop {
+                let start = cur % n;
+                let chosen = (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| !set.dests[i].skip())
+                    .unwrap_or(start);
+                match set.last.compare_exchange_weak(
+                    cur,
+                    (chosen + 1) % n,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break start,
+                    Err(now) => cur = now,
+                }
+            }
+        }
         Alg::Priority => 0,
         Alg::Weight => {
             if set.wlist.is_empty() {
@@ -347,8 +367,7 @@ pub fn select(set: &Set, alg: Alg, hash: u32, limit: usize) -> Vec<Arc<Dest>> {
             }
         }
     };
-    // A skipped destination passes to the next active one (Kamailio: for
-    // round robin that one then gets two turns of the cycle).
+    // A skipped destination passes to the next active one.
     let mut out: Vec<Arc<Dest>> = (0..n)
         .map(|k| &set.dests[(start + k) % n])
         .filter(|d| !d.skip())

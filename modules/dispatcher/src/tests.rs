@@ -59,6 +59,11 @@ fn setup(list: &str, params: &str, body: &str) -> T {
             o.lock().unwrap().push(v);
             1.into()
         }));
+    let params = if params.contains("\"flags\"") {
+        params.to_string()
+    } else {
+        format!("modparam(\"dispatcher\", \"flags\", 2)\n{params}")
+    };
     let cfg = format!(
         "loadmodule \"dispatcher.so\"\nmodparam(\"dispatcher\", \"list_file\", \"{file}\")\n{params}\nrequest_route {{\n{body}\n}}\n"
     );
@@ -134,7 +139,11 @@ fn list_file_is_parsed_sorted_by_priority_with_attributes() {
     let uris: Vec<&str> = s2.dests.iter().map(|d| d.uri.as_str()).collect();
     assert_eq!(
         uris,
-        ["sip:10.0.0.2:5060", "sip:10.0.0.3:5060", "sip:10.0.0.1:5060"]
+        [
+            "sip:10.0.0.2:5060",
+            "sip:10.0.0.3:5060",
+            "sip:10.0.0.1:5060"
+        ]
     );
     assert_eq!(s2.dests[0].weight, 50);
     assert_eq!(s2.dests[0].duid, "high");
@@ -158,18 +167,22 @@ fn kamailio_hash_is_reproduced() {
 }
 
 #[test]
-fn round_robin_cycles_in_file_order() {
-    let t = setup(LIST, "", "if (!ds_select_dst(\"1\", \"4\")) { out(\"none\"); }");
+fn round_robin_cycles_from_the_last_line_as_kamailio() {
+    let t = setup(
+        LIST,
+        "",
+        "if (!ds_select_dst(\"1\", \"4\")) { out(\"none\"); }",
+    );
     let got: Vec<String> = (0..6).map(|i| t.run(&format!("c{i}"))).collect();
     assert_eq!(
         got,
         [
-            "sip:127.0.0.1:5071",
-            "sip:127.0.0.1:5072",
             "sip:127.0.0.1:5073",
-            "sip:127.0.0.1:5071",
             "sip:127.0.0.1:5072",
-            "sip:127.0.0.1:5073"
+            "sip:127.0.0.1:5071",
+            "sip:127.0.0.1:5073",
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5071"
         ]
     );
     assert!(t.out().is_empty());
@@ -183,7 +196,7 @@ fn hash_algorithms_pick_by_key() {
     let want = |key: &[u8]| {
         format!(
             "sip:127.0.0.1:{}",
-            5071 + list::ds_hash(Some(key), None) % 3
+            5073 - list::ds_hash(Some(key), None) % 3
         )
     };
     for c in ["abcdefg", "a84b4c76e66710", "x", "call-4711@host"] {
@@ -194,14 +207,14 @@ fn hash_algorithms_pick_by_key() {
     let t = setup(LIST, "", "ds_select_dst(1, 1);");
     let h = list::ds_hash(Some(b"alice"), Some(b"example.com")) % 3;
     let (du, _) = t.run_with(request("any", "sip:alice@example.com", "127.0.0.1:1"));
-    assert_eq!(du, format!("sip:127.0.0.1:{}", 5071 + h));
+    assert_eq!(du, format!("sip:127.0.0.1:{}", 5073 - h));
     let (du2, _) = t.run_with(request("other", "sip:alice@example.com", "127.0.0.1:1"));
     assert_eq!(du, du2, "From hash ignores the Call-ID");
     // To and R-URI: bob@example.com.
     let hb = list::ds_hash(Some(b"bob"), Some(b"example.com")) % 3;
     for alg in [2, 3] {
         let t = setup(LIST, "", &format!("ds_select_dst(1, {alg});"));
-        assert_eq!(t.run("q"), format!("sip:127.0.0.1:{}", 5071 + hb));
+        assert_eq!(t.run("q"), format!("sip:127.0.0.1:{}", 5073 - hb));
     }
 }
 
@@ -244,34 +257,50 @@ fn limit_and_inactive_destinations() {
         "ds_select_dst(1, 4, 2); out_du(); while (ds_next_dst()) { out_du(); }",
     );
     t.run("a");
-    assert_eq!(t.out(), ["sip:127.0.0.1:5071", "sip:127.0.0.1:5072"]);
+    assert_eq!(t.out(), ["sip:127.0.0.1:5073", "sip:127.0.0.1:5072"]);
     // An inactive destination is skipped: its turn goes to the next one.
     assert_eq!(
-        t.rpc("dispatcher.set_state", json!(["ip", 1, "sip:127.0.0.1:5073"])),
-        Ok(J::Null)
+        t.rpc(
+            "dispatcher.set_state",
+            json!(["ip", 1, "sip:127.0.0.1:5071"])
+        ),
+        Ok(J::from("Ok. Dispatcher state updated."))
     );
     t.run("b"); // 5072
-    t.run("c"); // 5073 is down → 5071
+    t.run("c"); // 5071 is down → 5073
+    t.run("d"); // after 5073: 5072 (the turns stay even, as Kamailio 5.6)
     assert_eq!(
         t.out(),
         [
             "sip:127.0.0.1:5072",
-            "sip:127.0.0.1:5071",
-            "sip:127.0.0.1:5071",
-            "sip:127.0.0.1:5072"
+            "sip:127.0.0.1:5073",
+            "sip:127.0.0.1:5073",
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5073"
         ]
     );
     // All down: -1.
-    t.rpc("dispatcher.set_state", json!(["i", 1, "all"])).unwrap();
-    let t2 = setup(LIST, "", "if (ds_select_dst(1, 4)) { out(\"yes\"); } else { out(\"no\"); }");
-    t2.rpc("dispatcher.set_state", json!(["d", 1, "all"])).unwrap();
+    t.rpc("dispatcher.set_state", json!(["i", 1, "all"]))
+        .unwrap();
+    let t2 = setup(
+        LIST,
+        "",
+        "if (ds_select_dst(1, 4)) { out(\"yes\"); } else { out(\"no\"); }",
+    );
+    t2.rpc("dispatcher.set_state", json!(["d", 1, "all"]))
+        .unwrap();
     t2.run("x");
     assert_eq!(t2.out(), ["no"]);
 }
 
 #[test]
 fn unknown_set_and_unsupported_algorithm() {
-    let t = setup(LIST, "", "ds_select_dst(7, 4); out($rc); $var(a) = 11; ds_select_dst(1, $var(a)); out($rc);");
+    let t = setup(
+        LIST,
+        "",
+        "ds_select_dst(7, 4); out($rc); $var(a) = 11; ds_select_dst(1, $var(a)); out($rc);",
+    );
     t.run("a");
     assert_eq!(t.out(), ["-1", "-1"]);
     let file = list_file(LIST);
@@ -283,7 +312,10 @@ fn unknown_set_and_unsupported_algorithm() {
     let l = load_str("t.cfg", &cfg, &Default::default(), &reg);
     assert!(l.program.is_none());
     let msg = siphon_cfg::diag::render_all(&l.diags, &l.sources);
-    assert!(msg.contains("algorithm 10 is not supported") && msg.contains("t.cfg:4:"), "{msg}");
+    assert!(
+        msg.contains("algorithm 10 is not supported") && msg.contains("t.cfg:4:"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -296,10 +328,10 @@ fn mark_dst_and_next_domain() {
     t.run("a");
     assert_eq!(
         t.out(),
-        ["ru=sip:bob@127.0.0.1:5071", "ru=sip:bob@127.0.0.1:5072"]
+        ["ru=sip:bob@127.0.0.1:5073", "ru=sip:bob@127.0.0.1:5072"]
     );
     let l = t.rpc("dispatcher.list", json!([])).unwrap();
-    let flags: Vec<&str> = l["RECORDS"][0]["SET"]["TARGETS"]
+    let flags: Vec<&str> = l["RECORDS"][1]["SET"]["TARGETS"]
         .as_array()
         .unwrap()
         .iter()
@@ -328,7 +360,10 @@ fn rpcs_list_set_state_named_reload_ping() {
     let t = setup(LIST, "", "ds_select_dst(1, 4);");
     let l = t.rpc("dispatcher.list", json!([])).unwrap();
     assert_eq!(l["NRSETS"], 2);
-    let d = &l["RECORDS"][1]["SET"]["TARGETS"][0]["DEST"];
+    // Kamailio's order: the set that appears last in the file first.
+    assert_eq!(l["RECORDS"][0]["SET"]["ID"], 2);
+    let d = &l["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"];
+    assert_eq!(d["ATTRS"]["SOCKET"], J::Null);
     assert_eq!(d["URI"], "sip:10.0.0.2:5060");
     assert_eq!(d["FLAGS"], "AX");
     assert_eq!(d["PRIORITY"], 5);
@@ -337,7 +372,7 @@ fn rpcs_list_set_state_named_reload_ping() {
     // The seed's named form (with its typo), in any order.
     t.rpc(
         "dispatcher.set_state",
-        json!({"state": "ip", "grpup": 1, "address": "sip:127.0.0.1:5071"}),
+        json!({"state": "ip", "grpup": 1, "address": "sip:127.0.0.1:5073"}),
     )
     .unwrap();
     assert_eq!(t.module().lists().set(1).unwrap().dests[0].state(), "IP");
@@ -346,10 +381,16 @@ fn rpcs_list_set_state_named_reload_ping() {
         .rpc("dispatcher.set_state", json!(["a", 1, "sip:9.9.9.9"]))
         .unwrap_err();
     assert_eq!(e.code, 500);
-    assert!(t.rpc("dispatcher.set_state", json!(["zz", 1, "all"])).is_err());
+    assert!(
+        t.rpc("dispatcher.set_state", json!(["zz", 1, "all"]))
+            .is_err()
+    );
     // Reload: the file's states again, and its new content.
     std::fs::write(&t.file, "3 sip:127.0.0.1:5090\n").unwrap();
-    assert_eq!(t.rpc("dispatcher.reload", json!([])), Ok(J::Null));
+    assert_eq!(
+        t.rpc("dispatcher.reload", json!([])),
+        Ok(J::from("Ok. Dispatcher successfully reloaded."))
+    );
     assert_eq!(t.rpc("dispatcher.list", json!([])).unwrap()["NRSETS"], 1);
     std::fs::write(&t.file, "x y\n").unwrap();
     assert_eq!(t.rpc("dispatcher.reload", json!([])).unwrap_err().code, 500);
@@ -372,23 +413,38 @@ fn count_and_failover_keeps_destinations_across_reload() {
         "ds_count(1, \"a\", \"$var(n)\"); out($var(n)); ds_select_dst(1, 4); out_du();",
     );
     let (_, mut ctx) = t.run_with(request("a", "sip:a@b", "127.0.0.1:1"));
-    assert_eq!(t.out(), ["3", "sip:127.0.0.1:5071"]);
+    assert_eq!(t.out(), ["3", "sip:127.0.0.1:5073"]);
     std::fs::write(&t.file, "1 sip:127.0.0.1:6000\n").unwrap();
     t.rpc("dispatcher.reload", json!([])).unwrap();
     // The call in progress keeps what it picked.
     let st = ctx.ext.get_mut::<DsCtx>().unwrap();
     let rest: Vec<&str> = st.remaining.iter().map(|d| d.uri.as_str()).collect();
-    assert_eq!(rest, ["sip:127.0.0.1:5072", "sip:127.0.0.1:5073"]);
+    assert_eq!(rest, ["sip:127.0.0.1:5072", "sip:127.0.0.1:5071"]);
 }
 
 #[test]
 fn with_hostport_rewrites_only_the_host() {
     assert_eq!(
-        &with_hostport(b"sip:bob@example.com;user=phone", b"sip:10.0.0.1:5080;transport=tcp").unwrap()[..],
+        &with_hostport(
+            b"sip:bob@example.com;user=phone",
+            b"sip:10.0.0.1:5080;transport=tcp"
+        )
+        .unwrap()[..],
         b"sip:bob@10.0.0.1:5080;user=phone"
     );
     assert_eq!(
         &with_hostport(b"sip:example.com", b"sip:[::1]:5080").unwrap()[..],
         b"sip:[::1]:5080"
     );
+}
+
+#[test]
+fn no_failover_without_flag_2() {
+    let t = setup(
+        LIST,
+        "modparam(\"dispatcher\", \"flags\", 0)",
+        "ds_select_dst(2, 8); out_du(); ds_next_dst(); out($rc);",
+    );
+    t.run("c");
+    assert_eq!(t.out(), ["sip:10.0.0.2:5060", "-1"]);
 }

@@ -8,6 +8,7 @@ mod cli;
 mod ctl;
 mod counters;
 mod custom_cfg;
+mod dispatcher;
 mod evapi;
 mod event_jsonrpc;
 mod golden;
