@@ -317,3 +317,111 @@ fn pike_return_codes_as_kamailio() {
         assert_eq!(run("kamailio", &KAMAILIO_ARGS), ours);
     }
 }
+
+/// The shipped kamailio.cfg with `-A WITH_ANTIFLOOD` on `bin`, listening on
+/// 127.0.0.1; killed with its process group when dropped.
+struct Antiflood {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: super::cli::Scratch,
+}
+
+impl Antiflood {
+    fn start(bin: &str, name: &str) -> Antiflood {
+        use super::harness::{free_port, wait_bound};
+        for i in 0..5 {
+            let dir = super::cli::Scratch::new(&format!("antiflood-{name}-{i}"));
+            let run = dir.0.join("run");
+            std::fs::create_dir_all(&run).unwrap();
+            let addr = free_port("u1");
+            let mut cmd = std::process::Command::new(bin);
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            if name == "kamailio" {
+                cmd.args(["-m", "64", "-M", "16"]);
+            }
+            let mut child = cmd
+                .args(["-f", "/etc/kamailio/kamailio.cfg", "-DD", "-E", "-A", "WITH_ANTIFLOOD"])
+                .args(["-l", &format!("udp:{addr}")])
+                .arg("-Y")
+                .arg(&run)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            if wait_bound(addr, "u1", &mut child) {
+                return Antiflood {
+                    child,
+                    addr,
+                    _dir: dir,
+                };
+            }
+            Self::stop(&mut child);
+        }
+        panic!("{bin} did not start on kamailio.cfg -A WITH_ANTIFLOOD");
+    }
+    fn stop(child: &mut std::process::Child) {
+        super::harness::terminate(child);
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Antiflood {
+    fn drop(&mut self) {
+        Self::stop(&mut self.child);
+    }
+}
+
+/// Keepalive OPTIONS from `from` until one is not answered within `wait`
+/// (at most `max`); how many were answered.
+fn keepalives(to: SocketAddr, from: &UdpSocket, max: usize, wait: Duration, tag: &str) -> usize {
+    from.set_read_timeout(Some(wait)).unwrap();
+    let me = from.local_addr().unwrap();
+    let mut buf = vec![0u8; 65535];
+    for i in 0..max {
+        let ci = format!("{tag}-{i}");
+        let text = format!(
+            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{ci};rport\r\nFrom: <sip:a@127.0.0.1>;tag=f{ci}\r\nTo: <sip:{to}>\r\nCall-ID: {ci}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        from.send_to(text.as_bytes(), to).unwrap();
+        match from.recv_from(&mut buf) {
+            Ok((n, _)) => assert!(
+                buf[..n].starts_with(b"SIP/2.0 200 Keepalive"),
+                "{}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) => return i,
+        }
+    }
+    max
+}
+
+/// What a flooder sees: (answered before the ban >= 21, then 3 dropped, a
+/// local source still answered).
+fn antiflood_scenario(srv: &Antiflood) -> (bool, usize, usize) {
+    let flooder = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let answered = keepalives(srv.addr, &flooder, 200, Duration::from_secs(2), "flood");
+    // Banned now ($sht(ipban=>$si)): silently dropped.
+    let after = keepalives(srv.addr, &flooder, 3, Duration::from_millis(500), "banned");
+    // 127.0.0.1 is myself: never checked.
+    let local = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mine = keepalives(srv.addr, &local, 30, W, "local");
+    // Density 16 and 4 requests to build the branch: at least 21 pass.
+    ((21..200).contains(&answered), after, mine)
+}
+
+#[test]
+fn shipped_kamailio_cfg_antiflood_bans_a_flooder_as_kamailio() {
+    if !std::path::Path::new("/etc/kamailio/kamailio.cfg").exists() {
+        eprintln!("skipped: no /etc/kamailio/kamailio.cfg");
+        return;
+    }
+    let ours = antiflood_scenario(&Antiflood::start(env!("CARGO_BIN_EXE_siphon"), "siphon"));
+    assert_eq!(ours, (true, 0, 30));
+    if have_kamailio() {
+        let theirs = antiflood_scenario(&Antiflood::start("kamailio", "kamailio"));
+        assert_eq!(theirs, ours);
+    }
+}
