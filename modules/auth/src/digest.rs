@@ -186,7 +186,14 @@ pub fn ha1(alg: Alg, user: &str, realm: &str, password: &str) -> String {
 /// The expected `response` for credentials `c`, given HA1 (already the
 /// `-sess` base when `sess`), the request method and, for `qop=auth-int`,
 /// the body.
-pub fn response(alg: Alg, sess: bool, ha1: &str, c: &Credentials, method: &str, body: &[u8]) -> String {
+pub fn response(
+    alg: Alg,
+    sess: bool,
+    ha1: &str,
+    c: &Credentials,
+    method: &str,
+    body: &[u8],
+) -> String {
     let ha1 = if sess {
         alg.hex(&[
             ha1.as_bytes(),
@@ -200,12 +207,24 @@ pub fn response(alg: Alg, sess: bool, ha1: &str, c: &Credentials, method: &str, 
     };
     let ha2 = if c.qop.eq_ignore_ascii_case("auth-int") {
         let hb = alg.hex(&[body]);
-        alg.hex(&[method.as_bytes(), b":", c.uri.as_bytes(), b":", hb.as_bytes()])
+        alg.hex(&[
+            method.as_bytes(),
+            b":",
+            c.uri.as_bytes(),
+            b":",
+            hb.as_bytes(),
+        ])
     } else {
         alg.hex(&[method.as_bytes(), b":", c.uri.as_bytes()])
     };
     if c.qop.is_empty() {
-        alg.hex(&[ha1.as_bytes(), b":", c.nonce.as_bytes(), b":", ha2.as_bytes()])
+        alg.hex(&[
+            ha1.as_bytes(),
+            b":",
+            c.nonce.as_bytes(),
+            b":",
+            ha2.as_bytes(),
+        ])
     } else {
         alg.hex(&[
             ha1.as_bytes(),
@@ -261,7 +280,10 @@ mod tests {
             "8ca523f5e9506fed4657c9700eebdbec"
         );
         c.qop.clear();
-        assert_ne!(response(Alg::Md5, false, &h, &c, "GET", b""), "8ca523f5e9506fed4657c9700eebdbec");
+        assert_ne!(
+            response(Alg::Md5, false, &h, &c, "GET", b""),
+            "8ca523f5e9506fed4657c9700eebdbec"
+        );
     }
 
     #[test]
@@ -272,6 +294,9 @@ mod tests {
         assert!(parse_credentials(b"Basic QWxhZGRpbjpvcGVu").is_none());
         assert!(parse_credentials(br#"Digest username="a"#).is_none());
         let c = parse_credentials(br#"Digest  username = "a\"b" ,realm=r,nonce="x,y""#).unwrap();
-        assert_eq!((c.username.as_str(), c.realm.as_str(), c.nonce.as_str()), ("a\"b", "r", "x,y"));
+        assert_eq!(
+            (c.username.as_str(), c.realm.as_str(), c.nonce.as_str()),
+            ("a\"b", "r", "x,y")
+        );
     }
 }

@@ -97,7 +97,9 @@ struct Inner {
     host: OnceLock<Arc<dyn Host>>,
 }
 
-const REQ: RouteType = RouteType::REQUEST.or(RouteType::FAILURE).or(RouteType::BRANCH);
+const REQ: RouteType = RouteType::REQUEST
+    .or(RouteType::FAILURE)
+    .or(RouteType::BRANCH);
 
 /// pv_*_authenticate flags.
 const F_HA1: i64 = 1;
@@ -123,7 +125,9 @@ fn check_auth_flags(a: &Args) -> Result<(), String> {
                     "flags {f}: flags 2, 4, 8 and 16 (a challenge built into $avp(digest_challenge)) are not supported by siphon; call www_challenge/proxy_challenge for the challenge"
                 ));
             }
-            Some(f) if !(0..64).contains(&f) => return Err(format!("flags {f} out of range (0..63)")),
+            Some(f) if !(0..64).contains(&f) => {
+                return Err(format!("flags {f} out of range (0..63)"));
+            }
             Some(_) => {}
             None => return Err(format!("flags must be a number, not `{}`", v.to_text())),
         }
@@ -239,14 +243,23 @@ fn realm_or_default(s: &SipCtx, realm: String) -> String {
     } else {
         s.msg.from()
     };
-    na.and_then(|n| siphon_sip::parse_uri(&n.uri).ok().map(|u| String::from_utf8_lossy(u.host).into_owned()))
-        .unwrap_or_default()
+    na.and_then(|n| {
+        siphon_sip::parse_uri(&n.uri)
+            .ok()
+            .map(|u| String::from_utf8_lossy(u.host).into_owned())
+    })
+    .unwrap_or_default()
 }
 
 /// The first credentials of `hdr` type for `realm`: header index and values.
 fn find_credentials(s: &SipCtx, hdr: HdrType, realm: &str) -> Option<(usize, Credentials)> {
     s.msg.headers.iter().enumerate().find_map(|(i, h)| {
-        if !s.msg.get(h.name_rng).eq_ignore_ascii_case(hdr.credentials().as_bytes()) || s.edits.remove.contains(&i) {
+        if !s
+            .msg
+            .get(h.name_rng)
+            .eq_ignore_ascii_case(hdr.credentials().as_bytes())
+            || s.edits.remove.contains(&i)
+        {
             return None;
         }
         let c = parse_credentials(&s.msg.header_value(h))?;
@@ -294,7 +307,15 @@ impl Inner {
             tracing::error!(target: "script", "auth: flags {flags}: a challenge built into $avp(digest_challenge) is not supported; use www_challenge/proxy_challenge");
             return rc::ERROR;
         }
-        self.authenticate(ex.ctx, hdr, &realm, &passwd, flags, method.as_deref(), checks)
+        self.authenticate(
+            ex.ctx,
+            hdr,
+            &realm,
+            &passwd,
+            flags,
+            method.as_deref(),
+            checks,
+        )
     }
 
     /// Checks the credentials of `hdr` type for `realm` against `passwd`.
@@ -320,7 +341,8 @@ impl Inner {
         let Some((idx, c)) = find_credentials(s, hdr, &realm) else {
             return rc::NO_CREDENTIALS;
         };
-        if c.username.is_empty() || c.nonce.is_empty() || c.response.is_empty() || c.uri.is_empty() {
+        if c.username.is_empty() || c.nonce.is_empty() || c.response.is_empty() || c.uri.is_empty()
+        {
             tracing::info!(target: "script", "auth: malformed {} credentials", hdr.credentials());
             return rc::ERROR;
         }
@@ -375,7 +397,11 @@ impl Inner {
             let is_reg = s.msg.method() == siphon_sip::Method::Register;
             let na = if is_reg { s.msg.to() } else { s.msg.from() };
             let user = na
-                .and_then(|n| siphon_sip::parse_uri(&n.uri).ok().map(|u| String::from_utf8_lossy(u.user.unwrap_or_default()).into_owned()))
+                .and_then(|n| {
+                    siphon_sip::parse_uri(&n.uri)
+                        .ok()
+                        .map(|u| String::from_utf8_lossy(u.user.unwrap_or_default()).into_owned())
+                })
                 .unwrap_or_default();
             if user != c.username {
                 return rc::USER_MISMATCH;
@@ -396,7 +422,11 @@ impl Inner {
         let track = self.one_time_nonce || (self.nonce_count && qop);
         if track && (ok || flags & F_KEEP_NC == 0) && !self.nonces.mark_used(nid, expires, nc, t) {
             // Used by a concurrent request since the check above.
-            return if self.one_time_nonce { rc::NONCE_REUSED } else { rc::STALE_NONCE };
+            return if self.one_time_nonce {
+                rc::NONCE_REUSED
+            } else {
+                rc::STALE_NONCE
+            };
         }
         if !ok {
             return rc::INVALID_PASSWORD;
@@ -455,7 +485,13 @@ impl Inner {
         let Some(host) = self.host.get() else {
             return rc::ERROR;
         };
-        match host.reply(ctx, code, reason, &[bytes::Bytes::from(line)], ReplyMode::Stateful) {
+        match host.reply(
+            ctx,
+            code,
+            reason,
+            &[bytes::Bytes::from(line)],
+            ReplyMode::Stateful,
+        ) {
             Ok(()) => rc::OK,
             Err(e) => {
                 tracing::error!(target: "script", "auth: failed to send {code} {reason}: {e}");
@@ -500,7 +536,9 @@ pub fn def() -> ModuleDef {
             };
             let expire = cfg.int("nonce_expire").unwrap_or(300);
             if !(1..=86400 * 365).contains(&expire) {
-                return Err(format!("nonce_expire must be a positive number of seconds, not {expire}"));
+                return Err(format!(
+                    "nonce_expire must be a positive number of seconds, not {expire}"
+                ));
             }
             let algorithm = cfg
                 .str("algorithm")
@@ -528,4 +566,3 @@ pub fn def_auth_db() -> ModuleDef {
         }),
     }
 }
-

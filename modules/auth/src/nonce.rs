@@ -111,7 +111,11 @@ impl Nonces {
 
     /// How many nonces are remembered (for tests).
     pub fn remembered(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).map.len()
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
     }
 }
 
@@ -121,7 +125,9 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     let d = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
-    b.chunks(2).map(|p| Some(d(p[0])? << 4 | d(p[1])?)).collect()
+    b.chunks(2)
+        .map(|p| Some(d(p[0])? << 4 | d(p[1])?))
+        .collect()
 }
 
 #[cfg(test)]
@@ -141,7 +147,10 @@ mod tests {
         assert_eq!(other.check(&a, 1010), Err(NonceError::Invalid));
         let mut forged = a.clone().into_bytes();
         forged[7] = if forged[7] == b'0' { b'1' } else { b'0' };
-        assert_eq!(n.check(std::str::from_utf8(&forged).unwrap(), 1010), Err(NonceError::Invalid));
+        assert_eq!(
+            n.check(std::str::from_utf8(&forged).unwrap(), 1010),
+            Err(NonceError::Invalid)
+        );
         assert_eq!(n.check("zz", 1010), Err(NonceError::Invalid));
         assert!(n.mark_used(id, exp, 1, 1010));
         assert!(n.was_used(id, 1));

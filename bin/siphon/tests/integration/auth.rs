@@ -102,7 +102,9 @@ fn creds(alg: Alg, nonce: &str, nc: &str, uri: &str, password: &str) -> String {
 
 fn reason(m: &SipMsg) -> String {
     match m.kind {
-        siphon_sip::Kind::Response { reason, .. } => String::from_utf8_lossy(m.get(reason)).into_owned(),
+        siphon_sip::Kind::Response { reason, .. } => {
+            String::from_utf8_lossy(m.get(reason)).into_owned()
+        }
         _ => String::new(),
     }
 }
@@ -139,7 +141,12 @@ fn sipp_registers_and_calls_with_digest_credentials() {
         &["-s", "bob", "-au", "alice", "-ap", "secret"],
     );
     let run = uas.finish();
-    assert_eq!(run.successful, 2, "both calls reached the UAS\n{}", run.tail());
+    assert_eq!(
+        run.successful,
+        2,
+        "both calls reached the UAS\n{}",
+        run.tail()
+    );
 }
 
 #[test]
@@ -151,15 +158,30 @@ fn wrong_password_replay_and_next_nc() {
     let r = reply(&uac);
     assert_eq!(r.status(), Some(401));
     let ch = hdr(&r, "WWW-Authenticate").expect("a challenge");
-    assert!(ch.starts_with("Digest realm=\"127.0.0.1\", nonce=\""), "{ch}");
+    assert!(
+        ch.starts_with("Digest realm=\"127.0.0.1\", nonce=\""),
+        "{ch}"
+    );
     assert_eq!(param(&ch, "qop").as_deref(), Some("auth"), "{ch}");
-    assert_eq!(param(&ch, "algorithm"), None, "no algorithm named by default: {ch}");
+    assert_eq!(
+        param(&ch, "algorithm"),
+        None,
+        "no algorithm named by default: {ch}"
+    );
     let nonce = param(&ch, "nonce").unwrap();
 
     // Wrong password: 403 as the config says (rc -2).
-    uac.send(&register(&uac, srv.udp, 2, Some(&creds(Alg::Md5, &nonce, "00000001", &uri, "wrong"))));
+    uac.send(&register(
+        &uac,
+        srv.udp,
+        2,
+        Some(&creds(Alg::Md5, &nonce, "00000001", &uri, "wrong")),
+    ));
     let r = reply(&uac);
-    assert_eq!((r.status(), reason(&r)), (Some(403), "Wrong Password".into()));
+    assert_eq!(
+        (r.status(), reason(&r)),
+        (Some(403), "Wrong Password".into())
+    );
 
     // The right one with the next nc: 200.
     let good = creds(Alg::Md5, &nonce, "00000002", &uri, "secret");
@@ -176,15 +198,36 @@ fn wrong_password_replay_and_next_nc() {
     let fresh = param(&hdr(&r, "WWW-Authenticate").unwrap(), "nonce").unwrap();
     assert_ne!(fresh, nonce);
     // The nc after it: accepted.
-    uac.send(&register(&uac, srv.udp, 5, Some(&creds(Alg::Md5, &nonce, "00000003", &uri, "secret"))));
+    uac.send(&register(
+        &uac,
+        srv.udp,
+        5,
+        Some(&creds(Alg::Md5, &nonce, "00000003", &uri, "secret")),
+    ));
     assert_eq!(reply(&uac).status(), Some(200));
 
     // A nonce siphon did not make: rc -4 (Kamailio's too), challenged again.
     let forged = format!("{}0", &nonce[..nonce.len() - 1]);
-    let forged = if forged == nonce { format!("{}1", &nonce[..nonce.len() - 1]) } else { forged };
-    uac.send(&register(&uac, srv.udp, 6, Some(&creds(Alg::Md5, &forged, "00000001", &uri, "secret"))));
+    let forged = if forged == nonce {
+        format!("{}1", &nonce[..nonce.len() - 1])
+    } else {
+        forged
+    };
+    uac.send(&register(
+        &uac,
+        srv.udp,
+        6,
+        Some(&creds(Alg::Md5, &forged, "00000001", &uri, "secret")),
+    ));
     assert_eq!(reply(&uac).status(), Some(401));
-    let n = || srv.log.lock().unwrap().iter().filter(|l| l.contains("AUTHRC -4")).count();
+    let n = || {
+        srv.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("AUTHRC -4"))
+            .count()
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while n() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -203,9 +246,19 @@ fn one_time_nonce_refuses_a_second_use() {
     uac.send(&register(&uac, srv.udp, 1, None));
     let r = reply(&uac);
     let nonce = param(&hdr(&r, "WWW-Authenticate").unwrap(), "nonce").unwrap();
-    uac.send(&register(&uac, srv.udp, 2, Some(&creds(Alg::Md5, &nonce, "00000001", &uri, "secret"))));
+    uac.send(&register(
+        &uac,
+        srv.udp,
+        2,
+        Some(&creds(Alg::Md5, &nonce, "00000001", &uri, "secret")),
+    ));
     assert_eq!(reply(&uac).status(), Some(200));
-    uac.send(&register(&uac, srv.udp, 3, Some(&creds(Alg::Md5, &nonce, "00000002", &uri, "secret"))));
+    uac.send(&register(
+        &uac,
+        srv.udp,
+        3,
+        Some(&creds(Alg::Md5, &nonce, "00000002", &uri, "secret")),
+    ));
     let r = reply(&uac);
     assert_eq!((r.status(), reason(&r)), (Some(403), "Nonce Reused".into()));
     assert!(srv.log_soon("AUTHRC -6"));
@@ -214,7 +267,9 @@ fn one_time_nonce_refuses_a_second_use() {
 #[test]
 fn consume_credentials_and_sha256() {
     let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
-    callee.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    callee
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let srv = Server::start(&config(
         callee.local_addr().unwrap(),
         r#"modparam("auth", "algorithm", "SHA-256")"#,
@@ -263,12 +318,221 @@ fn consume_credentials_and_sha256() {
 #[test]
 fn auth_db_is_refused_at_load() {
     let dir = super::cli::Scratch::new("authdb");
-    let f = dir.write("a.cfg", "loadmodule \"auth_db.so\"\nrequest_route { exit; }\n");
+    let f = dir.write(
+        "a.cfg",
+        "loadmodule \"auth_db.so\"\nrequest_route { exit; }\n",
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
         .args(["-c", "-f", &f])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("a.cfg:1:") && err.contains("auth_db is not available"), "{err}");
+    assert!(
+        err.contains("a.cfg:1:") && err.contains("auth_db is not available"),
+        "{err}"
+    );
+}
+
+/// One config for siphon and Kamailio: the rc in the reason phrase.
+const BOTH: &str = r#"#!KAMAILIO
+children=1
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "auth.so"
+modparam("auth", "nonce_count", 1)
+request_route {
+  pv_www_authenticate("127.0.0.1", "secret", "0");
+  $var(rc) = $rc;
+  if ($var(rc) == -2) { sl_send_reply("403", "Wrong $var(rc)"); exit; }
+  if ($var(rc) < 0) { www_challenge("127.0.0.1", "1"); exit; }
+  sl_send_reply("200", "OK");
+}
+"#;
+
+/// The replies to: no credentials, a wrong password (nc 1), the right one
+/// with nc 1 again, nc 2, nc 2 again, nc 3, no qop, a forged nonce; and the
+/// challenge's parameter names.
+fn exchange(to: SocketAddr) -> (Vec<String>, Vec<String>) {
+    let uac = UdpUac::new(to);
+    let uri = format!("sip:{to}");
+    let line = |m: &SipMsg| format!("{} {}", m.status().unwrap_or(0), reason(m));
+    uac.send(&register(&uac, to, 1, None));
+    let r = reply(&uac);
+    let ch = hdr(&r, "WWW-Authenticate").unwrap_or_default();
+    let names = ch
+        .trim_start_matches("Digest ")
+        .split(", ")
+        .map(|p| p.split('=').next().unwrap_or("").to_string())
+        .collect();
+    let nonce = param(&ch, "nonce").unwrap_or_default();
+    let mut out = vec![line(&r)];
+    let no_qop = {
+        let c = Credentials {
+            username: "alice".into(),
+            realm: "127.0.0.1".into(),
+            nonce: nonce.clone(),
+            uri: uri.clone(),
+            ..Default::default()
+        };
+        let ha1 = digest::ha1(Alg::Md5, "alice", "127.0.0.1", "secret");
+        let resp = digest::response(Alg::Md5, false, &ha1, &c, "REGISTER", b"");
+        format!(
+            "Digest username=\"alice\", realm=\"127.0.0.1\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\""
+        )
+    };
+    let mut forged = nonce.clone().into_bytes();
+    if let Some(b) = forged.get_mut(nonce.len() / 2) {
+        *b = if *b == b'A' { b'B' } else { b'A' };
+    }
+    let forged = String::from_utf8(forged).unwrap();
+    let steps = [
+        creds(Alg::Md5, &nonce, "00000001", &uri, "wrong"),
+        creds(Alg::Md5, &nonce, "00000001", &uri, "secret"),
+        creds(Alg::Md5, &nonce, "00000002", &uri, "secret"),
+        creds(Alg::Md5, &nonce, "00000002", &uri, "secret"),
+        creds(Alg::Md5, &nonce, "00000003", &uri, "secret"),
+        no_qop,
+        creds(Alg::Md5, &forged, "00000001", &uri, "secret"),
+    ];
+    for (i, a) in steps.iter().enumerate() {
+        uac.send(&register(&uac, to, 2 + i as u32, Some(a)));
+        out.push(line(&reply(&uac)));
+    }
+    (out, names)
+}
+
+#[test]
+fn same_exchange_as_kamailio() {
+    let p = super::sanity_maxfwd::start_with(BOTH, env!("CARGO_BIN_EXE_siphon"), &[]);
+    let ours = exchange(p.addr);
+    let expected: Vec<String> = [
+        "401 Unauthorized",
+        "403 Wrong -2",
+        "401 Unauthorized", // nc 1 was spent by the failure: stale (-4)
+        "200 OK",
+        "401 Unauthorized", // replayed nc: stale (-4)
+        "200 OK",
+        "200 OK",
+        "401 Unauthorized", // not our nonce (-4)
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(ours.0, expected);
+    assert_eq!(ours.1, ["realm", "nonce", "qop"]);
+    if super::sanity_maxfwd::have_kamailio() {
+        let k = super::sanity_maxfwd::start_with(
+            BOTH,
+            "kamailio",
+            &super::sanity_maxfwd::KAMAILIO_ARGS,
+        );
+        assert_eq!(exchange(k.addr), ours, "Kamailio 5.6 answers the same");
+    }
+}
+
+/// `method` from `uac` with To user `to_user`, plus `extra` header lines.
+fn request(uac: &UdpUac, method: &str, to_user: &str, cseq: u32, extra: &str) -> String {
+    let a = uac.addr();
+    format!(
+        "{method} sip:{to_user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKpc{cseq}x{}\r\nFrom: <sip:alice@127.0.0.1>;tag=p1\r\nTo: <sip:{to_user}@127.0.0.1>\r\nCall-ID: auth-pc-{}\r\nCSeq: {cseq} {method}\r\n{extra}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        a.port(),
+        a.port()
+    )
+}
+
+#[test]
+fn pv_auth_check_has_credentials_auth_challenge_and_ha1() {
+    // HA1 of alice:127.0.0.1:secret, given with flags 1.
+    let srv = Server::start(
+        r#"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "auth.so"
+request_route {
+  if (!has_credentials("127.0.0.1")) { auth_challenge("127.0.0.1", "1"); exit; }
+  pv_auth_check("127.0.0.1", "18af59e93bb3331aac9fe77419a6ec78", "1", "1");
+  $var(rc) = $rc;
+  if ($var(rc) < 0) { sl_send_reply("403", "rc $var(rc)"); exit; }
+  sl_send_reply("200", "OK");
+}
+"#,
+    );
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request(&uac, "OPTIONS", "alice", 1, ""));
+    let r = reply(&uac);
+    assert_eq!(
+        r.status(),
+        Some(407),
+        "auth_challenge: 407 for a non-REGISTER"
+    );
+    assert!(hdr(&r, "Proxy-Authenticate").is_some());
+    uac.send(&request(&uac, "REGISTER", "alice", 2, ""));
+    let r = reply(&uac);
+    assert_eq!(r.status(), Some(401), "auth_challenge: 401 for REGISTER");
+    let nonce = param(&hdr(&r, "WWW-Authenticate").unwrap(), "nonce").unwrap();
+    let uri = "sip:alice@127.0.0.1";
+    // creds() signs REGISTER with `uri`; the R-URI here is the same.
+    let a = format!(
+        "Authorization: {}\r\n",
+        creds(Alg::Md5, &nonce, "00000001", uri, "secret")
+    );
+    uac.send(&request(&uac, "REGISTER", "alice", 3, &a));
+    let r = reply(&uac);
+    assert_eq!((r.status(), reason(&r)), (Some(200), "OK".into()));
+    // Same credentials, To bob: the auth user is not the To user (-8).
+    let uri_bob = "sip:bob@127.0.0.1";
+    let b = format!(
+        "Authorization: {}\r\n",
+        creds(Alg::Md5, &nonce, "00000002", uri_bob, "secret")
+    );
+    uac.send(&request(&uac, "REGISTER", "bob", 4, &b));
+    let r = reply(&uac);
+    assert_eq!((r.status(), reason(&r)), (Some(403), "rc -8".into()));
+    // A REGISTER's credentials under Proxy-Authorization: pv_auth_check
+    // reads Authorization for REGISTER, so none (-5).
+    let p = format!(
+        "Proxy-Authorization: {}\r\n",
+        creds(Alg::Md5, &nonce, "00000003", uri, "secret")
+    );
+    uac.send(&request(&uac, "REGISTER", "alice", 5, &p));
+    let r = reply(&uac);
+    assert_eq!((r.status(), reason(&r)), (Some(403), "rc -5".into()));
+}
+
+#[test]
+fn expired_nonce_is_stale() {
+    let srv = Server::start(&config(
+        "127.0.0.1:9".parse().unwrap(),
+        r#"modparam("auth", "nonce_expire", 1)"#,
+    ));
+    let uac = UdpUac::new(srv.udp);
+    let uri = format!("sip:{}", srv.udp);
+    uac.send(&register(&uac, srv.udp, 1, None));
+    let ch = hdr(&reply(&uac), "WWW-Authenticate").unwrap();
+    assert!(!ch.contains("stale"), "{ch}");
+    let nonce = param(&ch, "nonce").unwrap();
+    // Until the nonce expires (1 s; 20 tries 250 ms apart at most).
+    let mut stale = None;
+    for i in 0..20u32 {
+        let nc = format!("{:08x}", i + 1);
+        uac.send(&register(
+            &uac,
+            srv.udp,
+            2 + i,
+            Some(&creds(Alg::Md5, &nonce, &nc, &uri, "secret")),
+        ));
+        let r = reply(&uac);
+        if r.status() == Some(401) {
+            stale = hdr(&r, "WWW-Authenticate");
+            break;
+        }
+        assert_eq!(r.status(), Some(200));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let stale = stale.expect("the nonce expired");
+    assert!(stale.contains(", stale=true, qop=\"auth\""), "{stale}");
+    assert_ne!(param(&stale, "nonce").unwrap(), nonce);
+    assert!(srv.log_soon("AUTHRC -4"));
 }
