@@ -90,6 +90,8 @@ struct Inner {
     nonces: Nonces,
     /// `algorithm` named in challenges (`None`: none named, MD5).
     algorithm: Option<Alg>,
+    /// `challenge_avp`: the AVP the pv_* functions' flags 2/4/8 fill.
+    challenge_avp: Arc<str>,
     /// `nonce_count`: each nonce+nc once (qop credentials).
     nonce_count: bool,
     /// `one_time_nonce`: each nonce once.
@@ -103,7 +105,10 @@ const REQ: RouteType = RouteType::REQUEST
 
 /// pv_*_authenticate flags.
 const F_HA1: i64 = 1;
-const F_CHALLENGE_AVP: i64 = 2 | 4 | 8 | 16;
+const A_NO_QOP: i64 = 2;
+const A_QOP_AUTH: i64 = 4;
+const A_QOP_AUTH_INT: i64 = 8;
+const A_STALE: i64 = 16;
 const F_KEEP_NC: i64 = 32;
 /// challenge flags.
 const C_QOP_AUTH: i64 = 1;
@@ -120,14 +125,12 @@ fn now() -> u32 {
 fn check_auth_flags(a: &Args) -> Result<(), String> {
     if let Some(v) = a.const_value(2) {
         match v.to_int() {
-            Some(f) if f & F_CHALLENGE_AVP != 0 => {
-                return Err(format!(
-                    "flags {f}: flags 2, 4, 8 and 16 (a challenge built into $avp(digest_challenge)) are not supported by siphon; call www_challenge/proxy_challenge for the challenge"
-                ));
-            }
             Some(f) if !(0..64).contains(&f) => {
                 return Err(format!("flags {f} out of range (0..63)"));
             }
+            Some(f) if f & A_STALE != 0 => tracing::warn!(
+                "flags {f}: 16 (stale=true) has no effect on the challenge the pv_* functions build (as in Kamailio 5.6); www_challenge/proxy_challenge take it"
+            ),
             Some(_) => {}
             None => return Err(format!("flags must be a number, not `{}`", v.to_text())),
         }
@@ -136,6 +139,10 @@ fn check_auth_flags(a: &Args) -> Result<(), String> {
 }
 
 fn check_challenge_flags(a: &Args) -> Result<(), String> {
+    // Kamailio 5.6 refuses a constant empty realm at load too.
+    if a.const_value(0).is_some_and(|v| v.to_text().is_empty()) {
+        return Err("empty realm not allowed".into());
+    }
     if let Some(v) = a.const_value(1) {
         match v.to_int() {
             Some(f) if f & !(C_QOP_AUTH | C_QOP_AUTH_INT | C_NO_500 | C_STALE) != 0 => {
@@ -153,7 +160,7 @@ fn check_challenge_flags(a: &Args) -> Result<(), String> {
 impl Module for Auth {
     fn functions(&self) -> Vec<FunctionSpec> {
         let m = || self.0.clone();
-        let (m1, m2, m3, m4, m5, m6, m7, m8) = (m(), m(), m(), m(), m(), m(), m(), m());
+        let (m1, m2, m3, m4, m5, m6) = (m(), m(), m(), m(), m(), m());
         vec![
             FunctionSpec::checked(
                 "pv_www_authenticate",
@@ -211,12 +218,10 @@ impl Module for Auth {
             )
             .routes(REQ),
             FunctionSpec::new("consume_credentials", &[], move |ex, _| {
-                let _ = &m7;
                 consume_credentials(ex.ctx).into()
             })
             .routes(REQ),
             FunctionSpec::new("has_credentials", &[ArgKind::Str], move |ex, a| {
-                let _ = &m8;
                 let realm = a.text(0, ex);
                 has_credentials(ex.ctx, &realm).into()
             })
@@ -303,11 +308,7 @@ impl Inner {
         let realm = a.text(0, ex);
         let passwd = a.text(1, ex);
         let flags = a.int(2, ex).unwrap_or(0);
-        if flags & F_CHALLENGE_AVP != 0 {
-            tracing::error!(target: "script", "auth: flags {flags}: a challenge built into $avp(digest_challenge) is not supported; use www_challenge/proxy_challenge");
-            return rc::ERROR;
-        }
-        self.authenticate(
+        let code = self.authenticate(
             ex.ctx,
             hdr,
             &realm,
@@ -315,7 +316,30 @@ impl Inner {
             flags,
             method.as_deref(),
             checks,
-        )
+        );
+        if code < 0 && flags & (A_NO_QOP | A_QOP_AUTH | A_QOP_AUTH_INT) != 0 {
+            // Kamailio: the challenge for a failed check, in `challenge_avp`
+            // (a whole header line, for append_to_reply).
+            let qop = if flags & A_QOP_AUTH_INT != 0 {
+                C_QOP_AUTH_INT
+            } else if flags & A_QOP_AUTH != 0 {
+                C_QOP_AUTH
+            } else {
+                0
+            };
+            let realm = match ex.ctx.ext.get::<SipCtx>() {
+                Some(s) => realm_or_default(s, realm),
+                None => realm,
+            };
+            // Flag 16 (stale=true) has no effect here in Kamailio 5.6
+            // (checked on the wire): only a stale nonce makes it stale.
+            let stale = ex.ctx.ext.get::<Stale>().is_some();
+            let line = self.challenge_line(hdr, &realm, qop, stale);
+            ex.ctx
+                .avps
+                .replace(&self.challenge_avp, siphon_script::Value::from(line));
+        }
+        code
     }
 
     /// Checks the credentials of `hdr` type for `realm` against `passwd`.
@@ -449,13 +473,13 @@ impl Inner {
             realm,
             self.nonces.make(now())
         );
-        if stale {
-            v.push_str(", stale=true");
-        }
         if flags & C_QOP_AUTH_INT != 0 {
             v.push_str(", qop=\"auth-int\"");
         } else if flags & C_QOP_AUTH != 0 {
             v.push_str(", qop=\"auth\"");
+        }
+        if stale {
+            v.push_str(", stale=true");
         }
         if let Some(alg) = self.algorithm {
             v.push_str(", algorithm=");
@@ -504,6 +528,17 @@ impl Inner {
     }
 }
 
+/// The name in `$avp(name)` (or `$avp(s:name)`).
+fn avp_name(s: &str) -> Result<String, String> {
+    s.trim()
+        .strip_prefix("$avp(")
+        .and_then(|r| r.strip_suffix(')'))
+        .map(|n| n.strip_prefix("s:").unwrap_or(n))
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .map(str::to_string)
+        .ok_or_else(|| format!("challenge_avp must be $avp(name), not `{s}`"))
+}
+
 fn check_algorithm(v: &ParamValue) -> Result<(), String> {
     match v {
         ParamValue::Str(s) if s.is_empty() || matches!(Alg::parse(s), Some((_, false))) => Ok(()),
@@ -520,6 +555,10 @@ pub fn def() -> ModuleDef {
             ParamSpec::int("nonce_expire"),
             ParamSpec::int("nonce_count"),
             ParamSpec::int("one_time_nonce"),
+            ParamSpec::str("challenge_avp").check(|v| match v {
+                ParamValue::Str(s) => avp_name(s).map(|_| ()),
+                ParamValue::Int(_) => Err("challenge_avp must be $avp(name)".into()),
+            }),
             ParamSpec::str("algorithm").check(check_algorithm),
             // Kamailio 5.6's challenges take qop from the functions' flags
             // only (checked on the wire): accepted, with a warning.
@@ -550,6 +589,11 @@ pub fn def() -> ModuleDef {
                 algorithm,
                 nonce_count: cfg.int("nonce_count").unwrap_or(1) != 0,
                 one_time_nonce: cfg.int("one_time_nonce").unwrap_or(0) != 0,
+                challenge_avp: avp_name(
+                    &cfg.str("challenge_avp")
+                        .unwrap_or_else(|| "$avp(digest_challenge)".into()),
+                )?
+                .into(),
                 host: OnceLock::new(),
             }))) as Arc<dyn Module>)
         }),
