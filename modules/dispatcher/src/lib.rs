@@ -20,7 +20,8 @@
 //! - `ds_count(set, states, pv)`: how many destinations of `set` are in one
 //!   of `states` (`a`, `i`, `d`, `p`).
 //! - Algorithms 0 (Call-ID hash), 1 (From URI hash), 2 (To URI hash),
-//!   3 (R-URI hash), 4 (round robin), 8 (priority), 9 (weight); others are
+//!   3 (R-URI hash), 4 (round robin), 8 (priority), 9 (weight), 11 (relative
+//!   weight among the active destinations); others are
 //!   refused at load when constant, -1 at run time.
 //! - RPCs `dispatcher.list`, `dispatcher.reload`, `dispatcher.set_state`,
 //!   `dispatcher.ping_active`.
@@ -376,7 +377,7 @@ fn count(m: &Inner, set: i64, states: &str) -> i64 {
 fn check_alg(a: &Args) -> Result<(), String> {
     match a.const_value(1).map(|v| v.to_int()) {
         Some(Some(n)) if Alg::from_num(n).is_none() => Err(format!(
-            "dispatcher algorithm {n} is not supported (0, 1, 2, 3, 4, 8 and 9 are)"
+            "dispatcher algorithm {n} is not supported (0, 1, 2, 3, 4, 8, 9 and 11 are)"
         )),
         Some(None) => Err("the algorithm must be a number".into()),
         _ => Ok(()),
@@ -570,7 +571,7 @@ fn rpc_list(l: &Lists) -> J {
                             "DUID": d.duid,
                             "MAXLOAD": d.maxload,
                             "WEIGHT": d.weight,
-                            "RWEIGHT": 0,
+                            "RWEIGHT": d.rweight,
                             "SOCKET": null_if_empty(&d.socket),
                             "SOCKNAME": J::Null,
                             "OBPROXY": J::Null,

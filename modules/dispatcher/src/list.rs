@@ -28,6 +28,8 @@ pub struct Dest {
     pub attrs: String,
     /// `weight=` (0..100).
     pub weight: u32,
+    /// `rweight=` (1..100; 0: none), for algorithm 11.
+    pub rweight: u32,
     /// `duid=`.
     pub duid: String,
     /// `socket=`.
@@ -86,6 +88,8 @@ pub struct Set {
     pub last: AtomicUsize,
     /// The next weight slot.
     pub wlast: AtomicUsize,
+    /// The next relative-weight slot.
+    pub rwlast: AtomicUsize,
     /// 100 slots of destination indexes by weight (Kamailio's `wlist`).
     pub wlist: Vec<usize>,
 }
@@ -155,6 +159,7 @@ pub fn parse(text: &str, file: &str) -> Result<Lists, String> {
                     dests: v.into_iter().map(Arc::new).collect(),
                     last: AtomicUsize::new(0),
                     wlast: AtomicUsize::new(0),
+                    rwlast: AtomicUsize::new(0),
                     wlist,
                 }
             })
@@ -183,6 +188,7 @@ pub fn dest(uri: &str, flags: u32, priority: i32, attrs: &str) -> Result<Dest, S
         priority,
         attrs: attrs.to_string(),
         weight: 0,
+        rweight: 0,
         duid: String::new(),
         socket: String::new(),
         maxload: 0,
@@ -200,16 +206,30 @@ pub fn dest(uri: &str, flags: u32, priority: i32, attrs: &str) -> Result<Dest, S
                     .parse()
                     .map_err(|_| format!("weight `{v}` must be a number"))?;
             }
+            "rweight" => {
+                let w: u32 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("rweight `{v}` must be a number"))?;
+                if !(1..=100).contains(&w) {
+                    return Err(format!("rweight must be 1..100, not {w}"));
+                }
+                d.rweight = w;
+            }
             "duid" => d.duid = v.trim().to_string(),
-            "socket" => d.socket = v.trim().to_string(),
+            "socket" => {
+                d.socket = v.trim().to_string();
+                tracing::warn!(target: "dispatcher", "{uri}: socket={} is shown by dispatcher.list but has no effect: siphon chooses the sending socket", d.socket);
+            }
             "maxload" => {
                 d.maxload = v
                     .trim()
                     .parse()
                     .map_err(|_| format!("maxload `{v}` must be a number"))?;
+                tracing::warn!(target: "dispatcher", "{uri}: maxload= has no effect (algorithm 10, call load, is not implemented)");
             }
-            // Kept in the attributes ($xavp ds_xavp_dst in Kamailio); other
-            // keys (rweight, ping_from, obproxy) are kept as text only.
+            // Other keys (ping_from, obproxy, …) are kept as text only
+            // (`dispatcher.list` shows them in BODY).
             _ => {}
         }
     }
@@ -242,17 +262,45 @@ pub fn weights(dests: &[Dest]) -> Vec<usize> {
     if let Some(last) = counts.last_mut() {
         *last += 100 - total;
     }
-    // Interleave: slot k goes to the destination most behind its share.
+    interleave(&counts)
+}
+
+/// Kamailio's relative weights (algorithm 11): among the active
+/// destinations, `rweight * 100 / sum` slots each (truncated), the rest to
+/// the last one given slots. Empty when no active one has an `rweight`.
+pub fn rweights(dests: &[Arc<Dest>]) -> Vec<usize> {
+    let sum: u32 = dests.iter().filter(|d| !d.skip()).map(|d| d.rweight).sum();
+    if sum == 0 {
+        return Vec::new();
+    }
+    let mut counts: Vec<u32> = dests
+        .iter()
+        .map(|d| if d.skip() { 0 } else { d.rweight * 100 / sum })
+        .collect();
+    let total: u32 = counts.iter().sum();
+    let last = counts
+        .iter()
+        .rposition(|c| *c > 0)
+        .unwrap_or(dests.len() - 1);
+    counts[last] += 100 - total;
+    interleave(&counts)
+}
+
+/// 100 slots, destination `i` in `counts[i]` of them (the counts sum to
+/// 100), spread evenly: slot k goes to the destination most behind its share.
+fn interleave(counts: &[u32]) -> Vec<usize> {
     let mut given = vec![0u32; counts.len()];
     let mut out = Vec::with_capacity(100);
     for k in 1..=100u32 {
-        let (i, _) = counts
+        let Some((i, _)) = counts
             .iter()
             .enumerate()
             .filter(|(i, c)| given[*i] < **c)
             .map(|(i, c)| (i, i64::from(*c) * i64::from(k) - 100 * i64::from(given[i])))
             .max_by_key(|(i, deficit)| (*deficit, std::cmp::Reverse(*i)))
-            .expect("100 slots in all");
+        else {
+            break;
+        };
         given[i] += 1;
         out.push(i);
     }
@@ -308,6 +356,8 @@ pub enum Alg {
     Priority,
     /// 9: by weight.
     Weight,
+    /// 11: by relative weight among the active destinations.
+    RelWeight,
 }
 
 impl Alg {
@@ -321,6 +371,7 @@ impl Alg {
             4 => Alg::RoundRobin,
             8 => Alg::Priority,
             9 => Alg::Weight,
+            11 => Alg::RelWeight,
             _ => return None,
         })
     }
@@ -359,6 +410,14 @@ pub fn select(set: &Set, alg: Alg, hash: u32, limit: usize) -> Vec<Arc<Dest>> {
             }
         }
         Alg::Priority => 0,
+        Alg::RelWeight => {
+            let rw = rweights(&set.dests);
+            if rw.is_empty() {
+                0
+            } else {
+                rw[set.rwlast.fetch_add(1, Ordering::Relaxed) % rw.len()]
+            }
+        }
         Alg::Weight => {
             if set.wlist.is_empty() {
                 0

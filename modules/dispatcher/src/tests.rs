@@ -299,7 +299,7 @@ fn unknown_set_and_unsupported_algorithm() {
     let t = setup(
         LIST,
         "",
-        "ds_select_dst(7, 4); out($rc); $var(a) = 11; ds_select_dst(1, $var(a)); out($rc);",
+        "ds_select_dst(7, 4); out($rc); $var(a) = 10; ds_select_dst(1, $var(a)); out($rc);",
     );
     t.run("a");
     assert_eq!(t.out(), ["-1", "-1"]);
@@ -447,4 +447,37 @@ fn no_failover_without_flag_2() {
     );
     t.run("c");
     assert_eq!(t.out(), ["sip:10.0.0.2:5060", "-1"]);
+}
+
+#[test]
+fn relative_weight_splits_among_active_destinations() {
+    let list = "3 sip:10.0.1.1 0 0 rweight=50\n3 sip:10.0.1.2 0 0 rweight=25\n3 sip:10.0.1.3 0 0 rweight=25\n";
+    let t = setup(list, "", "ds_select_dst(3, 11);");
+    let split = |t: &T| {
+        let mut n = std::collections::BTreeMap::new();
+        for i in 0..1000 {
+            *n.entry(t.run(&format!("c{i}"))).or_insert(0) += 1;
+        }
+        n.into_iter().collect::<Vec<(String, i32)>>()
+    };
+    assert_eq!(
+        split(&t),
+        [
+            ("sip:10.0.1.1".to_string(), 500),
+            ("sip:10.0.1.2".to_string(), 250),
+            ("sip:10.0.1.3".to_string(), 250)
+        ]
+    );
+    // One down: the other two share by their relative weights (2:1).
+    t.rpc("dispatcher.set_state", json!(["i", 3, "sip:10.0.1.2"]))
+        .unwrap();
+    let s = split(&t);
+    assert_eq!(s[0].0, "sip:10.0.1.1");
+    assert_eq!(s[1].0, "sip:10.0.1.3");
+    // 50*100/75 = 66 and 25*100/75 = 33 slots (Kamailio truncates), the
+    // slot left to the last given slots in the set's order: 10.0.1.1 (the
+    // file's first line comes last).
+    assert_eq!((s[0].1, s[1].1), (670, 330));
+    let e = list::parse("1 sip:a 0 0 rweight=0\n", "d").unwrap_err();
+    assert!(e.contains("rweight must be 1..100"), "{e}");
 }

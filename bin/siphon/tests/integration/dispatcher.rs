@@ -1,10 +1,12 @@
 //! dispatcher end to end, on siphon and (when installed) on Kamailio with the
 //! same configuration: three sipp UAS on loopback ports, `ds_select_dst(1,
-//! 4)` + `t_relay()` spreads 30 calls round robin; a destination nobody
-//! listens on fails over in `failure_route` with `ds_next_dst()`;
+//! 4)` + `t_relay()` spreads 30 calls round robin; a destination that never
+//! answers fails over in `failure_route` with `ds_next_dst()`;
 //! `dispatcher.set_state` over jsonrpcs (the seed's array and named forms)
 //! takes a destination out at once; `dispatcher.reload` and
-//! `dispatcher.list` answer.
+//! `dispatcher.list` answer. And the hash algorithms (Call-ID, From, R-URI)
+//! pick the same destination for the same key on both; weights (9) and
+//! relative weights (11) split 100 picks the same.
 
 use super::harness::{Server, SippUas, free_port, sipp_uac, terminate, wait_bound};
 use super::jsonrpcs::{rpc_udp, udp_addr};
@@ -151,10 +153,13 @@ fn scenario(server: &str) {
         .map(|_| SippUas::start("uas_ack_bye.xml", "u1"))
         .collect();
     let spare = SippUas::start("uas_ack_bye.xml", "u1");
-    let down = free_port("u1");
+    // Held (never read) so no other test's peer takes the port: the
+    // destination stays silent and its branch times out (408).
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let down = silent.local_addr().unwrap();
     let dir = super::cli::Scratch::new(&format!("ds-{server}"));
     let list = format!(
-        "# set 1: round robin over three UAS\n1 sip:{}\n1 sip:{}\n1 sip:{}\n# set 2: nobody listens on the first\n2 sip:{down} 0 10\n2 sip:{} 0 5 duid=spare\n",
+        "# set 1: round robin over three UAS\n1 sip:{}\n1 sip:{}\n1 sip:{}\n# set 2: the first never answers\n2 sip:{down} 0 10\n2 sip:{} 0 5 duid=spare\n",
         uas[0].addr, uas[1].addr, uas[2].addr, spare.addr
     );
     let list_file = dir.write("dispatcher.list", &list);
@@ -183,8 +188,8 @@ fn scenario(server: &str) {
     // 30 calls, one at a time: 10 each.
     sipp_uac("uac_invite_bye.xml", p.sip, "u1", 30, &[]);
 
-    // Failover: the first destination of set 2 is down (ICMP refused or
-    // timeout), failure_route takes the next; every call completes.
+    // Failover: the first destination of set 2 never answers (408 after
+    // fr_timer), failure_route takes the next; every call completes.
     sipp_uac("uac_invite_bye.xml", p.sip, "u1", 3, &["-s", "fail"]);
 
     // The seed's examples: set_state with array params, then named params.
@@ -252,6 +257,7 @@ fn scenario(server: &str) {
     assert_eq!(counts[..2], [25, 25], "{name}: {counts:?}");
     assert_eq!(spare.successful, 3, "{name}: {}", spare.tail());
     drop(p);
+    drop(silent);
 }
 
 #[test]
@@ -262,4 +268,116 @@ fn round_robin_failover_and_set_state_on_siphon() {
 #[test]
 fn round_robin_failover_and_set_state_on_kamailio() {
     scenario("kamailio");
+}
+
+/// Which destination each request got: the script answers with `$du` as
+/// the reason phrase.
+const PICKS: &str = r#"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "dispatcher.so"
+modparam("dispatcher", "list_file", "LIST_FILE")
+request_route {
+    if ($rU == "callid") { ds_select_dst("1", "0"); }
+    else if ($rU == "from") { ds_select_dst("1", "1"); }
+    else if ($rU == "ruri") {
+        # The proxy's own port is in the R-URI: a key the same on both.
+        $ru = "sip:" + $fU + "@example.com";
+        ds_select_dst("1", "3");
+    }
+    else if ($rU == "weight") { ds_select_dst("3", "9"); }
+    else { ds_select_dst("3", "11"); }
+    sl_send_reply("200", "$du");
+}
+"#;
+
+/// The reason phrases of `n` OPTIONS to `user` at `to`, Call-ID and From
+/// user varying.
+fn picks(to: SocketAddr, user: &str, n: usize) -> Vec<String> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = s.local_addr().unwrap();
+    (0..n)
+        .map(|i| {
+            let m = format!(
+                "OPTIONS sip:{user}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{user}{i}\r\nFrom: <sip:u{i}@example.com>;tag=1\r\nTo: <sip:{user}@x>\r\nCall-ID: {i}-{user}@h\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            );
+            s.send_to(m.as_bytes(), to).unwrap();
+            let mut buf = [0u8; 4000];
+            let (k, _) = s.recv_from(&mut buf).expect("a reply");
+            let line = String::from_utf8_lossy(&buf[..k]);
+            let first = line.lines().next().unwrap_or_default().to_string();
+            first.splitn(3, ' ').nth(2).unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn hash_and_weight_picks_match_kamailio() {
+    let dir = super::cli::Scratch::new("ds-picks");
+    let list = "1 sip:127.0.0.1:5071\n1 sip:127.0.0.1:5072\n1 sip:127.0.0.1:5073\n3 sip:10.0.1.1 0 0 rweight=50;weight=20\n3 sip:10.0.1.2 0 0 rweight=25;weight=30\n3 sip:10.0.1.3 0 0 rweight=25;weight=50\n";
+    let f = dir.write("d.list", list);
+    let cfg = PICKS.replace("LIST_FILE", &f);
+    let srv = Server::start(&cfg);
+    let count = |v: Vec<String>| {
+        let mut m = std::collections::BTreeMap::new();
+        for x in v {
+            *m.entry(x).or_insert(0) += 1;
+        }
+        m
+    };
+    let ours: Vec<Vec<String>> = ["callid", "from", "ruri"]
+        .iter()
+        .map(|u| picks(srv.udp, u, 20))
+        .collect();
+    let weights = count(picks(srv.udp, "weight", 100));
+    let rweights = count(picks(srv.udp, "rweight", 100));
+    assert_eq!(
+        weights.values().copied().collect::<Vec<i32>>(),
+        [20, 30, 50],
+        "{weights:?}"
+    );
+    assert_eq!(
+        rweights.values().copied().collect::<Vec<i32>>(),
+        [50, 25, 25],
+        "{rweights:?}"
+    );
+    // The hashes pick more than one destination.
+    assert!(ours[0].iter().any(|d| d != &ours[0][0]), "{ours:?}");
+    drop(srv);
+    if Command::new("kamailio").arg("-v").output().is_err() {
+        eprintln!("kamailio is not installed: its half is skipped");
+        return;
+    }
+    let mut started = None;
+    for _ in 0..5 {
+        let sip = free_port("u1");
+        let text = format!(
+            "debug=2\nlog_stderror=yes\nchildren=1\nlisten=udp:{sip}\nmpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules/\"\n{cfg}"
+        );
+        let kf = dir.write("kamailio.cfg", &text);
+        let mut child = Command::new("kamailio")
+            .args(["-f", &kf, "-DD", "-E", "-m", "64", "-M", "8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kamailio");
+        if wait_bound(sip, "u1", &mut child) {
+            started = Some((sip, child));
+            break;
+        }
+        terminate(&mut child);
+    }
+    let (sip, mut child) = started.expect("kamailio started");
+    let theirs: Vec<Vec<String>> = ["callid", "from", "ruri"]
+        .iter()
+        .map(|u| picks(sip, u, 20))
+        .collect();
+    let k_weights = count(picks(sip, "weight", 100));
+    let k_rweights = count(picks(sip, "rweight", 100));
+    terminate(&mut child);
+    assert_eq!(ours, theirs, "the same keys pick the same destinations");
+    assert_eq!(weights, k_weights);
+    assert_eq!(rweights, k_rweights);
 }
