@@ -14,6 +14,9 @@
 //! - `ds_mark_dst([state])`: the destination in use takes `state` (letters
 //!   `a` active, `i` inactive, `d` disabled, `t` trying, `p` probing; no
 //!   argument: `i`, plus `p` with `ds_probing_mode=1`).
+//!   As in Kamailio 5.6.3 (checked), marking runs no event route:
+//!   `event_route[dispatcher:dst-down|dst-up]` are accepted, and run only
+//!   on probing, which siphon does not do yet.
 //! - `ds_is_from_list([set[, mode[, uri]]])`: whether the source (or `uri`)
 //!   is a destination of `set` (-1: any); mode bits 1 ignore the port,
 //!   2 ignore the protocol (the default without mode), 4 only active ones.
@@ -483,6 +486,10 @@ impl Module for Dispatcher {
             },
         ));
         v
+    }
+
+    fn event_routes(&self) -> Vec<&'static str> {
+        vec!["dispatcher:dst-down", "dispatcher:dst-up"]
     }
 
     fn rpc_commands(&self) -> Vec<RpcSpec> {

@@ -481,3 +481,15 @@ fn relative_weight_splits_among_active_destinations() {
     let e = list::parse("1 sip:a 0 0 rweight=0\n", "d").unwrap_err();
     assert!(e.contains("rweight must be 1..100"), "{e}");
 }
+
+#[test]
+fn mark_dst_runs_no_event_route_as_kamailio() {
+    let t = setup(
+        LIST,
+        "",
+        "ds_select_dst(1, 4); ds_mark_dst(\"ip\"); ds_mark_dst(\"i\"); ds_mark_dst(\"a\"); out(\"end\");\n}\nevent_route[dispatcher:dst-down] {\n out(\"down\"); out_du();\n}\nevent_route[dispatcher:dst-up] {\n out(\"up\"); out_du();",
+    );
+    t.run("a");
+    // Kamailio 5.6.3 runs neither for ds_mark_dst (only on probing).
+    assert_eq!(t.out(), ["end"]);
+}
