@@ -15,8 +15,7 @@
 //!   `a` active, `i` inactive, `d` disabled, `t` trying, `p` probing; no
 //!   argument: `i`, plus `p` with `ds_probing_mode=1`).
 //!   As in Kamailio 5.6.3 (checked), marking runs no event route:
-//!   `event_route[dispatcher:dst-down|dst-up]` are accepted, and run only
-//!   on probing, which siphon does not do yet.
+//!   `event_route[dispatcher:dst-down|dst-up]` run on probing only.
 //! - `ds_is_from_list([set[, mode[, uri]]])`: whether the source (or `uri`)
 //!   is a destination of `set` (-1: any); mode bits 1 ignore the port,
 //!   2 ignore the protocol (the default without mode), 4 only active ones.
@@ -29,10 +28,10 @@
 //! - RPCs `dispatcher.list`, `dispatcher.reload`, `dispatcher.set_state`,
 //!   `dispatcher.ping_active`.
 //!
-//! OPTIONS probing is not done: the module API has no way to send a request
-//! from a module yet; its parameters are accepted with a warning.
+//! OPTIONS probing (`ds_ping_interval` …) is in [`probe`].
 
 pub mod list;
+pub mod probe;
 
 use list::{Alg, DS_DISABLED, DS_INACTIVE, DS_PROBING, DS_TRYING, Dest, Lists};
 use serde_json::{Value as J, json};
@@ -72,6 +71,7 @@ pub struct Inner {
     failover: bool,
     force_dst: bool,
     ping_active: AtomicI64,
+    probing: Arc<probe::Probing>,
 }
 
 impl Inner {
@@ -488,6 +488,44 @@ impl Module for Dispatcher {
         v
     }
 
+    fn start(&self, cx: &StartCx) -> Result<(), String> {
+        let p = self.probing.clone();
+        if p.interval == 0 {
+            return Ok(());
+        }
+        let m = self.0.clone();
+        let program = cx.program.clone();
+        let stop = cx.host.shutdown();
+        let event: probe::OnChange = Arc::new(move |name, _d| {
+            if let Some(route) = program.event_route(name) {
+                let mut ctx = program.new_ctx(RouteType::EVENT);
+                program.run(route, &mut ctx);
+            }
+        });
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(p.interval));
+            let mut n: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                if m.ping_active.load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
+                n += 1;
+                let dests: Vec<Arc<Dest>> = m
+                    .lists()
+                    .sets
+                    .iter()
+                    .flat_map(|s| s.dests.iter().cloned())
+                    .collect();
+                probe::round(p.clone(), dests, n, event.clone()).await;
+            }
+        });
+        Ok(())
+    }
+
     fn event_routes(&self) -> Vec<&'static str> {
         vec!["dispatcher:dst-down", "dispatcher:dst-up"]
     }
@@ -640,12 +678,12 @@ pub fn def() -> ModuleDef {
             ParamSpec::int("flags"),
             ParamSpec::int("force_dst"),
             ParamSpec::int("ds_probing_mode"),
-            ParamSpec::int("ds_ping_interval").no_effect(),
-            ParamSpec::int("ds_probing_threshold").no_effect(),
-            ParamSpec::int("ds_inactive_threshold").no_effect(),
-            ParamSpec::str("ds_ping_reply_codes").no_effect(),
-            ParamSpec::str("ds_ping_from").no_effect(),
-            ParamSpec::str("ds_ping_method").no_effect(),
+            ParamSpec::int("ds_ping_interval"),
+            ParamSpec::int("ds_probing_threshold"),
+            ParamSpec::int("ds_inactive_threshold"),
+            ParamSpec::str("ds_ping_reply_codes"),
+            ParamSpec::str("ds_ping_from"),
+            ParamSpec::str("ds_ping_method"),
             ParamSpec::int("ds_ping_latency_stats").no_effect(),
             // Failover state is kept with the transaction, not in AVPs.
             ParamSpec::str("dst_avp").no_effect(),
@@ -668,6 +706,30 @@ pub fn def() -> ModuleDef {
             if !(0..=3).contains(&probing_mode) {
                 return Err(format!("ds_probing_mode must be 0..3, not {probing_mode}"));
             }
+            let positive = |name: &str, default: i64| -> Result<u32, String> {
+                let n = cfg.int(name).unwrap_or(default);
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0 || name == "ds_ping_interval")
+                    .ok_or_else(|| format!("{name} must be a positive number, not {n}"))
+            };
+            let mut probing = probe::Probing {
+                interval: u64::from(positive("ds_ping_interval", 10)?),
+                mode: probing_mode,
+                threshold: positive("ds_probing_threshold", 1)?,
+                inactive_threshold: positive("ds_inactive_threshold", 1)?,
+                method: cfg
+                    .str("ds_ping_method")
+                    .unwrap_or_else(|| "OPTIONS".into()),
+                from: cfg
+                    .str("ds_ping_from")
+                    .unwrap_or_else(|| "sip:dispatcher@localhost".into()),
+                classes: Vec::new(),
+                codes: Vec::new(),
+            };
+            if let Some(c) = cfg.str("ds_ping_reply_codes") {
+                probing.reply_codes(&c)?;
+            }
             Ok(Arc::new(Dispatcher(Arc::new(Inner {
                 file,
                 lists: RwLock::new(Arc::new(lists)),
@@ -676,6 +738,7 @@ pub fn def() -> ModuleDef {
                 failover: flags & 2 != 0,
                 force_dst: cfg.int("force_dst").unwrap_or(1) != 0,
                 ping_active: AtomicI64::new(1),
+                probing: Arc::new(probing),
             }))) as Arc<dyn Module>)
         }),
     }

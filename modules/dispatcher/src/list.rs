@@ -44,6 +44,10 @@ pub struct Dest {
     pub addrs: Vec<IpAddr>,
     /// The transport (`transport=` of the URI; `None`: any).
     pub proto: Option<String>,
+    /// Probes failed in a row.
+    pub fails: AtomicU32,
+    /// Probes answered in a row while inactive.
+    pub oks: AtomicU32,
 }
 
 impl Dest {
@@ -196,6 +200,8 @@ pub fn dest(uri: &str, flags: u32, priority: i32, attrs: &str) -> Result<Dest, S
         host,
         port,
         proto,
+        fails: AtomicU32::new(0),
+        oks: AtomicU32::new(0),
     };
     for a in attrs.split(';').map(str::trim).filter(|a| !a.is_empty()) {
         let (k, v) = a.split_once('=').unwrap_or((a, ""));

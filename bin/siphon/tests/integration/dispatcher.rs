@@ -13,6 +13,7 @@ use super::jsonrpcs::{rpc_udp, udp_addr};
 use serde_json::{Value, json};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The routing, the same on both servers. A request for the proxy itself
@@ -132,6 +133,14 @@ fn kamailio(cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
     panic!("kamailio did not start");
 }
 
+/// siphon or Kamailio on `cfg`; `None` when Kamailio is not installed.
+fn start(server: &str, cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
+    match server {
+        "siphon" => Some(siphon(cfg, dir)),
+        _ => kamailio(cfg, dir),
+    }
+}
+
 fn rpc(p: &Proxy, method: &str, params: Value) -> Value {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -163,13 +172,8 @@ fn scenario(server: &str) {
         uas[0].addr, uas[1].addr, uas[2].addr, spare.addr
     );
     let list_file = dir.write("dispatcher.list", &list);
-    let cfg = ROUTES.replace("LIST_FILE", &list_file);
-    let p = match server {
-        "siphon" => siphon(&cfg, dir),
-        _ => match kamailio(&cfg, dir) {
-            Some(p) => p,
-            None => return,
-        },
+    let Some(p) = start(server, &ROUTES.replace("LIST_FILE", &list_file), dir) else {
+        return;
     };
     let name = p.name;
 
@@ -380,4 +384,129 @@ fn hash_and_weight_picks_match_kamailio() {
     assert_eq!(ours, theirs, "the same keys pick the same destinations");
     assert_eq!(weights, k_weights);
     assert_eq!(rweights, k_rweights);
+}
+
+/// Probing: OPTIONS every second to every destination (mode 1).
+const PROBING: &str = r#"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "jsonrpcs.so"
+loadmodule "dispatcher.so"
+modparam("jsonrpcs", "transport", 4)
+modparam("dispatcher", "list_file", "LIST_FILE")
+modparam("tm", "fr_timer", 1000)
+modparam("dispatcher", "ds_ping_interval", 1)
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_ping_from", "sip:ds@127.0.0.1")
+request_route {
+    sl_send_reply("404", "Not Here");
+}
+event_route[dispatcher:dst-down] {
+    xlog("L_NOTICE", "DISPATCHER DST DOWN\n");
+}
+event_route[dispatcher:dst-up] {
+    xlog("L_NOTICE", "DISPATCHER DST UP\n");
+}
+"#;
+
+/// Answers every request on `sock` with 200 until `stop` is set.
+fn answer_200(
+    sock: UdpSocket,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut buf = [0u8; 65_535];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with("SIP/2.0") {
+                continue;
+            }
+            let keep: String = text
+                .split("\r\n")
+                .filter(|l| {
+                    let l = l.to_ascii_lowercase();
+                    [
+                        "via:", "v:", "from:", "f:", "to:", "t:", "call-id:", "i:", "cseq:",
+                    ]
+                    .iter()
+                    .any(|h| l.starts_with(h))
+                })
+                .map(|l| format!("{l}\r\n"))
+                .collect();
+            let reply = format!("SIP/2.0 200 OK\r\n{keep}Content-Length: 0\r\n\r\n");
+            let _ = sock.send_to(reply.as_bytes(), from);
+        }
+    })
+}
+
+/// The FLAGS of each destination of set 1, polled until `want` (at most 20 s).
+fn wait_flags(p: &Proxy, want: &[&str]) -> Vec<String> {
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        let l = rpc(p, "dispatcher.list", json!([]));
+        last = targets(&l, 1)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["DEST"]["FLAGS"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if last == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
+}
+
+fn probing(server: &str) {
+    let alive = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (a, s) = (alive.local_addr().unwrap(), silent.local_addr().unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t1 = answer_200(alive, stop.clone());
+    let dir = super::cli::Scratch::new(&format!("ds-probe-{server}"));
+    // Set order as Kamailio lists it: the last line first.
+    let f = dir.write("d.list", &format!("1 sip:{a}\n1 sip:{s}\n"));
+    let Some(p) = start(server, &PROBING.replace("LIST_FILE", &f), dir) else {
+        return;
+    };
+    let name = p.name;
+    // The silent one goes down, the other stays active; both probed.
+    assert_eq!(wait_flags(&p, &["IP", "AP"]), ["IP", "AP"], "{name}");
+    if let Some(srv) = &p._srv {
+        assert!(srv.log_soon("DISPATCHER DST DOWN"), "{name}");
+    }
+    // It starts answering: active again.
+    let t2 = answer_200(silent, stop.clone());
+    assert_eq!(wait_flags(&p, &["AP", "AP"]), ["AP", "AP"], "{name}");
+    if let Some(srv) = &p._srv {
+        assert!(srv.log_soon("DISPATCHER DST UP"), "{name}");
+    }
+    // dispatcher.ping_active 0 stops probing; 1 resumes it.
+    let r = rpc(&p, "dispatcher.ping_active", json!([0]));
+    assert_eq!(
+        r["result"],
+        json!({"NewPingState": 0, "OldPingState": 1}),
+        "{name}: {r}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = (t1.join(), t2.join());
+    drop(p);
+}
+
+#[test]
+fn probing_marks_down_and_up_on_siphon() {
+    probing("siphon");
+}
+
+#[test]
+fn probing_marks_down_and_up_on_kamailio() {
+    probing("kamailio");
 }
