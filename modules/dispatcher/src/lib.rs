@@ -703,8 +703,10 @@ pub fn def() -> ModuleDef {
             let lists = load(&file)?;
             let flags = cfg.int("flags").unwrap_or(0);
             let probing_mode = cfg.int("ds_probing_mode").unwrap_or(0);
-            if !(0..=3).contains(&probing_mode) {
-                return Err(format!("ds_probing_mode must be 0..3, not {probing_mode}"));
+            if !(0..=1).contains(&probing_mode) {
+                return Err(format!(
+                    "ds_probing_mode {probing_mode} is not supported (0: destinations flagged probing, 1: all)"
+                ));
             }
             let positive = |name: &str, default: i64| -> Result<u32, String> {
                 let n = cfg.int(name).unwrap_or(default);

@@ -493,3 +493,17 @@ fn mark_dst_runs_no_event_route_as_kamailio() {
     // Kamailio 5.6.3 runs neither for ds_mark_dst (only on probing).
     assert_eq!(t.out(), ["end"]);
 }
+
+#[test]
+fn probing_mode_2_is_refused_at_load() {
+    let file = list_file(LIST);
+    let mut reg = Registry::new();
+    reg.add(def());
+    let cfg = format!(
+        "loadmodule \"dispatcher.so\"\nmodparam(\"dispatcher\", \"list_file\", \"{file}\")\nmodparam(\"dispatcher\", \"ds_probing_mode\", 2)\nrequest_route {{\n}}\n"
+    );
+    let l = load_str("t.cfg", &cfg, &Default::default(), &reg);
+    assert!(l.program.is_none());
+    let msg = siphon_cfg::diag::render_all(&l.diags, &l.sources);
+    assert!(msg.contains("ds_probing_mode 2 is not supported"), "{msg}");
+}
