@@ -52,6 +52,38 @@ pub struct DsCtx {
     pub remaining: Vec<Arc<Dest>>,
 }
 
+/// What `$dsv(...)` reads in `event_route[dispatcher:dst-down|dst-up]`: the
+/// probe's reply and the destination.
+#[derive(Debug, Clone)]
+pub struct DsEvent {
+    /// `$dsv(code)`.
+    pub code: u16,
+    /// `$dsv(reason)`.
+    pub reason: String,
+    /// `$dsv(flags)`.
+    pub flags: u32,
+    /// The destination's URI (`$dsv(uri)`, siphon's addition).
+    pub uri: String,
+}
+
+struct DsvPv(&'static str);
+
+impl PvAccess for DsvPv {
+    fn get(&self, ex: &mut Exec<'_>, _idx: PvIdx) -> Value {
+        let Some(e) = ex.ctx.ext.get::<DsEvent>() else {
+            return Value::Null;
+        };
+        match self.0 {
+            "code" => Value::Int(i64::from(e.code)),
+            // A local timeout has no reason: `$null`, as Kamailio.
+            "reason" if e.reason.is_empty() => Value::Null,
+            "reason" => Value::from_str_copy(&e.reason),
+            "flags" => Value::Int(i64::from(e.flags)),
+            _ => Value::from_str_copy(&e.uri),
+        }
+    }
+}
+
 /// The module.
 pub struct Dispatcher(Arc<Inner>);
 
@@ -496,9 +528,15 @@ impl Module for Dispatcher {
         let m = self.0.clone();
         let program = cx.program.clone();
         let stop = cx.host.shutdown();
-        let event: probe::OnChange = Arc::new(move |name, _d| {
+        let event: probe::OnChange = Arc::new(move |name, d, code, reason| {
             if let Some(route) = program.event_route(name) {
                 let mut ctx = program.new_ctx(RouteType::EVENT);
+                ctx.ext.insert(DsEvent {
+                    code,
+                    reason: reason.to_string(),
+                    flags: d.flags.load(Ordering::Relaxed),
+                    uri: d.uri.clone(),
+                });
                 program.run(route, &mut ctx);
             }
         });
@@ -524,6 +562,25 @@ impl Module for Dispatcher {
             }
         });
         Ok(())
+    }
+
+    fn pv_classes(&self) -> Vec<PvClassSpec> {
+        vec![PvClassSpec::new(
+            "dsv",
+            PvInner::Required,
+            Arc::new(|name| {
+                let key = match name.unwrap_or_default() {
+                    "code" => "code",
+                    "reason" => "reason",
+                    "flags" => "flags",
+                    "uri" => "uri",
+                    other => {
+                        return Err(format!("$dsv({other}): code, reason, flags or uri"));
+                    }
+                };
+                Ok(Arc::new(DsvPv(key)) as Arc<dyn PvAccess>)
+            }),
+        )]
     }
 
     fn event_routes(&self) -> Vec<&'static str> {

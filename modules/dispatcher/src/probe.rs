@@ -16,7 +16,9 @@ use std::time::Duration;
 
 /// Called when a probe changes a destination's state: the event route's
 /// name and the destination.
-pub type OnChange = Arc<dyn Fn(&'static str, &Dest) + Send + Sync>;
+/// and the probe's reply (code and reason; 408 and no reason when none
+/// came, as Kamailio's local timeout).
+pub type OnChange = Arc<dyn Fn(&'static str, &Dest, u16, &str) + Send + Sync>;
 
 /// The probing settings.
 #[derive(Debug, Clone)]
@@ -74,8 +76,9 @@ impl Probing {
     }
 }
 
-/// What a probe of one destination found: the reply code, or `None`.
-pub async fn probe(p: &Probing, d: &Dest, n: u64) -> Option<u16> {
+/// What a probe of one destination found: the final reply's code and
+/// reason, or `None`.
+pub async fn probe(p: &Probing, d: &Dest, n: u64) -> Option<(u16, String)> {
     if d.proto.as_deref().is_some_and(|t| t != "udp") || d.uri.starts_with("sips:") {
         return None;
     }
@@ -112,10 +115,12 @@ pub async fn probe(p: &Probing, d: &Dest, n: u64) -> Option<u16> {
         loop {
             match tokio::time::timeout_at(until, sock.recv_from(&mut buf)).await {
                 Ok(Ok((k, _))) => {
-                    let line = String::from_utf8_lossy(&buf[..k.min(64)]).into_owned();
-                    let code: u16 = line.split(' ').nth(1)?.parse().ok()?;
+                    let text = String::from_utf8_lossy(&buf[..k.min(512)]).into_owned();
+                    let line = text.lines().next().unwrap_or_default();
+                    let mut parts = line.splitn(3, ' ');
+                    let code: u16 = parts.nth(1)?.parse().ok()?;
                     if code >= 200 {
-                        return Some(code);
+                        return Some((code, parts.next().unwrap_or_default().to_string()));
                     }
                 }
                 Ok(Err(_)) => return None,
@@ -169,10 +174,11 @@ pub async fn round(p: Arc<Probing>, dests: Vec<Arc<Dest>>, n: u64, event: OnChan
         let p = p.clone();
         let event = event.clone();
         tasks.push(tokio::spawn(async move {
-            let code = probe(&p, &d, (n << 16) | i as u64).await;
-            if let Some(name) = update(&p, &d, code) {
-                tracing::info!(target: "dispatcher", "{}: {} ({})", d.uri, name, code.map_or("no reply".to_string(), |c| c.to_string()));
-                event(name, &d);
+            let reply = probe(&p, &d, (n << 16) | i as u64).await;
+            if let Some(name) = update(&p, &d, reply.as_ref().map(|r| r.0)) {
+                let (code, reason) = reply.unwrap_or_else(|| (408, String::new()));
+                tracing::info!(target: "dispatcher", "{}: {name} ({code} {reason})", d.uri);
+                event(name, &d, code, &reason);
             }
         }));
     }

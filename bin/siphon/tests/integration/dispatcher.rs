@@ -404,10 +404,10 @@ request_route {
     sl_send_reply("404", "Not Here");
 }
 event_route[dispatcher:dst-down] {
-    xlog("L_NOTICE", "DISPATCHER DST DOWN\n");
+    xlog("L_NOTICE", "DISPATCHER DST DOWN $dsv(code) $dsv(reason)\n");
 }
 event_route[dispatcher:dst-up] {
-    xlog("L_NOTICE", "DISPATCHER DST UP\n");
+    xlog("L_NOTICE", "DISPATCHER DST UP $dsv(code) $dsv(reason)\n");
 }
 "#;
 
@@ -481,13 +481,13 @@ fn probing(server: &str) {
     // The silent one goes down, the other stays active; both probed.
     assert_eq!(wait_flags(&p, &["IP", "AP"]), ["IP", "AP"], "{name}");
     if let Some(srv) = &p._srv {
-        assert!(srv.log_soon("DISPATCHER DST DOWN"), "{name}");
+        assert!(srv.log_soon("DISPATCHER DST DOWN 408 <null>"), "{name}");
     }
     // It starts answering: active again.
     let t2 = answer_200(silent, stop.clone());
     assert_eq!(wait_flags(&p, &["AP", "AP"]), ["AP", "AP"], "{name}");
     if let Some(srv) = &p._srv {
-        assert!(srv.log_soon("DISPATCHER DST UP"), "{name}");
+        assert!(srv.log_soon("DISPATCHER DST UP 200 OK"), "{name}");
     }
     // dispatcher.ping_active 0 stops probing; 1 resumes it.
     let r = rpc(&p, "dispatcher.ping_active", json!([0]));
