@@ -510,3 +510,94 @@ fn probing_marks_down_and_up_on_siphon() {
 fn probing_marks_down_and_up_on_kamailio() {
     probing("kamailio");
 }
+
+/// An HTTP application answering every request with `body` (the set to
+/// use), until the listener is dropped with the test.
+fn http_app(body: &'static str) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        for c in l.incoming().take(20) {
+            let Ok(mut c) = c else { break };
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (addr, h)
+}
+
+/// The set comes from an HTTP application while the INVITE waits
+/// (`http_async_query`); the resumed route selects from it, and the failover
+/// after the first destination's 408 still finds the rest of the selection.
+#[test]
+fn async_http_picks_the_set_and_failover_survives_the_resume() {
+    let spare = SippUas::start("uas_ack_bye.xml", "u1");
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let down = silent.local_addr().unwrap();
+    let (app, _h) = http_app("2");
+    let dir = super::cli::Scratch::new("ds-async");
+    let f = dir.write(
+        "d.list",
+        &format!(
+            "1 sip:127.0.0.1:9\n2 sip:{down} 0 10\n2 sip:{} 0 5\n",
+            spare.addr
+        ),
+    );
+    let cfg = format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "http_async_client.so"
+loadmodule "dispatcher.so"
+modparam("tm", "fr_timer", 1000)
+modparam("dispatcher", "list_file", "{f}")
+modparam("dispatcher", "flags", 2)
+request_route {{
+    if (is_method("CANCEL")) {{
+        if (t_check_trans()) {{ t_relay(); }}
+        exit;
+    }}
+    if (has_totag()) {{
+        if (is_method("ACK")) {{ t_check_trans(); }}
+        t_relay();
+        exit;
+    }}
+    http_async_query("http://{app}/set", "PICKED");
+}}
+route[PICKED] {{
+    if (!ds_select_dst($http_rb, "8")) {{ t_reply("503", "No Destination"); exit; }}
+    t_on_failure("DS");
+    t_relay();
+}}
+failure_route[DS] {{
+    if (t_is_canceled()) {{ exit; }}
+    if (t_check_status("408|5[0-9][0-9]") || t_branch_timeout()) {{
+        if (ds_next_dst()) {{
+            t_on_failure("DS");
+            t_relay();
+        }}
+    }}
+}}
+"#
+    );
+    let srv = Server::start(&cfg);
+    sipp_uac("uac_invite_bye.xml", srv.udp, "u1", 3, &[]);
+    let run = spare.finish();
+    assert_eq!(run.successful, 3, "{}", run.tail());
+    drop(silent);
+}
