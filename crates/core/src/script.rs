@@ -9,7 +9,7 @@ use siphon_script::core::core_module;
 use siphon_script::{
     ArgKind, Exec, FunctionSpec, ModuleDef, PvClassSpec, Registry, RouteTable, RouteType, Value,
 };
-use siphon_sip::{HeaderName, Kind};
+use siphon_sip::Kind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -273,7 +273,8 @@ impl PvAccess for SipPvAccess {
             SipPv::FromTag => bytes_or_null(m.from().and_then(|f| f.tag)),
             SipPv::ToTag => bytes_or_null(m.to().and_then(|f| f.tag)),
             SipPv::CallId => bytes_or_null(m.call_id()),
-            SipPv::CSeq => bytes_or_null(m.value(HeaderName::CSeq)),
+            // Kamailio's `$cs` is the CSeq number (`$csb` would be the body).
+            SipPv::CSeq => m.cseq().map_or(Value::Null, |c| Value::Int(c.num as i64)),
             SipPv::ContentLength => Value::Int(m.body.len() as i64),
             SipPv::UserAgent => bytes_or_null(
                 m.headers_named(b"User-Agent")

@@ -393,7 +393,7 @@ request_route {
             "uac",
             "fc-pv",
             "c-pv",
-            "1 OPTIONS",
+            "1",
             "udp",
             "127.0.0.1",
             "v2"
