@@ -250,6 +250,18 @@ impl Core {
                 siphon_tm::Received::New | siphon_tm::Received::AckOf2xx(_) => {}
             }
         }
+        // The ACK of a stateless non-2xx reply carries the To-tag we made for
+        // its INVITE (same Call-ID, From-tag and Via branch): it ends there,
+        // as Kamailio's sl module filters it.
+        if msg.method() == Method::Ack
+            && msg
+                .to()
+                .and_then(|t| t.tag)
+                .is_some_and(|tag| tag[..] == self.to_tag(&msg)[..])
+        {
+            stats::Stats::inc(&self.stats.sl_filtered_acks);
+            return;
+        }
         let Some(route) = program.request_route() else {
             return;
         };

@@ -23,6 +23,8 @@ pub struct Stats {
     pub err_requests: AtomicU64,
     /// Stateless replies sent, by class 1xx..6xx.
     pub sl_replies: [AtomicU64; 6],
+    /// ACKs of stateless non-2xx replies, ended before the script (Kamailio's sl).
+    pub sl_filtered_acks: AtomicU64,
     /// Messages that could not be sent (connection gone, queue full, socket error).
     pub send_failures: AtomicU64,
     /// TCP connections closed for bad framing or oversized messages.
@@ -101,6 +103,7 @@ impl Stats {
             ),
             ("core:tcp_send_timeouts".into(), g(&self.tcp_send_timeouts)),
         ];
+        v.push(("sl:filtered_acks".into(), g(&self.sl_filtered_acks)));
         for (i, c) in self.sl_replies.iter().enumerate() {
             v.push((format!("sl:{}xx_replies", i + 1), g(c)));
         }
@@ -131,6 +134,7 @@ impl Stats {
             "core:tcp_refused_per_ip" => z(&self.tcp_refused_per_ip),
             "core:duplicate_content_length" => z(&self.duplicate_content_length),
             "core:oversized_replies" => z(&self.oversized_replies),
+            "sl:filtered_acks" => z(&self.sl_filtered_acks),
             "core:tcp_connects" => z(&self.tcp_connects),
             "core:tcp_connect_failures" => z(&self.tcp_connect_failures),
             "core:tcp_connect_timeouts" => z(&self.tcp_connect_timeouts),

@@ -551,3 +551,33 @@ fn log_prefix_with_kamailio_message_type_and_headers() {
     assert_eq!(uac.final_code(W), Some(200));
     assert!(srv.log_soon("{1 1 OPTIONS lp-call} routing OPTIONS"));
 }
+
+#[test]
+fn the_ack_of_a_stateless_error_reply_ends_before_the_script() {
+    // As Kamailio's sl: the ACK of a 486 sent by sl_send_reply is filtered.
+    let srv = Server::start(
+        "loadmodule \"jsonrpcs.so\"\nmodparam(\"jsonrpcs\", \"transport\", 4)\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"udp:127.0.0.1:0\")\nrequest_route {\n    if (is_method(\"ACK\")) { xlog(\"L_INFO\", \"ACK reached the script\\n\"); exit; }\n    sl_send_reply(\"486\", \"Busy Here\");\n}\n",
+    );
+    let uac = UdpUac::new(srv.udp);
+    uac.send(&request("INVITE", uac.addr(), "sla", "c-sla", ""));
+    let r = uac.recv(W).expect("the 486");
+    assert_eq!(r.status(), Some(486));
+    let to = r
+        .headers_named(b"To")
+        .next()
+        .map(|h| String::from_utf8_lossy(&r.header_value(h)).into_owned())
+        .unwrap();
+    let ack = request("ACK", uac.addr(), "sla", "c-sla", "")
+        .replace("To: <sip:service@127.0.0.1>", &format!("To: {to}"));
+    uac.send(&ack);
+    let mut n = 0;
+    for _ in 0..100 {
+        n = super::jsonrpcs::stat(&srv, "sl:filtered_acks");
+        if n == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(n, 1);
+    assert!(!srv.log_contains("ACK reached the script"));
+}
