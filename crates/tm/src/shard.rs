@@ -326,6 +326,18 @@ struct CancelRetx {
     until: Instant,
 }
 
+impl CancelRetx {
+    /// The resend schedule of a CANCEL just sent: none over TCP/TLS.
+    fn over_udp(reliable: bool, cancel: &Bytes, now: Instant, cfg: &TmConfig) -> Option<Self> {
+        (!reliable).then(|| CancelRetx {
+            bytes: cancel.clone(),
+            at: now + cfg.t1,
+            interval: cfg.t1,
+            until: now + 64 * cfg.t1,
+        })
+    }
+}
+
 /// A branch's CANCEL: none yet, waiting for a provisional, or sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum CancelState {
@@ -1387,14 +1399,7 @@ impl<S: Shell> TxShard<S> {
         let Some(dest) = b.dest.clone() else { return };
         b.cancel = CancelState::Sent;
         b.client.on_cancel_sent(now);
-        if !b.reliable {
-            b.cancel_retx = Some(CancelRetx {
-                bytes: cancel.clone(),
-                at: now + self.cfg.t1,
-                interval: self.cfg.t1,
-                until: now + 64 * self.cfg.t1,
-            });
-        }
+        b.cancel_retx = CancelRetx::over_udp(b.reliable, &cancel, now, &self.cfg);
         self.stats.cancels_sent += 1;
         self.out.push_back(Action::Downstream {
             tx: id,
@@ -1676,14 +1681,7 @@ impl<S: Shell> TxShard<S> {
                             siphon_sip::build_cancel(&inv, CancelReason::None),
                             b.dest.clone(),
                         ) {
-                            if !b.reliable {
-                                b.cancel_retx = Some(CancelRetx {
-                                    bytes: c.clone(),
-                                    at: now + self.cfg.t1,
-                                    interval: self.cfg.t1,
-                                    until: now + 64 * self.cfg.t1,
-                                });
-                            }
+                            b.cancel_retx = CancelRetx::over_udp(b.reliable, &c, now, &self.cfg);
                             self.stats.cancels_sent += 1;
                             self.out.push_back(Action::Downstream {
                                 tx: id,

@@ -900,7 +900,10 @@ fn our_cancel_is_resent_over_udp_until_its_200() {
     // Its 200 stops it.
     let ok = siphon_sip::build_reply(&ours, 200, b"OK", &ReplyOptions::default());
     assert!(w.shard.receive_reply(parse(ok).unwrap(), w.now).is_ok());
-    assert!(w.tick(2_000).is_empty(), "no more CANCELs (fr_timer is 2 s here)");
+    assert!(
+        w.tick(2_000).is_empty(),
+        "no more CANCELs (fr_timer is 2 s here)"
+    );
     assert_eq!(w.receive(0, 487), ["b0 ACK", "up 487"]);
 }
 
