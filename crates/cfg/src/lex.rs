@@ -585,7 +585,7 @@ impl Pre<'_> {
                             "unterminated string: expected a closing quote",
                         ));
                     }
-                    Tok::Str(self.apply_substs(s))
+                    Tok::Str(self.apply_substs(s, span(start, pos)))
                 }
                 b'$' => match parse_pv(&text[pos..], true) {
                     Ok((pv, n)) => {
@@ -790,7 +790,7 @@ impl Pre<'_> {
         for t in &mut toks {
             t.span = at;
             if let Tok::Str(s) = &t.tok {
-                t.tok = Tok::Str(self.apply_substs(s.clone()));
+                t.tok = Tok::Str(self.apply_substs(s.clone(), at));
             }
         }
         toks
@@ -844,18 +844,40 @@ impl Pre<'_> {
         }
     }
 
-    fn apply_substs(&self, s: String) -> String {
+    /// The string literal after every `#!subst` rule. Rules can grow a
+    /// string (a pattern that matches the empty string inserts at every
+    /// position; several such rules multiply): past [`MAX_SUBST_LEN`] the
+    /// rewriting stops with an error instead of eating memory and time.
+    fn apply_substs(&mut self, s: String, at: Span) -> String {
         let mut s = s;
         for sub in &self.substs {
-            s = if sub.global {
-                sub.re.replace_all(&s, sub.repl.as_str()).into_owned()
-            } else {
-                sub.re.replace(&s, sub.repl.as_str()).into_owned()
-            };
+            let mut out = String::with_capacity(s.len());
+            let mut last = 0;
+            for caps in sub.re.captures_iter(&s) {
+                let m = caps.get(0).expect("group 0");
+                out.push_str(&s[last..m.start()]);
+                caps.expand(&sub.repl, &mut out);
+                last = m.end();
+                if out.len() > MAX_SUBST_LEN {
+                    self.diags.push(Diagnostic::error(
+                        at,
+                        format!("`#!subst` rules make this string longer than {MAX_SUBST_LEN} bytes"),
+                    ));
+                    return s;
+                }
+                if !sub.global {
+                    break;
+                }
+            }
+            out.push_str(&s[last..]);
+            s = out;
         }
         s
     }
 }
+
+/// The longest string literal `#!subst` rules may produce.
+const MAX_SUBST_LEN: usize = 1 << 20;
 
 fn memchr_nl(b: &[u8], from: usize) -> usize {
     b[from..]

@@ -211,3 +211,16 @@ request_route { }
         "{e:?}"
     );
 }
+
+#[test]
+fn subst_rules_that_grow_a_string_without_bound_stop_with_an_error() {
+    // Each rule inserts 8 bytes at every position: 9× per rule, 12 rules.
+    let rules = "#!subst \"/x*/yyyyyyyy/g\"\n".repeat(12);
+    let e = errs(&format!("{rules}request_route {{ xlog(\"a\"); }}\n"));
+    assert!(
+        e.iter().any(|m| m.contains("longer than 1048576 bytes")),
+        "{e:?}"
+    );
+    // A rule that only rewrites still works.
+    ok("#!subst \"/a/b/g\"\nrequest_route { xlog(\"aaa\"); }\n");
+}
