@@ -861,7 +861,9 @@ impl Pre<'_> {
                 if out.len() > MAX_SUBST_LEN {
                     self.diags.push(Diagnostic::error(
                         at,
-                        format!("`#!subst` rules make this string longer than {MAX_SUBST_LEN} bytes"),
+                        format!(
+                            "`#!subst` rules make this string longer than {MAX_SUBST_LEN} bytes"
+                        ),
                     ));
                     return s;
                 }

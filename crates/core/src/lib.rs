@@ -334,8 +334,14 @@ impl Core {
         // A branch's reply goes to its transaction; anything else (a late 2xx
         // after the transaction ended, a stateless forward's) by the next Via.
         let msg = match siphon_tm::TxShard::<tm::CoreShell>::reply_index(&msg) {
-            #[allow(clippy::result_large_err, reason = "the reply is handed back, not copied")]
-            Some(index) => match self.tm.with(self, index, |t, now| t.receive_reply(msg, now)) {
+            #[allow(
+                clippy::result_large_err,
+                reason = "the reply is handed back, not copied"
+            )]
+            Some(index) => match self
+                .tm
+                .with(self, index, |t, now| t.receive_reply(msg, now))
+            {
                 Ok(()) => return,
                 Err(msg) => msg,
             },
@@ -500,7 +506,10 @@ impl Core {
             msg.call_id().unwrap_or_default(),
             msg.from().and_then(|f| f.tag).unwrap_or_default(),
         );
-        let branch = msg.top_via().and_then(|v| v.branch.as_deref()).unwrap_or_default();
+        let branch = msg
+            .top_via()
+            .and_then(|v| v.branch.as_deref())
+            .unwrap_or_default();
         for part in [&call_id[..], &from_tag[..], branch] {
             for &b in part.iter() {
                 x = (x ^ b as u64).wrapping_mul(0x100_0000_01b3);

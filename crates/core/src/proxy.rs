@@ -14,7 +14,9 @@ use crate::script::SipCtx;
 use crate::{Core, Transport};
 use bytes::Bytes;
 use siphon_script::api::*;
-use siphon_script::{ArgKind, Exec, FunctionSpec, PvClassSpec, Registry, RouteTable, RouteType, Value};
+use siphon_script::{
+    ArgKind, Exec, FunctionSpec, PvClassSpec, Registry, RouteTable, RouteType, Value,
+};
 use siphon_sip::{Method, SipMsg};
 use siphon_tm::{BranchSpec, RelayError, TxId};
 use std::sync::Arc;
@@ -144,13 +146,28 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
         let send = send_options(s, &d);
         match d.plan() {
             Plan::Literal(target) => {
-                record_route(core, &mut edits, p.record_route.as_ref(), &s.peer, target, send.from);
+                record_route(
+                    core,
+                    &mut edits,
+                    p.record_route.as_ref(),
+                    &s.peer,
+                    target,
+                    send.from,
+                );
                 match branch_spec(core, &s.msg, edits, hop(target, &send), p.flags) {
                     Some(b) => specs.push(b),
                     None => bad_uri += 1,
                 }
             }
-            _ => resolving.push((d, s.msg.clone(), edits, p.flags, send, p.record_route, s.peer)),
+            _ => resolving.push((
+                d,
+                s.msg.clone(),
+                edits,
+                p.flags,
+                send,
+                p.record_route,
+                s.peer,
+            )),
         }
     }
     if specs.is_empty() && resolving.is_empty() {
@@ -165,7 +182,10 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
         return -1;
     }
     if !specs.is_empty() {
-        match core.tm.with(core, id.index, |t, now| t.relay(id, specs, now)) {
+        match core
+            .tm
+            .with(core, id.index, |t, now| t.relay(id, specs, now))
+        {
             Ok(_) => {}
             Err(RelayError::Canceled) => return -1,
             Err(e) => {
@@ -188,25 +208,37 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
                 Ok(targets) => {
                     // The first address we can send to; the others for use_dns_failover.
                     let mut usable = targets.into_iter().filter_map(|t| {
-                        core.sent_by(t, send.from).map(|sent_by| siphon_tm::Alternate {
-                            dest: hop(t, &send),
-                            sent_by,
-                            reliable: t.transport.is_reliable(),
-                        })
+                        core.sent_by(t, send.from)
+                            .map(|sent_by| siphon_tm::Alternate {
+                                dest: hop(t, &send),
+                                sent_by,
+                                reliable: t.transport.is_reliable(),
+                            })
                     });
-                    usable.next().map(|first: siphon_tm::Alternate<crate::tm::CoreShell>| BranchSpec {
-                        msg: msg.clone(),
-                        edits: {
-                            let mut e = edits.clone();
-                            record_route(&core, &mut e, rr.as_ref(), &peer, first.dest.target, send.from);
-                            e
-                        },
-                        sent_by: first.sent_by,
-                        dest: first.dest,
-                        reliable: first.reliable,
-                        flags,
-                        failover: usable.collect(),
-                    })
+                    usable
+                        .next()
+                        .map(
+                            |first: siphon_tm::Alternate<crate::tm::CoreShell>| BranchSpec {
+                                msg: msg.clone(),
+                                edits: {
+                                    let mut e = edits.clone();
+                                    record_route(
+                                        &core,
+                                        &mut e,
+                                        rr.as_ref(),
+                                        &peer,
+                                        first.dest.target,
+                                        send.from,
+                                    );
+                                    e
+                                },
+                                sent_by: first.sent_by,
+                                dest: first.dest,
+                                reliable: first.reliable,
+                                flags,
+                                failover: usable.collect(),
+                            },
+                        )
                 }
                 Err(e) => {
                     tracing::info!("t_relay: {e}");
@@ -292,7 +324,11 @@ pub(crate) fn forward_stateless(
     let (rr, peer) = (s.record_route.clone(), s.peer);
     let go = move |core: &Arc<Core>, target: Target| -> bool {
         let Some(sent_by) = core.sent_by(target, send.from) else {
-            tracing::info!("forward: no listener of {} to send to {}", target.transport.name(), target.addr);
+            tracing::info!(
+                "forward: no listener of {} to send to {}",
+                target.transport.name(),
+                target.addr
+            );
             return false;
         };
         let mut edits = edits.clone();
@@ -570,10 +606,8 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
             1.into()
         },
     ));
-    f(FunctionSpec::new(
-        "t_on_branch",
-        &[Route(RouteTable::Branch)],
-        |ex, a| {
+    f(
+        FunctionSpec::new("t_on_branch", &[Route(RouteTable::Branch)], |ex, a| {
             let r = a.route(0, ex);
             match sip(ex) {
                 Some(s) => {
@@ -582,11 +616,14 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
                 }
                 None => (-1).into(),
             }
-        },
-    )
-    .routes(relay_routes));
+        })
+        .routes(relay_routes),
+    );
     for (name, test) in [
-        ("t_is_canceled", (|i: &siphon_tm::TxInfo| i.canceled) as fn(&siphon_tm::TxInfo) -> bool),
+        (
+            "t_is_canceled",
+            (|i: &siphon_tm::TxInfo| i.canceled) as fn(&siphon_tm::TxInfo) -> bool,
+        ),
         ("t_branch_timeout", |i| i.branch_timeout),
         ("t_branch_replied", |i| i.branch_replied),
         ("t_any_timeout", |i| i.any_timeout),
@@ -619,9 +656,14 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     ));
     let c = core.clone();
     f(FunctionSpec::new("t_set_fr", &[Int, Int], move |ex, a| {
-        let inv = a.int(0, ex).filter(|v| *v > 0).map(|v| Duration::from_millis(v as u64));
+        let inv = a
+            .int(0, ex)
+            .filter(|v| *v > 0)
+            .map(|v| Duration::from_millis(v as u64));
         let fr = if a.len() > 1 {
-            a.int(1, ex).filter(|v| *v > 0).map(|v| Duration::from_millis(v as u64))
+            a.int(1, ex)
+                .filter(|v| *v > 0)
+                .map(|v| Duration::from_millis(v as u64))
         } else {
             None
         };
@@ -672,20 +714,24 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     // `force_send_socket(proto:addr:port)` and `$fs`: requests leave from one
     // of our listeners.
     let c = core.clone();
-    f(FunctionSpec::new("force_send_socket", &[Str], move |ex, a| {
-        let text = a.text(0, ex);
-        match parse_socket(&c, &text) {
-            Some(sock) => {
-                let Some(s) = sip(ex) else { return (-1).into() };
-                s.send_socket = Some(sock);
-                1.into()
+    f(FunctionSpec::new(
+        "force_send_socket",
+        &[Str],
+        move |ex, a| {
+            let text = a.text(0, ex);
+            match parse_socket(&c, &text) {
+                Some(sock) => {
+                    let Some(s) = sip(ex) else { return (-1).into() };
+                    s.send_socket = Some(sock);
+                    1.into()
+                }
+                None => {
+                    tracing::error!(target: "script", "force_send_socket: `{text}` is not one of our listening sockets");
+                    (-1).into()
+                }
             }
-            None => {
-                tracing::error!(target: "script", "force_send_socket: `{text}` is not one of our listening sockets");
-                (-1).into()
-            }
-        }
-    }));
+        },
+    ));
     f(FunctionSpec::new("set_forward_no_connect", &[], |ex, _| {
         let Some(s) = sip(ex) else { return (-1).into() };
         s.forward_no_connect = true;
@@ -693,7 +739,9 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     }));
     // siphon never opens a connection to send a reply (a reply whose
     // connection closed is dropped and counted), which is what this asks.
-    f(FunctionSpec::new("set_reply_no_connect", &[], |_, _| 1.into()));
+    f(FunctionSpec::new("set_reply_no_connect", &[], |_, _| {
+        1.into()
+    }));
     let c = core.clone();
     f(FunctionSpec::new("t_precheck_trans", &[], move |ex, _| {
         // True when the request already has a transaction (a retransmission
@@ -727,16 +775,9 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
             let sent = match s.tx {
                 Some(id) => {
                     let tag = c.to_tag(&s.msg);
-                    let (code, bytes) = c.sendable_reply(
-                        &s.msg,
-                        &s.peer,
-                        500,
-                        b"Server Internal Error",
-                        &tag,
-                        &[],
-                    );
-                    c.tm
-                        .with(&c, id.index, |t, now| t.reply_bytes(id, code, bytes, now))
+                    let (code, bytes) =
+                        c.sendable_reply(&s.msg, &s.peer, 500, b"Server Internal Error", &tag, &[]);
+                    c.tm.with(&c, id.index, |t, now| t.reply_bytes(id, code, bytes, now))
                 }
                 None => c.sl_reply(&s.msg, &s.peer, 500, b"Server Internal Error", &[]),
             };
@@ -748,9 +789,7 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     reg.core_pvs.push(PvClassSpec::new(
         "T_branch_idx",
         PvInner::None,
-        Arc::new(move |_| {
-            Ok(Arc::new(BranchIdx(c.clone())) as Arc<dyn PvAccess>)
-        }),
+        Arc::new(move |_| Ok(Arc::new(BranchIdx(c.clone())) as Arc<dyn PvAccess>)),
     ));
     reg.core_pvs.push(PvClassSpec::new(
         "bf",
@@ -791,9 +830,7 @@ fn parse_socket(core: &Core, text: &str) -> Option<(Transport, std::net::SocketA
     let addr: std::net::SocketAddr = rest.parse().ok()?;
     core.bound()
         .iter()
-        .find(|b| {
-            b.addr == addr && proto.as_deref().is_none_or(|p| p == b.transport.name())
-        })
+        .find(|b| b.addr == addr && proto.as_deref().is_none_or(|p| p == b.transport.name()))
         .map(|b| (b.transport, b.addr))
 }
 

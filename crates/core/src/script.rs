@@ -1,8 +1,8 @@
 //! What the core adds to the script: the SIP context of a route run, the
 //! sl/tm/textops functions, the SIP pseudo-variables and the tm/sl modules.
 
-use crate::tm::TxId;
 use crate::Core;
+use crate::tm::TxId;
 use bytes::Bytes;
 use siphon_script::api::*;
 use siphon_script::core::core_module;
@@ -99,7 +99,10 @@ pub(crate) fn module_reply(
         return Err(format!("reply code {code} is not between 100 and 699"));
     }
     let flags = ctx.flags;
-    let s = ctx.ext.get_mut::<SipCtx>().ok_or("no SIP message to answer")?;
+    let s = ctx
+        .ext
+        .get_mut::<SipCtx>()
+        .ok_or("no SIP message to answer")?;
     if !s.msg.is_request() {
         return Err("a reply is not answered".into());
     }
@@ -321,9 +324,7 @@ impl PvAccess for SipPvAccess {
             SipPv::TReplyCode => match s.tx {
                 Some(id) => {
                     let core = &self.core;
-                    let info = core
-                        .tm
-                        .with(core, id.index, |t, now| t.info(id, now));
+                    let info = core.tm.with(core, id.index, |t, now| t.info(id, now));
                     Value::Int(info.map_or(0, |i| i.reply_code as i64))
                 }
                 None => Value::Int(0),
@@ -394,41 +395,41 @@ impl Module for TmModule {
 
 /// The SIP PVs read by name (`$rm`, `$fu`, …).
 const SIMPLE: [(&str, SipPv); 34] = [
-        ("rm", SipPv::Method),
-        ("ru", SipPv::Ruri),
-        ("rU", SipPv::RUser),
-        ("rd", SipPv::RDomain),
-        ("rp", SipPv::RPort),
-        ("rz", SipPv::RUriProto),
-        ("fu", SipPv::FromUri),
-        ("fU", SipPv::FromUser),
-        ("fd", SipPv::FromDomain),
-        ("fn", SipPv::FromName),
-        ("ft", SipPv::FromTag),
-        ("tu", SipPv::ToUri),
-        ("tU", SipPv::ToUser),
-        ("td", SipPv::ToDomain),
-        ("tt", SipPv::ToTag),
-        ("ci", SipPv::CallId),
-        ("cs", SipPv::CSeq),
-        ("cl", SipPv::ContentLength),
-        ("ua", SipPv::UserAgent),
-        ("si", SipPv::SrcIp),
-        ("sp", SipPv::SrcPort),
-        ("Ri", SipPv::DstIp),
-        ("Rp", SipPv::DstPort),
-        ("pr", SipPv::Proto),
-        ("proto", SipPv::Proto),
-        ("rb", SipPv::Body),
-        ("ml", SipPv::MsgLen),
-        ("mb", SipPv::MsgBuf),
-        ("du", SipPv::Du),
-        ("rs", SipPv::Status),
-        ("rr", SipPv::Reason),
-        ("T_reply_code", SipPv::TReplyCode),
-        ("mt", SipPv::MsgType),
-        ("pp", SipPv::Pid),
-    ];
+    ("rm", SipPv::Method),
+    ("ru", SipPv::Ruri),
+    ("rU", SipPv::RUser),
+    ("rd", SipPv::RDomain),
+    ("rp", SipPv::RPort),
+    ("rz", SipPv::RUriProto),
+    ("fu", SipPv::FromUri),
+    ("fU", SipPv::FromUser),
+    ("fd", SipPv::FromDomain),
+    ("fn", SipPv::FromName),
+    ("ft", SipPv::FromTag),
+    ("tu", SipPv::ToUri),
+    ("tU", SipPv::ToUser),
+    ("td", SipPv::ToDomain),
+    ("tt", SipPv::ToTag),
+    ("ci", SipPv::CallId),
+    ("cs", SipPv::CSeq),
+    ("cl", SipPv::ContentLength),
+    ("ua", SipPv::UserAgent),
+    ("si", SipPv::SrcIp),
+    ("sp", SipPv::SrcPort),
+    ("Ri", SipPv::DstIp),
+    ("Rp", SipPv::DstPort),
+    ("pr", SipPv::Proto),
+    ("proto", SipPv::Proto),
+    ("rb", SipPv::Body),
+    ("ml", SipPv::MsgLen),
+    ("mb", SipPv::MsgBuf),
+    ("du", SipPv::Du),
+    ("rs", SipPv::Status),
+    ("rr", SipPv::Reason),
+    ("T_reply_code", SipPv::TReplyCode),
+    ("mt", SipPv::MsgType),
+    ("pp", SipPv::Pid),
+];
 
 /// The SIP PV a `$T_req(...)`/`$T_rpl(...)` names: `$name` of the simple
 /// ones, or `$hdr(Name)`.
@@ -448,7 +449,9 @@ fn sip_pv_named(text: &str) -> Result<SipPv, String> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, pv)| pv.clone())
-        .ok_or_else(|| format!("`{t}` is not a SIP pseudo-variable siphon reads on a transaction's message"))
+        .ok_or_else(|| {
+            format!("`{t}` is not a SIP pseudo-variable siphon reads on a transaction's message")
+        })
 }
 
 /// `$T_req(pv)` / `$T_rpl(pv)`: a SIP PV read on the transaction's request,

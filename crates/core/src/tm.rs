@@ -194,10 +194,7 @@ impl Tm {
                 "tmx:rpl_absorbed".into(),
                 n(s.rpl_received.saturating_sub(s.rpl_relayed)),
             ),
-            (
-                "tmx:rpl_sent".into(),
-                n(s.rpl_generated + s.rpl_relayed),
-            ),
+            ("tmx:rpl_sent".into(), n(s.rpl_generated + s.rpl_relayed)),
         ];
         for (i, c) in s.replies.iter().enumerate() {
             v.push((format!("tm:{}xx_replies", i + 1), n(*c)));
@@ -309,11 +306,18 @@ impl Core {
     /// module's start, then parks the context — unless the answer came first,
     /// in which case the resumed route runs now.
     pub(crate) fn suspend(self: &Arc<Self>, mut ctx: Ctx, s: Option<Suspend>) {
-        let Some(id) = ctx.ext.get_mut::<SipCtx>().and_then(|sip| self.newtran(sip)) else {
+        let Some(id) = ctx
+            .ext
+            .get_mut::<SipCtx>()
+            .and_then(|sip| self.newtran(sip))
+        else {
             tracing::error!("cannot suspend: no SIP request with a transaction in this route");
             return;
         };
-        if !self.tm.with(self, id.index, |t, now| t.begin_suspend(id, now)) {
+        if !self
+            .tm
+            .with(self, id.index, |t, now| t.begin_suspend(id, now))
+        {
             tracing::warn!(
                 "t_suspend: transaction {}:{} already has a final reply",
                 id.index,
@@ -331,9 +335,9 @@ impl Core {
                 }),
             );
         }
-        let early = self
-            .tm
-            .with(self, id.index, |t, now| t.finish_suspend(id, Box::new(ctx), now));
+        let early = self.tm.with(self, id.index, |t, now| {
+            t.finish_suspend(id, Box::new(ctx), now)
+        });
         if let Some((ctx, (route, fill))) = early {
             let mut ctx = *ctx;
             fill(&mut ctx);
@@ -350,7 +354,10 @@ impl Core {
         route: RouteId,
         fill: Box<dyn FnOnce(&mut Ctx) + Send>,
     ) -> bool {
-        match self.tm.with(self, id.index, |t, _| t.resume(id, (route, fill))) {
+        match self
+            .tm
+            .with(self, id.index, |t, _| t.resume(id, (route, fill)))
+        {
             Resumed::Run(ctx, (route, fill)) => {
                 let mut ctx = *ctx;
                 fill(&mut ctx);
@@ -497,9 +504,7 @@ impl Core {
             Some(c) => *c,
             None => {
                 let mut c = program.new_ctx(RouteType::FAILURE);
-                let req = self
-                    .tm
-                    .with(self, id.index, |t, _| t.request(id).cloned());
+                let req = self.tm.with(self, id.index, |t, _| t.request(id).cloned());
                 if let Some(req) = req {
                     let peer = Peer {
                         transport: crate::Transport::Udp,

@@ -101,4 +101,3 @@ pub struct BranchEntry {
     /// Branch flags.
     pub flags: u64,
 }
-

@@ -199,7 +199,12 @@ fn pv_class(name: &'static str, kind: PvKind, tables: &Arc<Tables>) -> PvClassSp
                 .ok_or_else(|| format!("expected `{name}(table=>key)`"))?;
             let table = tables
                 .get(t.trim())
-                .ok_or_else(|| format!("no htable `{}` (define it with modparam(\"htable\", \"htable\", ...))", t.trim()))?
+                .ok_or_else(|| {
+                    format!(
+                        "no htable `{}` (define it with modparam(\"htable\", \"htable\", ...))",
+                        t.trim()
+                    )
+                })?
                 .clone();
             let key = compile(k)?;
             if let (PvKind::CountNames | PvKind::CountValues, Some(c)) = (kind, key.as_const()) {
@@ -305,7 +310,11 @@ impl Htable {
                     }
                 };
                 let mut t = lock(&t);
-                if by_value { t.rm_values(&m) } else { t.rm_names(&m) };
+                if by_value {
+                    t.rm_values(&m)
+                } else {
+                    t.rm_names(&m)
+                };
                 FnResult::Code(1)
             }));
         }
@@ -343,7 +352,11 @@ impl Htable {
                         _ => return FnResult::Code(-1),
                     };
                     let mut t = lock(&t);
-                    if by_value { t.rm_values(&m) } else { t.rm_names(&m) };
+                    if by_value {
+                        t.rm_values(&m)
+                    } else {
+                        t.rm_names(&m)
+                    };
                     FnResult::Code(1)
                 },
             ));
@@ -402,13 +415,10 @@ fn rpc_table(tables: &Tables, c: &RpcCall) -> Result<Arc<Mutex<Store>>, RpcFailu
     let name = c
         .str(0)
         .ok_or_else(|| fail500("Not enough parameters (htable name)"))?;
-    tables
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| RpcFailure {
-            code: 500,
-            message: "No such htable".into(),
-        })
+    tables.get(&name).cloned().ok_or_else(|| RpcFailure {
+        code: 500,
+        message: "No such htable".into(),
+    })
 }
 
 fn rpc_key(c: &RpcCall) -> Result<Bytes, RpcFailure> {
@@ -420,118 +430,149 @@ fn rpc_key(c: &RpcCall) -> Result<Bytes, RpcFailure> {
 fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
     let mut v = Vec::new();
     let t = tables.clone();
-    v.push(RpcSpec::new("htable.get", "Get one key from a hash table.", move |c| {
-        let tb = rpc_table(&t, c)?;
-        let key = rpc_key(c)?;
-        let val = lock(&tb).lookup(&key, t.now()).ok_or(RpcFailure {
-            code: 500,
-            message: "Key name doesn't exist in htable.".into(),
-        })?;
-        Ok(json!({"item": {"name": String::from_utf8_lossy(&key), "value": json_value(&val)}}))
-    }));
+    v.push(RpcSpec::new(
+        "htable.get",
+        "Get one key from a hash table.",
+        move |c| {
+            let tb = rpc_table(&t, c)?;
+            let key = rpc_key(c)?;
+            let val = lock(&tb).lookup(&key, t.now()).ok_or(RpcFailure {
+                code: 500,
+                message: "Key name doesn't exist in htable.".into(),
+            })?;
+            Ok(json!({"item": {"name": String::from_utf8_lossy(&key), "value": json_value(&val)}}))
+        },
+    ));
     for (name, int) in [("htable.sets", false), ("htable.seti", true)] {
         let t = tables.clone();
-        v.push(RpcSpec::new(name, "Set one key in a hash table.", move |c| {
-            let missing = || fail500("Not enough parameters (htable name, key name and value)");
-            let key = c.str(1).map(Bytes::from).ok_or_else(missing)?;
-            let val = if int {
-                Value::Int(c.int(2).ok_or_else(missing)?)
-            } else {
-                Value::Str(Bytes::from(c.str(2).ok_or_else(missing)?))
-            };
-            let tb = rpc_table(&t, c)?;
-            lock(&tb).set(key, val, t.now());
-            ok_text("Ok. Key set to new value.")
-        }));
+        v.push(RpcSpec::new(
+            name,
+            "Set one key in a hash table.",
+            move |c| {
+                let missing = || fail500("Not enough parameters (htable name, key name and value)");
+                let key = c.str(1).map(Bytes::from).ok_or_else(missing)?;
+                let val = if int {
+                    Value::Int(c.int(2).ok_or_else(missing)?)
+                } else {
+                    Value::Str(Bytes::from(c.str(2).ok_or_else(missing)?))
+                };
+                let tb = rpc_table(&t, c)?;
+                lock(&tb).set(key, val, t.now());
+                ok_text("Ok. Key set to new value.")
+            },
+        ));
     }
     let t = tables.clone();
-    v.push(RpcSpec::new("htable.delete", "Delete one key from a hash table.", move |c| {
-        let tb = rpc_table(&t, c)?;
-        let key = rpc_key(c)?;
-        if !lock(&tb).del(&key) {
-            return Err(RpcFailure {
-                code: 404,
-                message: "Key not found in htable.".into(),
-            });
-        }
-        ok_text("Ok. Key deleted.")
-    }));
+    v.push(RpcSpec::new(
+        "htable.delete",
+        "Delete one key from a hash table.",
+        move |c| {
+            let tb = rpc_table(&t, c)?;
+            let key = rpc_key(c)?;
+            if !lock(&tb).del(&key) {
+                return Err(RpcFailure {
+                    code: 404,
+                    message: "Key not found in htable.".into(),
+                });
+            }
+            ok_text("Ok. Key deleted.")
+        },
+    ));
     let t = tables.clone();
-    v.push(RpcSpec::new("htable.flush", "Empty a hash table.", move |c| {
-        let tb = rpc_table(&t, c)?;
-        lock(&tb).reset();
-        ok_text("Ok. Htable flushed.")
-    }));
+    v.push(RpcSpec::new(
+        "htable.flush",
+        "Empty a hash table.",
+        move |c| {
+            let tb = rpc_table(&t, c)?;
+            lock(&tb).reset();
+            ok_text("Ok. Htable flushed.")
+        },
+    ));
     v.push(RpcSpec::new(
         "htable.reload",
         "Reload a hash table from its database table (siphon has no database backend).",
         |_c| Err(fail500("No htable db_url")),
     ));
     let t = tables.clone();
-    v.push(RpcSpec::new("htable.dump", "Dump the items of a hash table.", move |c| {
-        let tb = rpc_table(&t, c)?;
-        let tb = lock(&tb);
-        let mut by_slot: std::collections::BTreeMap<u32, Vec<serde_json::Value>> =
-            Default::default();
-        for (k, val) in tb.items(t.now()) {
-            by_slot.entry(slot_of(&k, tb.def.size)).or_default().push(json!({
-                "name": String::from_utf8_lossy(&k),
-                "value": json_value(&val),
-                "type": if matches!(val, Value::Int(_)) { "int" } else { "str" },
-            }));
-        }
-        Ok(serde_json::Value::Array(
-            by_slot
-                .into_iter()
-                .map(|(e, s)| json!({"entry": e, "size": s.len(), "slot": s}))
-                .collect(),
-        ))
-    }));
+    v.push(RpcSpec::new(
+        "htable.dump",
+        "Dump the items of a hash table.",
+        move |c| {
+            let tb = rpc_table(&t, c)?;
+            let tb = lock(&tb);
+            let mut by_slot: std::collections::BTreeMap<u32, Vec<serde_json::Value>> =
+                Default::default();
+            for (k, val) in tb.items(t.now()) {
+                by_slot
+                    .entry(slot_of(&k, tb.def.size))
+                    .or_default()
+                    .push(json!({
+                        "name": String::from_utf8_lossy(&k),
+                        "value": json_value(&val),
+                        "type": if matches!(val, Value::Int(_)) { "int" } else { "str" },
+                    }));
+            }
+            Ok(serde_json::Value::Array(
+                by_slot
+                    .into_iter()
+                    .map(|(e, s)| json!({"entry": e, "size": s.len(), "slot": s}))
+                    .collect(),
+            ))
+        },
+    ));
     let t = tables.clone();
-    v.push(RpcSpec::new("htable.listTables", "List the hash tables.", move |_c| {
-        Ok(serde_json::Value::Array(
-            t.order
-                .iter()
-                .rev()
-                .map(|n| {
-                    let tb = lock(&t.tables[n]);
-                    json!({
-                        "name": n,
-                        "dbtable": "",
-                        "dbmode": 0,
-                        "expire": tb.def.autoexpire,
-                        "updateexpire": tb.def.updateexpire as i64,
-                        "size": 1u64 << tb.def.size,
-                        "dmqreplicate": tb.def.dmqreplicate,
+    v.push(RpcSpec::new(
+        "htable.listTables",
+        "List the hash tables.",
+        move |_c| {
+            Ok(serde_json::Value::Array(
+                t.order
+                    .iter()
+                    .rev()
+                    .map(|n| {
+                        let tb = lock(&t.tables[n]);
+                        json!({
+                            "name": n,
+                            "dbtable": "",
+                            "dbmode": 0,
+                            "expire": tb.def.autoexpire,
+                            "updateexpire": tb.def.updateexpire as i64,
+                            "size": 1u64 << tb.def.size,
+                            "dmqreplicate": tb.def.dmqreplicate,
+                        })
                     })
-                })
-                .collect(),
-        ))
-    }));
+                    .collect(),
+            ))
+        },
+    ));
     let t = tables.clone();
-    v.push(RpcSpec::new("htable.stats", "Statistics of the hash tables.", move |_c| {
-        Ok(serde_json::Value::Array(
-            t.order
-                .iter()
-                .rev()
-                .map(|n| {
-                    let tb = lock(&t.tables[n]);
-                    let slots = 1usize << tb.def.size;
-                    let mut per = vec![0u64; slots];
-                    for (k, _) in tb.items(t.now()) {
-                        per[slot_of(&k, tb.def.size) as usize] += 1;
-                    }
-                    json!({
-                        "name": n,
-                        "slots": slots,
-                        "all": per.iter().sum::<u64>(),
-                        "min": per.iter().min(),
-                        "max": per.iter().max(),
+    v.push(RpcSpec::new(
+        "htable.stats",
+        "Statistics of the hash tables.",
+        move |_c| {
+            Ok(serde_json::Value::Array(
+                t.order
+                    .iter()
+                    .rev()
+                    .map(|n| {
+                        let tb = lock(&t.tables[n]);
+                        let slots = 1usize << tb.def.size;
+                        let mut per = vec![0u64; slots];
+                        for (k, _) in tb.items(t.now()) {
+                            per[slot_of(&k, tb.def.size) as usize] += 1;
+                        }
+                        json!({
+                            "name": n,
+                            "slots": slots,
+                            "all": per.iter().sum::<u64>(),
+                            "min": per.iter().min(),
+                            "max": per.iter().max(),
+                        })
                     })
-                })
-                .collect(),
-        ))
-    }));
+                    .collect(),
+            ))
+        },
+    ));
     v
 }
 

@@ -64,7 +64,9 @@ pub fn parse_def(s: &str) -> Result<TableDef, String> {
                 ));
             }
             "coldelim" | "colnull" => {
-                return Err(format!("`{k}`: only used with dbtable, which siphon does not support"));
+                return Err(format!(
+                    "`{k}`: only used with dbtable, which siphon does not support"
+                ));
             }
             _ => return Err(format!("unknown htable attribute `{k}`")),
         }

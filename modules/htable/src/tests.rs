@@ -12,7 +12,11 @@ fn program(params: &str, body: &str) -> Result<Arc<Program>, String> {
         .ok_or_else(|| siphon_cfg::diag::render_all(&l.diags, &l.sources))
 }
 
-fn rpc(p: &Arc<Program>, method: &str, params: &[serde_json::Value]) -> Result<serde_json::Value, RpcFailure> {
+fn rpc(
+    p: &Arc<Program>,
+    method: &str,
+    params: &[serde_json::Value],
+) -> Result<serde_json::Value, RpcFailure> {
     match siphon_script::rpc::call(p, method, params.to_vec()).expect("a command") {
         RpcReply::Now(r) => r,
         RpcReply::Later(_) => panic!("answered later"),
@@ -36,7 +40,10 @@ fn script_reads_writes_counts_and_removes() {
     let mut ctx = p.new_ctx(RouteType::REQUEST);
     p.run(p.request_route().unwrap(), &mut ctx);
     let get = |t: &str, k: &str| rpc(&p, "htable.get", &[json!(t), json!(k)]);
-    assert_eq!(get("a", "x"), Ok(json!({"item": {"name": "x", "value": 5}})));
+    assert_eq!(
+        get("a", "x"),
+        Ok(json!({"item": {"name": "x", "value": 5}}))
+    );
     assert_eq!(get("a", "s").unwrap()["item"]["value"], json!("str"));
     assert!(get("a", "gone").is_err());
     assert!(get("a", "r").is_err());
@@ -47,7 +54,10 @@ fn script_reads_writes_counts_and_removes() {
         .iter()
         .map(|v| ctx.vars[p.var_slot(v).unwrap()].clone())
         .collect();
-    assert_eq!(vars, vec![Value::Int(2), Value::Int(-1), Value::Int(2), Value::Int(0)]);
+    assert_eq!(
+        vars,
+        vec![Value::Int(2), Value::Int(-1), Value::Int(2), Value::Int(0)]
+    );
 }
 
 #[test]
@@ -58,7 +68,9 @@ fn rpcs_set_get_delete_dump_list() {
         Ok(json!("Ok. Key set to new value."))
     );
     assert_eq!(
-        rpc(&p, "htable.seti", &[json!("a"), json!("k"), json!("x")]).unwrap_err().message,
+        rpc(&p, "htable.seti", &[json!("a"), json!("k"), json!("x")])
+            .unwrap_err()
+            .message,
         "Not enough parameters (htable name, key name and value)"
     );
     rpc(&p, "htable.sets", &[json!("a"), json!("s"), json!("v")]).unwrap();
@@ -67,7 +79,12 @@ fn rpcs_set_get_delete_dump_list() {
         json!(3)
     );
     let dump = rpc(&p, "htable.dump", &[json!("a")]).unwrap();
-    let n: usize = dump.as_array().unwrap().iter().map(|e| e["slot"].as_array().unwrap().len()).sum();
+    let n: usize = dump
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["slot"].as_array().unwrap().len())
+        .sum();
     assert_eq!(n, 2);
     rpc(&p, "htable.delete", &[json!("a"), json!("k")]).unwrap();
     assert!(rpc(&p, "htable.get", &[json!("a"), json!("k")]).is_err());
@@ -77,7 +94,10 @@ fn rpcs_set_get_delete_dump_list() {
     assert_eq!(list[1]["name"], json!("a"));
     assert_eq!(list[1]["size"], json!(16));
     let stats = rpc(&p, "htable.stats", &[]).unwrap();
-    assert_eq!(stats[1], json!({"name": "a", "slots": 16, "all": 1, "min": 0, "max": 1}));
+    assert_eq!(
+        stats[1],
+        json!({"name": "a", "slots": 16, "all": 1, "min": 0, "max": 1})
+    );
 }
 
 #[test]
@@ -96,7 +116,12 @@ fn slots_are_kamailio_core_hash() {
     assert_eq!(slot_of(b"boot", 4), 10);
     assert_eq!(slot_of(b"i", 4), 4);
     let p = program(T, "").unwrap();
-    rpc(&p, "htable.sets", &[json!("a"), json!("boot"), json!("init")]).unwrap();
+    rpc(
+        &p,
+        "htable.sets",
+        &[json!("a"), json!("boot"), json!("init")],
+    )
+    .unwrap();
     assert_eq!(
         rpc(&p, "htable.dump", &[json!("a")]).unwrap(),
         json!([{"entry": 10, "size": 1, "slot": [{"name": "boot", "value": "init", "type": "str"}]}])

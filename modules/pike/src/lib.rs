@@ -109,7 +109,11 @@ impl Module for PikeMod {
                 }
                 FnResult::Code(v.code())
             })
-            .routes(RouteType::REQUEST.or(RouteType::FAILURE).or(RouteType::BRANCH)),
+            .routes(
+                RouteType::REQUEST
+                    .or(RouteType::FAILURE)
+                    .or(RouteType::BRANCH),
+            ),
         ]
     }
     fn rpc_commands(&self) -> Vec<RpcSpec> {

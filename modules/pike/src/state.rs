@@ -110,7 +110,9 @@ impl Pike {
 
     fn hot_leaf(&self, n: &Node) -> bool {
         let l = self.limit;
-        n.leaf_hits[PREV] >= l || n.leaf_hits[CURR] >= l || (n.leaf_hits[PREV] + n.leaf_hits[CURR]) / 2 >= l
+        n.leaf_hits[PREV] >= l
+            || n.leaf_hits[CURR] >= l
+            || (n.leaf_hits[PREV] + n.leaf_hits[CURR]) / 2 >= l
     }
     fn hot_prefix(&self, n: &Node) -> bool {
         let l = self.limit >> 2;
@@ -162,7 +164,10 @@ impl Pike {
             if self.hot_prefix(&n) {
                 let kid = Node {
                     hits: [0, n.hits[CURR].saturating_sub(1)],
-                    leaf_hits: [n.leaf_hits[PREV].saturating_sub(1) * (n.leaf_hits[CURR] >= 1) as u32, 0],
+                    leaf_hits: [
+                        n.leaf_hits[PREV].saturating_sub(1) * (n.leaf_hits[CURR] >= 1) as u32,
+                        0,
+                    ],
                     unit,
                     expires: Some(fresh),
                     ..Default::default()

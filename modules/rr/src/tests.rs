@@ -141,7 +141,10 @@ fn loose_route_sets_du_and_reads_our_params() {
         ),
     );
     // A second loose_route() answers the same and removes nothing more.
-    assert_eq!(out, ["sip:127.0.0.1:5301;lr;ftag=abc", "1", "1", "1", "-1", "1"]);
+    assert_eq!(
+        out,
+        ["sip:127.0.0.1:5301;lr;ftag=abc", "1", "1", "1", "-1", "1"]
+    );
     assert_eq!(s.du.as_deref(), Some(&b"sip:127.0.0.1:5310;lr"[..]));
     let wire = String::from_utf8_lossy(&siphon_sip::serialize(&s.msg, &s.edits)).into_owned();
     assert!(

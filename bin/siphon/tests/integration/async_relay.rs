@@ -697,7 +697,10 @@ fn vias(m: &SipMsg) -> (usize, String) {
                 .count()
         })
         .sum();
-    let branch = m.top_via().and_then(|v| v.branch.clone()).unwrap_or_default();
+    let branch = m
+        .top_via()
+        .and_then(|v| v.branch.clone())
+        .unwrap_or_default();
     (n, String::from_utf8_lossy(&branch).into_owned())
 }
 

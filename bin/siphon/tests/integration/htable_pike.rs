@@ -5,8 +5,8 @@
 //! WITH_ANTIFLOOD.
 
 use super::harness::{Server, UdpUac, request};
-use super::sanity_maxfwd::{KAMAILIO_ARGS, have_kamailio, start_with};
 use super::jsonrpcs::rpc_doc;
+use super::sanity_maxfwd::{KAMAILIO_ARGS, have_kamailio, start_with};
 use serde_json::json;
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -24,7 +24,8 @@ modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:0")
 /// Sends `total` OPTIONS with distinct Call-IDs from `sock`, at most
 /// `window` unanswered at a time; how many got a 200.
 fn flood(sock: &UdpSocket, to: SocketAddr, total: usize, window: usize, tag: &str) -> usize {
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let from = sock.local_addr().unwrap();
     let mut open: HashSet<String> = HashSet::new();
     let (mut next, mut ok) = (0, 0);
@@ -101,7 +102,10 @@ request_route {{
         .collect();
     assert_eq!(
         names,
-        ["boot", "last", "s", "i"].iter().map(|s| s.to_string()).collect()
+        ["boot", "last", "s", "i"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     );
     rpc_doc(&srv, "htable.delete", json!(["a", "s"]));
     let gone = rpc_doc(&srv, "htable.get", json!(["a", "s"]));
@@ -180,7 +184,13 @@ route[RESUMED] {{
     let srv = Server::start(&cfg);
     let uacs: Vec<UdpUac> = (0..20).map(|_| UdpUac::new(srv.udp)).collect();
     for (i, u) in uacs.iter().enumerate() {
-        u.send(&request("MESSAGE", u.addr(), &format!("as{i}"), &format!("async-{i}"), ""));
+        u.send(&request(
+            "MESSAGE",
+            u.addr(),
+            &format!("as{i}"),
+            &format!("async-{i}"),
+            "",
+        ));
     }
     for (i, u) in uacs.iter().enumerate() {
         let deadline = Instant::now() + W;
@@ -285,7 +295,11 @@ fn pike_codes(to: SocketAddr, from: &str, n: usize, tag: &str) -> Vec<i32> {
             sock.send_to(request("OPTIONS", me, &ci, &ci, "").as_bytes(), to)
                 .unwrap();
             let (len, _) = sock.recv_from(&mut buf).expect("a reply");
-            let line = String::from_utf8_lossy(&buf[..len]).lines().next().unwrap().to_string();
+            let line = String::from_utf8_lossy(&buf[..len])
+                .lines()
+                .next()
+                .unwrap()
+                .to_string();
             match line.as_str() {
                 "SIP/2.0 200 OK" => 1,
                 "SIP/2.0 403 Blocked -1" => -1,
@@ -340,7 +354,14 @@ impl Antiflood {
                 cmd.args(["-m", "64", "-M", "16"]);
             }
             let mut child = cmd
-                .args(["-f", "/etc/kamailio/kamailio.cfg", "-DD", "-E", "-A", "WITH_ANTIFLOOD"])
+                .args([
+                    "-f",
+                    "/etc/kamailio/kamailio.cfg",
+                    "-DD",
+                    "-E",
+                    "-A",
+                    "WITH_ANTIFLOOD",
+                ])
                 .args(["-l", &format!("udp:{addr}")])
                 .arg("-Y")
                 .arg(&run)

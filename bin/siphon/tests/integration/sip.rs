@@ -317,7 +317,13 @@ route[NOTHING] { xinfo("resumed, no reply\n"); }
     let ctl = UdpUac::new(srv.udp);
     let mut code = None;
     for n in 0..20 {
-        ctl.send(&request("MESSAGE", ctl.addr(), &format!("n2{n}"), &format!("c-n2{n}"), ""));
+        ctl.send(&request(
+            "MESSAGE",
+            ctl.addr(),
+            &format!("n2{n}"),
+            &format!("c-n2{n}"),
+            "",
+        ));
         code = inv.final_code(Duration::from_millis(250));
         if code.is_some() {
             break;

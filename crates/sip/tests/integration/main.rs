@@ -122,7 +122,10 @@ fn edits_are_applied_at_serialisation() {
     let out = serialize(&m, &e);
     let m2 = parse(out.clone()).expect("re-parses");
     assert_eq!(&m2.ruri().unwrap()[..], b"sip:carol@127.0.0.5");
-    assert_eq!(&m2.top_via().unwrap().branch.clone().unwrap()[..], b"z9hG4bKnew");
+    assert_eq!(
+        &m2.top_via().unwrap().branch.clone().unwrap()[..],
+        b"z9hG4bKnew"
+    );
     assert_eq!(m2.headers_named(b"via").count(), 3);
     assert_eq!(m2.max_forwards(), Some(69));
     assert!(m2.header(HeaderName::Route).is_none());
@@ -137,7 +140,10 @@ fn edits_are_applied_at_serialisation() {
         },
     );
     let m3 = parse(pop).unwrap();
-    assert_eq!(&m3.top_via().unwrap().branch.clone().unwrap()[..], b"z9hG4bK-a1");
+    assert_eq!(
+        &m3.top_via().unwrap().branch.clone().unwrap()[..],
+        b"z9hG4bK-a1"
+    );
 }
 
 #[test]
