@@ -64,13 +64,13 @@ fn pstn_routing_follows_cfg_sets() {
     let srv = Server::start(CFG);
     let uac = UdpUac::new(srv.udp);
     assert_eq!(call(&uac, 1).0, 500, "no gateway yet");
-    let r = rpc_doc(&srv, "cfg.sets", json!(["pstn", "gw_ip", "10.0.0.101"]));
+    let r = rpc_doc(&srv, "cfg.sets", json!(["pstn", "gw_ip", "127.0.10.101"]));
     assert!(r.get("error").is_none(), "{r}");
     assert_eq!(
         rpc_doc(&srv, "cfg.get", json!(["pstn", "gw_ip"]))["result"],
-        json!("10.0.0.101")
+        json!("127.0.10.101")
     );
-    assert_eq!(call(&uac, 2), (200, "sip:+4930123@10.0.0.101".to_string()));
+    assert_eq!(call(&uac, 2), (200, "sip:+4930123@127.0.10.101".to_string()));
     assert_eq!(
         rpc_doc(&srv, "cfg.help", json!(["pstn", "gw_port"]))["result"],
         json!("PSTN GW Port")

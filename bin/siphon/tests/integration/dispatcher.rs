@@ -331,7 +331,7 @@ fn picks(to: SocketAddr, user: &str, n: usize) -> Vec<String> {
 #[test]
 fn hash_and_weight_picks_match_kamailio() {
     let dir = super::cli::Scratch::new("ds-picks");
-    let list = "1 sip:127.0.0.1:5071\n1 sip:127.0.0.1:5072\n1 sip:127.0.0.1:5073\n3 sip:10.0.1.1 0 0 rweight=50;weight=20\n3 sip:10.0.1.2 0 0 rweight=25;weight=30\n3 sip:10.0.1.3 0 0 rweight=25;weight=50\n";
+    let list = "1 sip:127.0.0.1:5071\n1 sip:127.0.0.1:5072\n1 sip:127.0.0.1:5073\n3 sip:127.0.11.1 0 0 rweight=50;weight=20\n3 sip:127.0.11.2 0 0 rweight=25;weight=30\n3 sip:127.0.11.3 0 0 rweight=25;weight=50\n";
     let f = dir.write("d.list", list);
     let cfg = PICKS.replace("LIST_FILE", &f);
     let srv = Server::start(&cfg);

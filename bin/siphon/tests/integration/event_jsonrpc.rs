@@ -388,7 +388,7 @@ fn rpc_subscriptions_only_to_allowed_subscribers() {
     // An allow-list without 127.0.0.1: the configuration's own subscription
     // (trusted) still works, the same destination over RPC is refused.
     let srv = Server::start(&cfg(
-        "modparam(\"event_jsonrpc\", \"allowed_subscribers\", \"127.0.0.2, 10.0.0.0/8\")",
+        "modparam(\"event_jsonrpc\", \"allowed_subscribers\", \"127.0.0.2, 127.16.0.0/12\")",
         &here,
     ));
     send(&srv, "MESSAGE", 40);

@@ -729,13 +729,13 @@ fn save_replies_through_the_transaction_and_keeps_flags_received_and_limits() {
         "henry",
         1,
         "c1",
-        &["<sip:henry@10.0.0.1:5060>"],
+        &["<sip:henry@127.0.10.1:5060>"],
         "X-Nat: yes\r\n",
     );
     let received = format!("sip:127.0.0.1:{}", uac.addr().port());
     assert_eq!(
         header(&m, "Contact").as_deref(),
-        Some(format!("<sip:henry@10.0.0.1:5060>;expires=3600;received=\"{received}\"").as_str())
+        Some(format!("<sip:henry@127.0.10.1:5060>;expires=3600;received=\"{received}\"").as_str())
     );
     assert!(srv.log_soon("save: 1"));
     let d = rpc_doc(&srv, "ul.lookup", json!(["location", "henry"]));
@@ -752,7 +752,7 @@ fn save_replies_through_the_transaction_and_keeps_flags_received_and_limits() {
     );
     assert_eq!(uac.final_code(Duration::from_secs(5)), Some(299));
     assert!(srv.log_soon(&format!(
-        "lookup: nat flag restored, du={received} ru=sip:henry@10.0.0.1:5060"
+        "lookup: nat flag restored, du={received} ru=sip:henry@127.0.10.1:5060"
     )));
     // max_contacts 2: a third binding is refused with 503 and Retry-After, nothing saved
     let m = register(
@@ -761,7 +761,7 @@ fn save_replies_through_the_transaction_and_keeps_flags_received_and_limits() {
         "henry",
         2,
         "c1",
-        &["<sip:henry@10.0.0.2>", "<sip:henry@10.0.0.3>"],
+        &["<sip:henry@127.0.10.2>", "<sip:henry@127.0.10.3>"],
         "",
     );
     assert_eq!(m.status(), Some(503));
@@ -779,7 +779,7 @@ fn save_replies_through_the_transaction_and_keeps_flags_received_and_limits() {
         "henry",
         3,
         "c1",
-        &["<sip:henry@10.0.0.1:5060>"],
+        &["<sip:henry@127.0.10.1:5060>"],
         "",
     );
     assert_eq!(m.status(), Some(200));
@@ -792,7 +792,7 @@ fn save_replies_through_the_transaction_and_keeps_flags_received_and_limits() {
         "henry",
         5,
         "c1",
-        &["<sip:henry@10.0.0.1:5060>;expires=0"],
+        &["<sip:henry@127.0.10.1:5060>;expires=0"],
         "",
     );
     assert!(srv.log_soon("save: 3"));
@@ -803,7 +803,7 @@ fn save_replies_through_the_transaction_and_keeps_flags_received_and_limits() {
     assert_eq!(uac.final_code(Duration::from_secs(5)), Some(404));
     assert!(srv.log_soon("lookup: -1"));
     // 0x02: saved without a reply (the script answers)
-    let m = register(&uac, to, "quiet", 1, "q1", &["<sip:quiet@10.0.0.9>"], "");
+    let m = register(&uac, to, "quiet", 1, "q1", &["<sip:quiet@127.0.10.9>"], "");
     assert_eq!(m.status(), Some(202));
     assert!(srv.log_soon("quiet save: 1"));
     assert_eq!(stat(&srv, "registrar:accepted_regs"), 5);
@@ -850,7 +850,7 @@ fn registered_and_unregister_look_at_the_table() {
         uac.final_code(Duration::from_secs(5))
     };
     assert_eq!(ask("OPTIONS", "ivy", 1), Some(297));
-    register(&uac, srv.udp, "ivy", 1, "c1", &["<sip:ivy@10.0.0.1>"], "");
+    register(&uac, srv.udp, "ivy", 1, "c1", &["<sip:ivy@127.0.10.1>"], "");
     assert_eq!(ask("OPTIONS", "ivy", 2), Some(298));
     assert_eq!(ask("MESSAGE", "ivy", 3), Some(296));
     assert_eq!(ask("OPTIONS", "ivy", 4), Some(297));
@@ -895,7 +895,7 @@ fn a_saved_path_routes_the_request_through_its_first_hop() {
             "kate",
             1,
             "c1",
-            &["<sip:kate@10.0.0.7:5060>"],
+            &["<sip:kate@127.0.10.7:5060>"],
             &format!("Path: {hop}\r\nSupported: path\r\n"),
         );
         assert_eq!(m.status(), Some(200));
@@ -914,7 +914,7 @@ fn a_saved_path_routes_the_request_through_its_first_hop() {
         let got = siphon_sip::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
         assert_eq!(
             got.ruri().as_deref(),
-            Some(&b"sip:kate@10.0.0.7:5060"[..]),
+            Some(&b"sip:kate@127.0.10.7:5060"[..]),
             "{:?}",
             r.which
         );

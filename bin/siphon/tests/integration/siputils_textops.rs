@@ -99,9 +99,9 @@ fn run(bin: &str, extra: &[&str]) -> (String, String, SipMsg) {
         .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned())
         .unwrap_or_default();
     // Two Vias: not a first hop; an R-URI that is not ours.
-    let two = req("checks2", "sip:b@192.0.2.1", "X-Extra: 1\r\n").replace(
+    let two = req("checks2", "sip:b@127.0.20.1", "X-Extra: 1\r\n").replace(
         "Via: SIP/2.0/UDP 127.0.0.1:9;",
-        "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx, SIP/2.0/UDP 192.0.2.7;",
+        "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx, SIP/2.0/UDP 127.0.20.7;",
     );
     uac.send_to(two.as_bytes(), addr).unwrap();
     let m = recv(&uac, "checks2");
