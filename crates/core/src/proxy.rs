@@ -771,17 +771,7 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
         f(FunctionSpec::new(name, &[], move |ex, _| {
             // Kamailio answers the last internal error; siphon's t_relay
             // errors are answered by the transaction, so this is the 500.
-            let Some(s) = sip(ex) else { return (-1).into() };
-            let sent = match s.tx {
-                Some(id) => {
-                    let tag = c.to_tag(&s.msg);
-                    let (code, bytes) =
-                        c.sendable_reply(&s.msg, &s.peer, 500, b"Server Internal Error", &tag, &[]);
-                    c.tm.with(&c, id.index, |t, now| t.reply_bytes(id, code, bytes, now))
-                }
-                None => c.sl_reply(&s.msg, &s.peer, 500, b"Server Internal Error", &[]),
-            };
-            truth(sent)
+            crate::script::send_reply(&c, ex, 500, b"Server Internal Error").into()
         })
         .routes(relay_routes));
     }

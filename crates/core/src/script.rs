@@ -51,6 +51,15 @@ fn sl_send(core: &Core, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 {
     }
 }
 
+/// `send_reply`: through the transaction when the request has one, else stateless.
+pub(crate) fn send_reply(core: &Arc<Core>, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 {
+    if sip(ex).is_some_and(|s| s.tx.is_some()) {
+        t_send(core, ex, code, reason)
+    } else {
+        sl_send(core, ex, code, reason)
+    }
+}
+
 fn t_send(core: &Arc<Core>, ex: &mut Exec<'_>, code: u16, reason: &[u8]) -> i32 {
     let flags = ex.ctx.flags;
     let Some(s) = sip(ex) else { return -1 };
@@ -568,13 +577,7 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
     let c = core.clone();
     f(FunctionSpec::new("send_reply", &[Int, Str], move |ex, a| {
         match code_reason(a, ex) {
-            Some((code, reason)) => {
-                if sip(ex).is_some_and(|s| s.tx.is_some()) {
-                    t_send(&c, ex, code, &reason).into()
-                } else {
-                    sl_send(&c, ex, code, &reason).into()
-                }
-            }
+            Some((code, reason)) => send_reply(&c, ex, code, &reason).into(),
             None => (-1).into(),
         }
     })

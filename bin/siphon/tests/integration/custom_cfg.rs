@@ -70,7 +70,10 @@ fn pstn_routing_follows_cfg_sets() {
         rpc_doc(&srv, "cfg.get", json!(["pstn", "gw_ip"]))["result"],
         json!("127.0.10.101")
     );
-    assert_eq!(call(&uac, 2), (200, "sip:+4930123@127.0.10.101".to_string()));
+    assert_eq!(
+        call(&uac, 2),
+        (200, "sip:+4930123@127.0.10.101".to_string())
+    );
     assert_eq!(
         rpc_doc(&srv, "cfg.help", json!(["pstn", "gw_port"]))["result"],
         json!("PSTN GW Port")
