@@ -223,8 +223,13 @@ fn json_rpc_over_http_on_the_sip_tcp_listener() {
 fn oversized_bodies_and_broken_http_lose_only_their_connection() {
     let srv = Server::start(CFG);
     let mut big = HttpConn::new(srv.tcp);
-    let body = vec![b' '; (1 << 20) + 1];
-    big.send("POST", "/RPC", "", &body);
+    // The 413 comes from the announced length, before any body: sending the
+    // body too would race the server's close (a reset can eat the answer).
+    let head = format!(
+        "POST /RPC HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        (1 << 20) + 1
+    );
+    big.wr.write_all(head.as_bytes()).unwrap();
     let a = big.recv().unwrap();
     assert_eq!(a.status, 413);
     assert_eq!(a.json()["error"]["code"], json!(-32600));
