@@ -5,8 +5,8 @@
 //!
 //! - `ds_select_dst(set, alg[, limit])` sets `$du` to the chosen destination;
 //!   `ds_select_domain(…)` rewrites the R-URI's host:port instead. 1 when
-//!   one was chosen, -1 when the set is unknown, the algorithm is not
-//!   supported or every destination is down.
+//!   one was chosen, -1 when the set is unknown, every destination is down,
+//!   or `$du` is set already and `force_dst` is 0 (as Kamailio).
 //! - `ds_next_dst()`, `ds_next_domain()`: the next destination of the last
 //!   selection (kept with the transaction); -1 when none is left, or when
 //!   failover is off (`flags` without bit 2, Kamailio's default: a warning
@@ -21,26 +21,37 @@
 //!   2 ignore the protocol (the default without mode), 4 only active ones.
 //! - `ds_count(set, states, pv)`: how many destinations of `set` are in one
 //!   of `states` (`a`, `i`, `d`, `p`).
-//! - Algorithms 0 (Call-ID hash), 1 (From URI hash), 2 (To URI hash),
-//!   3 (R-URI hash), 4 (round robin), 8 (priority), 9 (weight), 11 (relative
-//!   weight among the active destinations); others are
-//!   refused at load when constant, -1 at run time.
+//! - Algorithms, Kamailio's: 0 Call-ID hash, 1 From URI, 2 To URI, 3 R-URI,
+//!   4 round robin, 5 the credentials' user name (round robin without
+//!   credentials), 6 random, 7 `hash_pvar` expanded, 8 priority, 9 weight,
+//!   10 call load ([`load`]: `ds_load_update()`, `ds_load_unset()`, needs
+//!   `ds_hash_size`), 11 relative weight among the active destinations,
+//!   12 all at once (every other destination becomes a branch), 13 highest
+//!   priority lowered by the probes' latency, round robin among equals.
+//!   A constant algorithm that does not exist, 7 without `hash_pvar` or 10
+//!   without `ds_hash_size` is refused at load.
 //! - RPCs `dispatcher.list`, `dispatcher.reload`, `dispatcher.set_state`,
 //!   `dispatcher.ping_active`.
 //!
-//! OPTIONS probing (`ds_ping_interval` …) is in [`probe`].
+//! Probing (`ds_ping_interval` …, modes 0-3, UDP and TCP) is in [`probe`],
+//! the probes' latency statistics in [`latency`].
 
+pub mod latency;
 pub mod list;
+pub mod load;
 pub mod probe;
 
-use list::{Alg, DS_DISABLED, DS_INACTIVE, DS_PROBING, DS_TRYING, Dest, Lists};
+use list::{Alg, DS_DISABLED, DS_INACTIVE, DS_PROBING, DS_TRYING, Dest, Lists, Start};
+use load::CallLoad;
 use serde_json::{Value as J, json};
 use siphon_script::api::*;
 use siphon_script::rpc::{RpcCall, RpcFailure, RpcSpec};
-use siphon_script::sip::SipCtx;
+use siphon_script::sip::{BranchEntry, SipCtx};
 use siphon_script::{ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, RouteType, Value};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use siphon_sip::{Method, SipMsg};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
 /// What a selection left for failover, kept in the request's context (which
 /// follows the transaction into `failure_route`).
@@ -50,6 +61,9 @@ pub struct DsCtx {
     pub current: Option<Arc<Dest>>,
     /// The ones still to try, in order.
     pub remaining: Vec<Arc<Dest>>,
+    /// Algorithm 10 counts this call in the set (Kamailio's `dstid` in the
+    /// destination records): a failover moves the call's load.
+    pub load_set: Option<i64>,
 }
 
 /// What `$dsv(...)` reads in `event_route[dispatcher:dst-down|dst-up]`: the
@@ -98,15 +112,57 @@ impl std::ops::Deref for Dispatcher {
 pub struct Inner {
     file: String,
     lists: RwLock<Arc<Lists>>,
-    probing_mode: i64,
     hash_user_only: bool,
     failover: bool,
     force_dst: bool,
     ping_active: AtomicI64,
     probing: Arc<probe::Probing>,
+    /// `hash_pvar` is set (its format is the module's only one).
+    hash_pvar: bool,
+    /// `hash_pvar` as written, compiled by the program ([`Module::formats`]).
+    hash_pvar_text: Option<String>,
+    /// Calls in progress for algorithm 10 (`ds_hash_size` > 0).
+    load: Option<Mutex<CallLoad>>,
+    /// `ds_hash_check_interval` (s): how often expired calls are swept.
+    load_sweep: u64,
+    /// Where [`Inner::now`] counts from.
+    epoch: Instant,
+    /// Algorithm 6's generator state (splitmix64).
+    rng: AtomicU64,
 }
 
 impl Inner {
+    /// Seconds on a monotonic clock (the call-load table's time).
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_secs() + 1
+    }
+
+    /// The call-load table, when `ds_hash_size` enables it.
+    fn load_table(&self) -> Option<MutexGuard<'_, CallLoad>> {
+        self.load
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Calls in progress on `d` of `set` (0 without a `duid` or a table).
+    pub fn call_load(&self, set: i64, d: &Dest) -> u32 {
+        match self.load_table() {
+            Some(t) if !d.duid.is_empty() => t.load(set, &d.duid),
+            _ => 0,
+        }
+    }
+
+    /// A random number for algorithm 6 (splitmix64).
+    fn random(&self) -> u32 {
+        let mut z = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 33) as u32
+    }
+
     /// The sets now in use.
     pub fn lists(&self) -> Arc<Lists> {
         self.lists.read().expect("lists lock").clone()
@@ -228,45 +284,218 @@ pub fn with_hostport(ruri: &[u8], dest: &[u8]) -> Option<bytes::Bytes> {
 }
 
 /// Uses `d`: `$du`, or the R-URI's host:port for the `_domain` variants.
-fn apply(s: &mut SipCtx, d: &Dest, domain: bool, force: bool) -> bool {
+fn apply(s: &mut SipCtx, d: &Dest, domain: bool) -> bool {
     if domain {
         match with_hostport(&s.ruri(), d.uri.as_bytes()) {
             Some(u) => s.edits.ruri = Some(u),
             None => return false,
         }
     } else {
-        if !force && s.du.is_some() {
-            return true;
-        }
         s.du = Some(bytes::Bytes::copy_from_slice(d.uri.as_bytes()));
     }
     s.ruri_consumed = false;
     true
 }
 
-fn select(m: &Inner, ex: &mut Exec<'_>, set: i64, alg: i64, limit: i64, domain: bool) -> i32 {
+/// The `username` of digest credentials (`Digest username="alice", …`),
+/// its user part (before an `@`), trimmed; `None` when `v` is no digest.
+fn digest_username(v: &[u8]) -> Option<Vec<u8>> {
+    let v = v.trim_ascii();
+    let sp = v.iter().position(|c| c.is_ascii_whitespace())?;
+    if !v[..sp].eq_ignore_ascii_case(b"digest") {
+        return None;
+    }
+    let mut rest = &v[sp..];
+    let mut user = Vec::new();
+    while !rest.is_empty() {
+        rest = rest.trim_ascii_start();
+        let eq = rest.iter().position(|&c| c == b'=' || c == b',');
+        let Some(eq) = eq.filter(|&i| rest[i] == b'=') else {
+            // A parameter without a value: skip to the next.
+            rest = &rest[eq.map_or(rest.len(), |i| i + 1)..];
+            continue;
+        };
+        let name = rest[..eq].trim_ascii();
+        rest = rest[eq + 1..].trim_ascii_start();
+        let value: Vec<u8> = if rest.first() == Some(&b'"') {
+            let mut out = Vec::new();
+            let mut i = 1;
+            while i < rest.len() && rest[i] != b'"' {
+                if rest[i] == b'\\' && i + 1 < rest.len() {
+                    i += 1;
+                }
+                out.push(rest[i]);
+                i += 1;
+            }
+            rest = rest.get(i + 1..).unwrap_or_default();
+            out
+        } else {
+            let end = rest.iter().position(|&c| c == b',').unwrap_or(rest.len());
+            let out = rest[..end].trim_ascii().to_vec();
+            rest = &rest[end..];
+            out
+        };
+        rest = rest.trim_ascii_start();
+        rest = rest.strip_prefix(b",").unwrap_or(rest);
+        if name.eq_ignore_ascii_case(b"username") {
+            user = value;
+        }
+    }
+    let at = user.iter().position(|&c| c == b'@').unwrap_or(user.len());
+    Some(user[..at].trim_ascii().to_vec())
+}
+
+/// Algorithm 5's key: the user of the first Proxy-Authorization that is
+/// digest credentials, else of the first Authorization; `None` (round
+/// robin) when there is none or its user name is empty.
+fn auth_user(msg: &SipMsg) -> Option<Vec<u8>> {
+    for name in [&b"Proxy-Authorization"[..], b"Authorization"] {
+        let Some(h) = msg.headers_named(name).next() else {
+            continue;
+        };
+        if let Some(user) = digest_username(&msg.header_value(h)) {
+            return (!user.is_empty()).then_some(user);
+        }
+    }
+    None
+}
+
+/// Algorithm 7's key: `hash_pvar` expanded and trimmed; `None` (an error
+/// logged) when it is not set or comes out empty.
+fn hash_pvar_key(m: &Inner, ex: &mut Exec<'_>) -> Option<Vec<u8>> {
+    let prog = ex.prog;
+    let Some(f) = prog
+        .module_formats("dispatcher")
+        .first()
+        .filter(|_| m.hash_pvar)
+    else {
+        tracing::error!(target: "script", "ds_select: algorithm 7 needs modparam(\"dispatcher\", \"hash_pvar\", ...)");
+        return None;
+    };
+    let key = ex.fmt(f).trim_ascii().to_vec();
+    if key.is_empty() {
+        tracing::error!(target: "script", "ds_select: hash_pvar is empty for this request");
+        return None;
+    }
+    Some(key)
+}
+
+/// The branch algorithm 12 adds for `d`: the R-URI to `d` (`$du`), or for
+/// `ds_select_domain` `d`'s URI with the R-URI's user (as Kamailio).
+fn parallel_branch(ruri: &bytes::Bytes, d: &Dest, domain: bool) -> BranchEntry {
+    let uri = if domain {
+        let user = siphon_sip::parse_uri(ruri)
+            .ok()
+            .and_then(|u| u.user.map(<[u8]>::to_vec))
+            .filter(|u| !u.is_empty());
+        match (user, d.uri.split_once(':')) {
+            (Some(user), Some((scheme, rest))) => {
+                let mut v = format!("{scheme}:").into_bytes();
+                v.extend_from_slice(&user);
+                v.push(b'@');
+                v.extend_from_slice(rest.as_bytes());
+                bytes::Bytes::from(v)
+            }
+            _ => bytes::Bytes::copy_from_slice(d.uri.as_bytes()),
+        }
+    } else {
+        ruri.clone()
+    };
+    BranchEntry {
+        uri,
+        du: (!domain).then(|| bytes::Bytes::copy_from_slice(d.uri.as_bytes())),
+        q: None,
+        flags: 0,
+    }
+}
+
+fn select(m: &Inner, ex: &mut Exec<'_>, set_id: i64, alg: i64, limit: i64, domain: bool) -> i32 {
     let Some(alg) = Alg::from_num(alg) else {
-        tracing::error!(target: "script", "ds_select: algorithm {alg} is not supported");
+        tracing::error!(target: "script", "ds_select: algorithm {alg} does not exist (0 to 13)");
         return -1;
     };
-    let lists = m.lists();
-    let Some(set) = lists.set(set) else {
-        tracing::error!(target: "script", "ds_select: destination set {set} not found");
+    if !domain && !m.force_dst && sip(ex).is_some_and(|s| s.du.is_some()) {
+        tracing::error!(target: "script", "ds_select_dst: the destination is set already ($du) and force_dst is 0");
         return -1;
+    }
+    let lists = m.lists();
+    let Some(set) = lists.set(set_id) else {
+        tracing::error!(target: "script", "ds_select: destination set {set_id} not found");
+        return -1;
+    };
+    let pv_key = match alg {
+        Alg::HashPv => match hash_pvar_key(m, ex) {
+            Some(k) => Some(k),
+            None => return -1,
+        },
+        _ => None,
     };
     let user_only = m.hash_user_only;
     let Some(s) = sip(ex) else { return -1 };
-    let Some(hash) = hash_of(s, alg, user_only) else {
-        tracing::error!(target: "script", "ds_select: cannot get the hash key of the request");
+    let call_id = s.msg.call_id().map(|c| c.trim_ascii().to_vec());
+    // Algorithm 10 counts INVITEs only (other requests take the first).
+    let counting = alg == Alg::CallLoad && s.msg.method() == Method::Invite;
+    let mut table = None;
+    if counting {
+        if let Some(d) = set.dests.iter().find(|d| d.duid.is_empty()) {
+            tracing::error!(target: "script", "ds_select: algorithm 10 counts calls per duid=, and {} of set {set_id} has none", d.uri);
+            return -1;
+        }
+        table = m.load_table();
+        if table.is_none() {
+            tracing::error!(target: "script", "ds_select: algorithm 10 needs modparam(\"dispatcher\", \"ds_hash_size\", N) with N > 0");
+            return -1;
+        }
+    }
+    let loads = |d: &Dest| table.as_ref().map_or(0, |t| t.load(set_id, &d.duid));
+    let start = match alg {
+        Alg::CallId | Alg::From | Alg::To | Alg::Ruri => {
+            let Some(hash) = hash_of(s, alg, user_only) else {
+                tracing::error!(target: "script", "ds_select: cannot get the hash key of the request");
+                return -1;
+            };
+            Start::Key(hash)
+        }
+        Alg::RoundRobin => Start::RoundRobin,
+        Alg::AuthUser => auth_user(&s.msg).map_or(Start::RoundRobin, |u| {
+            Start::Key(list::ds_hash(Some(&u), None))
+        }),
+        Alg::Random => Start::Key(m.random()),
+        Alg::HashPv => Start::Key(list::ds_hash(pv_key.as_deref(), None)),
+        Alg::Priority | Alg::Parallel => Start::Key(0),
+        Alg::CallLoad if counting => Start::LeastLoaded(&loads),
+        Alg::CallLoad => Start::Key(0),
+        Alg::Weight => Start::Weight,
+        Alg::RelWeight => Start::RelWeight,
+        Alg::Latency => Start::Latency,
+    };
+    let Some(sel) = list::select(set, start, usize::try_from(limit).unwrap_or(0)) else {
         return -1;
     };
-    let mut picked = list::select(set, alg, hash, usize::try_from(limit).unwrap_or(0));
-    if picked.is_empty() {
+    let mut picked = sel.dests;
+    let first = picked.remove(0);
+    let mut load_set = None;
+    if let (Some(t), Some(cid)) = (table.as_mut(), &call_id) {
+        match t.add(cid, set_id, &first.duid, m.now()) {
+            Ok(()) => load_set = Some(set_id),
+            Err(load::AddError::Known) => {
+                tracing::warn!(target: "script", "ds_select: call {} is counted already: this selection is not", String::from_utf8_lossy(cid));
+            }
+        }
+    }
+    drop(table);
+    if !apply(s, &first, domain) {
         return -1;
     }
-    let first = picked.remove(0);
-    if !apply(s, &first, domain, m.force_dst) {
-        return -1;
+    if alg == Alg::Parallel {
+        // Every destination after the chosen one, down or not (Kamailio
+        // 5.6); no failover list: the branches are it.
+        let ruri = s.ruri();
+        for d in &set.dests[sel.index + 1..] {
+            s.branches.push(parallel_branch(&ruri, d, domain));
+        }
+        ex.ctx.ext.remove::<DsCtx>();
+        return 1;
     }
     if !m.failover {
         // Kamailio keeps no failover list without `flags` bit 2.
@@ -275,6 +504,7 @@ fn select(m: &Inner, ex: &mut Exec<'_>, set: i64, alg: i64, limit: i64, domain: 
     ex.ctx.ext.insert(DsCtx {
         current: Some(first),
         remaining: picked,
+        load_set,
     });
     1
 }
@@ -284,6 +514,7 @@ fn next(m: &Inner, ex: &mut Exec<'_>, domain: bool) -> i32 {
         tracing::warn!(target: "script", "ds_next_dst: failover support disabled (modparam(\"dispatcher\", \"flags\", 2) enables it)");
         return -1;
     }
+    let call_id = sip(ex).and_then(|s| s.msg.call_id().map(|c| c.trim_ascii().to_vec()));
     let Some(st) = ex.ctx.ext.get_mut::<DsCtx>() else {
         return -1;
     };
@@ -293,11 +524,84 @@ fn next(m: &Inner, ex: &mut Exec<'_>, domain: bool) -> i32 {
         if d.skip() {
             continue;
         }
+        if let Some(set) = st.load_set {
+            // The call's load moves; a destination no longer in the set
+            // (a reload since) is passed over, as Kamailio.
+            let lists = m.lists();
+            let known = lists
+                .set(set)
+                .is_some_and(|s| s.dests.iter().any(|x| x.duid.eq_ignore_ascii_case(&d.duid)));
+            if !known {
+                tracing::error!(target: "script", "ds_next_dst: {} (duid {}) is no longer in set {set}: skipped", d.uri, d.duid);
+                continue;
+            }
+        }
         st.current = Some(d.clone());
+        let load_set = st.load_set;
         let Some(s) = sip(ex) else { return -1 };
-        return if apply(s, &d, domain, true) { 1 } else { -1 };
+        if !apply(s, &d, domain) {
+            return -1;
+        }
+        if load_set.is_some() {
+            let moved = match (m.load_table(), &call_id) {
+                (Some(mut t), Some(cid)) => t.replace(cid, &d.duid),
+                _ => false,
+            };
+            if !moved {
+                tracing::error!(target: "script", "ds_next_dst: the call's load is not counted (ended meanwhile?)");
+                return -1;
+            }
+        }
+        return 1;
     }
     -1
+}
+
+/// `ds_load_update()`: a BYE or CANCEL ends the call's load, a 2xx to the
+/// INVITE confirms it (it then lives `ds_hash_expire`).
+fn load_update(m: &Inner, ex: &mut Exec<'_>) -> i32 {
+    let Some(s) = sip(ex) else { return -1 };
+    let (Some(cid), Some(cseq)) = (s.msg.call_id(), s.msg.cseq()) else {
+        tracing::error!(target: "script", "ds_load_update: no Call-ID or CSeq");
+        return -1;
+    };
+    let cid = cid.trim_ascii();
+    let Some(mut t) = m.load_table() else {
+        return 1;
+    };
+    if s.msg.is_request() {
+        if matches!(s.msg.method(), Method::Bye | Method::Cancel) {
+            t.remove(cid);
+        }
+    } else if cseq.method == Method::Invite && s.msg.status().is_some_and(|c| c / 100 == 2) {
+        t.confirm(cid);
+    }
+    1
+}
+
+/// `ds_load_unset()`: ends the call's load (a failed call). For an INVITE
+/// only when algorithm 10 counted it; -1 when the call is not counted.
+fn load_unset(m: &Inner, ex: &mut Exec<'_>) -> i32 {
+    let counted = ex
+        .ctx
+        .ext
+        .get::<DsCtx>()
+        .is_some_and(|c| c.load_set.is_some());
+    let Some(s) = sip(ex) else { return -1 };
+    if s.msg.is_request() && s.msg.method() == Method::Invite && !counted {
+        return 1;
+    }
+    let Some(cid) = s.msg.call_id() else {
+        return -1;
+    };
+    if m.load_table()
+        .is_some_and(|mut t| t.remove(cid.trim_ascii()))
+    {
+        1
+    } else {
+        tracing::error!(target: "script", "ds_load_unset: no load for call {}", String::from_utf8_lossy(&cid));
+        -1
+    }
 }
 
 fn mark(m: &Inner, ex: &mut Exec<'_>, state: u32) -> i32 {
@@ -408,13 +712,40 @@ fn count(m: &Inner, set: i64, states: &str) -> i64 {
         .count() as i64
 }
 
-/// A constant algorithm argument must be one siphon implements.
-fn check_alg(a: &Args) -> Result<(), String> {
-    match a.const_value(1).map(|v| v.to_int()) {
-        Some(Some(n)) if Alg::from_num(n).is_none() => Err(format!(
-            "dispatcher algorithm {n} is not supported (0, 1, 2, 3, 4, 8, 9 and 11 are)"
-        )),
-        Some(None) => Err("the algorithm must be a number".into()),
+/// A constant algorithm must exist and have what it needs: `hash_pvar`
+/// for 7; `ds_hash_size` for 10, and a `duid` on every destination of a
+/// constant set.
+fn check_alg(m: &Inner, a: &Args) -> Result<(), String> {
+    let alg = match a.const_value(1).map(|v| v.to_int()) {
+        None => return Ok(()),
+        Some(None) => return Err("the algorithm must be a number".into()),
+        Some(Some(n)) => Alg::from_num(n).ok_or_else(|| {
+            format!("dispatcher algorithm {n} does not exist (Kamailio's are 0 to 13)")
+        })?,
+    };
+    match alg {
+        Alg::HashPv if !m.hash_pvar => Err(
+            "algorithm 7 hashes over modparam(\"dispatcher\", \"hash_pvar\", \"...\"), which is not set"
+                .into(),
+        ),
+        Alg::CallLoad if m.load.is_none() => Err(
+            "algorithm 10 (call load) needs modparam(\"dispatcher\", \"ds_hash_size\", N) with N > 0"
+                .into(),
+        ),
+        Alg::CallLoad => {
+            let set = a.const_value(0).and_then(Value::to_int);
+            let lists = m.lists();
+            match set.and_then(|id| lists.set(id)) {
+                Some(s) => match s.dests.iter().find(|d| d.duid.is_empty()) {
+                    Some(d) => Err(format!(
+                        "algorithm 10 counts calls per duid=, and {} of set {} has none",
+                        d.uri, s.id
+                    )),
+                    None => Ok(()),
+                },
+                None => Ok(()),
+            }
+        }
         _ => Ok(()),
     }
 }
@@ -427,18 +758,24 @@ impl Module for Dispatcher {
         let mut v = Vec::new();
         for (name, domain) in [("ds_select_dst", false), ("ds_select_domain", true)] {
             let m = me();
+            let chk = me();
             v.push(
-                FunctionSpec::checked(name, &[Any, Any, Any], check_alg, move |ex, a| {
-                    let (Some(set), Some(alg)) = (a.int(0, ex), a.int(1, ex)) else {
-                        return (-1).into();
-                    };
-                    let limit = if a.len() > 2 {
-                        a.int(2, ex).unwrap_or(0)
-                    } else {
-                        0
-                    };
-                    select(&m, ex, set, alg, limit, domain).into()
-                })
+                FunctionSpec::checked(
+                    name,
+                    &[Any, Any, Any],
+                    move |a| check_alg(&chk, a),
+                    move |ex, a| {
+                        let (Some(set), Some(alg)) = (a.int(0, ex), a.int(1, ex)) else {
+                            return (-1).into();
+                        };
+                        let limit = if a.len() > 2 {
+                            a.int(2, ex).unwrap_or(0)
+                        } else {
+                            0
+                        };
+                        select(&m, ex, set, alg, limit, domain).into()
+                    },
+                )
                 .min_args(2)
                 .routes(sel_routes),
             );
@@ -464,7 +801,12 @@ impl Module for Dispatcher {
                 },
                 move |ex, a| {
                     let state = if a.is_empty() {
-                        DS_INACTIVE | if m.probing_mode == 1 { DS_PROBING } else { 0 }
+                        DS_INACTIVE
+                            | if m.probing.mode == probe::Mode::All {
+                                DS_PROBING
+                            } else {
+                                0
+                            }
                     } else {
                         match parse_state(&a.text(0, ex)) {
                             Some(s) => s,
@@ -496,6 +838,18 @@ impl Module for Dispatcher {
             .min_args(0),
         );
         let m = me();
+        v.push(
+            FunctionSpec::new("ds_load_update", &[], move |ex, _| {
+                load_update(&m, ex).into()
+            })
+            .routes(RouteType::ANY),
+        );
+        let m = me();
+        v.push(
+            FunctionSpec::new("ds_load_unset", &[], move |ex, _| load_unset(&m, ex).into())
+                .routes(RouteType::ANY),
+        );
+        let m = me();
         v.push(FunctionSpec::new(
             "ds_count",
             &[Any, Str, PvWritable],
@@ -520,14 +874,41 @@ impl Module for Dispatcher {
         v
     }
 
+    fn formats(&self) -> Vec<String> {
+        self.hash_pvar_text.iter().cloned().collect()
+    }
+
     fn start(&self, cx: &StartCx) -> Result<(), String> {
+        let stop = cx.host.shutdown();
+        if self.load.is_some() {
+            // Calls whose BYE never came end after ds_hash_expire.
+            let m = self.0.clone();
+            let stop = stop.clone();
+            let every = std::time::Duration::from_secs(self.load_sweep);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let now = m.now();
+                    if let Some(mut t) = m.load_table() {
+                        let n = t.sweep(now);
+                        if n > 0 {
+                            tracing::info!(target: "dispatcher", "{n} call(s) expired from the call load");
+                        }
+                    }
+                }
+            });
+        }
         let p = self.probing.clone();
         if p.interval == 0 {
             return Ok(());
         }
         let m = self.0.clone();
         let program = cx.program.clone();
-        let stop = cx.host.shutdown();
         let event: probe::OnChange = Arc::new(move |name, d, code, reason| {
             if let Some(route) = program.event_route(name) {
                 let mut ctx = program.new_ctx(RouteType::EVENT);
@@ -552,13 +933,7 @@ impl Module for Dispatcher {
                     continue;
                 }
                 n += 1;
-                let dests: Vec<Arc<Dest>> = m
-                    .lists()
-                    .sets
-                    .iter()
-                    .flat_map(|s| s.dests.iter().cloned())
-                    .collect();
-                probe::round(p.clone(), dests, n, event.clone()).await;
+                probe::round(p.clone(), m.lists(), n, event.clone()).await;
             }
         });
         Ok(())
@@ -592,7 +967,7 @@ impl Module for Dispatcher {
         let list = {
             let m = m.clone();
             RpcSpec::new("dispatcher.list", "List the destination sets", move |_| {
-                Ok(rpc_list(&m.lists()))
+                Ok(rpc_list(&m, &m.lists()))
             })
         };
         let reload = {
@@ -652,8 +1027,10 @@ fn null_if_empty(s: &str) -> J {
 }
 
 /// Kamailio's answer: sets newest first (the last set to appear in the
-/// file first), destinations by priority.
-fn rpc_list(l: &Lists) -> J {
+/// file first), destinations by priority; `LATENCY` with
+/// `ds_ping_latency_stats`, `RUNTIME` (the calls in progress) with
+/// `ds_hash_size`.
+fn rpc_list(m: &Inner, l: &Lists) -> J {
     let records: Vec<J> = l
         .sets
         .iter()
@@ -673,11 +1050,24 @@ fn rpc_list(l: &Lists) -> J {
                             "DUID": d.duid,
                             "MAXLOAD": d.maxload,
                             "WEIGHT": d.weight,
-                            "RWEIGHT": d.rweight,
+                            "RWEIGHT": d.rweight(),
                             "SOCKET": null_if_empty(&d.socket),
                             "SOCKNAME": J::Null,
                             "OBPROXY": J::Null,
                         });
+                    }
+                    if m.probing.latency_stats {
+                        let l = d.latency();
+                        dest["LATENCY"] = json!({
+                            "AVG": l.average,
+                            "STD": l.stdev,
+                            "EST": l.estimate,
+                            "MAX": l.max,
+                            "TIMEOUT": l.timeout,
+                        });
+                    }
+                    if m.load.is_some() {
+                        dest["RUNTIME"] = json!({"DLGLOAD": m.call_load(s.id, d)});
                     }
                     json!({ "DEST": dest })
                 })
@@ -741,7 +1131,13 @@ pub fn def() -> ModuleDef {
             ParamSpec::str("ds_ping_reply_codes"),
             ParamSpec::str("ds_ping_from"),
             ParamSpec::str("ds_ping_method"),
-            ParamSpec::int("ds_ping_latency_stats").no_effect(),
+            ParamSpec::int("ds_ping_latency_stats"),
+            ParamSpec::int("ds_latency_estimator_alpha"),
+            ParamSpec::str("hash_pvar"),
+            ParamSpec::int("ds_hash_size"),
+            ParamSpec::int("ds_hash_expire"),
+            ParamSpec::int("ds_hash_initexpire"),
+            ParamSpec::int("ds_hash_check_interval"),
             // Failover state is kept with the transaction, not in AVPs.
             ParamSpec::str("dst_avp").no_effect(),
             ParamSpec::str("grp_avp").no_effect(),
@@ -751,7 +1147,6 @@ pub fn def() -> ModuleDef {
             ParamSpec::str("sock_avp").no_effect(),
             ParamSpec::str("xavp_dst").no_effect(),
             ParamSpec::str("xavp_ctx").no_effect(),
-            ParamSpec::int("ds_hash_size").no_effect(),
         ],
         instantiate: Arc::new(|cfg| {
             let file = cfg
@@ -760,23 +1155,29 @@ pub fn def() -> ModuleDef {
             let lists = load(&file)?;
             let flags = cfg.int("flags").unwrap_or(0);
             let probing_mode = cfg.int("ds_probing_mode").unwrap_or(0);
-            if !(0..=1).contains(&probing_mode) {
+            let mode = probe::Mode::from_num(probing_mode).ok_or_else(|| {
+                format!(
+                    "ds_probing_mode {probing_mode} does not exist (0: flagged probing, once; 1: all; 2: inactive and flagged probing; 3: flagged probing, continually)"
+                )
+            })?;
+            let number = |name: &str, default: i64, min: i64| -> Result<u64, String> {
+                let n = cfg.int(name).unwrap_or(default);
+                u64::try_from(n)
+                    .ok()
+                    .filter(|v| n >= min && *v <= u64::from(u32::MAX))
+                    .ok_or_else(|| format!("{name} must be a number from {min}, not {n}"))
+            };
+            let alpha = number("ds_latency_estimator_alpha", 900, 1)?;
+            if alpha >= 1000 {
                 return Err(format!(
-                    "ds_probing_mode {probing_mode} is not supported (0: destinations flagged probing, 1: all)"
+                    "ds_latency_estimator_alpha must be 1..999 (thousandths), not {alpha}"
                 ));
             }
-            let positive = |name: &str, default: i64| -> Result<u32, String> {
-                let n = cfg.int(name).unwrap_or(default);
-                u32::try_from(n)
-                    .ok()
-                    .filter(|n| *n > 0 || name == "ds_ping_interval")
-                    .ok_or_else(|| format!("{name} must be a positive number, not {n}"))
-            };
             let mut probing = probe::Probing {
-                interval: u64::from(positive("ds_ping_interval", 10)?),
-                mode: probing_mode,
-                threshold: positive("ds_probing_threshold", 1)?,
-                inactive_threshold: positive("ds_inactive_threshold", 1)?,
+                interval: number("ds_ping_interval", 0, 0)?,
+                mode,
+                threshold: number("ds_probing_threshold", 1, 1)? as u32,
+                inactive_threshold: number("ds_inactive_threshold", 1, 1)? as u32,
                 method: cfg
                     .str("ds_ping_method")
                     .unwrap_or_else(|| "OPTIONS".into()),
@@ -785,19 +1186,47 @@ pub fn def() -> ModuleDef {
                     .unwrap_or_else(|| "sip:dispatcher@localhost".into()),
                 classes: Vec::new(),
                 codes: Vec::new(),
+                latency_stats: cfg.int("ds_ping_latency_stats").unwrap_or(0) != 0,
+                alpha: alpha as f64 / 1000.0,
+                timeout: std::time::Duration::from_secs(4),
             };
             if let Some(c) = cfg.str("ds_ping_reply_codes") {
                 probing.reply_codes(&c)?;
             }
+            if probing.interval > 0 {
+                for d in lists.sets.iter().flat_map(|s| s.dests.iter()) {
+                    if !probe::probeable(d) {
+                        tracing::warn!(target: "dispatcher", "{}: TLS destinations are not probed (the module has no TLS client); its state changes only by ds_mark_dst and RPC", d.uri);
+                    }
+                }
+            }
+            let hash_size = number("ds_hash_size", 0, 0)?;
+            let load = (hash_size > 0).then(|| {
+                Ok::<_, String>(Mutex::new(CallLoad::new(
+                    number("ds_hash_expire", 7200, 1)?,
+                    number("ds_hash_initexpire", 7200, 1)?,
+                )))
+            });
+            let load = load.transpose()?;
+            let hash_pvar_text = cfg.str("hash_pvar").filter(|s| !s.is_empty());
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id()).rotate_left(32);
             Ok(Arc::new(Dispatcher(Arc::new(Inner {
                 file,
                 lists: RwLock::new(Arc::new(lists)),
-                probing_mode,
                 hash_user_only: flags & 1 != 0,
                 failover: flags & 2 != 0,
                 force_dst: cfg.int("force_dst").unwrap_or(1) != 0,
                 ping_active: AtomicI64::new(1),
                 probing: Arc::new(probing),
+                hash_pvar: hash_pvar_text.is_some(),
+                hash_pvar_text,
+                load,
+                load_sweep: number("ds_hash_check_interval", 30, 1)?,
+                epoch: Instant::now(),
+                rng: AtomicU64::new(seed),
             }))) as Arc<dyn Module>)
         }),
     }

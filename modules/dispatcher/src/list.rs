@@ -2,9 +2,10 @@
 //! `setid destination [flags [priority [attrs]]]`, and the selection
 //! algorithms over a set.
 
+use crate::latency::Latency;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The destination is inactive (`I`).
 pub const DS_INACTIVE: u32 = 1;
@@ -30,6 +31,14 @@ pub struct Dest {
     pub weight: u32,
     /// `rweight=` (1..100; 0: none), for algorithm 11.
     pub rweight: u32,
+    /// The relative weight in use: `rweight`, or what congestion control
+    /// (`cc=1`) made of it from the probes' latency.
+    pub rweight_live: AtomicU32,
+    /// `cc=1`: congestion control (algorithms 11 and 13 read the latency
+    /// above normal instead of the latency).
+    pub cc: bool,
+    /// `ping_from=`: the From of this destination's probes.
+    pub ping_from: String,
     /// `duid=`.
     pub duid: String,
     /// `socket=`.
@@ -44,10 +53,13 @@ pub struct Dest {
     pub addrs: Vec<IpAddr>,
     /// The transport (`transport=` of the URI; `None`: any).
     pub proto: Option<String>,
-    /// Probes failed in a row.
-    pub fails: AtomicU32,
-    /// Probes answered in a row while inactive.
-    pub oks: AtomicU32,
+    /// Kamailio's `message_count`: probes failed in a row (towards
+    /// `ds_probing_threshold`), or answered in a row while inactive
+    /// (towards `ds_inactive_threshold`).
+    pub probe_count: AtomicU32,
+    /// The probes' round-trip times (`ds_ping_latency_stats`); `latency=`
+    /// starts it.
+    pub latency: Mutex<Latency>,
 }
 
 impl Dest {
@@ -69,6 +81,17 @@ impl Dest {
         };
         let p = if f & DS_PROBING != 0 { 'P' } else { 'X' };
         format!("{a}{p}")
+    }
+    /// The relative weight algorithm 11 uses now.
+    pub fn rweight(&self) -> u32 {
+        self.rweight_live.load(Ordering::Relaxed)
+    }
+    /// A copy of its latency statistics.
+    pub fn latency(&self) -> Latency {
+        self.latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     /// The port to compare with a source port (5061 for sips, else 5060).
     pub fn port_or_default(&self) -> u16 {
@@ -193,6 +216,9 @@ pub fn dest(uri: &str, flags: u32, priority: i32, attrs: &str) -> Result<Dest, S
         attrs: attrs.to_string(),
         weight: 0,
         rweight: 0,
+        rweight_live: AtomicU32::new(0),
+        cc: false,
+        ping_from: String::new(),
         duid: String::new(),
         socket: String::new(),
         maxload: 0,
@@ -200,8 +226,8 @@ pub fn dest(uri: &str, flags: u32, priority: i32, attrs: &str) -> Result<Dest, S
         host,
         port,
         proto,
-        fails: AtomicU32::new(0),
-        oks: AtomicU32::new(0),
+        probe_count: AtomicU32::new(0),
+        latency: Mutex::new(Latency::default()),
     };
     for a in attrs.split(';').map(str::trim).filter(|a| !a.is_empty()) {
         let (k, v) = a.split_once('=').unwrap_or((a, ""));
@@ -221,6 +247,17 @@ pub fn dest(uri: &str, flags: u32, priority: i32, attrs: &str) -> Result<Dest, S
                     return Err(format!("rweight must be 1..100, not {w}"));
                 }
                 d.rweight = w;
+                d.rweight_live.store(w, Ordering::Relaxed);
+            }
+            "cc" => d.cc = v.trim() == "1",
+            "ping_from" => d.ping_from = v.trim().to_string(),
+            "latency" => {
+                let ms: i32 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("latency `{v}` must be a number (ms)"))?;
+                // Kamailio: a starting value counts as a trained estimator.
+                d.latency = Mutex::new(Latency::starting_at(ms, 10_000));
             }
             "duid" => d.duid = v.trim().to_string(),
             "socket" => {
@@ -232,7 +269,6 @@ pub fn dest(uri: &str, flags: u32, priority: i32, attrs: &str) -> Result<Dest, S
                     .trim()
                     .parse()
                     .map_err(|_| format!("maxload `{v}` must be a number"))?;
-                tracing::warn!(target: "dispatcher", "{uri}: maxload= has no effect (algorithm 10, call load, is not implemented)");
             }
             // Other keys (ping_from, obproxy, …) are kept as text only
             // (`dispatcher.list` shows them in BODY).
@@ -275,13 +311,23 @@ pub fn weights(dests: &[Dest]) -> Vec<usize> {
 /// destinations, `rweight * 100 / sum` slots each (truncated), the rest to
 /// the last one given slots. Empty when no active one has an `rweight`.
 pub fn rweights(dests: &[Arc<Dest>]) -> Vec<usize> {
-    let sum: u32 = dests.iter().filter(|d| !d.skip()).map(|d| d.rweight).sum();
+    let sum: u64 = dests
+        .iter()
+        .filter(|d| !d.skip())
+        .map(|d| u64::from(d.rweight()))
+        .sum();
     if sum == 0 {
         return Vec::new();
     }
     let mut counts: Vec<u32> = dests
         .iter()
-        .map(|d| if d.skip() { 0 } else { d.rweight * 100 / sum })
+        .map(|d| {
+            if d.skip() {
+                0
+            } else {
+                (u64::from(d.rweight()) * 100 / sum) as u32
+            }
+        })
         .collect();
     let total: u32 = counts.iter().sum();
     let last = counts
@@ -345,7 +391,7 @@ fn sc(b: u8) -> u32 {
     b as i8 as i32 as u32
 }
 
-/// The selection algorithms siphon implements.
+/// The selection algorithms (Kamailio's numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
     /// 0: hash over the Call-ID.
@@ -358,12 +404,24 @@ pub enum Alg {
     Ruri,
     /// 4: round robin.
     RoundRobin,
+    /// 5: hash over the credentials' user name (round robin without).
+    AuthUser,
+    /// 6: random.
+    Random,
+    /// 7: hash over `hash_pvar` expanded.
+    HashPv,
     /// 8: the first by priority.
     Priority,
     /// 9: by weight.
     Weight,
+    /// 10: the destination with the fewest calls in progress.
+    CallLoad,
     /// 11: by relative weight among the active destinations.
     RelWeight,
+    /// 12: every destination at once (parallel forking).
+    Parallel,
+    /// 13: round robin among the highest priorities, lowered by latency.
+    Latency,
 }
 
 impl Alg {
@@ -375,71 +433,169 @@ impl Alg {
             2 => Alg::To,
             3 => Alg::Ruri,
             4 => Alg::RoundRobin,
+            5 => Alg::AuthUser,
+            6 => Alg::Random,
+            7 => Alg::HashPv,
             8 => Alg::Priority,
             9 => Alg::Weight,
+            10 => Alg::CallLoad,
             11 => Alg::RelWeight,
+            12 => Alg::Parallel,
+            13 => Alg::Latency,
             _ => return None,
         })
     }
 }
 
+/// Where a selection starts, as the caller worked it out from the request.
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    /// A hash or random number: index `key % n`, or the next active one
+    /// (algorithms 0-3, 5 with credentials, 6, 7; 8 and 12 start at 0).
+    Key(u32),
+    /// The set's round-robin turn (4, and 5 without credentials).
+    RoundRobin,
+    /// The set's weight slots (9).
+    Weight,
+    /// The relative weight slots among the active destinations (11).
+    RelWeight,
+    /// The active destination with the fewest calls, among those under
+    /// their `maxload` (10); the failover list leaves out the full ones too.
+    LeastLoaded(&'a dyn Fn(&Dest) -> u32),
+    /// Highest priority lowered by latency, round robin among equals (13).
+    Latency,
+}
+
+/// What a selection picked.
+#[derive(Debug)]
+pub struct Selection {
+    /// The chosen destination's index in the set.
+    pub index: usize,
+    /// The chosen destination first, then the ones to fail over to.
+    pub dests: Vec<Arc<Dest>>,
+}
+
 /// Picks from `set`: the chosen destination first, then the others to fail
-/// over to (active ones, in the set's order after the chosen), at most
-/// `limit` in all (`0`: no limit). `hash` is the key's hash for the hash
-/// algorithms. Empty when every destination is down.
-pub fn select(set: &Set, alg: Alg, hash: u32, limit: usize) -> Vec<Arc<Dest>> {
+/// over to (active ones, in the set's order after the chosen, then those
+/// before it; by adjusted priority for [`Start::Latency`]), at most `limit`
+/// in all (`0`: no limit). `None` when every destination is down (or full).
+pub fn select(set: &Set, start: Start<'_>, limit: usize) -> Option<Selection> {
     let n = set.dests.len();
     if n == 0 {
-        return Vec::new();
+        return None;
     }
-    let start = match alg {
-        Alg::CallId | Alg::From | Alg::To | Alg::Ruri => hash as usize % n,
-        Alg::RoundRobin => {
+    let full = |d: &Dest| match start {
+        Start::LeastLoaded(load) => d.maxload != 0 && load(d) >= d.maxload,
+        _ => false,
+    };
+    let first_active = |from: usize| {
+        (0..n)
+            .map(|k| (from + k) % n)
+            .find(|&i| !set.dests[i].skip())
+    };
+    let index = match start {
+        Start::Key(k) => first_active(k as usize % n)?,
+        Start::RoundRobin => {
             // The next turn goes to the one after the destination chosen
             // (Kamailio 5.6: a skipped one does not give its turn to the next).
             let mut cur = set.last.load(Ordering::Relaxed);
             loop {
-                let start = cur % n;
-                let chosen = (0..n)
-                    .map(|k| (start + k) % n)
-                    .find(|&i| !set.dests[i].skip())
-                    .unwrap_or(start);
+                let chosen = first_active(cur % n)?;
                 match set.last.compare_exchange_weak(
                     cur,
                     (chosen + 1) % n,
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => break start,
+                    Ok(_) => break chosen,
                     Err(now) => cur = now,
                 }
             }
         }
-        Alg::Priority => 0,
-        Alg::RelWeight => {
-            let rw = rweights(&set.dests);
-            if rw.is_empty() {
-                0
-            } else {
-                rw[set.rwlast.fetch_add(1, Ordering::Relaxed) % rw.len()]
-            }
-        }
-        Alg::Weight => {
-            if set.wlist.is_empty() {
+        Start::Weight => {
+            let slot = if set.wlist.is_empty() {
                 0
             } else {
                 set.wlist[set.wlast.fetch_add(1, Ordering::Relaxed) % set.wlist.len()]
-            }
+            };
+            first_active(slot)?
         }
+        Start::RelWeight => {
+            let rw = rweights(&set.dests);
+            let slot = if rw.is_empty() {
+                0
+            } else {
+                rw[set.rwlast.fetch_add(1, Ordering::Relaxed) % rw.len()]
+            };
+            first_active(slot)?
+        }
+        Start::LeastLoaded(load) => {
+            // The first of the least loaded, in the set's order.
+            let mut best: Option<(usize, u32)> = None;
+            for (i, d) in set.dests.iter().enumerate() {
+                if d.skip() || full(d) {
+                    continue;
+                }
+                let l = load(d);
+                if best.is_none_or(|(_, b)| l < b) {
+                    best = Some((i, l));
+                }
+            }
+            best?.0
+        }
+        Start::Latency => return by_latency(set, limit),
     };
-    // A skipped destination passes to the next active one.
-    let mut out: Vec<Arc<Dest>> = (0..n)
-        .map(|k| &set.dests[(start + k) % n])
-        .filter(|d| !d.skip())
-        .cloned()
+    let mut dests = vec![set.dests[index].clone()];
+    dests.extend(
+        (index + 1..n)
+            .chain(0..index)
+            .map(|i| &set.dests[i])
+            .filter(|d| !d.skip() && !full(d))
+            .cloned(),
+    );
+    if limit > 0 {
+        dests.truncate(limit);
+    }
+    Some(Selection { index, dests })
+}
+
+/// Algorithm 13: from the set's round-robin turn on, each active
+/// destination's priority lowered by one point per `priority` ms of
+/// latency (not below 1), sorted by it (stable: the turn order among
+/// equals); the first is chosen and the next turn starts after it.
+fn by_latency(set: &Set, limit: usize) -> Option<Selection> {
+    let n = set.dests.len();
+    let from = set.last.load(Ordering::Relaxed) % n;
+    // (index, adjusted priority); an inactive one sorts as priority -1.
+    let mut order: Vec<(Option<usize>, i32)> = (0..n)
+        .map(|k| (from + k) % n)
+        .map(|i| {
+            let d = &set.dests[i];
+            if d.skip() {
+                return (None, -1);
+            }
+            let p = d.priority;
+            let latency = d.latency().weighed(d.cc);
+            let mut adjusted = p;
+            if latency > p && p > 0 {
+                adjusted = p - latency / p;
+            }
+            if adjusted < 1 && p > 0 {
+                adjusted = 1;
+            }
+            (Some(i), adjusted)
+        })
+        .collect();
+    order.sort_by_key(|(_, p)| std::cmp::Reverse(*p));
+    let index = order[0].0?;
+    set.last.store((index + 1) % n, Ordering::Relaxed);
+    let mut dests: Vec<Arc<Dest>> = order
+        .iter()
+        .filter_map(|(i, _)| *i)
+        .map(|i| set.dests[i].clone())
         .collect();
     if limit > 0 {
-        out.truncate(limit);
+        dests.truncate(limit);
     }
-    out
+    Some(Selection { index, dests })
 }

@@ -59,6 +59,16 @@ fn setup(list: &str, params: &str, body: &str) -> T {
             o.lock().unwrap().push(v);
             1.into()
         }));
+    reg.core_functions
+        .push(FunctionSpec::new("is_m", &[ArgKind::Str], |ex, a| {
+            let want = a.text(0, ex);
+            let msg = &ex.ctx.ext.get::<SipCtx>().unwrap().msg;
+            if msg.is_request() && msg.method_bytes().eq_ignore_ascii_case(want.as_bytes()) {
+                1.into()
+            } else {
+                (-1).into()
+            }
+        }));
     let params = if params.contains("\"flags\"") {
         params.to_string()
     } else {
@@ -299,21 +309,22 @@ fn unknown_set_and_unsupported_algorithm() {
     let t = setup(
         LIST,
         "",
-        "ds_select_dst(7, 4); out($rc); $var(a) = 10; ds_select_dst(1, $var(a)); out($rc);",
+        "ds_select_dst(7, 4); out($rc); $var(a) = 14; ds_select_dst(1, $var(a)); out($rc); $var(a) = 10; ds_select_dst(1, $var(a)); out($rc);",
     );
     t.run("a");
-    assert_eq!(t.out(), ["-1", "-1"]);
+    // 10 at run time without ds_hash_size: -1 (and an error logged).
+    assert_eq!(t.out(), ["-1", "-1", "-1"]);
     let file = list_file(LIST);
     let mut reg = Registry::new();
     reg.add(def());
     let cfg = format!(
-        "loadmodule \"dispatcher.so\"\nmodparam(\"dispatcher\", \"list_file\", \"{file}\")\nrequest_route {{\n ds_select_dst(1, 10);\n}}\n"
+        "loadmodule \"dispatcher.so\"\nmodparam(\"dispatcher\", \"list_file\", \"{file}\")\nrequest_route {{\n ds_select_dst(1, 14);\n}}\n"
     );
     let l = load_str("t.cfg", &cfg, &Default::default(), &reg);
     assert!(l.program.is_none());
     let msg = siphon_cfg::diag::render_all(&l.diags, &l.sources);
     assert!(
-        msg.contains("algorithm 10 is not supported") && msg.contains("t.cfg:4:"),
+        msg.contains("algorithm 14 does not exist") && msg.contains("t.cfg:4:"),
         "{msg}"
     );
 }
@@ -494,16 +505,384 @@ fn mark_dst_runs_no_event_route_as_kamailio() {
     assert_eq!(t.out(), ["end"]);
 }
 
-#[test]
-fn probing_mode_2_is_refused_at_load() {
-    let file = list_file(LIST);
+/// The diagnostics of a configuration that must not load.
+fn refused(list: &str, params: &str, body: &str) -> String {
+    let file = list_file(list);
     let mut reg = Registry::new();
     reg.add(def());
     let cfg = format!(
-        "loadmodule \"dispatcher.so\"\nmodparam(\"dispatcher\", \"list_file\", \"{file}\")\nmodparam(\"dispatcher\", \"ds_probing_mode\", 2)\nrequest_route {{\n}}\n"
+        "loadmodule \"dispatcher.so\"\nmodparam(\"dispatcher\", \"list_file\", \"{file}\")\n{params}\nrequest_route {{\n{body}\n}}\n"
     );
     let l = load_str("t.cfg", &cfg, &Default::default(), &reg);
-    assert!(l.program.is_none());
-    let msg = siphon_cfg::diag::render_all(&l.diags, &l.sources);
-    assert!(msg.contains("ds_probing_mode 2 is not supported"), "{msg}");
+    assert!(l.program.is_none(), "loaded: {cfg}");
+    siphon_cfg::diag::render_all(&l.diags, &l.sources)
+}
+
+/// A message received from 127.0.0.1:5999: `start` line, then `headers`.
+fn message(start: &str, callid: &str, cseq: &str, headers: &str) -> SipCtx {
+    let raw = format!(
+        "{start}\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: {callid}\r\nCSeq: {cseq}\r\n{headers}Content-Length: 0\r\n\r\n"
+    );
+    let msg = siphon_sip::parse(bytes::Bytes::from(raw)).unwrap();
+    SipCtx::new(
+        msg,
+        Peer {
+            transport: Transport::Udp,
+            src: "127.0.0.1:5999".parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
+            conn: None,
+        },
+    )
+}
+
+fn invite(callid: &str, headers: &str) -> SipCtx {
+    message(
+        "INVITE sip:bob@example.com SIP/2.0",
+        callid,
+        "1 INVITE",
+        headers,
+    )
+}
+
+#[test]
+fn constant_algorithms_and_probing_modes_are_checked_at_load() {
+    let e = refused(LIST, "", "ds_select_dst(1, 7);");
+    assert!(e.contains("hash_pvar") && e.contains("t.cfg:5:"), "{e}");
+    let e = refused(LIST, "", "ds_select_domain(1, 10);");
+    assert!(e.contains("ds_hash_size") && e.contains("t.cfg:5:"), "{e}");
+    let e = refused(
+        LIST,
+        "modparam(\"dispatcher\", \"ds_hash_size\", 4)",
+        "ds_select_dst(1, 10);",
+    );
+    assert!(
+        e.contains("sip:127.0.0.1:5073 of set 1 has none") && e.contains("duid"),
+        "{e}"
+    );
+    let e = refused(LIST, "modparam(\"dispatcher\", \"ds_probing_mode\", 4)", "");
+    assert!(e.contains("ds_probing_mode 4 does not exist"), "{e}");
+    let e = refused(
+        LIST,
+        "modparam(\"dispatcher\", \"ds_latency_estimator_alpha\", 1000)",
+        "",
+    );
+    assert!(e.contains("1..999"), "{e}");
+    let e = refused("1 sip:127.0.0.1 0 0 latency=fast\n", "", "");
+    assert!(e.contains(":1: latency `fast`"), "{e}");
+}
+
+#[test]
+fn auth_user_hash_falls_back_to_round_robin() {
+    let t = setup(LIST, "", "ds_select_dst(1, 5);");
+    let at = |user: &[u8]| {
+        format!(
+            "sip:127.0.0.1:{}",
+            5073 - list::ds_hash(Some(user), None) % 3
+        )
+    };
+    // Proxy-Authorization first; the user part of the user name.
+    let pa = "Proxy-Authorization: Digest realm=\"r\", username=\"alice@example.com\", nonce=\"n\", uri=\"sip:x\", response=\"0\"\r\n";
+    for c in ["a", "b", "c"] {
+        assert_eq!(t.run_with(invite(c, pa)).0, at(b"alice"));
+    }
+    let both = format!("{pa}Authorization: Digest username=\"carol\", realm=\"r\"\r\n");
+    assert_eq!(t.run_with(invite("d", &both)).0, at(b"alice"));
+    let au = "Authorization: Digest realm=\"r\",username=bob,nonce=\"n\"\r\n";
+    assert_eq!(t.run_with(invite("e", au)).0, at(b"bob"));
+    // No credentials (or not digest): round robin from the set's turn.
+    let rr: Vec<String> = (0..3)
+        .map(|i| {
+            t.run_with(invite(&format!("f{i}"), "Authorization: Basic YTpi\r\n"))
+                .0
+        })
+        .collect();
+    assert_eq!(
+        rr,
+        [
+            "sip:127.0.0.1:5073",
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5071"
+        ]
+    );
+    assert_eq!(digest_username(b"Digest username=\" \""), Some(vec![]));
+    assert_eq!(digest_username(b"Basic abc"), None);
+}
+
+#[test]
+fn hash_pvar_picks_by_its_expansion() {
+    let t = setup(
+        LIST,
+        "modparam(\"dispatcher\", \"hash_pvar\", \"$avp(hash) \")",
+        "$avp(hash) = $var(k); if (ds_select_dst(1, 7)) { out_du(); } else { out(\"no\"); }",
+    );
+    let run = |k: &str| {
+        let mut ctx = t.p.new_ctx(RouteType::REQUEST);
+        ctx.ext.insert(invite("x", ""));
+        ctx.vars[t.p.var_slot("k").unwrap()] = Value::from_str_copy(k);
+        t.p.run(t.p.request_route().unwrap(), &mut ctx);
+        t.out()
+    };
+    for k in ["alice", "bob", "carol"] {
+        let want = format!(
+            "sip:127.0.0.1:{}",
+            5073 - list::ds_hash(Some(k.as_bytes()), None) % 3
+        );
+        assert_eq!(run(k), [want]);
+    }
+    // Empty once trimmed: -1, as Kamailio.
+    assert_eq!(run(""), ["no"]);
+}
+
+#[test]
+fn random_spreads_over_the_active_destinations() {
+    let t = setup(LIST, "", "ds_select_dst(1, 6);");
+    let split = |t: &T| {
+        let mut n = std::collections::BTreeMap::new();
+        for i in 0..300 {
+            *n.entry(t.run(&format!("c{i}"))).or_insert(0) += 1;
+        }
+        n
+    };
+    let n = split(&t);
+    assert_eq!(n.len(), 3, "{n:?}");
+    assert!(n.values().all(|c| *c > 50), "{n:?}");
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["i", 1, "sip:127.0.0.1:5072"]),
+    )
+    .unwrap();
+    let n = split(&t);
+    assert!(!n.contains_key("sip:127.0.0.1:5072"), "{n:?}");
+    // The one after an inactive pick takes its share: 5071 gets the
+    // picks of 5072 too.
+    assert!(n["sip:127.0.0.1:5071"] > n["sip:127.0.0.1:5073"], "{n:?}");
+}
+
+#[test]
+fn parallel_forks_to_every_destination() {
+    let t = setup(
+        LIST,
+        "",
+        "ds_select_dst(1, 12); out($rc); if (!ds_next_dst()) { out(\"no failover\"); }",
+    );
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["i", 1, "sip:127.0.0.1:5073"]),
+    )
+    .unwrap();
+    let (du, ctx) = t.run_with(invite("p", ""));
+    assert_eq!(t.out(), ["1", "no failover"]);
+    // The first active one is $du; every one after it a branch (Kamailio
+    // 5.6 adds those after the chosen one, down or not).
+    assert_eq!(du, "sip:127.0.0.1:5072");
+    let s = ctx.ext.get::<SipCtx>().unwrap();
+    let b: Vec<(String, String)> = s
+        .branches
+        .iter()
+        .map(|b| {
+            (
+                String::from_utf8_lossy(&b.uri).into_owned(),
+                String::from_utf8_lossy(b.du.as_deref().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        b,
+        [(
+            "sip:bob@example.com".to_string(),
+            "sip:127.0.0.1:5071".to_string()
+        )]
+    );
+    // All active, ds_select_domain: the R-URI's user at each destination.
+    let t = setup(LIST, "", "ds_select_domain(1, 12);");
+    let (ru, ctx) = t.run_with(invite("p", ""));
+    assert_eq!(ru, "ru=sip:bob@127.0.0.1:5073");
+    let uris: Vec<String> = ctx
+        .ext
+        .get::<SipCtx>()
+        .unwrap()
+        .branches
+        .iter()
+        .map(|b| {
+            assert!(b.du.is_none());
+            String::from_utf8_lossy(&b.uri).into_owned()
+        })
+        .collect();
+    assert_eq!(uris, ["sip:bob@127.0.0.1:5072", "sip:bob@127.0.0.1:5071"]);
+}
+
+const LOAD_LIST: &str =
+    "4 sip:127.0.0.1:5081 0 0 duid=a;maxload=2\n4 sip:127.0.0.1:5082 0 0 duid=b\n";
+
+/// The calls in progress per destination of set 4, as `dispatcher.list`
+/// shows them.
+fn dlgload(t: &T) -> Vec<(String, i64)> {
+    let l = t.rpc("dispatcher.list", json!([])).unwrap();
+    l["RECORDS"][0]["SET"]["TARGETS"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["DEST"]["URI"].as_str().unwrap().to_string(),
+                d["DEST"]["RUNTIME"]["DLGLOAD"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn call_load_picks_the_least_loaded_under_maxload() {
+    let t = setup(
+        LOAD_LIST,
+        "modparam(\"dispatcher\", \"ds_hash_size\", 8)",
+        "if (is_m(\"INVITE\")) { if (ds_select_dst(4, 10)) { out_du(); } else { out(\"none\"); } } else { ds_load_update(); out($rc); }",
+    );
+    let b = "sip:127.0.0.1:5082";
+    let a = "sip:127.0.0.1:5081";
+    for i in 0..5 {
+        t.run_with(invite(&format!("call{i}"), ""));
+    }
+    // Ties go to the first in the set's order (the file's last line); `a`
+    // takes no third call (maxload=2).
+    assert_eq!(t.out(), [b, a, b, a, b]);
+    assert_eq!(dlgload(&t), [(b.into(), 3), (a.into(), 2)]);
+    // A retransmitted INVITE of a counted call is not counted twice.
+    t.run_with(invite("call0", ""));
+    assert_eq!(dlgload(&t), [(b.into(), 3), (a.into(), 2)]);
+    t.out();
+    // BYE of call1 (on a) ends its load; a 2xx to the INVITE confirms.
+    t.run_with(message("BYE sip:bob@x SIP/2.0", "call1", "2 BYE", ""));
+    t.run_with(message("SIP/2.0 200 OK", "call0", "1 INVITE", ""));
+    t.run_with(message("CANCEL sip:bob@x SIP/2.0", "call4", "1 CANCEL", ""));
+    assert_eq!(t.out(), ["1", "1", "1"]);
+    assert_eq!(dlgload(&t), [(b.into(), 2), (a.into(), 1)]);
+    // A non-INVITE is dispatched to the first, not counted.
+    let t2 = setup(
+        LOAD_LIST,
+        "modparam(\"dispatcher\", \"ds_hash_size\", 8)",
+        "ds_select_dst(4, 10); out_du();",
+    );
+    t2.run_with(message("MESSAGE sip:bob@x SIP/2.0", "m1", "1 MESSAGE", ""));
+    assert_eq!(t2.out(), [b]);
+    assert_eq!(dlgload(&t2), [(b.into(), 0), (a.into(), 0)]);
+    // Every destination full or down: none.
+    let t3 = setup(
+        "4 sip:127.0.0.1:5081 0 0 duid=a;maxload=1\n",
+        "modparam(\"dispatcher\", \"ds_hash_size\", 8)",
+        "if (ds_select_dst(4, 10)) { out_du(); } else { out(\"none\"); }",
+    );
+    t3.run_with(invite("x1", ""));
+    t3.run_with(invite("x2", ""));
+    assert_eq!(t3.out(), [a, "none"]);
+}
+
+#[test]
+fn call_load_moves_on_failover_and_unset_ends_it() {
+    let t = setup(
+        LOAD_LIST,
+        "modparam(\"dispatcher\", \"ds_hash_size\", 8)",
+        "ds_select_dst(4, 10); out_du(); if ($var(fail) == 1) { ds_next_dst(); out_du(); } if ($var(unset) == 1) { ds_load_unset(); out($rc); }",
+    );
+    let run = |callid: &str, fail: bool, unset: bool| {
+        let mut ctx = t.p.new_ctx(RouteType::REQUEST);
+        ctx.ext.insert(invite(callid, ""));
+        ctx.vars[t.p.var_slot("fail").unwrap()] = Value::Int(i64::from(fail));
+        ctx.vars[t.p.var_slot("unset").unwrap()] = Value::Int(i64::from(unset));
+        t.p.run(t.p.request_route().unwrap(), &mut ctx);
+    };
+    run("c1", true, false);
+    assert_eq!(t.out(), ["sip:127.0.0.1:5082", "sip:127.0.0.1:5081"]);
+    assert_eq!(
+        dlgload(&t),
+        [
+            ("sip:127.0.0.1:5082".into(), 0),
+            ("sip:127.0.0.1:5081".into(), 1)
+        ]
+    );
+    run("c2", false, true);
+    assert_eq!(t.out(), ["sip:127.0.0.1:5082", "1"]);
+    assert_eq!(
+        dlgload(&t),
+        [
+            ("sip:127.0.0.1:5082".into(), 0),
+            ("sip:127.0.0.1:5081".into(), 1)
+        ]
+    );
+    // ds_load_unset for an INVITE this module did not count: nothing to do.
+    let t2 = setup(LIST, "", "ds_select_dst(1, 4); ds_load_unset(); out($rc);");
+    t2.run("u");
+    assert_eq!(t2.out(), ["1"]);
+}
+
+#[test]
+fn latency_orders_by_priority_and_rotates_among_equals() {
+    let list = "5 sip:127.0.0.1:5091 0 30 latency=91\n5 sip:127.0.0.1:5092 0 30 latency=21\n5 sip:127.0.0.1:5093 0 30\n";
+    let t = setup(
+        list,
+        "",
+        "ds_select_dst(5, 13); out_du(); while (ds_next_dst()) { out_du(); }",
+    );
+    t.run("a");
+    // 91 ms at priority 30 costs 3 points: the other two first.
+    assert_eq!(
+        t.out(),
+        [
+            "sip:127.0.0.1:5093",
+            "sip:127.0.0.1:5092",
+            "sip:127.0.0.1:5091"
+        ]
+    );
+    let t = setup(list, "", "ds_select_dst(5, 13);");
+    t.run("a");
+    let picks: Vec<String> = (0..4).map(|i| t.run(&format!("c{i}"))).collect();
+    assert_eq!(
+        picks,
+        [
+            "sip:127.0.0.1:5092",
+            "sip:127.0.0.1:5093",
+            "sip:127.0.0.1:5092",
+            "sip:127.0.0.1:5093"
+        ]
+    );
+    // Both fast ones down: the slow one.
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["i", 5, "sip:127.0.0.1:5092"]),
+    )
+    .unwrap();
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["d", 5, "sip:127.0.0.1:5093"]),
+    )
+    .unwrap();
+    assert_eq!(t.run("z"), "sip:127.0.0.1:5091");
+    t.rpc("dispatcher.set_state", json!(["i", 5, "all"]))
+        .unwrap();
+    assert_eq!(t.run("n"), "ru=sip:bob@example.com");
+}
+
+#[test]
+fn force_dst_0_keeps_a_destination_already_set() {
+    let t = setup(
+        LIST,
+        "modparam(\"dispatcher\", \"force_dst\", 0)",
+        "ds_select_dst(1, 4); out($rc); ds_select_dst(1, 4); out($rc); out_du(); ds_select_domain(1, 4); out($rc);",
+    );
+    t.run("a");
+    assert_eq!(t.out(), ["1", "-1", "sip:127.0.0.1:5073", "1"]);
+}
+
+#[test]
+fn list_shows_latency_with_latency_stats() {
+    let t = setup(
+        "1 sip:127.0.0.1:5071 0 0 latency=40\n",
+        "modparam(\"dispatcher\", \"ds_ping_latency_stats\", 1)",
+        "",
+    );
+    let l = t.rpc("dispatcher.list", json!([])).unwrap();
+    let d = &l["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"];
+    assert_eq!(d["LATENCY"]["AVG"], json!(40.0), "{d}");
+    assert_eq!(d["LATENCY"]["MAX"], json!(40), "{d}");
+    assert!(d.get("RUNTIME").is_none(), "{d}");
 }

@@ -5,8 +5,14 @@
 //! `dispatcher.set_state` over jsonrpcs (the seed's array and named forms)
 //! takes a destination out at once; `dispatcher.reload` and
 //! `dispatcher.list` answer. And the hash algorithms (Call-ID, From, R-URI)
-//! pick the same destination for the same key on both; weights (9) and
-//! relative weights (11) split 100 picks the same.
+//! pick the same destination for the same key on both, and so do the
+//! credentials' user name (5) and `hash_pvar` (7); weights (9) and
+//! relative weights (11) split 100 picks the same. Random (6) spreads over
+//! three sipp UAS and parallel forking (12) reaches all three on both; call
+//! load (10) counts calls until their BYE, refuses a full destination
+//! (`maxload`) and forgets a failed call (`ds_load_unset`) on both.
+//! Probing: modes 1 (with TCP destinations), 2 and 3 change the states the
+//! same on both.
 
 use super::harness::{Server, SippUas, free_port, sipp_uac, terminate, wait_bound};
 use super::jsonrpcs::{rpc_udp, udp_addr};
@@ -104,8 +110,14 @@ fn kamailio(cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
     for _ in 0..5 {
         let sip = free_port("u1");
         let rpc = free_port("u1");
+        // Probes to TCP destinations leave from a TCP listener.
+        let tcp = if cfg.contains(NEEDS_TCP) {
+            format!("listen=tcp:{}\n", free_port("t1"))
+        } else {
+            String::new()
+        };
         let text = format!(
-            "debug=2\nlog_stderror=yes\nchildren=2\nlisten=udp:{sip}\nmpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules/\"\nloadmodule \"textops.so\"\n{}",
+            "debug=2\nlog_stderror=yes\nchildren=2\nlisten=udp:{sip}\n{tcp}mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules/\"\nloadmodule \"textops.so\"\n{}",
             cfg.replace(
                 "modparam(\"jsonrpcs\", \"transport\", 4)",
                 &format!("modparam(\"jsonrpcs\", \"transport\", 4)\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"udp:{rpc}\")"),
@@ -132,6 +144,9 @@ fn kamailio(cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
     }
     panic!("kamailio did not start");
 }
+
+/// A line in a configuration whose Kamailio needs a TCP listener.
+const NEEDS_TCP: &str = "# needs a TCP listener";
 
 /// siphon or Kamailio on `cfg`; `None` when Kamailio is not installed.
 fn start(server: &str, cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
@@ -293,8 +308,11 @@ loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "dispatcher.so"
 modparam("dispatcher", "list_file", "LIST_FILE")
+modparam("dispatcher", "hash_pvar", "$fU-x")
 request_route {
     if ($rU == "callid") { ds_select_dst("1", "0"); }
+    else if ($rU == "auth") { ds_select_dst("1", "5"); }
+    else if ($rU == "pvar") { ds_select_dst("1", "7"); }
     else if ($rU == "from") { ds_select_dst("1", "1"); }
     else if ($rU == "ruri") {
         # The proxy's own port is in the R-URI: a key the same on both.
@@ -307,8 +325,8 @@ request_route {
 }
 "#;
 
-/// The reason phrases of `n` OPTIONS to `user` at `to`, Call-ID and From
-/// user varying.
+/// The reason phrases of `n` OPTIONS to `user` at `to`, Call-ID, From
+/// user and credentials' user name varying.
 fn picks(to: SocketAddr, user: &str, n: usize) -> Vec<String> {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -316,7 +334,7 @@ fn picks(to: SocketAddr, user: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let m = format!(
-                "OPTIONS sip:{user}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{user}{i}\r\nFrom: <sip:u{i}@example.com>;tag=1\r\nTo: <sip:{user}@x>\r\nCall-ID: {i}-{user}@h\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+                "OPTIONS sip:{user}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{user}{i}\r\nFrom: <sip:u{i}@example.com>;tag=1\r\nTo: <sip:{user}@x>\r\nCall-ID: {i}-{user}@h\r\nCSeq: 1 OPTIONS\r\nProxy-Authorization: Digest username=\"p{i}@example.com\", realm=\"x\", nonce=\"n\", uri=\"sip:x\", response=\"0\"\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             );
             s.send_to(m.as_bytes(), to).unwrap();
             let mut buf = [0u8; 4000];
@@ -342,7 +360,7 @@ fn hash_and_weight_picks_match_kamailio() {
         }
         m
     };
-    let ours: Vec<Vec<String>> = ["callid", "from", "ruri"]
+    let ours: Vec<Vec<String>> = ["callid", "from", "ruri", "auth", "pvar"]
         .iter()
         .map(|u| picks(srv.udp, u, 20))
         .collect();
@@ -359,7 +377,9 @@ fn hash_and_weight_picks_match_kamailio() {
         "{rweights:?}"
     );
     // The hashes pick more than one destination.
-    assert!(ours[0].iter().any(|d| d != &ours[0][0]), "{ours:?}");
+    for picked in &ours {
+        assert!(picked.iter().any(|d| d != &picked[0]), "{ours:?}");
+    }
     drop(srv);
     if Command::new("kamailio").arg("-v").output().is_err() {
         eprintln!("kamailio is not installed: its half is skipped");
@@ -385,7 +405,7 @@ fn hash_and_weight_picks_match_kamailio() {
         terminate(&mut child);
     }
     let (sip, mut child) = started.expect("kamailio started");
-    let theirs: Vec<Vec<String>> = ["callid", "from", "ruri"]
+    let theirs: Vec<Vec<String>> = ["callid", "from", "ruri", "auth", "pvar"]
         .iter()
         .map(|u| picks(sip, u, 20))
         .collect();
@@ -397,7 +417,7 @@ fn hash_and_weight_picks_match_kamailio() {
     assert_eq!(rweights, k_rweights);
 }
 
-/// Probing: OPTIONS every second to every destination (mode 1).
+/// Probing: OPTIONS every second (mode MODE).
 const PROBING: &str = r#"
 loadmodule "tm.so"
 loadmodule "sl.so"
@@ -409,7 +429,7 @@ modparam("jsonrpcs", "transport", 4)
 modparam("dispatcher", "list_file", "LIST_FILE")
 modparam("tm", "fr_timer", 1000)
 modparam("dispatcher", "ds_ping_interval", 1)
-modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_mode", MODE)
 modparam("dispatcher", "ds_ping_from", "sip:ds@127.0.0.1")
 request_route {
     sl_send_reply("404", "Not Here");
@@ -421,6 +441,23 @@ event_route[dispatcher:dst-up] {
     xlog("L_NOTICE", "DISPATCHER DST UP $dsv(code) $dsv(reason)\n");
 }
 "#;
+
+/// The 200 for a request, its Via, From, To, Call-ID and CSeq copied.
+fn ok_for(req: &str) -> String {
+    let keep: String = req
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            [
+                "via:", "v:", "from:", "f:", "to:", "t:", "call-id:", "i:", "cseq:",
+            ]
+            .iter()
+            .any(|h| l.starts_with(h))
+        })
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    format!("SIP/2.0 200 OK\r\n{keep}Content-Length: 0\r\n\r\n")
+}
 
 /// Answers every request on `sock` with 200 until `stop` is set.
 fn answer_200(
@@ -439,20 +476,40 @@ fn answer_200(
             if text.starts_with("SIP/2.0") {
                 continue;
             }
-            let keep: String = text
-                .split("\r\n")
-                .filter(|l| {
-                    let l = l.to_ascii_lowercase();
-                    [
-                        "via:", "v:", "from:", "f:", "to:", "t:", "call-id:", "i:", "cseq:",
-                    ]
-                    .iter()
-                    .any(|h| l.starts_with(h))
-                })
-                .map(|l| format!("{l}\r\n"))
-                .collect();
-            let reply = format!("SIP/2.0 200 OK\r\n{keep}Content-Length: 0\r\n\r\n");
-            let _ = sock.send_to(reply.as_bytes(), from);
+            let _ = sock.send_to(ok_for(&text).as_bytes(), from);
+        }
+    })
+}
+
+/// Answers every request on each connection `l` accepts with 200, over TCP
+/// (requests framed by their empty Content-Length), until `stop` is set.
+fn answer_200_tcp(
+    l: std::net::TcpListener,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        l.set_nonblocking(true).unwrap();
+        let mut conns: Vec<(std::net::TcpStream, Vec<u8>)> = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((c, _)) = l.accept() {
+                c.set_nonblocking(true).unwrap();
+                conns.push((c, Vec::new()));
+            }
+            let mut buf = [0u8; 4096];
+            conns.retain_mut(|(c, got)| match c.read(&mut buf) {
+                Ok(0) => false,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let req: Vec<u8> = got.drain(..end + 4).collect();
+                        let _ = c.write_all(ok_for(&String::from_utf8_lossy(&req)).as_bytes());
+                    }
+                    true
+                }
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            });
+            std::thread::sleep(Duration::from_millis(10));
         }
     })
 }
@@ -476,27 +533,47 @@ fn wait_flags(p: &Proxy, want: &[&str]) -> Vec<String> {
     last
 }
 
+/// Mode 1 over UDP and TCP: a silent destination and a closed TCP port go
+/// down, the answering UDP and TCP ones stay up; the silent one comes back
+/// once it answers.
 fn probing(server: &str) {
     let alive = UdpSocket::bind("127.0.0.1:0").unwrap();
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (a, s) = (alive.local_addr().unwrap(), silent.local_addr().unwrap());
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = free_port("t1");
+    let (a, s, t) = (
+        alive.local_addr().unwrap(),
+        silent.local_addr().unwrap(),
+        tcp.local_addr().unwrap(),
+    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let t1 = answer_200(alive, stop.clone());
+    let t3 = answer_200_tcp(tcp, stop.clone());
     let dir = super::cli::Scratch::new(&format!("ds-probe-{server}"));
     // Set order as Kamailio lists it: the last line first.
-    let f = dir.write("d.list", &format!("1 sip:{a}\n1 sip:{s}\n"));
-    let Some(p) = start(server, &PROBING.replace("LIST_FILE", &f), dir) else {
+    let f = dir.write(
+        "d.list",
+        &format!("1 sip:{closed};transport=tcp\n1 sip:{t};transport=tcp\n1 sip:{a}\n1 sip:{s}\n"),
+    );
+    let cfg = format!(
+        "{NEEDS_TCP}\n{}",
+        PROBING.replace("LIST_FILE", &f).replace("MODE", "1")
+    );
+    let Some(p) = start(server, &cfg, dir) else {
         return;
     };
     let name = p.name;
-    // The silent one goes down, the other stays active; both probed.
-    assert_eq!(wait_flags(&p, &["IP", "AP"]), ["IP", "AP"], "{name}");
+    // The silent one and the closed port go down, the others stay
+    // active; all probed.
+    let want = ["IP", "AP", "AP", "IP"];
+    assert_eq!(wait_flags(&p, &want), want, "{name}");
     if let Some(srv) = &p._srv {
         assert!(srv.log_soon("DISPATCHER DST DOWN 408 <null>"), "{name}");
     }
     // It starts answering: active again.
     let t2 = answer_200(silent, stop.clone());
-    assert_eq!(wait_flags(&p, &["AP", "AP"]), ["AP", "AP"], "{name}");
+    let want = ["AP", "AP", "AP", "IP"];
+    assert_eq!(wait_flags(&p, &want), want, "{name}");
     if let Some(srv) = &p._srv {
         assert!(srv.log_soon("DISPATCHER DST UP 200 OK"), "{name}");
     }
@@ -508,7 +585,7 @@ fn probing(server: &str) {
         "{name}: {r}"
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = (t1.join(), t2.join());
+    let _ = (t1.join(), t2.join(), t3.join());
     drop(p);
 }
 
@@ -520,6 +597,370 @@ fn probing_marks_down_and_up_on_siphon() {
 #[test]
 fn probing_marks_down_and_up_on_kamailio() {
     probing("kamailio");
+}
+
+/// Modes 2 and 3, both destinations flagged probing (`8`), one answering.
+/// Mode 2 probes only inactive ones: the answering one, set `ip` over RPC,
+/// is probed, answers and comes back active without the probing flag
+/// (`AX`), as Kamailio. Mode 3 probes the flagged ones all the time: the
+/// silent one goes `IP`, and once it answers it is `AP` again (the flag
+/// kept).
+fn probing_modes(server: &str, mode: u8) {
+    let alive = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (a, s) = (alive.local_addr().unwrap(), silent.local_addr().unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t1 = answer_200(alive, stop.clone());
+    let dir = super::cli::Scratch::new(&format!("ds-probe{mode}-{server}"));
+    let f = dir.write("d.list", &format!("1 sip:{a} 8\n1 sip:{s} 8\n"));
+    let cfg = PROBING
+        .replace("LIST_FILE", &f)
+        .replace("MODE", &mode.to_string());
+    let Some(p) = start(server, &cfg, dir) else {
+        return;
+    };
+    let name = p.name;
+    let mut t2 = None;
+    if mode == 2 {
+        let r = rpc(
+            &p,
+            "dispatcher.set_state",
+            json!(["ip", 1, format!("sip:{a}")]),
+        );
+        assert!(r.get("error").is_none(), "{name}: {r}");
+        assert_eq!(wait_flags(&p, &["AP", "AX"]), ["AP", "AX"], "{name}");
+        if let Some(srv) = &p._srv {
+            assert!(srv.log_soon("DISPATCHER DST UP 200 OK"), "{name}");
+        }
+    } else {
+        assert_eq!(wait_flags(&p, &["IP", "AP"]), ["IP", "AP"], "{name}");
+        t2 = Some(answer_200(silent, stop.clone()));
+        assert_eq!(wait_flags(&p, &["AP", "AP"]), ["AP", "AP"], "{name}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = t1.join();
+    if let Some(t) = t2 {
+        let _ = t.join();
+    }
+    drop(p);
+}
+
+#[test]
+fn probing_mode_2_on_siphon() {
+    probing_modes("siphon", 2);
+}
+
+#[test]
+fn probing_mode_2_on_kamailio() {
+    probing_modes("kamailio", 2);
+}
+
+#[test]
+fn probing_mode_3_on_siphon() {
+    probing_modes("siphon", 3);
+}
+
+#[test]
+fn probing_mode_3_on_kamailio() {
+    probing_modes("kamailio", 3);
+}
+
+/// [`ROUTES`] with each `(from, to)` of `edits` replaced, then `extra`.
+fn routes_with(edits: &[(&str, &str)], extra: &str) -> String {
+    let mut cfg = ROUTES.to_string();
+    for (from, to) in edits {
+        assert!(cfg.contains(from), "{from}");
+        cfg = cfg.replace(from, to);
+    }
+    cfg + extra
+}
+
+/// Random (6) over set 1, parallel forking (12) over set 2 (user `all`).
+fn spread_cfg() -> String {
+    routes_with(
+        &[
+            ("\"fail\"", "\"all\""),
+            (
+                "ds_select_dst(\"2\", \"8\")",
+                "ds_select_dst(\"2\", \"12\")",
+            ),
+            ("ds_select_dst(\"1\", \"4\")", "ds_select_dst(\"1\", \"6\")"),
+        ],
+        "",
+    )
+}
+
+fn spread(server: &str) {
+    let uas_at = |scenario| SippUas::start_on("127.0.0.1", scenario, "u1", &["-nr"]);
+    let answering: Vec<SippUas> = (0..3).map(|_| uas_at("uas_ack_bye.xml")).collect();
+    let busy: Vec<SippUas> = (0..3).map(|_| uas_at("uas_busy.xml")).collect();
+    let dir = super::cli::Scratch::new(&format!("ds-spread-{server}"));
+    let mut list = String::new();
+    for u in &answering {
+        list += &format!("1 sip:{}\n", u.addr);
+    }
+    for u in &busy {
+        list += &format!("2 sip:{}\n", u.addr);
+    }
+    let f = dir.write("d.list", &list);
+    let Some(p) = start(server, &spread_cfg().replace("LIST_FILE", &f), dir) else {
+        return;
+    };
+    let name = p.name;
+    sipp_uac("uac_invite_bye.xml", p.sip, "u1", 60, &[]);
+    // Every call reaches the three busy UAS at once; the caller gets 486.
+    sipp_uac(
+        "uac_expect.xml",
+        p.sip,
+        "u1",
+        10,
+        &["-s", "all", "-key", "expect", "486"],
+    );
+    let counts = |v: Vec<SippUas>| -> Vec<u64> {
+        v.into_iter()
+            .map(|u| {
+                let run = u.finish();
+                assert_eq!(run.failed, 0, "{name}: {}", run.tail());
+                run.successful
+            })
+            .collect()
+    };
+    let random = counts(answering);
+    let parallel = counts(busy);
+    eprintln!("{name}: random {random:?}, parallel {parallel:?}");
+    assert_eq!(random.iter().sum::<u64>(), 60, "{name}: {random:?}");
+    // 60 picks at random: each UAS gets some (all but certain: 3 in 10^10
+    // runs leave one out).
+    assert!(random.iter().all(|n| *n > 0), "{name}: {random:?}");
+    assert_eq!(parallel, [10, 10, 10], "{name}");
+    drop(p);
+}
+
+#[test]
+fn random_and_parallel_spread_on_siphon() {
+    spread("siphon");
+}
+
+#[test]
+fn random_and_parallel_spread_on_kamailio() {
+    spread("kamailio");
+}
+
+/// Call load (10): Kamailio's documented pattern (user `busy`: set 2).
+fn load_cfg() -> String {
+    routes_with(
+        &[
+            (
+                "modparam(\"dispatcher\", \"flags\", 2)",
+                "modparam(\"dispatcher\", \"flags\", 2)\nmodparam(\"dispatcher\", \"ds_hash_size\", 8)",
+            ),
+            (
+                "    if (is_method(\"ACK\")) {",
+                "    if (is_method(\"BYE|CANCEL\")) { ds_load_update(); }\n    if (is_method(\"ACK\")) {",
+            ),
+            ("\"fail\"", "\"busy\""),
+            (
+                "ds_select_dst(\"2\", \"8\")",
+                "ds_select_dst(\"2\", \"10\")",
+            ),
+            (
+                "ds_select_dst(\"1\", \"4\")",
+                "ds_select_dst(\"1\", \"10\")",
+            ),
+            (
+                "t_on_failure(\"DS\");\n    }",
+                "t_on_failure(\"UNSET\");\n        t_on_reply(\"CONFIRM\");\n    }",
+            ),
+        ],
+        r#"
+onreply_route[CONFIRM] {
+    if (status =~ "2[0-9][0-9]") { ds_load_update(); }
+}
+failure_route[UNSET] {
+    ds_load_unset();
+}
+"#,
+    )
+}
+
+/// One call set up by hand through the proxy (so it stays up until
+/// [`Call::bye`]), from its own UDP socket.
+struct Call {
+    sock: UdpSocket,
+    proxy: SocketAddr,
+    call_id: String,
+    /// The To of the 200, with the callee's tag.
+    to: String,
+    /// The callee's Contact URI.
+    contact: String,
+}
+
+/// The value of the first header `name` (`To`) of a message, as written.
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.split("\r\n").find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The final reply to a request sent on `sock` (provisional replies skipped).
+fn final_reply(sock: &UdpSocket) -> String {
+    let mut buf = [0u8; 65_535];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("a reply");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let code: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if code >= 200 {
+            return text;
+        }
+    }
+}
+
+/// INVITE for `call_id` through `proxy`: the call, or the final code.
+fn call(proxy: SocketAddr, call_id: &str) -> Result<Call, String> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:load@{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}i;rport\r\nFrom: <sip:caller@127.0.0.1>;tag={call_id}\r\nTo: <sip:load@{proxy}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{me}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(invite.as_bytes(), proxy).unwrap();
+    let reply = final_reply(&sock);
+    if !reply.starts_with("SIP/2.0 200") {
+        return Err(reply.lines().next().unwrap_or_default().to_string());
+    }
+    let to = header(&reply, "To").expect("To").to_string();
+    let contact = header(&reply, "Contact").expect("Contact");
+    let contact = contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let c = Call {
+        sock,
+        proxy,
+        call_id: call_id.to_string(),
+        to,
+        contact,
+    };
+    c.send("ACK", 1, "a");
+    Ok(c)
+}
+
+impl Call {
+    fn send(&self, method: &str, cseq: u32, branch: &str) {
+        let me = self.sock.local_addr().unwrap();
+        let m = format!(
+            "{method} {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id}{branch};rport\r\nFrom: <sip:caller@127.0.0.1>;tag={id}\r\nTo: {to}\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            contact = self.contact,
+            id = self.call_id,
+            to = self.to,
+        );
+        self.sock.send_to(m.as_bytes(), self.proxy).unwrap();
+    }
+
+    /// BYE, and its 200.
+    fn bye(self) {
+        self.send("BYE", 2, "b");
+        let r = final_reply(&self.sock);
+        assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    }
+}
+
+/// `DLGLOAD` of each destination of set `id`, by URI.
+fn loads(p: &Proxy, id: i64) -> std::collections::BTreeMap<String, i64> {
+    let l = rpc(p, "dispatcher.list", json!([]));
+    targets(&l, id)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["DEST"]["URI"].as_str().unwrap().to_string(),
+                d["DEST"]["RUNTIME"]["DLGLOAD"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
+fn call_load(server: &str) {
+    let uas_at = |scenario| SippUas::start_on("127.0.0.1", scenario, "u1", &["-nr"]);
+    let uas: Vec<SippUas> = (0..2).map(|_| uas_at("uas_ack_bye.xml")).collect();
+    let busy = uas_at("uas_busy.xml");
+    let dir = super::cli::Scratch::new(&format!("ds-load-{server}"));
+    let (u0, u1) = (
+        format!("sip:{}", uas[0].addr),
+        format!("sip:{}", uas[1].addr),
+    );
+    let f = dir.write(
+        "d.list",
+        &format!(
+            "1 {u0} 0 0 duid=a;maxload=1\n1 {u1} 0 0 duid=b;maxload=1\n2 sip:{} 0 0 duid=c;maxload=1\n",
+            busy.addr
+        ),
+    );
+    let Some(p) = start(server, &load_cfg().replace("LIST_FILE", &f), dir) else {
+        return;
+    };
+    let name = p.name;
+    let at = |a: i64, b: i64| std::collections::BTreeMap::from([(u0.clone(), a), (u1.clone(), b)]);
+    assert_eq!(loads(&p, 1), at(0, 0), "{name}");
+    // The first call goes to the first of the set (the file's last line),
+    // the second to the other; each is full then (maxload=1).
+    let c1 = call(p.sip, "load-1").expect("a call");
+    assert_eq!(c1.contact, format!("{u1};transport=UDP"), "{name}");
+    assert_eq!(loads(&p, 1), at(0, 1), "{name}");
+    let c2 = call(p.sip, "load-2").expect("a call");
+    assert_eq!(loads(&p, 1), at(1, 1), "{name}");
+    let refused = call(p.sip, "load-3").err();
+    assert_eq!(
+        refused.as_deref(),
+        Some("SIP/2.0 503 No Destination"),
+        "{name}"
+    );
+    // A BYE ends its call's load: the next call takes that destination.
+    c1.bye();
+    assert_eq!(loads(&p, 1), at(1, 0), "{name}");
+    let c4 = call(p.sip, "load-4").expect("a call");
+    assert_eq!(c4.contact, format!("{u1};transport=UDP"), "{name}");
+    c2.bye();
+    c4.bye();
+    assert_eq!(loads(&p, 1), at(0, 0), "{name}");
+    // A failed call (486) is forgotten in failure_route (ds_load_unset):
+    // the busy destination (maxload=1) takes the next call too.
+    for _ in 0..2 {
+        sipp_uac(
+            "uac_expect.xml",
+            p.sip,
+            "u1",
+            1,
+            &["-s", "busy", "-key", "expect", "486"],
+        );
+    }
+    assert_eq!(
+        targets(&rpc(&p, "dispatcher.list", json!([])), 2)[0]["DEST"]["RUNTIME"]["DLGLOAD"],
+        json!(0),
+        "{name}"
+    );
+    drop(p);
+    let run = busy.finish();
+    assert_eq!(run.successful, 2, "{name}: {}", run.tail());
+}
+
+#[test]
+fn call_load_counts_calls_until_their_bye_on_siphon() {
+    call_load("siphon");
+}
+
+#[test]
+fn call_load_counts_calls_until_their_bye_on_kamailio() {
+    call_load("kamailio");
 }
 
 /// An HTTP application answering every request with `body` (the set to
