@@ -194,7 +194,23 @@ pub struct Ctx {
     /// or a failure route can suspend again; the core sets it.
     pub may_suspend: bool,
     pub(crate) suspend: Option<crate::api::Suspend>,
+    /// What to call when the current script run ends ([`Ctx::at_run_end`]).
+    run_end: Vec<RunEndHook>,
 }
+
+/// How a script run ended, for what a function holds until then
+/// ([`Ctx::at_run_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The route returned, exited, dropped or ran to its end.
+    Finished,
+    /// A function suspended the transaction: the script goes on in another
+    /// run, later, maybe on another thread.
+    Suspended,
+}
+
+/// Called once when the script run that registered it ends.
+pub type RunEndHook = fn(&mut Ctx, RunEnd);
 
 impl Ctx {
     /// A fresh context with `n_vars` unset variables.
@@ -209,6 +225,25 @@ impl Ctx {
             ext: Extensions::default(),
             may_suspend: false,
             suspend: None,
+            run_end: Vec::new(),
+        }
+    }
+
+    /// Calls `hook` when the current script run ends or suspends, once
+    /// however often it is asked. What a function holds for the rest of the
+    /// run (htable's `sht_lock`) is given back there, whichever way the
+    /// route ends: a run holds its worker thread, and nothing it holds may
+    /// outlive that.
+    pub fn at_run_end(&mut self, hook: RunEndHook) {
+        if !self.run_end.iter().any(|h| std::ptr::fn_addr_eq(*h, hook)) {
+            self.run_end.push(hook);
+        }
+    }
+
+    /// The run ended: its hooks are called (and forgotten).
+    pub(crate) fn run_ended(&mut self, how: RunEnd) {
+        for hook in std::mem::take(&mut self.run_end) {
+            hook(self, how);
         }
     }
 }
@@ -233,6 +268,23 @@ mod tests {
         assert_eq!(a.all("x"), vec![Value::Int(4), Value::Int(5)]);
         a.remove_all("x");
         assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn run_end_hooks_run_once_per_run() {
+        fn count(ctx: &mut Ctx, how: RunEnd) {
+            ctx.last_rc += if how == RunEnd::Suspended { 100 } else { 1 };
+        }
+        let mut c = Ctx::new(RouteType::REQUEST, 0);
+        c.last_rc = 0;
+        c.at_run_end(count);
+        c.at_run_end(count);
+        c.run_ended(RunEnd::Finished);
+        c.run_ended(RunEnd::Finished);
+        assert_eq!(c.last_rc, 1, "once, and forgotten after the run");
+        c.at_run_end(count);
+        c.run_ended(RunEnd::Suspended);
+        assert_eq!(c.last_rc, 101);
     }
 
     #[test]

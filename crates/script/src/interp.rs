@@ -4,7 +4,7 @@
 //! suspend the transaction instead of waiting.
 
 use crate::api::{Call, FnResult};
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, RunEnd};
 use crate::pv::{Fmt, Pv};
 use crate::value::Value;
 use crate::{Program, RouteId};
@@ -138,6 +138,11 @@ impl<'a> Exec<'a> {
     /// Runs a route as the top of a script run.
     pub fn run_top(&mut self, route: RouteId) -> Outcome {
         let flow = self.exec_block(&self.prog.routes[route.0 as usize].body);
+        self.ctx.run_ended(if self.ctx.suspend.is_some() {
+            RunEnd::Suspended
+        } else {
+            RunEnd::Finished
+        });
         if let Some(s) = self.ctx.suspend.take() {
             return Outcome::Suspended(s);
         }

@@ -34,7 +34,7 @@ pub use api::{
     ArgKind, Args, FnResult, FunctionSpec, Module, ModuleConfig, ModuleDef, ParamSpec, PvClassSpec,
     RouteTable,
 };
-pub use ctx::{Ctx, RouteType};
+pub use ctx::{Ctx, RouteType, RunEnd};
 pub use interp::{Exec, Outcome};
 pub use value::Value;
 

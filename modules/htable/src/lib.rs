@@ -16,15 +16,27 @@
 //! - `event_route[htable:mod-init]` runs once at start;
 //!   `event_route[htable:expired:NAME]` runs for each swept item with
 //!   `$shtrecord(key)`/`$shtrecord(value)`.
+//! - `sht_lock("t=>key")`/`sht_unlock("t=>key")`: the script's lock on the
+//!   key's slot ([`lock`]: re-entrant per worker, `$sht…` accesses of other
+//!   workers wait for it, released when the route ends or suspends, a
+//!   lock-order cycle refused instead of waited on).
+//! - `sht_iterator_start(i, t)`, `sht_iterator_next(i)`,
+//!   `sht_iterator_end(i)`, `sht_iterator_rm(i)`, `sht_iterator_sets(i, s)`,
+//!   `sht_iterator_seti(i, n)`, `sht_iterator_setex(i, secs)`,
+//!   `$shtitkey(i)`, `$shtitval(i)` ([`iter`]).
 //! - RPC `htable.get`, `htable.sets`, `htable.seti`, `htable.delete`,
 //!   `htable.dump`, `htable.listTables`, `htable.stats`, `htable.flush`,
 //!   with Kamailio's answers (the texts, the slots `core_hash` puts items in,
 //!   tables newest first); `htable.reload` answers Kamailio's "No htable
 //!   db_url" (no database backend).
 
+pub mod iter;
+pub mod lock;
 pub mod store;
 
 use bytes::Bytes;
+use iter::Iterators;
+use lock::{RunLocks, SlotId, SlotLocks};
 use serde_json::json;
 use siphon_script::api::*;
 use siphon_script::pv::Fmt;
@@ -38,8 +50,12 @@ use store::{Matcher, Store, TableDef};
 /// The tables, by name.
 pub struct Tables {
     tables: HashMap<String, Arc<Mutex<Store>>>,
+    /// Names in definition order; a table's index here is its id for the
+    /// slot locks.
     order: Vec<String>,
     epoch: Instant,
+    /// `sht_lock`'s slot locks.
+    locks: Arc<SlotLocks>,
 }
 
 impl Tables {
@@ -49,6 +65,27 @@ impl Tables {
     }
     fn get(&self, name: &str) -> Option<&Arc<Mutex<Store>>> {
         self.tables.get(name)
+    }
+    /// The table's index (its id for the slot locks).
+    fn id(&self, name: &str) -> Option<usize> {
+        self.order.iter().position(|n| n == name)
+    }
+    /// The slot `key` is in, in table `name`.
+    fn slot(&self, name: &str, key: &[u8]) -> Option<SlotId> {
+        let id = self.id(name)?;
+        let size = lock(self.tables.get(name)?).def.size;
+        Some((id, slot_of(key, size)))
+    }
+    /// Before an access to `key`'s slot: waits while another worker holds
+    /// it with `sht_lock` (a refused wait, a deadlock, is logged and the
+    /// access goes ahead).
+    fn pass(&self, id: usize, size: u32, key: &[u8]) {
+        if !self.locks.any_held(id) {
+            return;
+        }
+        if self.locks.pass((id, slot_of(key, size))).is_err() {
+            tracing::error!(target: "script", "htable {}: waiting for the slot of `{}` would deadlock (two routes locking slots in opposite orders): accessed without waiting", self.order[id], String::from_utf8_lossy(key));
+        }
     }
 }
 
@@ -102,6 +139,7 @@ pub fn def() -> ModuleDef {
             Ok(Arc::new(Htable {
                 tables: Arc::new(Tables {
                     tables,
+                    locks: Arc::new(SlotLocks::new(order.len())),
                     order,
                     epoch: Instant::now(),
                 }),
@@ -126,6 +164,9 @@ enum PvKind {
 struct HtPv {
     tables: Arc<Tables>,
     table: Arc<Mutex<Store>>,
+    /// The table's index and size, for the slot locks.
+    id: usize,
+    size: u32,
     key: Fmt,
     kind: PvKind,
 }
@@ -142,6 +183,12 @@ impl HtPv {
 impl PvAccess for HtPv {
     fn get(&self, ex: &mut Exec<'_>, _idx: PvIdx) -> Value {
         let key = self.key(ex);
+        if matches!(
+            self.kind,
+            PvKind::Val | PvKind::Ex | PvKind::Inc | PvKind::Dec
+        ) {
+            self.tables.pass(self.id, self.size, &key);
+        }
         let now = self.tables.now();
         let mut t = lock(&self.table);
         match self.kind {
@@ -167,6 +214,7 @@ impl PvAccess for HtPv {
     }
     fn set(&self, ex: &mut Exec<'_>, _idx: PvIdx, v: Value) -> Result<(), String> {
         let key = self.key(ex);
+        self.tables.pass(self.id, self.size, &key);
         let now = self.tables.now();
         let mut t = lock(&self.table);
         match self.kind {
@@ -210,11 +258,38 @@ fn pv_class(name: &'static str, kind: PvKind, tables: &Arc<Tables>) -> PvClassSp
             if let (PvKind::CountNames | PvKind::CountValues, Some(c)) = (kind, key.as_const()) {
                 Matcher::parse_exp(&c)?;
             }
+            let id = tables.id(t.trim()).unwrap_or_default();
+            let size = lock(&table).def.size;
             Ok(Arc::new(HtPv {
                 tables: tables.clone(),
                 table,
+                id,
+                size,
                 key,
                 kind,
+            }) as Arc<dyn PvAccess>)
+        }),
+    )
+}
+
+/// `$shtitkey(i)` / `$shtitval(i)`.
+fn item_class(name: &'static str, key: bool, tables: &Arc<Tables>) -> PvClassSpec {
+    let tables = tables.clone();
+    PvClassSpec::new(
+        name,
+        PvInner::Required,
+        Arc::new(move |inner| {
+            let it = inner.unwrap_or_default().trim();
+            if it.is_empty() || it.len() > iter::MAX_NAME {
+                return Err(format!(
+                    "`${name}(iterator)`: an iterator name of 1 to {} characters",
+                    iter::MAX_NAME
+                ));
+            }
+            Ok(Arc::new(ItemPv {
+                tables: tables.clone(),
+                name: it.to_string(),
+                key,
             }) as Arc<dyn PvAccess>)
         }),
     )
@@ -236,6 +311,49 @@ impl PvAccess for RecordPv {
 }
 
 // ---------- functions ----------
+
+/// What a `sht_iterator_set*` writes.
+#[derive(Clone, Copy)]
+enum ItSet {
+    Str,
+    Int,
+    Expire,
+}
+
+/// A route run's iterators end with it.
+fn end_iterators(ctx: &mut siphon_script::Ctx, _how: siphon_script::RunEnd) {
+    ctx.ext.remove::<Iterators>();
+}
+
+/// `$shtitkey(i)` (`key`) / `$shtitval(i)`: the item iterator `i` is on.
+struct ItemPv {
+    tables: Arc<Tables>,
+    name: String,
+    key: bool,
+}
+
+impl PvAccess for ItemPv {
+    fn get(&self, ex: &mut Exec<'_>, _idx: PvIdx) -> Value {
+        let Some(it) = ex
+            .ctx
+            .ext
+            .get::<Iterators>()
+            .and_then(|its| its.get(&self.name))
+        else {
+            return Value::Null;
+        };
+        let Some(k) = it.current() else {
+            return Value::Null;
+        };
+        if self.key {
+            return Value::Str(k.clone());
+        }
+        let Some(t) = self.tables.get(&self.tables.order[it.table]) else {
+            return Value::Null;
+        };
+        lock(t).lookup(k, self.tables.now()).unwrap_or(Value::Null)
+    }
+}
 
 const ROUTES: RouteType = RouteType::ANY;
 
@@ -272,6 +390,10 @@ impl Htable {
                     return FnResult::Code(-1);
                 };
                 let key = a.bytes(1, ex);
+                let size = lock(&t).def.size;
+                if let Some(id) = me.tables.id(&a.text(0, ex)) {
+                    me.tables.pass(id, size, &key);
+                }
                 lock(&t).del(&key);
                 FnResult::Code(1)
             },
@@ -361,7 +483,273 @@ impl Htable {
                 },
             ));
         }
+        out.extend(self.lock_functions());
+        out.extend(self.iterator_functions());
         out.into_iter().map(|f| f.routes(ROUTES)).collect()
+    }
+
+    /// `t=>key` of `sht_lock`/`sht_unlock`: the table's name and slot.
+    fn locked_slot(&self, spec: &str) -> Option<(SlotId, String)> {
+        let Some((t, key)) = spec.split_once("=>") else {
+            tracing::error!(target: "script", "sht_lock: expected `table=>key`, got `{spec}`");
+            return None;
+        };
+        let Some(slot) = self.tables.slot(t.trim(), key.as_bytes()) else {
+            tracing::error!(target: "script", "sht_lock: no htable `{}`", t.trim());
+            return None;
+        };
+        Some((slot, spec.to_string()))
+    }
+
+    /// A constant `t=>key` must name a table.
+    fn check_lock_arg(&self, a: &Args) -> Result<(), String> {
+        let Some(v) = a.const_value(0) else {
+            return Ok(());
+        };
+        let spec = v.to_text();
+        let (t, _) = spec
+            .split_once("=>")
+            .ok_or_else(|| format!("`{spec}`: expected `table=>key`"))?;
+        match self.tables.get(t.trim()) {
+            Some(_) => Ok(()),
+            None => Err(format!("no htable `{}`", t.trim())),
+        }
+    }
+
+    fn lock_functions(&self) -> Vec<FunctionSpec> {
+        let me = self.clone_handle();
+        let chk = me.clone();
+        let lock_fn = FunctionSpec::checked(
+            "sht_lock",
+            &[ArgKind::Str],
+            move |a| chk.check_lock_arg(a),
+            move |ex, a| {
+                let Some((slot, what)) = me.locked_slot(&a.text(0, ex)) else {
+                    return FnResult::Code(-1);
+                };
+                if me.tables.locks.lock(slot).is_err() {
+                    tracing::error!(target: "script", "sht_lock(\"{what}\"): its holder waits for a slot this route holds: refused (it would deadlock); lock slots in one order");
+                    return FnResult::Code(-1);
+                }
+                if ex.ctx.ext.get::<RunLocks>().is_none() {
+                    ex.ctx.ext.insert(RunLocks::new(me.tables.locks.clone()));
+                    ex.ctx.at_run_end(lock::release_at_run_end);
+                }
+                if let Some(run) = ex.ctx.ext.get_mut::<RunLocks>() {
+                    run.push(slot, what);
+                }
+                FnResult::Code(1)
+            },
+        );
+        let me = self.clone_handle();
+        let chk = me.clone();
+        let unlock_fn = FunctionSpec::checked(
+            "sht_unlock",
+            &[ArgKind::Str],
+            move |a| chk.check_lock_arg(a),
+            move |ex, a| {
+                let Some((slot, what)) = me.locked_slot(&a.text(0, ex)) else {
+                    return FnResult::Code(-1);
+                };
+                let held = ex
+                    .ctx
+                    .ext
+                    .get_mut::<RunLocks>()
+                    .is_some_and(|run| run.unlock(slot));
+                if !held {
+                    tracing::warn!(target: "script", "sht_unlock(\"{what}\"): this route run holds no lock on its slot");
+                }
+                // Kamailio's answer either way.
+                FnResult::Code(1)
+            },
+        );
+        vec![lock_fn, unlock_fn]
+    }
+
+    fn iterator_functions(&self) -> Vec<FunctionSpec> {
+        let mut out = Vec::new();
+        let me = self.clone_handle();
+        let chk = me.clone();
+        out.push(FunctionSpec::checked(
+            "sht_iterator_start",
+            &[ArgKind::Str, ArgKind::Str],
+            move |a| chk.check_table(a, 1),
+            move |ex, a| {
+                let name = a.text(0, ex);
+                let table = a.text(1, ex);
+                let (Some(t), Some(id)) = (me.tables.get(&table), me.tables.id(&table)) else {
+                    tracing::error!(target: "script", "sht_iterator_start: no htable `{table}`");
+                    return FnResult::Code(-1);
+                };
+                let (mut keys, size) = {
+                    let st = lock(t);
+                    let keys: Vec<Bytes> = st
+                        .items(me.tables.now())
+                        .into_iter()
+                        .map(|(k, _)| k)
+                        .collect();
+                    (keys, st.def.size)
+                };
+                iter::kamailio_order(&mut keys, size);
+                if ex.ctx.ext.get::<Iterators>().is_none() {
+                    ex.ctx.ext.insert(Iterators::default());
+                    ex.ctx.at_run_end(end_iterators);
+                }
+                let its = ex.ctx.ext.get_mut::<Iterators>().expect("inserted");
+                match its.start(&name, id, keys) {
+                    Ok(()) => FnResult::Code(1),
+                    Err(e) => {
+                        tracing::error!(target: "script", "sht_iterator_start: {e}");
+                        FnResult::Code(-1)
+                    }
+                }
+            },
+        ));
+        let me = self.clone_handle();
+        out.push(FunctionSpec::new(
+            "sht_iterator_next",
+            &[ArgKind::Str],
+            move |ex, a| {
+                let name = a.text(0, ex);
+                match me.iterator_step(ex, &name, false) {
+                    Some(true) => FnResult::Code(1),
+                    _ => FnResult::Code(-1),
+                }
+            },
+        ));
+        out.push(FunctionSpec::new(
+            "sht_iterator_end",
+            &[ArgKind::Str],
+            |ex, a| {
+                let name = a.text(0, ex);
+                let ended = ex
+                    .ctx
+                    .ext
+                    .get_mut::<Iterators>()
+                    .is_some_and(|its| its.end(&name));
+                if ended {
+                    FnResult::Code(1)
+                } else {
+                    tracing::error!(target: "script", "sht_iterator_end: no iterator `{name}`");
+                    FnResult::Code(-1)
+                }
+            },
+        ));
+        let me = self.clone_handle();
+        out.push(FunctionSpec::new(
+            "sht_iterator_rm",
+            &[ArgKind::Str],
+            move |ex, a| {
+                let name = a.text(0, ex);
+                match me.iterator_step(ex, &name, true) {
+                    Some(true) => FnResult::Code(1),
+                    // Removed, and no item left.
+                    Some(false) => FnResult::Code(-2),
+                    None => FnResult::Code(-1),
+                }
+            },
+        ));
+        for (fname, kind) in [
+            ("sht_iterator_sets", ItSet::Str),
+            ("sht_iterator_seti", ItSet::Int),
+            ("sht_iterator_setex", ItSet::Expire),
+        ] {
+            let me = self.clone_handle();
+            out.push(FunctionSpec::new(
+                fname,
+                &[ArgKind::Str, ArgKind::Any],
+                move |ex, a| {
+                    let name = a.text(0, ex);
+                    let v = a.value(1, ex);
+                    me.iterator_set(ex, fname, &name, kind, v).into()
+                },
+            ));
+        }
+        out
+    }
+
+    /// The iterator `name`'s table and current item, `None` (an error
+    /// logged) without one.
+    fn iterator_item(
+        &self,
+        ex: &mut Exec<'_>,
+        fname: &str,
+        name: &str,
+    ) -> Option<(Arc<Mutex<Store>>, u32, usize, Bytes)> {
+        let Some(it) = ex.ctx.ext.get::<Iterators>().and_then(|its| its.get(name)) else {
+            tracing::error!(target: "script", "{fname}: no iterator `{name}`");
+            return None;
+        };
+        let Some(key) = it.current().cloned() else {
+            tracing::error!(target: "script", "{fname}: iterator `{name}` is on no item (sht_iterator_next first)");
+            return None;
+        };
+        let t = self.tables.get(&self.tables.order[it.table])?.clone();
+        let size = lock(&t).def.size;
+        Some((t, size, it.table, key))
+    }
+
+    /// `sht_iterator_next` (`remove` false) or `sht_iterator_rm` (removes
+    /// the current item first): whether the iterator is on an item now;
+    /// `None` for no iterator (or, to remove, no current item).
+    fn iterator_step(&self, ex: &mut Exec<'_>, name: &str, remove: bool) -> Option<bool> {
+        if remove {
+            let (t, size, id, key) = self.iterator_item(ex, "sht_iterator_rm", name)?;
+            self.tables.pass(id, size, &key);
+            lock(&t).del(&key);
+        }
+        let now = self.tables.now();
+        let Some(it) = ex
+            .ctx
+            .ext
+            .get_mut::<Iterators>()
+            .and_then(|its| its.get_mut(name))
+        else {
+            tracing::error!(target: "script", "sht_iterator_next: no iterator `{name}`");
+            return None;
+        };
+        let t = self.tables.get(&self.tables.order[it.table])?;
+        let st = lock(t);
+        Some(it.advance(|k| st.lookup(k, now).is_some()))
+    }
+
+    fn iterator_set(
+        &self,
+        ex: &mut Exec<'_>,
+        fname: &str,
+        name: &str,
+        kind: ItSet,
+        v: Value,
+    ) -> i32 {
+        let Some((t, size, id, key)) = self.iterator_item(ex, fname, name) else {
+            return -1;
+        };
+        self.tables.pass(id, size, &key);
+        let now = self.tables.now();
+        let mut st = lock(&t);
+        let done = match kind {
+            ItSet::Str => st.replace(&key, Value::Str(v.to_bytes()), now),
+            ItSet::Int => match v.to_int() {
+                Some(n) => st.replace(&key, Value::Int(n), now),
+                None => {
+                    tracing::error!(target: "script", "{fname}: `{}` is no integer", v.to_text());
+                    return -1;
+                }
+            },
+            ItSet::Expire => match v.to_int() {
+                Some(n) => st.expire_in(&key, n.max(0) as u64, now),
+                None => {
+                    tracing::error!(target: "script", "{fname}: `{}` is no number of seconds", v.to_text());
+                    return -1;
+                }
+            },
+        };
+        if done {
+            1
+        } else {
+            tracing::error!(target: "script", "{fname}: `{}` is no longer in the table", String::from_utf8_lossy(&key));
+            -1
+        }
     }
 
     fn clone_handle(&self) -> Arc<Htable> {
@@ -374,8 +762,14 @@ impl Htable {
 
 // ---------- RPC ----------
 
-/// Kamailio's `core_hash(name, 0, 1 << size)`: the slot an item is in (`htable.dump`, `htable.stats`).
+/// Kamailio's `core_hash(name, 0, 1 << size)`: the slot an item is in
+/// (`htable.dump`, `htable.stats`, `sht_lock`).
 pub fn slot_of(name: &[u8], size: u32) -> u32 {
+    core_hash(name) & ((1u32 << size) - 1)
+}
+
+/// Kamailio's `core_hash(name, 0, 0)`: an item's hash (its order in a slot).
+pub fn core_hash(name: &[u8]) -> u32 {
     let mix = |h: u32, v: u32| h.wrapping_add(v ^ (v >> 3));
     let mut h: u32 = 0;
     let mut chunks = name.chunks_exact(4);
@@ -387,10 +781,8 @@ pub fn slot_of(name: &[u8], size: u32) -> u32 {
         .iter()
         .fold(0u32, |v, b| (v << 8) + *b as u32);
     h = mix(h, v);
-    let h = h
-        .wrapping_add(h >> 11)
-        .wrapping_add((h >> 13).wrapping_add(h >> 23));
-    h & ((1u32 << size) - 1)
+    h.wrapping_add(h >> 11)
+        .wrapping_add((h >> 13).wrapping_add(h >> 23))
 }
 
 fn ok_text(s: &str) -> Result<serde_json::Value, RpcFailure> {
@@ -601,6 +993,8 @@ impl Module for Htable {
             pv_class("shtinc", PvKind::Inc, t),
             pv_class("shtdec", PvKind::Dec, t),
             rec("shtrecord"),
+            item_class("shtitkey", true, t),
+            item_class("shtitval", false, t),
         ]
     }
     fn event_routes(&self) -> Vec<&'static str> {

@@ -246,6 +246,32 @@ impl Store {
             _ => false,
         }
     }
+    /// Replaces a live item's value (`updateexpire` restarts its expiry);
+    /// false when it is gone.
+    pub fn replace(&mut self, key: &[u8], value: Value, now: u64) -> bool {
+        let fresh = self.expiry(now);
+        match self.cells.get_mut(key) {
+            Some(c) if c.live(now) => {
+                c.value = value;
+                if self.def.updateexpire {
+                    c.expires = fresh;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+    /// Makes a live item expire `secs` from now (0: at once, as Kamailio's
+    /// `sht_iterator_setex`); false when it is gone.
+    pub fn expire_in(&mut self, key: &[u8], secs: u64, now: u64) -> bool {
+        match self.cells.get_mut(key) {
+            Some(c) if c.live(now) => {
+                c.expires = now + secs;
+                true
+            }
+            _ => false,
+        }
+    }
     /// How many live items' names match.
     pub fn count_names(&self, m: &Matcher, now: u64) -> usize {
         self.cells
@@ -374,6 +400,23 @@ mod tests {
         assert!(s.set_expire(b"x", 0, 111));
         assert_eq!(s.get(b"x", 10_000), Value::Int(1));
         assert_eq!(s.expire_left(b"x", 10_000), Some(0));
+    }
+
+    #[test]
+    fn replace_and_expire_in_touch_live_items_only() {
+        let mut s = t("a=>autoexpire=10;updateexpire=0");
+        s.set(k("x"), Value::Int(1), 100);
+        assert!(s.replace(b"x", Value::str("v"), 105));
+        assert_eq!(s.get(b"x", 109), Value::str("v"));
+        assert_eq!(s.get(b"x", 110), Value::Null, "expiry kept");
+        assert!(!s.replace(b"x", Value::Int(2), 110));
+        assert!(!s.replace(b"y", Value::Int(2), 100));
+        s.set(k("x"), Value::Int(1), 200);
+        assert!(s.expire_in(b"x", 50, 200));
+        assert_eq!(s.expire_left(b"x", 210), Some(40));
+        assert!(s.expire_in(b"x", 0, 210));
+        assert_eq!(s.get(b"x", 210), Value::Null, "0: gone at once");
+        assert!(!s.expire_in(b"x", 5, 210));
     }
 
     #[test]

@@ -3,8 +3,18 @@ use siphon_script::rpc::RpcReply;
 use siphon_script::{Program, Registry, load_str};
 
 fn program(params: &str, body: &str) -> Result<Arc<Program>, String> {
+    program_with(params, body, |_| {})
+}
+
+/// A program with test functions `add` puts in the registry.
+fn program_with(
+    params: &str,
+    body: &str,
+    add: impl FnOnce(&mut Registry),
+) -> Result<Arc<Program>, String> {
     let mut reg = Registry::new();
     reg.add(def());
+    add(&mut reg);
     let cfg = format!("loadmodule \"htable.so\"\n{params}\nrequest_route {{\n{body}\n}}\n");
     let l = load_str("t.cfg", &cfg, &Default::default(), &reg);
     l.program
@@ -126,4 +136,203 @@ fn slots_are_kamailio_core_hash() {
         rpc(&p, "htable.dump", &[json!("a")]).unwrap(),
         json!([{"entry": 10, "size": 1, "slot": [{"name": "boot", "value": "init", "type": "str"}]}])
     );
+}
+
+/// The values the route pushed to `$avp(name)`, oldest first, as text.
+fn avps(ctx: &siphon_script::Ctx, name: &str) -> Vec<String> {
+    ctx.avps
+        .all(name)
+        .iter()
+        .map(|v| v.to_text().into_owned())
+        .collect()
+}
+
+fn run(p: &Arc<Program>) -> siphon_script::Ctx {
+    let mut ctx = p.new_ctx(RouteType::REQUEST);
+    p.run(p.request_route().unwrap(), &mut ctx);
+    ctx
+}
+
+#[test]
+fn iterators_walk_in_kamailio_order_and_edit_items() {
+    let p = program(
+        T,
+        "$sht(a=>boot) = \"init\"; $sht(a=>i) = 1; $sht(a=>x1) = 2; $sht(a=>x2) = \"s\";\n\
+         sht_iterator_start(\"i1\", \"a\");\n\
+         while (sht_iterator_next(\"i1\")) { $avp(k) = $shtitkey(i1); $avp(v) = $shtitval(i1); }\n\
+         if ($shtitkey(i1) == $null) { $avp(after) = \"none\"; }\n\
+         sht_iterator_start(\"i1\", \"a\");\n\
+         while (sht_iterator_next(\"i1\")) {\n\
+           while ($shtitkey(i1) =~ \"^x\" && sht_iterator_rm(\"i1\")) { $avp(rm) = $shtitkey(i1); }\n\
+           if ($shtitkey(i1) == \"i\") { sht_iterator_seti(\"i1\", 41); }\n\
+           if ($shtitkey(i1) == \"boot\") { sht_iterator_sets(\"i1\", \"done\"); sht_iterator_setex(\"i1\", 90); }\n\
+         }\n\
+         $avp(rc) = $rc;\n\
+         sht_iterator_end(\"i1\"); $avp(end) = $rc; sht_iterator_end(\"i1\"); $avp(end) = $rc;\n\
+         sht_iterator_next(\"i1\"); $avp(next) = $rc;\n\
+         $avp(ex) = $shtex(a=>boot);",
+    )
+    .unwrap();
+    let ctx = run(&p);
+    // Slot by slot (Kamailio's dump puts "i" in slot 4, "boot" in 10).
+    let keys = avps(&ctx, "k");
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    let pos = |k: &str| keys.iter().position(|x| x == k).unwrap();
+    assert!(pos("i") < pos("boot"), "{keys:?}");
+    let mut want: Vec<(u32, u32, &str)> = ["boot", "i", "x1", "x2"]
+        .iter()
+        .map(|k| (slot_of(k.as_bytes(), 4), core_hash(k.as_bytes()), *k))
+        .collect();
+    want.sort();
+    assert_eq!(keys, want.iter().map(|w| w.2).collect::<Vec<_>>());
+    let vals = avps(&ctx, "v");
+    assert_eq!(vals[pos("boot")], "init");
+    assert_eq!(vals[pos("x1")], "2");
+    assert_eq!(avps(&ctx, "after"), ["none"]);
+    assert_eq!(avps(&ctx, "end"), ["1", "-1"]);
+    assert_eq!(avps(&ctx, "next"), ["-1"]);
+    let get = |k: &str| rpc(&p, "htable.get", &[json!("a"), json!(k)]);
+    assert!(get("x1").is_err() && get("x2").is_err());
+    assert_eq!(get("i").unwrap()["item"]["value"], json!(41));
+    assert_eq!(get("boot").unwrap()["item"]["value"], json!("done"));
+    let ex: i64 = avps(&ctx, "ex")[0].parse().unwrap();
+    assert!((89..=90).contains(&ex), "{ex}");
+}
+
+#[test]
+fn iterator_errors() {
+    let e = program(T, "sht_iterator_start(\"i\", \"nope\");").unwrap_err();
+    assert!(e.contains("no htable `nope`"), "{e}");
+    let e = program(T, "$var(x) = $shtitkey();").unwrap_err();
+    assert!(e.contains("iterator name"), "{e}");
+    let e = program(T, "sht_lock(\"nope=>k\");").unwrap_err();
+    assert!(e.contains("no htable `nope`"), "{e}");
+    let e = program(T, "sht_unlock(\"k\");").unwrap_err();
+    assert!(e.contains("table=>key"), "{e}");
+    let p = program(
+        T,
+        "sht_iterator_start(\"a\", \"a\"); sht_iterator_start(\"b\", \"a\"); sht_iterator_start(\"c\", \"a\"); sht_iterator_start(\"d\", \"a\");\n\
+         sht_iterator_start(\"e\", \"a\"); $avp(rc) = $rc;\n\
+         sht_iterator_next(\"zz\"); $avp(rc) = $rc;\n\
+         sht_iterator_sets(\"a\", \"v\"); $avp(rc) = $rc;\n\
+         sht_iterator_rm(\"a\"); $avp(rc) = $rc;\n\
+         $sht(a=>only) = 1; sht_iterator_start(\"a\", \"a\"); sht_iterator_next(\"a\"); sht_iterator_rm(\"a\"); $avp(rc) = $rc;",
+    )
+    .unwrap();
+    let ctx = run(&p);
+    // Five at once: -1; unknown: -1; not on an item: -1; the last item
+    // removed: -2.
+    assert_eq!(avps(&ctx, "rc"), ["-1", "-1", "-1", "-1", "-2"]);
+    // The iterators ended with the run: a new run starts with none.
+    let mut ctx = p.new_ctx(RouteType::REQUEST);
+    p.run(p.request_route().unwrap(), &mut ctx);
+    assert_eq!(avps(&ctx, "rc")[0], "-1", "still four at most per run");
+}
+
+/// A test function that suspends the transaction.
+fn park(reg: &mut Registry) {
+    reg.core_functions
+        .push(FunctionSpec::new("park", &[], |_, _| {
+            FnResult::Suspend(siphon_script::api::Suspend {
+                start: Box::new(|_, _| {}),
+            })
+        }));
+}
+
+#[test]
+fn locks_are_released_when_the_route_ends_or_suspends() {
+    let p = program_with(
+        T,
+        "sht_lock(\"a=>k\"); $sht(a=>k) = $sht(a=>k) + 10; sht_lock(\"a=>k\"); sht_unlock(\"a=>k\"); $avp(rc) = $rc;\n\
+         if ($var(park) == 1) { park(); }\n\
+         if ($var(keep) == 0) { sht_unlock(\"a=>k\"); }\n\
+         sht_unlock(\"a=>k\"); $avp(rc) = $rc;",
+        park,
+    )
+    .unwrap();
+    let h = p.module::<Htable>().unwrap();
+    let id = h.tables.id("a").unwrap();
+    let go = |park: i64, keep: i64| {
+        let mut ctx = p.new_ctx(RouteType::REQUEST);
+        ctx.may_suspend = true;
+        ctx.vars[p.var_slot("park").unwrap()] = Value::Int(park);
+        ctx.vars[p.var_slot("keep").unwrap()] = Value::Int(keep);
+        let out = p.run(p.request_route().unwrap(), &mut ctx);
+        (out, ctx)
+    };
+    // Locked, re-locked, unlocked in full; an unlock too many answers 1.
+    let (_, ctx) = go(0, 0);
+    assert_eq!(avps(&ctx, "rc"), ["1", "1"]);
+    assert!(!h.tables.locks.any_held(id));
+    // Left locked: released at the route's end.
+    let (_, _ctx) = go(0, 1);
+    assert!(!h.tables.locks.any_held(id));
+    // Suspended while locked: released at the suspension.
+    let (out, ctx) = go(1, 1);
+    assert!(matches!(out, siphon_script::Outcome::Suspended(_)));
+    assert!(!h.tables.locks.any_held(id));
+    assert!(ctx.ext.get::<RunLocks>().is_none());
+    assert_eq!(
+        rpc(&p, "htable.get", &[json!("a"), json!("k")]).unwrap()["item"]["value"],
+        json!(30)
+    );
+}
+
+/// One worker holds `a=>k` across a read-modify-write while it waits in
+/// `gate()`; another worker's `$shtinc(a=>k)` waits for the unlock (seen as
+/// a waiter, not slept on) and lands after the write: 2, not 1. The second
+/// worker is a task on the multi-threaded runtime (its wait is
+/// `block_in_place`).
+#[test]
+fn sht_lock_serialises_a_read_modify_write_across_workers() {
+    let (open_tx, open_rx) = std::sync::mpsc::channel::<()>();
+    let open_rx = Arc::new(std::sync::Mutex::new(open_rx));
+    let (in_tx, in_rx) = std::sync::mpsc::channel::<()>();
+    let p = program_with(
+        "modparam(\"htable\", \"htable\", \"a=>size=4;initval=0\")",
+        "if ($var(w) == 1) {\n\
+           sht_lock(\"a=>k\"); $var(x) = $sht(a=>k); gate(); $sht(a=>k) = $var(x) + 1; sht_unlock(\"a=>k\");\n\
+         } else {\n\
+           $var(y) = $shtinc(a=>k);\n\
+         }",
+        move |reg| {
+            reg.core_functions
+                .push(FunctionSpec::new("gate", &[], move |_, _| {
+                    in_tx.send(()).unwrap();
+                    open_rx.lock().unwrap().recv().unwrap();
+                    FnResult::Code(1)
+                }));
+        },
+    )
+    .unwrap();
+    let h = p.module::<Htable>().unwrap();
+    let locks = h.tables.locks.clone();
+    let worker = |w: i64| {
+        let p = Arc::clone(&p);
+        move || {
+            let mut ctx = p.new_ctx(RouteType::REQUEST);
+            ctx.vars[p.var_slot("w").unwrap()] = Value::Int(w);
+            p.run(p.request_route().unwrap(), &mut ctx);
+        }
+    };
+    let (first, second) = (worker(1), worker(2));
+    let a = std::thread::spawn(first);
+    in_rx.recv().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let b = rt.spawn(async move { second() });
+    while locks.waiters() != 1 && !b.is_finished() {
+        std::thread::yield_now();
+    }
+    assert!(!b.is_finished(), "$shtinc did not wait for the lock");
+    open_tx.send(()).unwrap();
+    a.join().unwrap();
+    rt.block_on(b).unwrap();
+    assert_eq!(
+        rpc(&p, "htable.get", &[json!("a"), json!("k")]).unwrap()["item"]["value"],
+        json!(2)
+    );
+    assert!(!locks.any_held(0));
 }

@@ -1,8 +1,11 @@
 //! htable and pike end to end: `$shtinc` counts exactly across workers,
 //! the htable.* RPCs over jsonrpcs, autoexpire, a value kept across an
-//! asynchronous HTTP call, pike blocking a flooder (127.0.0.2) while
-//! another source (127.0.0.1) is answered, and the shipped kamailio.cfg with
-//! WITH_ANTIFLOOD.
+//! asynchronous HTTP call, iterators (order, `sht_iterator_rm`/`sets`/
+//! `seti`) and a read-modify-write under `sht_lock` counting exactly, the
+//! same on siphon and Kamailio; a lock the route leaves held, or holds
+//! across an asynchronous call, blocks no other worker; pike blocking a
+//! flooder (127.0.0.2) while another source (127.0.0.1) is answered, and the
+//! shipped kamailio.cfg with WITH_ANTIFLOOD.
 
 use super::harness::{Server, UdpUac, request};
 use super::jsonrpcs::rpc_doc;
@@ -445,4 +448,158 @@ fn shipped_kamailio_cfg_antiflood_bans_a_flooder_as_kamailio() {
         let theirs = antiflood_scenario(&Antiflood::start("kamailio", "kamailio"));
         assert_eq!(theirs, ours);
     }
+}
+
+const HT_BOTH: &str = r#"#!KAMAILIO
+debug=2
+children=2
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "htable.so"
+modparam("htable", "htable", "a=>size=4")
+modparam("htable", "htable", "c=>size=4;initval=0")
+request_route {
+    if ($rU == "fill") {
+        $sht(a=>boot) = "init";
+        $sht(a=>i) = 1;
+        $sht(a=>x1) = 2;
+        $sht(a=>x2) = "two";
+        $sht(a=>gw7) = 7;
+        $sht(a=>zeta) = "z";
+        sl_send_reply("200", "filled");
+        exit;
+    }
+    if ($rU == "edit") {
+        sht_iterator_start("e", "a");
+        while (sht_iterator_next("e")) {
+            while ($shtitkey(e) =~ "^x" && sht_iterator_rm("e")) {
+                $var(removed) = $var(removed) + 1;
+            }
+            if ($shtitkey(e) == "i") { sht_iterator_seti("e", 41); }
+            if ($shtitkey(e) == "boot") { sht_iterator_sets("e", "done"); }
+        }
+        sht_iterator_end("e");
+        sl_send_reply("200", "removed $var(removed)");
+        exit;
+    }
+    if ($rU == "walk") {
+        $var(s) = "items:";
+        sht_iterator_start("w", "a");
+        while (sht_iterator_next("w")) {
+            $var(s) = $var(s) + " " + $shtitkey(w) + "=" + $shtitval(w);
+        }
+        sht_iterator_end("w");
+        sl_send_reply("200", "$var(s)");
+        exit;
+    }
+    if ($rU == "count") {
+        sl_send_reply("200", "n=$sht(c=>n)");
+        exit;
+    }
+    sht_lock("c=>n");
+    $var(x) = $sht(c=>n);
+    $sht(c=>n) = $var(x) + 1;
+    sht_unlock("c=>n");
+    sl_send_reply("200", "OK");
+}
+"#;
+
+/// The reason phrase of the answer to an OPTIONS for `user` at `to`.
+fn reason(to: SocketAddr, user: &str) -> String {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(W)).unwrap();
+    let me = sock.local_addr().unwrap();
+    let m = format!(
+        "OPTIONS sip:{user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{user}\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:{user}@127.0.0.1>\r\nCall-ID: {user}-{me}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(m.as_bytes(), to).unwrap();
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = sock.recv_from(&mut buf).expect("a reply");
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let line = text.lines().next().unwrap_or_default().to_string();
+    line.splitn(3, ' ').nth(2).unwrap_or_default().to_string()
+}
+
+/// What the iterator and lock scenario shows on one server.
+fn iterate_and_count(to: SocketAddr) -> Vec<String> {
+    let mut seen = vec![reason(to, "fill"), reason(to, "walk")];
+    seen.push(reason(to, "edit"));
+    seen.push(reason(to, "walk"));
+    // 4000 read-modify-writes under sht_lock from 64 in flight, over
+    // both workers: none lost.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(flood(&sock, to, 4000, 64, "lock"), 4000);
+    seen.push(reason(to, "count"));
+    seen
+}
+
+#[test]
+fn iterators_and_sht_lock_as_kamailio() {
+    let ours = iterate_and_count(start_with(HT_BOTH, env!("CARGO_BIN_EXE_siphon"), &[]).addr);
+    assert_eq!(ours[0], "filled");
+    // Slot by slot, as Kamailio's iterator goes.
+    assert!(ours[1].starts_with("items: "), "{ours:?}");
+    assert_eq!(ours[2], "removed 2");
+    assert!(!ours[3].contains(" x"), "{ours:?}");
+    assert!(
+        ours[3].contains("boot=done") && ours[3].contains("i=41"),
+        "{ours:?}"
+    );
+    assert_eq!(ours[4], "n=4000");
+    if have_kamailio() {
+        let theirs = iterate_and_count(start_with(HT_BOTH, "kamailio", &KAMAILIO_ARGS).addr);
+        assert_eq!(theirs, ours);
+    }
+}
+
+/// A route that leaves its lock held, and one that holds it across an
+/// asynchronous HTTP call: siphon releases both (at the route's end, at
+/// the suspension), so every request on both workers is answered.
+/// (Kamailio keeps such a lock for the process that took it: its other
+/// workers would wait for it for ever.)
+#[test]
+fn a_lock_left_held_or_held_across_an_async_call_blocks_no_worker() {
+    let http = http_ok();
+    let cfg = format!(
+        r#"
+loadmodule "tm.so"
+loadmodule "htable.so"
+loadmodule "async_http.so"
+modparam("htable", "htable", "c=>size=4;initval=0")
+request_route {{
+    if (is_method("ACK")) {{ exit; }}
+    if (is_method("OPTIONS")) {{
+        sht_lock("c=>held");
+        $var(n) = $shtinc(c=>held);
+        sl_send_reply("200", "OK");
+        exit;
+    }}
+    sht_lock("c=>async");
+    $var(n) = $shtinc(c=>async);
+    http_async_get("http://{http}/x", "RESUMED");
+}}
+route[RESUMED] {{
+    $var(n) = $shtinc(c=>async);
+    t_reply("200", "OK");
+}}
+"#
+    );
+    let srv = Server::start(&cfg);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(flood(&sock, srv.udp, 200, 16, "held"), 200);
+    assert!(srv.log_soon("sht_lock(\"c=>held\") released: the route ended without sht_unlock"));
+    let uacs: Vec<UdpUac> = (0..20).map(|_| UdpUac::new(srv.udp)).collect();
+    for (i, u) in uacs.iter().enumerate() {
+        u.send(&request(
+            "MESSAGE",
+            u.addr(),
+            &format!("lk{i}"),
+            &format!("locked-{i}"),
+            "",
+        ));
+    }
+    for u in &uacs {
+        assert_eq!(u.final_code(W), Some(200));
+    }
+    assert!(srv.log_soon("released: the route suspended"));
 }
