@@ -567,6 +567,31 @@ impl Host for CoreHost {
         hooks.push(hook);
         true
     }
+
+    fn udp_listener(
+        &self,
+        to: SocketAddr,
+        from: Option<SocketAddr>,
+    ) -> Option<siphon_script::api::UdpListener> {
+        let addr = self.core.out.udp_local(from, to)?;
+        let target = dns::Target {
+            transport: Transport::Udp,
+            addr: to,
+        };
+        let sent_by = self.core.out.via_sent_by(target, Some(addr))?;
+        Some(siphon_script::api::UdpListener { addr, sent_by })
+    }
+
+    fn send_udp(&self, from: SocketAddr, to: SocketAddr, data: Bytes) -> Result<(), String> {
+        if self.core.out.send_udp(Some(from), to, data) {
+            Ok(())
+        } else {
+            stats::Stats::inc(&self.core.stats.send_failures);
+            Err(format!(
+                "the datagram to {to} could not be sent from {from}"
+            ))
+        }
+    }
 }
 
 /// Where replies to a request go (RFC 3261 §18.2.2, RFC 3581): the source

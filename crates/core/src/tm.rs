@@ -563,14 +563,20 @@ impl Core {
         );
         sip.tx = Some(id);
         sip.branch = Some(branch);
+        // `$bf` and isbflagset() read the branch's flags (lookup()'s NAT flag…).
+        sip.bflags = self
+            .tm
+            .with(self, id.index, |t, _| t.branch_flags(id, branch))
+            .unwrap_or(0);
         ctx.ext.insert(sip);
         let outcome = program.run(route, &mut ctx);
         let drop = matches!(outcome, Outcome::Drop) || std::mem::take(&mut ctx.dropped);
-        let edits = ctx
-            .ext
-            .remove::<SipCtx>()
-            .map(|s| s.edits)
-            .unwrap_or_default();
+        // The reply as the route left it: a module may have changed the
+        // message itself (nathelper's set_contact_alias, msg_apply_changes).
+        let (reply, edits) = match ctx.ext.remove::<SipCtx>() {
+            Some(s) => (s.msg, s.edits),
+            None => (reply, Default::default()),
+        };
         if let Some(r) = request {
             ctx.ext.insert(r);
         }

@@ -445,6 +445,16 @@ impl Outbound {
             .ok_or(SendError::NoUdpSocket(to))
     }
 
+    /// The address of the UDP socket [`Outbound::send_udp`] would use.
+    pub(crate) fn udp_local(&self, from: Option<SocketAddr>, to: SocketAddr) -> Option<SocketAddr> {
+        let socks = self.udp.lock().ok()?;
+        socks
+            .iter()
+            .find(|(a, _)| Some(*a) == from)
+            .or_else(|| socks.iter().find(|(a, _)| a.is_ipv4() == to.is_ipv4()))
+            .map(|(a, _)| *a)
+    }
+
     /// Sends a datagram from the socket bound to `from`, or any socket of the right family.
     pub(crate) fn send_udp(&self, from: Option<SocketAddr>, to: SocketAddr, bytes: Bytes) -> bool {
         // Never wait on the SIP path: a full kernel buffer drops the datagram (the

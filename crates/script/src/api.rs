@@ -22,6 +22,7 @@ use crate::{Program, RouteId};
 use bytes::Bytes;
 use std::any::Any;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -157,6 +158,19 @@ pub struct ModuleDef {
     pub instantiate: Instantiate,
 }
 
+/// A Kamailio module siphon knows and does not have, with why: its
+/// `loadmodule` is an error that says so (instead of "not available"), and
+/// its `modparam`s and function calls are not reported again.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusedModule {
+    /// The module name (`rtpproxy`).
+    pub name: &'static str,
+    /// Why siphon does not have it, and what to do instead.
+    pub reason: &'static str,
+    /// Its script functions (`rtpproxy_manage` …).
+    pub functions: &'static [&'static str],
+}
+
 impl std::fmt::Debug for ModuleDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModuleDef")
@@ -220,6 +234,59 @@ pub trait Host: Send + Sync {
     fn on_transaction_final(&self, _hook: TxFinalHook) -> bool {
         false
     }
+    /// The UDP listener a datagram to `to` leaves from: `from` when it is one
+    /// of ours, else the first UDP listener of `to`'s address family; with
+    /// the sent-by of its Via. `None`: no UDP listener for that family.
+    fn udp_listener(&self, _to: SocketAddr, _from: Option<SocketAddr>) -> Option<UdpListener> {
+        None
+    }
+    /// Sends `data` as one datagram from our UDP listener `from` to `to`
+    /// (stateless: nathelper's NAT keepalives). Never waits: a full socket
+    /// buffer drops it. The error says why it was not sent.
+    fn send_udp(&self, _from: SocketAddr, _to: SocketAddr, _data: Bytes) -> Result<(), String> {
+        Err("this host sends no datagrams".into())
+    }
+}
+
+/// One of our UDP listeners, as [`Host::udp_listener`] picks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpListener {
+    /// The address it is bound to (what [`Host::send_udp`] takes as `from`).
+    pub addr: SocketAddr,
+    /// `host:port` for the Via of a request sent from it: its `advertise`
+    /// address if set, else its own (an IPv6 one bracketed).
+    pub sent_by: String,
+}
+
+/// One binding of the location tables (usrloc's), as [`Location`] gives it
+/// to modules that act on every registered contact (nathelper's NAT
+/// keepalive) without importing usrloc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocationContact {
+    /// Its address of record (`alice`; `alice@example.com` with `use_domain`).
+    pub aor: String,
+    /// The contact URI as registered.
+    pub uri: String,
+    /// Where the contact is reached instead of its URI (registrar's
+    /// `received_avp`: `sip:198.51.100.7:40312`).
+    pub received: Option<String>,
+    /// The Path of its REGISTER (`<sip:edge;lr>`), when stored.
+    pub path: Option<String>,
+    /// Our socket it registered through (`udp:127.0.0.1:5060`).
+    pub socket: String,
+    /// The branch flags it was saved with (usrloc's cflags; `nat_bflag` is one).
+    pub cflags: u64,
+    /// Its unique id (usrloc's ruid).
+    pub ruid: String,
+}
+
+/// The location tables a module offers others ([`Module::location`]).
+pub trait Location: Send + Sync {
+    /// Every unexpired contact of every table whose branch flags include
+    /// all of `flags` (0: every contact).
+    fn contacts(&self, flags: u64) -> Vec<LocationContact>;
+    /// The branch flag marking a contact as behind NAT (usrloc's `nat_bflag`).
+    fn nat_bflag(&self) -> Option<u32>;
 }
 
 /// A transaction's final reply as it went upstream ([`Host::on_transaction_final`]).
@@ -298,6 +365,11 @@ pub trait Module: Send + Sync + Any {
     /// compiled, with [`crate::Program::module_formats`].
     fn formats(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// The location tables, when this module keeps them (usrloc), for
+    /// modules that read every binding (nathelper's keepalive).
+    fn location(&self) -> Option<Arc<dyn Location>> {
+        None
     }
     /// Starts the module's tasks; called inside the runtime after compilation.
     fn start(&self, _cx: &StartCx) -> Result<(), String> {

@@ -36,6 +36,24 @@ const PROTOCOLS: &[&str] = &[
     "UDP", "TCP", "TLS", "SCTP", "WS", "WSS", "udp", "tcp", "tls", "sctp", "ws", "wss",
 ];
 
+/// What to do about a refused module's `loadmodule`.
+fn refused_help(r: &RefusedModule) -> String {
+    let mut calls: Vec<&str> = r.functions.iter().take(3).copied().collect();
+    if r.functions.len() > 3 {
+        calls.push("…");
+    }
+    format!(
+        "remove this loadmodule, the module's modparams and the calls to its functions ({})",
+        calls.join(", ")
+    )
+}
+
+/// Whether a `modparam` module name is a pattern (`nathelper|registrar`)
+/// rather than a name.
+fn is_module_regex(name: &str) -> bool {
+    !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
 struct RouteCall {
     route: RouteId,
     mask: RouteType,
@@ -48,6 +66,8 @@ pub(crate) struct Compiler<'r> {
     diags: Vec<Diagnostic>,
     core: CoreParams,
     loaded: Vec<(String, Span)>,
+    /// Refused modules the configuration loads (already reported at `loadmodule`).
+    refused_loaded: Vec<String>,
     modcfg: HashMap<String, ModuleConfig>,
     instances: Vec<(String, Arc<dyn Module>)>,
     functions: HashMap<&'static str, FunctionSpec>,
@@ -81,6 +101,7 @@ pub(crate) fn compile(
         diags: vec![],
         core: CoreParams::default(),
         loaded: vec![],
+        refused_loaded: vec![],
         modcfg: HashMap::new(),
         instances: vec![],
         functions: HashMap::new(),
@@ -166,6 +187,21 @@ impl Compiler<'_> {
             match item {
                 Item::LoadModule(path) => {
                     let name = module_name(&path.node);
+                    if self.reg.def(&name).is_none()
+                        && let Some(r) = self.reg.refused(&name)
+                    {
+                        let mut d = Diagnostic::error(
+                            path.span,
+                            format!("module `{name}` is not available in siphon: {}", r.reason),
+                        )
+                        .help(refused_help(r));
+                        if let Some(g) = cfg.guards.of(path.span) {
+                            d = d.note(format!("loaded because {}", g.reason()));
+                        }
+                        self.diags.push(d);
+                        self.refused_loaded.push(name);
+                        continue;
+                    }
                     match self.reg.def(&name) {
                         Some(_) if self.loaded.iter().any(|(n, _)| *n == name) => {
                             self.diags.push(Diagnostic::warning(
@@ -237,6 +273,64 @@ impl Compiler<'_> {
 
     fn modparam(&mut self, mp: &ast::ModParam) {
         let name = mp.module.node.as_str();
+        if let Some(r) = self.reg.refused(name) {
+            // Its loadmodule already said why; a modparam without one says it here.
+            if !self.refused_loaded.iter().any(|n| n == name) {
+                self.err(
+                    mp.module.span,
+                    format!(
+                        "`modparam` for module `{name}`, which is not available in siphon: {}",
+                        r.reason
+                    ),
+                );
+            }
+            return;
+        }
+        if self.reg.def(name).is_none() && is_module_regex(name) {
+            self.modparam_regex(mp);
+            return;
+        }
+        self.modparam_of(name, mp);
+    }
+
+    /// Kamailio's `modparam("nathelper|registrar", …)`: the module name is a
+    /// regular expression (`^(…)$`, case-insensitive) over the modules loaded
+    /// so far; the parameter goes to each that matches, which must have it.
+    fn modparam_regex(&mut self, mp: &ast::ModParam) {
+        let pat = mp.module.node.as_str();
+        let re = match regex::RegexBuilder::new(&format!("^({pat})$"))
+            .case_insensitive(true)
+            .build()
+        {
+            Ok(re) => re,
+            Err(e) => {
+                self.err(
+                    mp.module.span,
+                    format!("`modparam` module pattern `{pat}` is not a regular expression: {e}"),
+                );
+                return;
+            }
+        };
+        let matching: Vec<String> = self
+            .loaded
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| re.is_match(n))
+            .collect();
+        // A refused module it matches was reported at its loadmodule.
+        let refused = self.refused_loaded.iter().any(|n| re.is_match(n));
+        if matching.is_empty() && !refused {
+            self.err(
+                mp.module.span,
+                format!("`modparam` for `{pat}`: no loaded module matches it"),
+            );
+        }
+        for name in matching {
+            self.modparam_of(&name, mp);
+        }
+    }
+
+    fn modparam_of(&mut self, name: &str, mp: &ast::ModParam) {
         let Some(def) = self.reg.def(name) else {
             let mut d = Diagnostic::error(
                 mp.module.span,
@@ -882,6 +976,30 @@ impl Compiler<'_> {
 
     fn unknown_function(&mut self, name: &Spanned<String>) {
         let fname = name.node.as_str();
+        // A function of a refused module: said at its loadmodule, or here.
+        if self
+            .refused_loaded
+            .iter()
+            .filter_map(|n| self.reg.refused(n))
+            .any(|r| r.functions.contains(&fname))
+        {
+            return;
+        }
+        if let Some(r) = self
+            .reg
+            .refused_modules()
+            .iter()
+            .find(|r| r.functions.contains(&fname))
+        {
+            self.err(
+                name.span,
+                format!(
+                    "function `{fname}` belongs to module `{}`, which is not available in siphon: {}",
+                    r.name, r.reason
+                ),
+            );
+            return;
+        }
         // A function of a module that exists but is not loaded?
         for def in self.reg.defs() {
             if self.loaded.iter().any(|(n, _)| n == def.name) {

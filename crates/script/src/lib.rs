@@ -77,6 +77,8 @@ pub struct Registry {
     pub hooks: Hooks,
     /// The event interface the program will raise events through.
     pub evi: Arc<evi::Evi>,
+    /// Modules refused with a reason ([`Registry::refuse`]).
+    refused: Vec<api::RefusedModule>,
 }
 
 impl Default for Registry {
@@ -105,12 +107,27 @@ impl Registry {
             stat_sources,
             hooks: Hooks::default(),
             evi,
+            refused: Vec::new(),
         }
     }
     /// Adds (or replaces) a module definition.
     pub fn add(&mut self, def: ModuleDef) {
         self.defs.retain(|d| d.name != def.name);
         self.defs.push(def);
+    }
+    /// Refuses a module siphon does not have with its reason
+    /// (`loadmodule "rtpproxy.so"`: siphon relays no media).
+    pub fn refuse(&mut self, module: api::RefusedModule) {
+        self.refused.retain(|r| r.name != module.name);
+        self.refused.push(module);
+    }
+    /// Every refused module.
+    pub fn refused_modules(&self) -> &[api::RefusedModule] {
+        &self.refused
+    }
+    /// A refused module by name.
+    pub fn refused(&self, name: &str) -> Option<&api::RefusedModule> {
+        self.refused.iter().find(|r| r.name == name)
     }
     /// The definition of a module.
     pub fn def(&self, name: &str) -> Option<&ModuleDef> {

@@ -5,7 +5,7 @@
 
 use crate::store::{ALL_METHODS, Contact, Matching, Q_UNSPECIFIED, Table};
 use serde_json::{Value as Json, json};
-use siphon_script::api::{Module, ModuleConfig, StartCx};
+use siphon_script::api::{Location, LocationContact, Module, ModuleConfig, StartCx};
 use siphon_script::rpc::{RpcCall, RpcFailure, RpcSpec, StatSource};
 use siphon_script::{ModuleDef, ParamSpec, RouteType};
 use std::any::Any;
@@ -86,6 +86,25 @@ impl Usrloc {
     pub fn expire_all(&self, now: u64) -> Vec<(String, Contact)> {
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         t.values_mut().flat_map(|t| t.expire(now)).collect()
+    }
+
+    /// Every contact valid at `now` whose branch flags include all of `flags`.
+    pub fn contacts_flagged(&self, flags: u64, now: u64) -> Vec<LocationContact> {
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        t.values()
+            .flat_map(|table| table.records())
+            .flat_map(|r| r.valid(now).map(move |c| (r, c)))
+            .filter(|(_, c)| c.cflags & flags == flags)
+            .map(|(r, c)| LocationContact {
+                aor: r.aor.clone(),
+                uri: c.uri.clone(),
+                received: c.received.clone(),
+                path: c.path.clone(),
+                socket: c.socket.clone(),
+                cflags: c.cflags,
+                ruid: c.ruid.clone(),
+            })
+            .collect()
     }
 
     fn table_names(&self) -> Vec<String> {
@@ -177,9 +196,21 @@ fn config(cfg: &ModuleConfig) -> Result<UsrlocConfig, String> {
     })
 }
 
+impl Location for Usrloc {
+    fn contacts(&self, flags: u64) -> Vec<LocationContact> {
+        self.contacts_flagged(flags, now())
+    }
+    fn nat_bflag(&self) -> Option<u32> {
+        self.cfg.nat_bflag
+    }
+}
+
 impl Module for UsrlocModule {
     fn event_routes(&self) -> Vec<&'static str> {
         vec![EXPIRED_ROUTE]
+    }
+    fn location(&self) -> Option<Arc<dyn Location>> {
+        Some(self.ul.clone())
     }
     fn rpc_commands(&self) -> Vec<RpcSpec> {
         rpc_commands(&self.ul)
@@ -188,12 +219,6 @@ impl Module for UsrlocModule {
         Some(Arc::new(Stats(self.ul.clone())))
     }
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        if let Some(f) = self.ul.cfg.nat_bflag {
-            tracing::info!(
-                "usrloc: nat_bflag {f} is kept with each contact (CFlags) and restored by lookup(); \
-                 siphon has no nathelper keepalives, which is what selects contacts by it in Kamailio"
-            );
-        }
         let ul = self.ul.clone();
         let program = cx.program.clone();
         let shutdown = cx.host.shutdown();
