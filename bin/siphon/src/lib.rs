@@ -50,6 +50,10 @@ pub fn registry_with_core() -> (Registry, Arc<Core>) {
     reg.add(siphon_mod_pike::def());
     reg.add(siphon_mod_auth::def());
     reg.add(siphon_mod_auth::def_auth_db());
+    reg.add(siphon_mod_nathelper::def());
+    for relay in siphon_mod_nathelper::media_relays() {
+        reg.refuse(relay);
+    }
     (reg, core)
 }
 

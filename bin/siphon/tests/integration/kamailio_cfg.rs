@@ -21,23 +21,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-const KAMAILIO_CFG: &str = "/etc/kamailio/kamailio.cfg";
+pub(super) const KAMAILIO_CFG: &str = "/etc/kamailio/kamailio.cfg";
 const BASIC_CFG: &str = "/usr/share/doc/kamailio/examples/pkg/kamailio-basic.cfg";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Bin {
+pub(super) enum Bin {
     Siphon,
     Kamailio,
 }
 
 /// A server on one of the files, stopped (SIGTERM) when dropped.
-struct Srv {
-    bin: Bin,
-    addr: SocketAddr,
+pub(super) struct Srv {
+    pub(super) bin: Bin,
+    pub(super) addr: SocketAddr,
     child: Child,
     log: PathBuf,
     /// The run directory given with `-Y`.
-    run: PathBuf,
+    pub(super) run: PathBuf,
     _dir: Scratch,
 }
 
@@ -46,6 +46,11 @@ static N: AtomicU32 = AtomicU32::new(0);
 impl Srv {
     /// None (after a note) when the file or Kamailio is not installed.
     fn start(bin: Bin, cfg: &str) -> Option<Srv> {
+        Self::start_with(bin, cfg, &[])
+    }
+
+    /// [`Srv::start`] with more command line arguments (`-A WITH_NAT`).
+    pub(super) fn start_with(bin: Bin, cfg: &str, args: &[&str]) -> Option<Srv> {
         if !Path::new(cfg).exists() {
             eprintln!("{cfg} is not installed (scripts/install-test-peers.sh): test skipped");
             return None;
@@ -72,6 +77,7 @@ impl Srv {
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             let mut child = cmd
                 .args(["-f", cfg, "-DD", "-E"])
+                .args(args)
                 .args(["-l", &format!("udp:{addr}"), "-l", &format!("tcp:{addr}")])
                 .arg("-Y")
                 .arg(&run)
@@ -96,11 +102,11 @@ impl Srv {
     }
 
     /// The request URI of `user` at this server.
-    fn uri(&self, user: &str) -> String {
+    pub(super) fn uri(&self, user: &str) -> String {
         format!("sip:{user}@{}", self.addr)
     }
 
-    fn log_tail(&self) -> String {
+    pub(super) fn log_tail(&self) -> String {
         tail(&self.log)
     }
 }
@@ -129,27 +135,27 @@ impl Drop for Srv {
 }
 
 /// A raw SIP user agent on a loopback UDP port, talking to one server.
-struct Ua {
-    sock: UdpSocket,
+pub(super) struct Ua {
+    pub(super) sock: UdpSocket,
     to: SocketAddr,
 }
 
 impl Ua {
-    fn new(to: SocketAddr) -> Ua {
+    pub(super) fn new(to: SocketAddr) -> Ua {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
         Ua { sock, to }
     }
-    fn addr(&self) -> SocketAddr {
+    pub(super) fn addr(&self) -> SocketAddr {
         self.sock.local_addr().expect("addr")
     }
-    fn send(&self, text: &str) {
+    pub(super) fn send(&self, text: &str) {
         let text = text.replace('\n', "\r\n");
         self.sock.send_to(text.as_bytes(), self.to).expect("send");
     }
     /// The next message within 5 s.
-    fn recv(&self) -> Option<Msg> {
+    pub(super) fn recv(&self) -> Option<Msg> {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut buf = vec![0u8; 65535];
         while Instant::now() < deadline {
@@ -160,7 +166,7 @@ impl Ua {
         None
     }
     /// The next final reply (provisional ones skipped), within 5 s each.
-    fn final_reply(&self) -> Msg {
+    pub(super) fn final_reply(&self) -> Msg {
         loop {
             let m = self.recv().expect("a reply within 5 s");
             if m.code().is_some_and(|c| c >= 200) {
@@ -170,7 +176,7 @@ impl Ua {
     }
     /// The next request whose method is `method` (retransmissions and
     /// other requests skipped; bounded).
-    fn request(&self, method: &str) -> Msg {
+    pub(super) fn request(&self, method: &str) -> Msg {
         for _ in 0..20 {
             let m = self
                 .recv()
@@ -182,7 +188,7 @@ impl Ua {
         panic!("no {method} among 20 messages");
     }
     /// Sends `text` and returns the final reply.
-    fn ask(&self, text: &str) -> Msg {
+    pub(super) fn ask(&self, text: &str) -> Msg {
         self.send(text);
         self.final_reply()
     }
@@ -190,13 +196,13 @@ impl Ua {
 
 /// A received message as text.
 #[derive(Clone, Debug)]
-struct Msg(String);
+pub(super) struct Msg(pub(super) String);
 
 impl Msg {
-    fn start(&self) -> &str {
+    pub(super) fn start(&self) -> &str {
         self.0.lines().next().unwrap_or_default().trim_end()
     }
-    fn code(&self) -> Option<u16> {
+    pub(super) fn code(&self) -> Option<u16> {
         self.start()
             .strip_prefix("SIP/2.0 ")?
             .get(..3)?
@@ -204,17 +210,17 @@ impl Msg {
             .ok()
     }
     /// "404 Not Found".
-    fn status(&self) -> String {
+    pub(super) fn status(&self) -> String {
         self.start().trim_start_matches("SIP/2.0 ").to_string()
     }
-    fn method(&self) -> Option<&str> {
+    pub(super) fn method(&self) -> Option<&str> {
         (!self.start().starts_with("SIP/")).then(|| self.start().split(' ').next().unwrap_or(""))
     }
-    fn ruri(&self) -> &str {
+    pub(super) fn ruri(&self) -> &str {
         self.start().split(' ').nth(1).unwrap_or_default()
     }
     /// Every value of header `name` (full or compact form), comma lists split.
-    fn all(&self, name: &str, compact: &str) -> Vec<String> {
+    pub(super) fn all(&self, name: &str, compact: &str) -> Vec<String> {
         let head = self.0.split("\r\n\r\n").next().unwrap_or_default();
         let mut out = Vec::new();
         for line in head.split("\r\n").skip(1) {
@@ -231,13 +237,26 @@ impl Msg {
         out
     }
     /// The header lines of `name` as they are (for copying into a reply).
-    fn lines(&self, name: &str, compact: &str) -> String {
+    pub(super) fn lines(&self, name: &str, compact: &str) -> String {
         self.all(name, compact)
             .iter()
             .map(|v| format!("{name}: {v}\n"))
             .collect()
     }
-    fn one(&self, name: &str) -> String {
+    /// The header lines a reply to this request copies (Via, From, To with
+    /// `to_tag`, Call-ID, CSeq, Record-Route), each ending in `\n`.
+    pub(super) fn reply_head(&self, to_tag: &str) -> String {
+        format!(
+            "{}From: {}\nTo: {};tag={to_tag}\nCall-ID: {}\nCSeq: {}\n{}",
+            self.lines("Via", "v"),
+            self.one("From"),
+            self.one("To"),
+            self.one("Call-ID"),
+            self.one("CSeq"),
+            self.lines("Record-Route", "")
+        )
+    }
+    pub(super) fn one(&self, name: &str) -> String {
         self.all(name, "").into_iter().next().unwrap_or_default()
     }
 }
@@ -267,7 +286,7 @@ fn split_commas(v: &str) -> Vec<String> {
 
 /// `v` with the server's address written `SERVER`, the UAs' ports `PORT`
 /// and expires values `N`: what is compared between the two servers.
-fn shape(v: &str, srv: &Srv) -> String {
+pub(super) fn shape(v: &str, srv: &Srv) -> String {
     let v = v.replace(&srv.addr.to_string(), "SERVER");
     let v = digits_after(&v, "127.0.0.1:", "PORT");
     let v = digits_after(&v, "rport=", "P");
@@ -279,7 +298,7 @@ fn shape(v: &str, srv: &Srv) -> String {
 }
 
 /// `v` with the digits after each `prefix` written `with`.
-fn digits_after(v: &str, prefix: &str, with: &str) -> String {
+pub(super) fn digits_after(v: &str, prefix: &str, with: &str) -> String {
     let mut out = String::new();
     let mut rest = v;
     while let Some(i) = rest.find(prefix) {
@@ -297,7 +316,7 @@ fn digits_after(v: &str, prefix: &str, with: &str) -> String {
 
 static CALLS: AtomicU32 = AtomicU32::new(0);
 
-fn call_id(what: &str) -> String {
+pub(super) fn call_id(what: &str) -> String {
     format!(
         "{what}-{}-{}@kcfg",
         std::process::id(),
@@ -341,14 +360,19 @@ fn register(srv: &Srv, ua: &Ua, user: &str, contact: Option<&str>, expires: u32)
 }
 
 /// What one scenario saw on one server, compared with the other's.
-type Seen = Vec<String>;
+pub(super) type Seen = Vec<String>;
 
 /// Runs `scenario` on siphon and on Kamailio with `cfg`; asserts both saw
 /// the same. Returns false when the file is not installed.
 fn on_both(cfg: &str, scenario: fn(&Srv) -> Seen) -> bool {
+    on_both_with(cfg, &[], scenario)
+}
+
+/// [`on_both`] with more command line arguments for both servers.
+pub(super) fn on_both_with(cfg: &str, args: &[&str], scenario: fn(&Srv) -> Seen) -> bool {
     let mut seen = Vec::new();
     for bin in [Bin::Kamailio, Bin::Siphon] {
-        let Some(srv) = Srv::start(bin, cfg) else {
+        let Some(srv) = Srv::start_with(bin, cfg, args) else {
             return false;
         };
         let s = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&srv)))
@@ -496,13 +520,7 @@ fn raw_call(srv: &Srv) -> Seen {
         params.join(";")
     ));
     seen.push(format!("Max-Forwards at bob: {}", inv.one("Max-Forwards")));
-    let copy = format!(
-        "{}From: {}\nTo: {};tag=bob1\nCall-ID: {ci}\nCSeq: 1 INVITE\n{}",
-        inv.lines("Via", "v"),
-        inv.one("From"),
-        inv.one("To"),
-        inv.lines("Record-Route", "")
-    );
+    let copy = inv.reply_head("bob1");
     bob.send(&format!(
         "SIP/2.0 180 Ringing\n{copy}Contact: <sip:bob@{b}>\nContent-Length: 0\n\n"
     ));

@@ -18,6 +18,7 @@ mod htable_pike;
 mod jsonrpcc;
 mod jsonrpcs;
 mod kamailio_cfg;
+mod nathelper;
 mod proxy;
 mod proxy_interop;
 mod record_route;
