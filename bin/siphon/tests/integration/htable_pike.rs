@@ -164,6 +164,17 @@ fn http_ok() -> SocketAddr {
     addr
 }
 
+/// `n` MESSAGEs to `srv` at once, each from its own UAC (Call-ID
+/// `{tag}-{i}`), to read the answers from.
+fn messages(srv: &Server, n: usize, tag: &str) -> Vec<UdpUac> {
+    let uacs: Vec<UdpUac> = (0..n).map(|_| UdpUac::new(srv.udp)).collect();
+    for (i, u) in uacs.iter().enumerate() {
+        let ci = format!("{tag}-{i}");
+        u.send(&request("MESSAGE", u.addr(), &ci, &ci, ""));
+    }
+    uacs
+}
+
 #[test]
 fn a_value_written_before_an_async_call_is_read_after_it() {
     let http = http_ok();
@@ -185,16 +196,7 @@ route[RESUMED] {{
 "#
     );
     let srv = Server::start(&cfg);
-    let uacs: Vec<UdpUac> = (0..20).map(|_| UdpUac::new(srv.udp)).collect();
-    for (i, u) in uacs.iter().enumerate() {
-        u.send(&request(
-            "MESSAGE",
-            u.addr(),
-            &format!("as{i}"),
-            &format!("async-{i}"),
-            "",
-        ));
-    }
+    let uacs = messages(&srv, 20, "async");
     for (i, u) in uacs.iter().enumerate() {
         let deadline = Instant::now() + W;
         let m = loop {
@@ -588,16 +590,7 @@ route[RESUMED] {{
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     assert_eq!(flood(&sock, srv.udp, 200, 16, "held"), 200);
     assert!(srv.log_soon("sht_lock(\"c=>held\") released: the route ended without sht_unlock"));
-    let uacs: Vec<UdpUac> = (0..20).map(|_| UdpUac::new(srv.udp)).collect();
-    for (i, u) in uacs.iter().enumerate() {
-        u.send(&request(
-            "MESSAGE",
-            u.addr(),
-            &format!("lk{i}"),
-            &format!("locked-{i}"),
-            "",
-        ));
-    }
+    let uacs = messages(&srv, 20, "locked");
     for u in &uacs {
         assert_eq!(u.final_code(W), Some(200));
     }
