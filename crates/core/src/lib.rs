@@ -29,7 +29,7 @@ use bytes::Bytes;
 use siphon_script::api::Host;
 use siphon_script::{Outcome, Program, Registry, RouteType};
 use siphon_sip::{Method, SipMsg};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
@@ -444,23 +444,30 @@ impl Core {
     /// The top Via of a reply to `msg`: `received` when the sent-by is not
     /// where it came from or the Via asks for `rport` (RFC 3581 §4: even when
     /// equal; Kamailio's `received_test`), `rport` filled (RFC 3261 §18.2.1).
-    pub(crate) fn reply_top_via(&self, msg: &SipMsg, peer: &Peer) -> Option<Vec<u8>> {
+    pub(crate) fn reply_top_via(&self, msg: &SipMsg, peer: &Peer) -> Option<Bytes> {
         let v = msg.value(siphon_sip::HeaderName::Via)?;
-        let first = siphon_sip::split_commas(&v)
-            .into_iter()
-            .next()
-            .map(|r| v.slice(r.range()))
-            .unwrap_or_default();
-        let via = siphon_sip::parse_via(&first);
-        let src_ip = peer.src.ip().to_string();
-        let received = via
-            .as_ref()
-            .is_some_and(|v| {
-                v.host != src_ip.as_bytes() || v.rport.is_some() || v.received.is_some()
-            })
-            .then_some(src_ip.as_bytes());
-        let rport = via.as_ref().and_then(|v| v.rport).map(|_| peer.src.port());
-        Some(siphon_sip::via_with_received(&first, received, rport))
+        let first = v.slice(siphon_sip::first_and_rest(&v).0.range());
+        let Some(via) = msg.top_via() else {
+            return Some(first);
+        };
+        // Kamailio compares the address, not its spelling (`check_via_address`).
+        let src = peer.src.ip();
+        let same_host = std::str::from_utf8(&via.host)
+            .ok()
+            .and_then(|h| h.parse::<IpAddr>().ok())
+            .is_some_and(|h| h == src);
+        let received = !same_host || via.rport.is_some() || via.received.is_some();
+        let rport = via.rport.map(|_| peer.src.port());
+        if !received && rport.is_none() {
+            // Nothing to fill in: the value as it came, not a copy.
+            return Some(first);
+        }
+        let src = src.to_string();
+        Some(Bytes::from(siphon_sip::via_with_received(
+            &first,
+            received.then_some(src.as_bytes()),
+            rport,
+        )))
     }
 
     /// The sender's Via as a relayed request carries it: `received` and
@@ -469,9 +476,9 @@ impl Core {
     /// nothing changes.
     pub(crate) fn received_via(&self, msg: &SipMsg, peer: &Peer) -> Option<Bytes> {
         let v = msg.value(siphon_sip::HeaderName::Via)?;
-        let first = siphon_sip::split_commas(&v).into_iter().next()?;
+        let first = siphon_sip::first_and_rest(&v).0;
         let filled = self.reply_top_via(msg, peer)?;
-        (filled[..] != v[first.range()]).then(|| Bytes::from(filled))
+        (filled[..] != v[first.range()]).then_some(filled)
     }
 
     /// Our listening address for a request going to `to`: the same transport
@@ -489,13 +496,7 @@ impl Core {
     /// Our Via for a request going to `to`, without its branch:
     /// `SIP/2.0/UDP 127.0.0.1:5060` (the listener's advertised address if set).
     pub(crate) fn sent_by(&self, to: dns::Target, from: Option<SocketAddr>) -> Option<Bytes> {
-        let host_port = self.out.via_sent_by(to, from)?;
-        let proto = match to.transport {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        };
-        Some(Bytes::from(format!("SIP/2.0/{proto} {host_port}")))
+        self.out.via_value(to, from)
     }
 
     /// A To-tag stable for one request (the same for its retransmissions).
@@ -516,7 +517,11 @@ impl Core {
             }
             x = x.rotate_left(17);
         }
-        format!("{:016x}", x).into_bytes()
+        // 16 hex digits, written without `fmt` (one per request).
+        (0..16)
+            .rev()
+            .map(|i| b"0123456789abcdef"[((x >> (i * 4)) & 0xf) as usize])
+            .collect()
     }
 }
 

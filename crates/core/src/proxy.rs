@@ -84,7 +84,8 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
         tracing::error!(target: "script", "t_relay: no transaction could be created");
         return -1;
     };
-    let mut planned = Vec::new();
+    // Most requests go to one destination: room for one, not the default four.
+    let mut planned = Vec::with_capacity(1 + s.branches.len());
     if let Some((host, port)) = &to.host_port {
         planned.push(Planned {
             uri: s.ruri(),
@@ -124,7 +125,7 @@ fn t_relay(core: &Arc<Core>, ex: &mut Exec<'_>, to: RelayTo) -> i32 {
         .tm
         .with(core, id.index, |t, now| t.info(id, now))
         .map_or(0, |i| i.branches);
-    let mut specs = Vec::new();
+    let mut specs = Vec::with_capacity(planned.len());
     let mut resolving = Vec::new();
     let mut bad_uri = 0;
     for (n, p) in planned.into_iter().enumerate() {

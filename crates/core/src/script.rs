@@ -697,18 +697,24 @@ pub(crate) fn register(core: &Arc<Core>, reg: &mut Registry) {
             }
             impl Call for IsMethod {
                 fn call(&self, ex: &mut Exec<'_>) -> FnResult {
-                    let list = match &self.fixed {
-                        Some(l) => l.clone(),
-                        None => self
-                            .args
-                            .bytes(0, ex)
-                            .split(|&c| c == b'|')
-                            .map(|m| m.trim_ascii().to_ascii_uppercase())
-                            .collect(),
+                    // A constant list (the usual case) is compared as it is;
+                    // a variable one is split at every call.
+                    let dynamic;
+                    let list: &[Vec<u8>] = match &self.fixed {
+                        Some(l) => l,
+                        None => {
+                            dynamic = self
+                                .args
+                                .bytes(0, ex)
+                                .split(|&c| c == b'|')
+                                .map(|m| m.trim_ascii().to_ascii_uppercase())
+                                .collect::<Vec<_>>();
+                            &dynamic
+                        }
                     };
                     let Some(s) = sip(ex) else { return (-1).into() };
-                    let m = s.msg.method_bytes().to_ascii_uppercase();
-                    if list.contains(&m) {
+                    let m = s.msg.method_bytes();
+                    if list.iter().any(|l| l.eq_ignore_ascii_case(&m)) {
                         1.into()
                     } else {
                         (-1).into()

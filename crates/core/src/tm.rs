@@ -66,6 +66,12 @@ struct Shard {
 /// waking a task for every transaction.
 const TICK: Duration = Duration::from_millis(10);
 
+thread_local! {
+    /// [`Tm::with`]'s buffer of actions, kept between calls on this thread.
+    static SPARE_ACTIONS: std::cell::Cell<Vec<Action<CoreShell>>> =
+        const { std::cell::Cell::new(Vec::new()) };
+}
+
 pub(crate) struct Tm {
     shards: Vec<Shard>,
     seed: u64,
@@ -124,18 +130,22 @@ impl Tm {
     ) -> R {
         let i = index as usize % SHARDS;
         let now = Instant::now();
-        let (r, actions) = {
+        // The actions' buffer is the thread's, reused: an action is large and
+        // most calls have a few. A nested call (an action that runs a route
+        // which calls back here) finds the slot empty and uses a fresh one.
+        let mut actions = SPARE_ACTIONS.with(|s| s.take());
+        let r = {
             let mut t = self.lock(i);
             let r = f(&mut t, now);
-            let mut actions = Vec::new();
             while let Some(a) = t.poll_action() {
                 actions.push(a);
             }
-            (r, actions)
+            r
         };
-        for a in actions {
+        for a in actions.drain(..) {
             core.perform(a);
         }
+        SPARE_ACTIONS.with(|s| s.set(actions));
         r
     }
 
@@ -285,7 +295,7 @@ impl Core {
             },
             reliable: sip.peer.transport.is_reliable(),
             to_tag: Bytes::from(self.to_tag(&sip.msg)),
-            top_via: Bytes::from(top_via),
+            top_via,
         };
         let (failure, reply) = (sip.failure_route, sip.reply_route);
         let id = self.tm.with(self, index, |t, now| {

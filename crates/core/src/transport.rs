@@ -3,7 +3,7 @@
 //! is in `siphon-sip`; this file only moves bytes.
 //!
 //! Sending toward other servers ([`Outbound::send_to`]) never waits: UDP is
-//! one non-blocking datagram; TCP and TLS go over a connection to that
+//! one datagram sent with `MSG_DONTWAIT`; TCP and TLS go over a connection to that
 //! address — one siphon opened, or one the peer opened to us (found by its
 //! source address, as Kamailio's connection aliases do) — else a new one,
 //! registered at once so every later send queues on it while it connects in
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -233,6 +233,35 @@ struct Listener {
     addr: SocketAddr,
     /// `listen=… advertise host:port`.
     advertise: Option<String>,
+    /// Our Via value without its branch (`SIP/2.0/UDP 127.0.0.1:5060`) when
+    /// it does not depend on the destination (not a wildcard address), made
+    /// once instead of for every branch.
+    via: Option<Bytes>,
+}
+
+impl Listener {
+    fn new(transport: Transport, addr: SocketAddr, advertise: Option<String>) -> Listener {
+        let host_port = match &advertise {
+            Some(a) => Some(a.clone()),
+            None => (!addr.ip().is_unspecified()).then(|| addr.to_string()),
+        };
+        let via = host_port.map(|hp| Bytes::from(format!("SIP/2.0/{} {hp}", via_proto(transport))));
+        Listener {
+            transport,
+            addr,
+            advertise,
+            via,
+        }
+    }
+}
+
+/// A transport as a Via names it.
+pub(crate) fn via_proto(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "UDP",
+        Transport::Tcp => "TCP",
+        Transport::Tls => "TLS",
+    }
 }
 
 /// What opening connections needs, set once the listeners are bound.
@@ -252,8 +281,7 @@ struct Connecting {
 #[derive(Default)]
 pub(crate) struct Outbound {
     /// One sending handle per UDP listener: a duplicate of its first
-    /// socket, non-blocking, used directly — tokio's readiness tracking
-    /// would report "would block" on a socket the reactor has not polled yet.
+    /// socket, used directly with `MSG_DONTWAIT` ([`udp_send`]).
     udp: Mutex<Vec<(SocketAddr, Arc<std::net::UdpSocket>)>>,
     conns: Mutex<ConnTable>,
     next_conn: AtomicU64,
@@ -324,7 +352,7 @@ impl Outbound {
     ) -> Result<(), SendError> {
         match to.transport {
             Transport::Udp => self.udp_socket(opts.from, to.addr).and_then(|s| {
-                s.send_to(&bytes, to.addr)
+                udp_send(&s, &bytes, to.addr)
                     .map(drop)
                     .map_err(|e| SendError::Udp {
                         to: to.addr,
@@ -460,7 +488,7 @@ impl Outbound {
         // Never wait on the SIP path: a full kernel buffer drops the datagram (the
         // caller counts it) and SIP's retransmissions recover.
         self.udp_socket(from, to)
-            .is_ok_and(|s| s.send_to(&bytes, to).is_ok())
+            .is_ok_and(|s| udp_send(&s, &bytes, to).is_ok())
     }
 
     /// Our UDP addresses.
@@ -483,15 +511,7 @@ impl Outbound {
     /// transport and family — Kamailio would not send there either.
     pub(crate) fn via_sent_by(&self, to: Target, from: Option<SocketAddr>) -> Option<String> {
         let listeners = self.listeners.lock().ok()?;
-        let l = listeners
-            .iter()
-            .filter(|l| l.transport == to.transport)
-            .find(|l| Some(l.addr) == from)
-            .or_else(|| {
-                listeners
-                    .iter()
-                    .find(|l| l.transport == to.transport && l.addr.is_ipv4() == to.addr.is_ipv4())
-            })?;
+        let l = Self::listener_for(&listeners, to, from)?;
         if let Some(a) = &l.advertise {
             return Some(a.clone());
         }
@@ -501,6 +521,40 @@ impl Outbound {
             l.addr.ip()
         };
         Some(SocketAddr::new(ip, l.addr.port()).to_string())
+    }
+
+    /// Our Via value without its branch for a request going to `to`
+    /// (`SIP/2.0/UDP host:port`, [`Outbound::via_sent_by`] for the host).
+    pub(crate) fn via_value(&self, to: Target, from: Option<SocketAddr>) -> Option<Bytes> {
+        {
+            let listeners = self.listeners.lock().ok()?;
+            if let Some(v) = Self::listener_for(&listeners, to, from)?.via.clone() {
+                return Some(v);
+            }
+        }
+        let host_port = self.via_sent_by(to, from)?;
+        Some(Bytes::from(format!(
+            "SIP/2.0/{} {host_port}",
+            via_proto(to.transport)
+        )))
+    }
+
+    /// The listener a request to `to` leaves from: `from` when it is ours,
+    /// else the first of the transport and address family.
+    fn listener_for(
+        listeners: &[Listener],
+        to: Target,
+        from: Option<SocketAddr>,
+    ) -> Option<&Listener> {
+        listeners
+            .iter()
+            .filter(|l| l.transport == to.transport)
+            .find(|l| Some(l.addr) == from)
+            .or_else(|| {
+                listeners
+                    .iter()
+                    .find(|l| l.transport == to.transport && l.addr.is_ipv4() == to.addr.is_ipv4())
+            })
     }
 
     fn register(&self, id: u64, key: (Transport, SocketAddr), tx: mpsc::Sender<Queued>) {
@@ -720,9 +774,8 @@ pub(crate) async fn start(
                 .lock()
                 .map_err(|_| std::io::Error::other("poisoned"))?
                 .push((actual, sender));
-            for s in socks {
-                let sock = Arc::new(UdpSocket::from_std(s)?);
-                tokio::spawn(udp_loop(core.clone(), sock, actual, shutdown.clone()));
+            for (i, s) in socks.into_iter().enumerate() {
+                spawn_udp_receiver(core, s, actual, i, shutdown)?;
             }
             bound.push(Bound {
                 transport: Transport::Udp,
@@ -787,31 +840,59 @@ pub(crate) async fn start(
             });
         }
         if let Ok(mut l) = core.out.listeners.lock() {
-            l.extend(bound[before..].iter().map(|b| Listener {
-                transport: b.transport,
-                addr: b.addr,
-                advertise: spec.advertise.clone(),
-            }));
+            l.extend(
+                bound[before..]
+                    .iter()
+                    .map(|b| Listener::new(b.transport, b.addr, spec.advertise.clone())),
+            );
         }
     }
     Ok(bound)
 }
 
-async fn udp_loop(
-    core: Arc<Core>,
-    sock: Arc<UdpSocket>,
+/// How often an idle UDP receiver looks whether the server is shutting down.
+const UDP_SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+/// Starts one receiving thread for a UDP socket, as a Kamailio UDP worker is
+/// one process blocked in `recvfrom`: the thread waits in the kernel and runs
+/// each message's route itself. A tokio task would pay an `epoll_wait`, a
+/// failed `recvfrom` and a cross-thread wake-up for most datagrams on a lightly
+/// loaded socket — about a third more system calls per proxied call. The
+/// thread enters the runtime, so what a route starts (timers, DNS, module
+/// tasks, resumptions) runs on the runtime's workers as before. The socket is
+/// blocking for reads only; every send passes `MSG_DONTWAIT` ([`udp_send`]).
+fn spawn_udp_receiver(
+    core: &Arc<Core>,
+    sock: std::net::UdpSocket,
     local: SocketAddr,
-    shutdown: CancellationToken,
+    index: usize,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(UDP_SHUTDOWN_POLL))?;
+    let runtime = tokio::runtime::Handle::current();
+    let (core, shutdown) = (core.clone(), shutdown.clone());
+    std::thread::Builder::new()
+        .name(format!("udp-{}-{index}", local.port()))
+        .spawn(move || {
+            let _entered = runtime.enter();
+            udp_receive(&core, &sock, local, &shutdown);
+        })?;
+    Ok(())
+}
+
+/// The receive loop of one UDP socket, until shutdown.
+fn udp_receive(
+    core: &Arc<Core>,
+    sock: &std::net::UdpSocket,
+    local: SocketAddr,
+    shutdown: &CancellationToken,
 ) {
     // One reusable receive buffer; each message is copied out to exactly its
     // own bytes, so what a transaction keeps does not pin the datagrams around it.
     let mut buf = vec![0u8; UDP_RECV_BUF];
-    loop {
-        let r = tokio::select! {
-            r = sock.recv_from(&mut buf) => r,
-            _ = shutdown.cancelled() => return,
-        };
-        match r {
+    while !shutdown.is_cancelled() {
+        match sock.recv_from(&mut buf) {
             Ok((n, src)) => {
                 let data = &buf[..n];
                 if data.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
@@ -827,11 +908,28 @@ async fn udp_loop(
                     },
                 );
             }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
+                // An ICMP error queued on the socket (port unreachable after a
+                // send) is reported by the next receive: note it, go on.
                 tracing::debug!("udp recv on {local}: {e}");
             }
         }
     }
+}
+
+/// Sends one datagram without ever waiting: the sockets are blocking for
+/// their receiving thread, so each send asks for non-blocking behaviour
+/// itself. A full kernel buffer is an error (the caller counts it; SIP's
+/// retransmissions recover).
+fn udp_send(sock: &std::net::UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    socket2::SockRef::from(sock).send_to_with_flags(bytes, &to.into(), libc::MSG_DONTWAIT)
 }
 
 /// The longest first line looked at to tell HTTP from SIP.

@@ -30,7 +30,9 @@ pub use msg::{
 };
 pub use tx::{ReplyOrigin, ServerTx, TxAction, TxId, TxState};
 pub use uri::{Uri, UriError, parse_uri};
-pub use views::{CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via, split_commas};
+pub use views::{
+    CSeq, NameAddr, Via, first_and_rest, parse_cseq, parse_name_addr, parse_via, split_commas,
+};
 pub use write::{At, Edits, ReplyOptions, build_reply, serialize, via_with_received};
 
 /// The largest message siphon accepts over TCP (and builds).

@@ -232,6 +232,12 @@ pub struct SipMsg {
     /// The topmost Via value, decoded once: matching, reply routing and
     /// transaction keys read it several times per message.
     top_via: std::sync::OnceLock<Option<crate::Via>>,
+    /// From, To and CSeq, decoded once each: the transaction keys, the
+    /// To-tag, the script's `$fu`/`$tt` and the checks of every message read
+    /// them again and again.
+    from: std::sync::OnceLock<Option<crate::NameAddr>>,
+    to: std::sync::OnceLock<Option<crate::NameAddr>>,
+    cseq: std::sync::OnceLock<Option<crate::CSeq>>,
 }
 
 fn trim(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
@@ -404,6 +410,9 @@ fn parse_start(buf: Bytes, http: bool, one_content_length: bool) -> Result<SipMs
         body: Rng::new(pos, pos + body_len),
         buf,
         top_via: std::sync::OnceLock::new(),
+        from: std::sync::OnceLock::new(),
+        to: std::sync::OnceLock::new(),
+        cseq: std::sync::OnceLock::new(),
     })
 }
 
@@ -499,7 +508,9 @@ impl SipMsg {
     }
     /// The CSeq.
     pub fn cseq(&self) -> Option<crate::CSeq> {
-        crate::parse_cseq(&self.value(HeaderName::CSeq)?)
+        self.cseq
+            .get_or_init(|| crate::parse_cseq(&self.value(HeaderName::CSeq)?))
+            .clone()
     }
     /// The topmost Via (the first value of the first Via header).
     pub fn top_via(&self) -> Option<&crate::Via> {
@@ -513,11 +524,15 @@ impl SipMsg {
     }
     /// The From header.
     pub fn from(&self) -> Option<crate::NameAddr> {
-        crate::parse_name_addr(&self.value(HeaderName::From)?)
+        self.from
+            .get_or_init(|| crate::parse_name_addr(&self.value(HeaderName::From)?))
+            .clone()
     }
     /// The To header.
     pub fn to(&self) -> Option<crate::NameAddr> {
-        crate::parse_name_addr(&self.value(HeaderName::To)?)
+        self.to
+            .get_or_init(|| crate::parse_name_addr(&self.value(HeaderName::To)?))
+            .clone()
     }
     /// Max-Forwards, if present and numeric.
     pub fn max_forwards(&self) -> Option<u32> {
@@ -536,16 +551,27 @@ impl SipMsg {
         if self.top_via().is_none() {
             return Err(ParseError::MissingHeader("Via"));
         }
-        if self.from().is_none() {
+        let decoded = |h: &std::sync::OnceLock<Option<crate::NameAddr>>, name| {
+            h.get_or_init(|| crate::parse_name_addr(&self.value(name)?))
+                .is_some()
+        };
+        if !decoded(&self.from, HeaderName::From) {
             return Err(ParseError::MissingHeader("From"));
         }
-        if self.to().is_none() {
+        if !decoded(&self.to, HeaderName::To) {
             return Err(ParseError::MissingHeader("To"));
         }
-        if self.call_id().is_none_or(|c| c.is_empty()) {
+        if self
+            .header(HeaderName::CallId)
+            .is_none_or(|h| h.value.start == h.value.end)
+        {
             return Err(ParseError::MissingHeader("Call-ID"));
         }
-        if self.cseq().is_none() {
+        if self
+            .cseq
+            .get_or_init(|| crate::parse_cseq(&self.value(HeaderName::CSeq)?))
+            .is_none()
+        {
             return Err(ParseError::MissingHeader("CSeq"));
         }
         Ok(())

@@ -9,7 +9,15 @@ use bytes::Bytes;
 pub(crate) fn first_item(v: &[u8]) -> Rng {
     let (mut quoted, mut angle, mut esc) = (false, false, false);
     let mut end = v.len();
-    for (i, &c) in v.iter().enumerate() {
+    // Without quotes or `<…>` (a Via, most From/To) the first comma ends it.
+    let plain = memchr::memchr2(b'"', b'<', v).is_none();
+    let scan = if plain {
+        end = memchr::memchr(b',', v).unwrap_or(v.len());
+        &v[..0]
+    } else {
+        v
+    };
+    for (i, &c) in scan.iter().enumerate() {
         if esc {
             esc = false;
             continue;
@@ -37,6 +45,30 @@ pub(crate) fn first_item(v: &[u8]) -> Rng {
         start: s as u32,
         end: e as u32,
     }
+}
+
+/// The first item of a comma-separated header value and what follows its
+/// comma (trimmed, empty items before it skipped; `None` when nothing does):
+/// popping or replacing the first Via value copies the rest as it is.
+pub fn first_and_rest(v: &[u8]) -> (Rng, Option<Rng>) {
+    let first = first_item(v);
+    // first_item stops at the separating comma (or the end): find it after the item.
+    let mut i = first.end as usize;
+    while i < v.len() && v[i] != b',' {
+        i += 1;
+    }
+    while i < v.len() && (v[i] == b',' || v[i].is_ascii_whitespace()) {
+        i += 1;
+    }
+    let mut e = v.len();
+    while e > i && v[e - 1].is_ascii_whitespace() {
+        e -= 1;
+    }
+    let rest = (e > i).then_some(Rng {
+        start: i as u32,
+        end: e as u32,
+    });
+    (first, rest)
 }
 
 /// Splits a header value at commas that are outside quotes and `<…>`.
@@ -116,13 +148,15 @@ pub fn parse_via(v: &Bytes) -> Option<Via> {
         }
         at?
     };
-    let proto = s[..slash2]
-        .iter()
-        .filter(|c| !c.is_ascii_whitespace())
-        .copied()
-        .collect::<Vec<u8>>();
-    if !proto.eq_ignore_ascii_case(b"SIP/2.0") {
-        return None;
+    // `SIP / 2.0` may carry whitespace (RFC 3261 §25.1 LWS around `/`).
+    let mut proto = s[..slash2].iter().filter(|c| !c.is_ascii_whitespace());
+    let mut want = b"SIP/2.0".iter();
+    loop {
+        match (proto.next(), want.next()) {
+            (None, None) => break,
+            (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => {}
+            _ => return None,
+        }
     }
     let mut i = slash2 + 1;
     while i < s.len() && s[i].is_ascii_whitespace() {
@@ -165,14 +199,14 @@ pub fn parse_via(v: &Bytes) -> Option<Via> {
                 let a2 = a + (s[a..z].len() - s[a..z].trim_ascii_start().len());
                 v.slice(a2..a2 + t.len())
             });
-            match name.to_ascii_lowercase().as_slice() {
-                b"branch" => via.branch = val,
-                b"received" => via.received = val,
-                b"maddr" => via.maddr = val,
-                b"rport" => {
-                    via.rport = Some(val.and_then(|x| std::str::from_utf8(&x).ok()?.parse().ok()))
-                }
-                _ => {}
+            if name.eq_ignore_ascii_case(b"branch") {
+                via.branch = val;
+            } else if name.eq_ignore_ascii_case(b"received") {
+                via.received = val;
+            } else if name.eq_ignore_ascii_case(b"maddr") {
+                via.maddr = val;
+            } else if name.eq_ignore_ascii_case(b"rport") {
+                via.rport = Some(val.and_then(|x| std::str::from_utf8(&x).ok()?.parse().ok()));
             }
         }
     }
@@ -326,6 +360,32 @@ mod tests {
         assert_eq!((&v.host[..], v.port), (&b"host.example"[..], None));
         assert!(parse_via(&b("SIP/3.0/UDP h")).is_none());
         assert!(parse_via(&b("garbage")).is_none());
+    }
+
+    #[test]
+    fn the_first_item_and_the_rest() {
+        let cut = |v: &[u8]| {
+            let (f, r) = first_and_rest(v);
+            (v[f.range()].to_vec(), r.map(|r| v[r.range()].to_vec()))
+        };
+        let one = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(
+            cut(b" SIP/2.0/UDP a;branch=1 "),
+            (one("SIP/2.0/UDP a;branch=1"), None)
+        );
+        assert_eq!(
+            cut(b"SIP/2.0/UDP a , SIP/2.0/UDP b,SIP/2.0/UDP c "),
+            (
+                one("SIP/2.0/UDP a"),
+                Some(one("SIP/2.0/UDP b,SIP/2.0/UDP c"))
+            )
+        );
+        // Quotes and <…> hide commas (the slow path); empty items are skipped.
+        assert_eq!(
+            cut(b"\"x,y\" <sip:a,b>;p=1, , <sip:c>"),
+            (one("\"x,y\" <sip:a,b>;p=1"), Some(one("<sip:c>")))
+        );
+        assert_eq!(cut(b"SIP/2.0/UDP a, "), (one("SIP/2.0/UDP a"), None));
     }
 
     #[test]

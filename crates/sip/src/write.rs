@@ -120,32 +120,44 @@ fn write_header(
         && let Some(mf) = edits.max_forwards
     {
         out.put_slice(&b[h.name_rng.range()]);
-        out.put_slice(format!(": {mf}\r\n").as_bytes());
+        out.put_slice(b": ");
+        put_decimal(out, mf);
+        out.put_slice(b"\r\n");
         return;
     }
     out.put_slice(&b[h.line.range()]);
 }
 
-/// The first Via header with its first value popped or extended.
+/// The first Via header with its first value popped or replaced; the other
+/// values are copied as they are.
 fn write_top_via(out: &mut BytesMut, msg: &SipMsg, h: &crate::Header, edits: &Edits) {
     let v = msg.header_value(h);
-    let parts = crate::split_commas(&v);
-    let name = msg.get(h.name_rng);
-    let mut values: Vec<Vec<u8>> = parts.iter().map(|r| v[r.range()].to_vec()).collect();
-    if edits.pop_via {
-        if !values.is_empty() {
-            values.remove(0);
-        }
-    } else if let (Some(first), Some(v)) = (values.first_mut(), &edits.top_via) {
-        *first = v.to_vec();
-    }
-    if values.is_empty() {
+    let (first, rest) = crate::views::first_and_rest(&v);
+    let new_first: Option<&[u8]> = match (&edits.top_via, edits.pop_via) {
+        (_, true) => None,
+        (Some(top), false) => Some(top),
+        (None, false) => Some(&v[first.range()]),
+    };
+    if new_first.is_none() && rest.is_none() {
         return;
     }
-    out.put_slice(name);
+    out.put_slice(msg.get(h.name_rng));
     out.put_slice(b": ");
-    out.put_slice(&values.join(&b", "[..]));
+    if let Some(f) = new_first {
+        out.put_slice(f);
+        if rest.is_some() {
+            out.put_slice(b", ");
+        }
+    }
+    if let Some(r) = rest {
+        out.put_slice(&v[r.range()]);
+    }
     out.put_slice(b"\r\n");
+}
+
+/// A number in decimal, without going through `fmt`.
+fn put_decimal(out: &mut BytesMut, n: impl itoa::Integer) {
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// What a reply carries beyond the copied headers.
@@ -170,7 +182,7 @@ pub fn build_reply(req: &SipMsg, code: u16, reason: &[u8], opts: &ReplyOptions<'
     let b = req.buf();
     let mut out = BytesMut::with_capacity(512);
     out.put_slice(b"SIP/2.0 ");
-    out.put_slice(code.to_string().as_bytes());
+    put_decimal(&mut out, code);
     out.put_u8(b' ');
     out.put_slice(reason);
     out.put_slice(b"\r\n");
@@ -180,17 +192,12 @@ pub fn build_reply(req: &SipMsg, code: u16, reason: &[u8], opts: &ReplyOptions<'
             HeaderName::Via => {
                 if let (true, Some(top)) = (first_via, opts.top_via) {
                     let v = req.header_value(h);
-                    let parts = crate::split_commas(&v);
+                    let (_, rest) = crate::views::first_and_rest(&v);
                     out.put_slice(b"Via: ");
-                    for (i, r) in parts.iter().enumerate() {
-                        if i > 0 {
-                            out.put_slice(b", ");
-                        }
-                        if i == 0 {
-                            out.put_slice(top);
-                        } else {
-                            out.put_slice(&v[r.range()]);
-                        }
+                    out.put_slice(top);
+                    if let Some(r) = rest {
+                        out.put_slice(b", ");
+                        out.put_slice(&v[r.range()]);
                     }
                     out.put_slice(b"\r\n");
                 } else {
@@ -229,7 +236,9 @@ pub fn build_reply(req: &SipMsg, code: u16, reason: &[u8], opts: &ReplyOptions<'
         Some((ctype, body)) => {
             out.put_slice(b"Content-Type: ");
             out.put_slice(ctype);
-            out.put_slice(format!("\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+            out.put_slice(b"\r\nContent-Length: ");
+            put_decimal(&mut out, body.len());
+            out.put_slice(b"\r\n\r\n");
             out.put_slice(body);
         }
         None => out.put_slice(b"Content-Length: 0\r\n\r\n"),
@@ -255,7 +264,8 @@ pub fn via_with_received(via: &[u8], received: Option<&[u8]>, rport: Option<u16>
         if name.eq_ignore_ascii_case(b"rport")
             && let Some(port) = rport
         {
-            out.extend_from_slice(format!(";rport={port}").as_bytes());
+            out.extend_from_slice(b";rport=");
+            out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
             continue;
         }
         out.push(b';');
@@ -271,6 +281,54 @@ pub fn via_with_received(via: &[u8], received: Option<&[u8]>, rport: Option<u16>
 #[cfg(test)]
 mod insert_tests {
     use super::*;
+
+    #[test]
+    fn the_top_via_value_is_popped_or_replaced_and_the_others_kept() {
+        let m = crate::parse(Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP us;branch=z9hG4bK1, SIP/2.0/UDP them;branch=z9hG4bK2\r\nv: SIP/2.0/TCP far;branch=z9hG4bK3\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        ))
+        .unwrap();
+        let popped = serialize(
+            &m,
+            &Edits {
+                pop_via: true,
+                max_forwards: Some(69),
+                ..Default::default()
+            },
+        );
+        let text = std::str::from_utf8(&popped).unwrap();
+        assert!(text.contains("\r\nVia: SIP/2.0/UDP them;branch=z9hG4bK2\r\nv: SIP/2.0/TCP far"));
+        assert!(text.contains("\r\nMax-Forwards: 69\r\n"));
+        let replaced = serialize(
+            &m,
+            &Edits {
+                top_via: Some(Bytes::from_static(
+                    b"SIP/2.0/UDP us;branch=z9hG4bK1;rport=9",
+                )),
+                ..Default::default()
+            },
+        );
+        assert!(std::str::from_utf8(&replaced).unwrap().contains(
+            "\r\nVia: SIP/2.0/UDP us;branch=z9hG4bK1;rport=9, SIP/2.0/UDP them;branch=z9hG4bK2\r\n"
+        ));
+        // The only value of the header popped: the header goes, the next one stays.
+        let m = crate::parse(Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP us;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP them;branch=z9hG4bK2\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        ))
+        .unwrap();
+        let popped = serialize(
+            &m,
+            &Edits {
+                pop_via: true,
+                ..Default::default()
+            },
+        );
+        assert!(
+            std::str::from_utf8(&popped)
+                .unwrap()
+                .starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP them;branch=z9hG4bK2\r\nFrom:")
+        );
+    }
 
     #[test]
     fn inserted_lines_land_where_asked() {

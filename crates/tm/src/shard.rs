@@ -647,7 +647,8 @@ impl<S: Shell> TxShard<S> {
             to_tag: new.to_tag,
             top_via: new.top_via,
             invite,
-            branches: Vec::new(),
+            // One branch is the common case (a Branch is large).
+            branches: Vec::with_capacity(1),
             ctx: None,
             busy: true,
             park: Park::None,

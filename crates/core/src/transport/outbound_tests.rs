@@ -403,7 +403,7 @@ async fn no_connect_sends_only_over_an_open_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_goes_from_our_socket_of_the_family() {
     let (core, shutdown) = start_core(CFG).await;
-    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let to = Target {
         transport: Transport::Udp,
         addr: peer.local_addr().unwrap(),
@@ -447,7 +447,7 @@ async fn from_picks_the_local_address_and_ipv6_works_too() {
         .unwrap()
         .addr;
     // UDP from the socket `from` names (`$fs`), not the first one.
-    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let to = Target {
         transport: Transport::Udp,
         addr: peer.local_addr().unwrap(),
@@ -705,10 +705,12 @@ async fn tls_without_ca_list_is_refused_unless_verification_is_off() {
 #[test]
 fn via_names_the_listener_of_the_transport_and_family() {
     let out = Outbound::default();
-    let l = |transport, addr: &str, advertise: Option<&str>| Listener {
-        transport,
-        addr: addr.parse().unwrap(),
-        advertise: advertise.map(str::to_string),
+    let l = |transport, addr: &str, advertise: Option<&str>| {
+        Listener::new(
+            transport,
+            addr.parse().unwrap(),
+            advertise.map(str::to_string),
+        )
     };
     out.listeners.lock().unwrap().extend([
         l(Transport::Udp, "127.0.0.1:5060", None),
@@ -750,6 +752,25 @@ fn via_names_the_listener_of_the_transport_and_family() {
     // No TCP listener of the family, none for TLS over IPv6.
     assert_eq!(via(t(Transport::Tcp, "[::1]:5060"), None), None);
     assert_eq!(via(t(Transport::Tls, "[::1]:5061"), None), None);
+    // The whole Via value: made once for a fixed address, per request for a wildcard.
+    let value = |to, from: Option<&str>| out.via_value(to, from.map(|f| f.parse().unwrap()));
+    assert_eq!(
+        value(t(Transport::Udp, "127.0.0.9:5060"), Some("127.0.0.2:5080")).as_deref(),
+        Some(&b"SIP/2.0/UDP 127.0.0.2:5080"[..])
+    );
+    assert_eq!(
+        value(t(Transport::Udp, "[::1]:5060"), None).as_deref(),
+        Some(&b"SIP/2.0/UDP [::1]:5062"[..])
+    );
+    assert_eq!(
+        value(t(Transport::Tcp, "127.0.0.1:5060"), None).as_deref(),
+        Some(&b"SIP/2.0/TCP 127.0.0.1:5070"[..])
+    );
+    assert_eq!(
+        value(t(Transport::Tls, "127.0.0.1:5061"), None).as_deref(),
+        Some(&b"SIP/2.0/TLS sip.example.com:5061"[..])
+    );
+    assert_eq!(value(t(Transport::Tcp, "[::1]:5060"), None), None);
 }
 
 #[test]
