@@ -405,7 +405,10 @@ fn run(program: siphon_script::Program, core: Arc<siphon_core::Core>, opts: RunO
                 return ExitCode::from(1);
             }
         };
-        let cx = StartCx::new(program.clone(), core.host(shutdown.clone()));
+        let cx = StartCx::new(
+            program.clone(),
+            core.host(program.clone(), shutdown.clone()),
+        );
         for (name, m) in program.modules() {
             if let Err(e) = m.start(&cx) {
                 tracing::error!("module {name} failed to start: {e}");

@@ -100,12 +100,18 @@ impl Core {
         reg.add(tls::def());
     }
 
-    /// The host handle modules get in their [`StartCx`](siphon_script::api::StartCx);
-    /// `shutdown` is the token [`Core::start`] gets.
-    pub fn host(self: &Arc<Self>, shutdown: CancellationToken) -> Arc<dyn Host> {
+    /// The host handle modules get in their [`StartCx`](siphon_script::api::StartCx),
+    /// running event routes of `program` (the one [`Core::start`] gets) for
+    /// them; `shutdown` is the token [`Core::start`] gets.
+    pub fn host(
+        self: &Arc<Self>,
+        program: Arc<Program>,
+        shutdown: CancellationToken,
+    ) -> Arc<dyn Host> {
         Arc::new(CoreHost {
             core: self.clone(),
             shutdown,
+            events: siphon_script::event_run::EventRunner::new(program),
         })
     }
 
@@ -529,6 +535,8 @@ impl Core {
 struct CoreHost {
     core: Arc<Core>,
     shutdown: CancellationToken,
+    /// Runs the modules' event routes and keeps those parked on an async call.
+    events: Arc<siphon_script::event_run::EventRunner>,
 }
 
 impl Host for CoreHost {
@@ -597,7 +605,37 @@ impl Host for CoreHost {
             ))
         }
     }
+
+    fn find_route(&self, name: &str) -> Option<siphon_script::RouteId> {
+        self.events.find(name)
+    }
+
+    fn run_event_route(
+        &self,
+        route: siphon_script::api::RouteRef<'_>,
+        suspend: siphon_script::api::EventSuspend,
+        build: siphon_script::api::BuildCtx<'_>,
+    ) -> Result<siphon_script::api::EventRun, siphon_script::api::RunError> {
+        self.events.run(route, suspend, build)
+    }
+
+    fn resume(
+        &self,
+        id: siphon_script::api::SuspensionId,
+        route: siphon_script::RouteId,
+        fill: siphon_script::api::ResumeFill,
+    ) -> bool {
+        use siphon_script::api::SuspensionId;
+        match id {
+            SuspensionId::Transaction(tx) => self.core.resume(tx, route, fill),
+            SuspensionId::Event(n) => self.events.resume(n, route, fill),
+            _ => false,
+        }
+    }
 }
+
+#[cfg(test)]
+mod host_tests;
 
 /// Where replies to a request go (RFC 3261 §18.2.2, RFC 3581): the source
 /// address when `rport` is present, else the source IP and the Via port.

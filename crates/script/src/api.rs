@@ -11,6 +11,17 @@
 //! PVs resolved, constant strings kept, route names checked. At run time a
 //! function returns a Kamailio code (>0 true, <0 false, 0 stops the script)
 //! or asks to suspend the transaction ([`FnResult::Suspend`]).
+//!
+//! A module asks its host to run its routes instead of keeping the program
+//! to run them itself. [`Host::run_event_route`] runs a route found by its
+//! Kamailio name (`event_route[evapi:message-received]`) or by id over a
+//! context the module's builder fills, and answers how it ended
+//! ([`EventRun`]: now, or later through a [`PendingRun`] when an async call
+//! parked it). [`Host::may_suspend`] tells a function whether an async call
+//! can suspend the route it runs in ([`SuspendHere`]: a transaction, a
+//! parked event run, or nothing), and [`Host::resume`] resumes a suspension
+//! by its [`SuspensionId`], so an answer that comes back by another path
+//! than the [`Resumer`] (a reply to this node over NATS) finds it.
 
 use crate::ctx::{Ctx, RouteType};
 use crate::http::HttpService;
@@ -22,8 +33,11 @@ use crate::{Program, RouteId};
 use bytes::Bytes;
 use std::any::Any;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio_util::sync::CancellationToken;
 
 // ---------- module definitions and parameters ----------
@@ -182,9 +196,10 @@ impl std::fmt::Debug for ModuleDef {
 /// Context handed to [`Module::start`] once the program exists.
 #[non_exhaustive]
 pub struct StartCx {
-    /// The compiled program: event routes to run, route ids to resume in.
-    /// What the module starts (listeners, connections, HTTP services) keeps
-    /// a clone; a script function has it as [`Exec::prog`], and
+    /// The compiled program, to read at start (route ids to resume in,
+    /// the event interface, other modules). Routes a module runs go
+    /// through [`Host::run_event_route`], not through a copy of it; a
+    /// script function has it as [`Exec::prog`], and
     /// [`Program::to_shared`] for the work it starts.
     pub program: Arc<Program>,
     /// The host: what the SIP core offers modules.
@@ -200,7 +215,10 @@ impl StartCx {
 
 /// What the host (the SIP core) offers a module from [`Module::start`] on
 /// ([`StartCx::host`]), so that no module depends on the core. Suspension
-/// and resumption go through [`FnResult::Suspend`] and [`Resumer`].
+/// goes through [`FnResult::Suspend`]; resumption through the [`Resumer`]
+/// the host hands the suspension's start, or [`Host::resume`] by id. Event
+/// routes run through [`Host::run_event_route`]: no module keeps the
+/// program to run them itself.
 pub trait Host: Send + Sync {
     /// Cancelled when siphon stops: the module's listeners and tasks end on it.
     fn shutdown(&self) -> CancellationToken;
@@ -245,6 +263,205 @@ pub trait Host: Send + Sync {
     /// buffer drops it. The error says why it was not sent.
     fn send_udp(&self, _from: SocketAddr, _to: SocketAddr, _data: Bytes) -> Result<(), String> {
         Err("this host sends no datagrams".into())
+    }
+    /// The id of a route by its Kamailio name (`event_route[xhttp:request]`,
+    /// `route[NAME]`; see [`Program::find_route`]), for a module that runs it
+    /// often to look it up once at start. `None`: the configuration has no
+    /// such route.
+    fn find_route(&self, _name: &str) -> Option<RouteId> {
+        None
+    }
+    /// Runs `route` for a module (an `event_route[…]`, or the `route[…]` an
+    /// async call names when there is nothing to suspend) over a fresh event
+    /// context that `build` fills first (the module's extensions: an HTTP
+    /// exchange, an evapi client, a result to read). `suspend` says whether
+    /// an async call in it may park it ([`EventSuspend`]). The route runs on
+    /// the calling thread; its end comes back now ([`EventRun::Done`]), or,
+    /// parked, once it is resumed and ends ([`EventRun::Pending`]). Nothing
+    /// runs when there is no such route or `build` refuses ([`RunError`]).
+    fn run_event_route(
+        &self,
+        route: RouteRef<'_>,
+        _suspend: EventSuspend,
+        _build: BuildCtx<'_>,
+    ) -> Result<EventRun, RunError> {
+        Err(RunError::NoRoute(route.to_string()))
+    }
+    /// What an async call may do in the route `ctx` runs (Kamailio decides
+    /// by the transaction, not by the route type): suspend the request's
+    /// transaction, park an event run started with [`EventSuspend::Park`],
+    /// or nothing (the call fails, or runs its route on a context of its
+    /// own later).
+    fn may_suspend(&self, ctx: &Ctx) -> SuspendHere {
+        crate::event_run::suspend_here(ctx)
+    }
+    /// Resumes the suspension `id` in `route` after `fill` wrote into its
+    /// context, as its [`Resumer`] would: exactly once, false (and counted)
+    /// when it is gone, was already resumed, or is not this host's. For
+    /// answers that come back by another path than the resumer (an id sent
+    /// with a request, a reply to this node).
+    fn resume(&self, _id: SuspensionId, _route: RouteId, _fill: ResumeFill) -> bool {
+        false
+    }
+}
+
+// ---------- routes run by the host ----------
+
+/// A route a module asks its host to run ([`Host::run_event_route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteRef<'a> {
+    /// By its Kamailio name: `event_route[evapi:connection-new]`, or
+    /// `route[NAME]` for a route of the main table.
+    Name(&'a str),
+    /// By id: a route argument bound at load, or one [`Host::find_route`]
+    /// found at start (a route run for every request).
+    Id(RouteId),
+}
+
+impl<'a> From<&'a str> for RouteRef<'a> {
+    fn from(name: &'a str) -> Self {
+        RouteRef::Name(name)
+    }
+}
+
+impl From<RouteId> for RouteRef<'_> {
+    fn from(id: RouteId) -> Self {
+        RouteRef::Id(id)
+    }
+}
+
+impl std::fmt::Display for RouteRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteRef::Name(n) => f.write_str(n),
+            RouteRef::Id(id) => write!(f, "route #{}", id.0),
+        }
+    }
+}
+
+/// Fills the context of a route [`Host::run_event_route`] runs, before it
+/// runs; an error means nothing runs ([`RunError::NotBuilt`]).
+pub type BuildCtx<'a> = Box<dyn FnOnce(&mut Ctx) -> Result<(), String> + Send + 'a>;
+
+/// Whether an async call may suspend a route [`Host::run_event_route`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSuspend {
+    /// No: as in Kamailio, an event route has no transaction to suspend,
+    /// so an async call in it fails, or runs its route on a context of its
+    /// own later ([`SuspendHere::No`]).
+    Refuse,
+    /// Yes: when an async call suspends the route, the host parks its
+    /// context ([`SuspendHere::Event`]) until the call's [`Resumer`] (or
+    /// [`Host::resume`]) continues it in the call's route; the run answers
+    /// [`EventRun::Pending`]. A parked run lives until it is resumed: a
+    /// module that allows it resumes every suspension it starts (with an
+    /// error when its I/O fails or times out).
+    Park,
+}
+
+/// What an async call may do where it is called ([`Host::may_suspend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspendHere {
+    /// Nothing can wait here: a reply or branch route, an ACK, an event
+    /// route run with [`EventSuspend::Refuse`].
+    No,
+    /// The request's transaction (created if needed) is suspended:
+    /// `$T(id_index)`/`$T(id_label)` name it and `t_continue` resumes it.
+    Transaction,
+    /// The event run is parked by the host; its [`Resumer`], or
+    /// [`Host::resume`] with its [`SuspensionId`], resumes it (there is no
+    /// transaction for `t_continue`).
+    Event,
+}
+
+/// One suspension, as [`Host::resume`] finds it: plain data, so it can
+/// travel with a request and come back with its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SuspensionId {
+    /// A suspended transaction (`$T(id_index)`, `$T(id_label)`).
+    Transaction(siphon_sip::TxId),
+    /// An event run the host parked, by the number it gave it.
+    Event(u64),
+}
+
+impl SuspensionId {
+    /// The suspension `ctx` is in, as [`Suspend::start`] sees it: an event
+    /// run's while it is parked, else its transaction's. `None`: neither.
+    pub fn of(ctx: &Ctx) -> Option<SuspensionId> {
+        crate::event_run::parked_as(ctx)
+            .map(SuspensionId::Event)
+            .or_else(|| {
+                let tx = ctx.ext.get::<crate::sip::SipCtx>()?.tx?;
+                Some(SuspensionId::Transaction(tx))
+            })
+    }
+}
+
+/// Why [`Host::run_event_route`] ran nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The configuration has no such route (or the host runs none).
+    #[error("the configuration has no {0}")]
+    NoRoute(String),
+    /// The module's [`BuildCtx`] refused, with its reason.
+    #[error("{0}")]
+    NotBuilt(String),
+}
+
+/// How a route a module asked for ended ([`Host::run_event_route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteEnd {
+    /// It returned, or ran to its end, with this code.
+    Returned(i32),
+    /// `exit`, or a function returned 0 (also: it suspended and the host
+    /// could not park it).
+    Exit,
+    /// `drop`.
+    Drop,
+}
+
+/// A route run that ended: its context, with what the route left in it (an
+/// HTTP answer, `evapi_close()`, `$var`s), and how it ended.
+#[derive(Debug)]
+pub struct RouteDone {
+    /// The context, after the route (and every resumed part of it) ran.
+    pub ctx: Ctx,
+    /// How it ended.
+    pub end: RouteEnd,
+}
+
+/// What [`Host::run_event_route`] answers once the route started.
+#[derive(Debug)]
+#[must_use = "the route's context comes back in it"]
+pub enum EventRun {
+    /// It ended before the call returned.
+    Done(RouteDone),
+    /// An async call parked it; this resolves when the resumed route ends.
+    Pending(PendingRun),
+}
+
+impl EventRun {
+    /// The route's end, now or once it is resumed and ends; `None` when the
+    /// parked run was dropped unresumed (the host stopped).
+    pub async fn finished(self) -> Option<RouteDone> {
+        match self {
+            EventRun::Done(d) => Some(d),
+            EventRun::Pending(p) => p.await,
+        }
+    }
+}
+
+/// The end of a parked event run, to await (or to drop: the run still
+/// goes on when it is resumed).
+#[derive(Debug)]
+pub struct PendingRun(pub(crate) tokio::sync::oneshot::Receiver<RouteDone>);
+
+impl Future for PendingRun {
+    type Output = Option<RouteDone>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(Result::ok)
     }
 }
 
@@ -560,13 +777,17 @@ impl std::fmt::Debug for Suspend {
     }
 }
 
-/// Continues a suspended transaction (implemented by the host's tm).
+/// Continues a suspension: a transaction (implemented by the host's tm) or
+/// an event run the host parked.
 pub trait Resumer: Send + Sync {
     /// Runs `route` for the suspended transaction after `fill` has written the
     /// results into its context. Returns false when the transaction is gone or
     /// was already resumed (the host counts it).
-    fn resume(self: Box<Self>, route: RouteId, fill: Box<dyn FnOnce(&mut Ctx) + Send>) -> bool;
+    fn resume(self: Box<Self>, route: RouteId, fill: ResumeFill) -> bool;
 }
+
+/// Writes an answer into a suspended context before its route runs.
+pub type ResumeFill = Box<dyn FnOnce(&mut Ctx) + Send>;
 
 /// A bound call: the function with its fixed-up arguments.
 pub trait Call: Send + Sync {

@@ -7,6 +7,16 @@
 //! external application suspends the transaction ([`api::FnResult::Suspend`])
 //! and the host resumes it later in a named route.
 //!
+//! Modules run no route themselves: their event routes
+//! (`event_route[xhttp:request]`, `event_route[evapi:message-received]`, an
+//! async call's `route[NAME]` when nothing could be suspended) run through
+//! the host ([`api::Host::run_event_route`]), which keeps one
+//! [`event_run::EventRunner`] over the program. A run may be allowed to
+//! suspend without a transaction ([`api::EventSuspend::Park`]): the runner
+//! parks its context, the async call's resumer (or [`api::Host::resume`]
+//! with its [`api::SuspensionId`]) continues it exactly once, and the
+//! module gets the route's end when it comes ([`api::PendingRun`]).
+//!
 //! The module API ([`api`], with [`http`] and [`net`]) lives here so that
 //! each module crate depends on this crate only, never on the core or on
 //! another module: what two modules share (the HTTP exchange, the peer a
@@ -20,6 +30,7 @@ pub mod api;
 mod compile;
 pub mod core;
 pub mod ctx;
+pub mod event_run;
 pub mod evi;
 pub mod http;
 pub mod interp;
@@ -366,6 +377,26 @@ impl Program {
     /// A route of a table by name.
     pub fn route_by_name(&self, table: RouteTable, name: &str) -> Option<RouteId> {
         self.tables.get(&table)?.get(name).copied()
+    }
+    /// A route by the name it has in the configuration:
+    /// `event_route[xhttp:request]`, `route[NAME]`, `failure_route[NAME]`,
+    /// `onreply_route[NAME]`, `branch_route[NAME]` (the name in brackets may
+    /// be quoted).
+    pub fn find_route(&self, name: &str) -> Option<RouteId> {
+        let (kind, inner) = name.trim().strip_suffix(']')?.split_once('[')?;
+        let inner = inner.trim().trim_matches('"');
+        match kind.trim() {
+            "event_route" => self.event_route(inner),
+            "route" => self.route_by_name(RouteTable::Named, inner),
+            "failure_route" => self.route_by_name(RouteTable::Failure, inner),
+            "onreply_route" => self.route_by_name(RouteTable::OnReply, inner),
+            "branch_route" => self.route_by_name(RouteTable::Branch, inner),
+            _ => None,
+        }
+    }
+    /// Whether `id` is a route of this program.
+    pub fn has_route(&self, id: RouteId) -> bool {
+        (id.0 as usize) < self.routes.len()
     }
     /// A route's name (`RESPONSE`, `request_route`, `evapi:message-received`).
     pub fn route_name(&self, id: RouteId) -> &str {

@@ -12,9 +12,11 @@
 //!   `$http_mb`, `$http_ml`, `$http_rb`, `$http_bs`, `$http_time(total)`,
 //!   `$http_req_id`, `$http_xdata`.
 //!
-//! In a request route the transaction is created if needed and suspended;
-//! the reply resumes it in the route. Elsewhere the route runs on its own
-//! context (with the caller's `$var`s) when the reply comes.
+//! Where the host says an async call may suspend ([`Host::may_suspend`]: a
+//! request route, whose transaction is created if needed, or a resumed or
+//! failure route), the call suspends and the reply resumes it in the
+//! route. Elsewhere the host runs the route on its own context (with the
+//! caller's `$var`s) when the reply comes ([`Host::run_event_route`]).
 //!
 //! Both modules also take `max_in_flight` (default 10,000: beyond it a call
 //! returns -1 at once, counted; nothing waits) and `max_body_size` (default
@@ -29,11 +31,10 @@ use engine::{Engine, HttpJob, HttpResult, Settings};
 use siphon_script::api::*;
 use siphon_script::rpc::StatSource;
 use siphon_script::{
-    ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, Program, PvClassSpec, RouteId, RouteTable,
-    RouteType, Value,
+    ArgKind, Exec, FunctionSpec, ModuleDef, ParamSpec, PvClassSpec, RouteId, RouteTable, Value,
 };
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,9 @@ pub struct AsyncHttp {
     api: Api,
     name: &'static str,
     engine: Arc<Engine>,
+    /// The host, from start on: what decides whether a call suspends, and
+    /// runs the route of one that could not when its reply comes.
+    host: Arc<OnceLock<Arc<dyn Host>>>,
 }
 
 /// `$http_req(...)` settings for the next query of this context.
@@ -96,7 +100,7 @@ fn fill(ctx: &mut siphon_script::Ctx, r: HttpResult, api: Api, xdata: Option<Byt
 
 struct Launch {
     engine: Arc<Engine>,
-    program: Arc<Program>,
+    host: Arc<dyn Host>,
     api: Api,
     route: RouteId,
     suspend: bool,
@@ -114,13 +118,13 @@ fn launch(ex: &mut Exec<'_>, job: HttpJob, l: Launch) -> FnResult {
     ex.ctx.ext.insert(LastId(job.id.clone()));
     let Launch {
         engine,
-        program,
+        host,
         api,
         route,
         suspend,
         xdata,
     } = l;
-    if suspend && ex.ctx.may_suspend {
+    if suspend && host.may_suspend(ex.ctx) != SuspendHere::No {
         return FnResult::Suspend(Suspend {
             start: Box::new(move |_ctx, resumer| {
                 tokio::spawn(async move {
@@ -131,15 +135,23 @@ fn launch(ex: &mut Exec<'_>, job: HttpJob, l: Launch) -> FnResult {
             }),
         });
     }
-    // No transaction to suspend: the route runs on its own context later.
+    // Nothing to suspend: the host runs the route on its own context later.
     let vars = ex.ctx.vars.clone();
     tokio::spawn(async move {
         let r = engine.perform(job).await;
         drop(slot);
-        let mut ctx = program.new_ctx(RouteType::EVENT);
-        ctx.vars = vars;
-        fill(&mut ctx, r, api, xdata);
-        let _ = program.run(route, &mut ctx);
+        let run = host.run_event_route(
+            route.into(),
+            EventSuspend::Refuse,
+            Box::new(move |ctx| {
+                ctx.vars = vars;
+                fill(ctx, r, api, xdata);
+                Ok(())
+            }),
+        );
+        if let Err(e) = run {
+            tracing::error!("http: the reply's route does not run: {e}");
+        }
     });
     1.into()
 }
@@ -338,9 +350,10 @@ fn simple(name: &'static str, r: Res) -> PvClassSpec {
 
 impl AsyncHttp {
     fn launcher(&self, name: &'static str, params: &[ArgKind], kind: Kind) -> FunctionSpec {
-        let (engine, api) = (self.engine.clone(), self.api);
+        let (engine, api, host) = (self.engine.clone(), self.api, self.host.clone());
         FunctionSpec::new(name, params, move |ex, a| {
-            let Some(prog) = ex.prog.to_shared() else {
+            let Some(host) = host.get().cloned() else {
+                tracing::error!("{name}: the module has not started");
                 return (-1).into();
             };
             let url = a.text(0, ex);
@@ -380,7 +393,7 @@ impl AsyncHttp {
                 job,
                 Launch {
                     engine: engine.clone(),
-                    program: prog,
+                    host,
                     api,
                     route,
                     suspend,
@@ -469,6 +482,11 @@ impl Module for AsyncHttp {
         Some(Arc::new(Stats(self.engine.clone(), self.name)))
     }
 
+    fn start(&self, cx: &StartCx) -> Result<(), String> {
+        let _ = self.host.set(cx.host.clone());
+        Ok(())
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -529,6 +547,7 @@ fn module(api: Api, name: &'static str, settings: Settings) -> Result<Arc<dyn Mo
         api,
         name,
         engine: Arc::new(Engine::new(settings)?),
+        host: Arc::default(),
     }) as Arc<dyn Module>)
 }
 

@@ -9,13 +9,14 @@
 //! it ends) does not keep the writers from draining meanwhile: a wake from
 //! a SIP worker reaches that thread at once instead of waiting in the
 //! worker's local run queue. Event routes still run on the SIP workers,
-//! one client's messages in order.
+//! one client's messages in order, through the host the module got at
+//! start ([`Host::run_event_route`]).
 
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
 use siphon_proto::netstring;
-use siphon_script::evi::EventParams;
-use siphon_script::{Outcome, Program, RouteType};
+use siphon_script::api::{EventSuspend, Host, RouteDone};
+use siphon_script::evi::{EventParams, Evi};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -45,6 +46,12 @@ pub const MAX_TAG: usize = 64;
 const ROUTE_BACKLOG: usize = 64;
 /// The event raised when a client connects or goes.
 pub const E_CONNECTION: &str = "E_EVAPI_CONNECTION";
+/// The route a new client runs.
+pub const ROUTE_CONNECTION_NEW: &str = "event_route[evapi:connection-new]";
+/// The route a client's message runs (`$evapi(msg)`).
+pub const ROUTE_MESSAGE: &str = "event_route[evapi:message-received]";
+/// The route a client that went runs.
+pub const ROUTE_CONNECTION_CLOSED: &str = "event_route[evapi:connection-closed]";
 
 /// Settings from the module parameters.
 #[derive(Clone)]
@@ -369,13 +376,23 @@ pub struct Counters {
 pub struct Hub {
     pub(crate) settings: Settings,
     clients: RwLock<Vec<Arc<Client>>>,
-    pub(crate) program: OnceLock<Arc<Program>>,
-    /// The runtime event routes run on (the SIP workers').
-    pub(crate) main: OnceLock<Handle>,
-    /// evapi's I/O thread.
-    pub(crate) io: OnceLock<Handle>,
+    /// What the module got at start (no clients come before).
+    pub(crate) started: OnceLock<Started>,
     /// Counters.
     pub counters: Counters,
+}
+
+/// What the hub runs its routes and raises its events through, from the
+/// module's start on.
+pub(crate) struct Started {
+    /// Runs `event_route[evapi:*]`.
+    pub(crate) host: Arc<dyn Host>,
+    /// Where [`E_CONNECTION`] is raised.
+    pub(crate) evi: Arc<Evi>,
+    /// The runtime event routes run on (the SIP workers').
+    pub(crate) main: Handle,
+    /// evapi's I/O thread.
+    pub(crate) io: Handle,
 }
 
 /// The client an evapi event route runs for (in the route's context).
@@ -429,9 +446,7 @@ impl Hub {
         Arc::new(Hub {
             settings,
             clients: RwLock::new(Vec::new()),
-            program: OnceLock::new(),
-            main: OnceLock::new(),
-            io: OnceLock::new(),
+            started: OnceLock::new(),
             counters: Counters::default(),
         })
     }
@@ -489,9 +504,9 @@ impl Hub {
     }
 
     fn on_main(&self, f: impl FnOnce() + Send + 'static) {
-        match self.main.get() {
-            Some(h) => {
-                h.spawn(async move { f() });
+        match self.started.get() {
+            Some(s) => {
+                s.main.spawn(async move { f() });
             }
             None => f(),
         }
@@ -516,8 +531,8 @@ impl Hub {
     }
 
     fn raise(&self, c: &Client, state: &str) {
-        if let Some(p) = self.program.get() {
-            let _ = p.evi().raise(
+        if let Some(s) = self.started.get() {
+            let _ = s.evi.raise(
                 E_CONNECTION,
                 EventParams::Named(vec![
                     ("conidx".into(), json!(c.conidx)),
@@ -529,24 +544,33 @@ impl Hub {
         }
     }
 
-    /// Runs an evapi event route for `c`; whether it asked to close the client.
-    pub(crate) fn run_route(&self, name: &str, c: &Arc<Client>, msg: Option<Bytes>) -> bool {
-        let Some(p) = self.program.get() else {
+    /// Runs an evapi event route (`event_route[evapi:message-received]`) for
+    /// `c` through the host; whether it asked to close the client. An async
+    /// call in it cannot suspend: there is no transaction, as in Kamailio.
+    pub(crate) async fn run_route(&self, name: &str, c: &Arc<Client>, msg: Option<Bytes>) -> bool {
+        let Some(s) = self.started.get() else {
             return false;
         };
-        let Some(route) = p.event_route(name) else {
+        let client = c.clone();
+        let run = s.host.run_event_route(
+            name.into(),
+            EventSuspend::Refuse,
+            Box::new(move |ctx| {
+                ctx.ext.insert(EvapiCtx {
+                    client,
+                    msg,
+                    close: false,
+                });
+                Ok(())
+            }),
+        );
+        let Ok(run) = run else {
+            // No such route in the configuration.
             return false;
         };
-        let mut ctx = p.new_ctx(RouteType::EVENT);
-        ctx.ext.insert(EvapiCtx {
-            client: c.clone(),
-            msg,
-            close: false,
-        });
-        if let Outcome::Suspended(_) = p.run(route, &mut ctx) {
-            tracing::error!("event_route[{name}]: cannot suspend, there is no transaction");
-        }
-        ctx.ext.get::<EvapiCtx>().is_some_and(|x| x.close)
+        run.finished()
+            .await
+            .is_some_and(|RouteDone { ctx, .. }| ctx.ext.get::<EvapiCtx>().is_some_and(|x| x.close))
     }
 
     /// Accepts clients until `shutdown`.
@@ -592,7 +616,7 @@ impl Hub {
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
             self.raise(&c, "connected");
-            if self.run_route("evapi:connection-new", &c, None) {
+            if self.run_route(ROUTE_CONNECTION_NEW, &c, None).await {
                 // evapi_close() in connection-new: gone without connection-closed.
                 let _ = self.close(&c, false);
                 continue;
@@ -618,8 +642,8 @@ impl Hub {
                     }
                 }
             };
-            match self.io.get() {
-                Some(io) => drop(io.spawn(task)),
+            match self.started.get() {
+                Some(s) => drop(s.io.spawn(task)),
                 None => drop(tokio::spawn(task)),
             }
         }
@@ -633,14 +657,14 @@ impl Hub {
             }
             self.counters.received.fetch_add(1, Ordering::Relaxed);
             c.received.fetch_add(1, Ordering::Relaxed);
-            if self.run_route("evapi:message-received", &c, Some(msg)) {
+            if self.run_route(ROUTE_MESSAGE, &c, Some(msg)).await {
                 // evapi_close(): gone without connection-closed, as Kamailio.
                 self.close(&c, false);
                 return;
             }
         }
         if c.closed_route.load(Ordering::Acquire) {
-            self.run_route("evapi:connection-closed", &c, None);
+            self.run_route(ROUTE_CONNECTION_CLOSED, &c, None).await;
         }
     }
 

@@ -73,6 +73,14 @@ struct AsyncCall {
 
 impl Call for AsyncCall {
     fn call(&self, ex: &mut Exec<'_>) -> FnResult {
+        let here = self.hub.started.get().map(|s| s.host.may_suspend(ex.ctx));
+        if here == Some(SuspendHere::Event) {
+            // A parked event run has no $T(id_index)/$T(id_label) for the client's t_continue.
+            tracing::error!(
+                "evapi async relay: the client's answer resumes a transaction, and this route has none"
+            );
+            return (-1).into();
+        }
         let Some(program) = ex.prog.to_shared() else {
             return (-1).into();
         };
@@ -312,7 +320,6 @@ impl Module for Evapi {
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let _ = self.hub.program.set(cx.program.clone());
         if !self.no_effect.is_empty() {
             tracing::warn!(
                 "evapi: {} has no effect in siphon: there are no evapi worker processes (messages from \
@@ -321,8 +328,12 @@ impl Module for Evapi {
                 self.no_effect.join(", ")
             );
         }
-        let _ = self.hub.main.set(tokio::runtime::Handle::current());
-        let _ = self.hub.io.set(hub::io_thread()?);
+        let _ = self.hub.started.set(hub::Started {
+            host: cx.host.clone(),
+            evi: cx.program.evi().clone(),
+            main: tokio::runtime::Handle::current(),
+            io: hub::io_thread()?,
+        });
         let bind = &self.hub.settings.bind;
         let l = std::net::TcpListener::bind(bind.as_str())
             .map_err(|e| format!("bind_addr {bind}: {e}"))?;

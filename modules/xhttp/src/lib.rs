@@ -7,8 +7,10 @@
 //! SIP-shaped message (the request line with its `HTTP/1.x` version, the
 //! headers and the body, as Kamailio fakes it), which the host makes the
 //! route's message ([`Host::set_http_message`]) so the script's
-//! `$hdr(...)`, `$rb`, `$rm`, `$si`, `$sp`, `$Rp` work unchanged, and runs
-//! `event_route[xhttp:request]`. The route answers with
+//! `$hdr(...)`, `$rb`, `$rm`, `$si`, `$sp`, `$Rp` work unchanged, and the
+//! host runs `event_route[xhttp:request]` over it
+//! ([`Host::run_event_route`]; an async call in it cannot suspend, there
+//! is no transaction, as in Kamailio). The route answers with
 //! `xhttp_reply(code, reason, content_type, body)` or a module that fills the
 //! [`Exchange`] (the module API's: jsonrpcs' `jsonrpc_dispatch()`,
 //! xhttp_prom's `prom_dispatch()`); an answer may come later (an
@@ -33,10 +35,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use siphon_script::api::*;
 use siphon_script::http::{Answer, Exchange, HttpReply, HttpService, PrefixedStream};
 use siphon_script::net::Peer;
-use siphon_script::{
-    ArgKind, FunctionSpec, ModuleDef, Outcome, ParamSpec, Program, PvClassSpec, RouteId, RouteType,
-    Value,
-};
+use siphon_script::{ArgKind, FunctionSpec, ModuleDef, ParamSpec, PvClassSpec, RouteId, Value};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -49,6 +48,8 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_BODY: usize = 1 << 20;
 /// The event route HTTP requests run.
 pub const EVENT_ROUTE: &str = "xhttp:request";
+/// [`EVENT_ROUTE`] as the configuration names it.
+const EVENT_ROUTE_NAME: &str = "event_route[xhttp:request]";
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// `body_timeout`'s default: how long a request body may take to arrive.
@@ -175,11 +176,10 @@ impl Inner {
     }
 }
 
-/// What serves the requests once the module started: its settings, the
-/// program whose route they run and the host that makes them route messages.
+/// What serves the requests once the module started: its settings, and
+/// the host that makes them route messages and runs their route.
 struct Server {
     inner: Arc<Inner>,
-    program: Arc<Program>,
     /// `event_route[xhttp:request]`; without it every request gets 404.
     route: Option<RouteId>,
     host: Arc<dyn Host>,
@@ -235,29 +235,40 @@ impl Server {
                 }
             };
         let msg = as_message(&parts, &url, &body);
-        let mut ctx = self.program.new_ctx(RouteType::EVENT);
-        // The SIP pseudo-variables ($hdr, $rb, $rm, $si…) read the request.
-        if let Err(e) = self.host.set_http_message(&mut ctx, msg.raw, peer) {
-            return reply(
-                400,
-                "Bad Request",
-                "text/plain",
-                format!("bad request: {e}\n"),
-            );
-        }
         let authorization = parts
             .headers
             .get(hyper::header::AUTHORIZATION)
             .map(|v| Bytes::copy_from_slice(v.as_bytes()));
-        ctx.ext
-            .insert(Exchange::new(msg.url, msg.body, peer, authorization));
-        let outcome = self.program.run(route, &mut ctx);
-        if let Outcome::Suspended(_) = outcome {
-            tracing::error!("event_route[{EVENT_ROUTE}]: cannot suspend, there is no transaction");
-        }
-        let close = ctx
-            .ext
-            .get::<Exchange>()
+        let host = &self.host;
+        let run = host.run_event_route(
+            route.into(),
+            EventSuspend::Refuse,
+            Box::new(move |ctx| {
+                // The SIP pseudo-variables ($hdr, $rb, $rm, $si…) read the request.
+                host.set_http_message(ctx, msg.raw, peer)?;
+                ctx.ext
+                    .insert(Exchange::new(msg.url, msg.body, peer, authorization));
+                Ok(())
+            }),
+        );
+        let mut ctx = match run {
+            Ok(run) => run.finished().await.map(|d| d.ctx),
+            Err(RunError::NotBuilt(e)) => {
+                return reply(
+                    400,
+                    "Bad Request",
+                    "text/plain",
+                    format!("bad request: {e}\n"),
+                );
+            }
+            Err(e) => {
+                tracing::error!("xhttp: {e}");
+                None
+            }
+        };
+        let exchange = ctx.as_mut().and_then(|c| c.ext.get_mut::<Exchange>());
+        let close = exchange
+            .as_deref()
             .is_some_and(Exchange::closes_after_reply);
         let closing = |mut r: HttpReply| {
             if close {
@@ -265,11 +276,7 @@ impl Server {
             }
             r
         };
-        match ctx
-            .ext
-            .get_mut::<Exchange>()
-            .and_then(Exchange::take_answer)
-        {
+        match exchange.and_then(Exchange::take_answer) {
             Some(Answer::Now(r)) => closing(r),
             Some(Answer::Later(f)) => {
                 // The context is not needed while the answer is computed.
@@ -406,7 +413,7 @@ impl Module for Xhttp {
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let route = cx.program.event_route(EVENT_ROUTE);
+        let route = cx.host.find_route(EVENT_ROUTE_NAME);
         if route.is_none() {
             tracing::warn!(
                 "xhttp: no event_route[{EVENT_ROUTE}]: HTTP requests will get 404 Not Found"
@@ -414,7 +421,6 @@ impl Module for Xhttp {
         }
         let server = Server {
             inner: self.inner.clone(),
-            program: cx.program.clone(),
             route,
             host: cx.host.clone(),
         };
