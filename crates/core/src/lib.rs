@@ -388,8 +388,9 @@ impl Core {
         let Some(dest) = reply_destination(msg, peer) else {
             return false;
         };
-        self.out.send(self, peer, dest, bytes);
+        // Counted before it leaves: whoever got it may ask for the statistics at once.
         stats::Stats::class(&self.stats.sl_replies, code);
+        self.out.send(self, peer, dest, bytes);
         true
     }
 

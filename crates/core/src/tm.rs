@@ -17,6 +17,7 @@ use siphon_script::{Ctx, Outcome, RouteId, RouteType};
 use siphon_sip::SipMsg;
 use siphon_tm::{Action, NewTx, ReplyEdit, Resumed, RouteKind, Shell, TmStats, TxShard};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +60,10 @@ const SHARDS: usize = 64;
 
 struct Shard {
     table: Mutex<TxShard<CoreShell>>,
+    /// The table's next timer, in nanoseconds since [`Tm::epoch`]
+    /// (`u64::MAX`: none), written under the lock after every change: the
+    /// timer task reads it without taking the lock from the workers.
+    next_due: AtomicU64,
 }
 
 /// How often the timer task looks for due timers: Kamailio ticks every
@@ -74,6 +79,7 @@ thread_local! {
 
 pub(crate) struct Tm {
     shards: Vec<Shard>,
+    epoch: Instant,
     seed: u64,
     /// What modules asked to hear of finals sent upstream (acc).
     pub(crate) final_hooks: std::sync::RwLock<Vec<siphon_script::api::TxFinalHook>>,
@@ -87,10 +93,12 @@ impl Tm {
                     TmConfig::default(),
                     (seed as u32).rotate_left(i as u32) ^ i as u32,
                 )),
+                next_due: AtomicU64::new(u64::MAX),
             })
             .collect();
         Tm {
             shards,
+            epoch: Instant::now(),
             seed,
             final_hooks: Default::default(),
         }
@@ -102,6 +110,16 @@ impl Tm {
             .table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `at` in nanoseconds since the table's epoch (0 before it).
+    fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Whether shard `i` has a timer due at `now`, without its lock.
+    fn due(&self, i: usize, now: Instant) -> bool {
+        self.shards[i].next_due.load(Ordering::Acquire) <= self.since_epoch(now)
     }
 
     /// The parameters (the tm module sets them at load).
@@ -140,6 +158,10 @@ impl Tm {
             while let Some(a) = t.poll_action() {
                 actions.push(a);
             }
+            self.shards[i].next_due.store(
+                t.next_deadline().map_or(u64::MAX, |d| self.since_epoch(d)),
+                Ordering::Release,
+            );
             r
         };
         for a in actions.drain(..) {
@@ -255,7 +277,7 @@ async fn timer_task(core: Arc<Core>, shutdown: CancellationToken) {
         }
         let now = Instant::now();
         for i in 0..SHARDS {
-            if core.tm.lock(i).next_deadline().is_some_and(|d| d <= now) {
+            if core.tm.due(i, now) {
                 core.tm.with(&core, i as u32, |t, now| t.on_timer(now));
             }
         }

@@ -25,7 +25,7 @@ mod write;
 pub use client_tx::{ClientAction, ClientState, ClientTimers, ClientTx, ReplyVerdict};
 pub use hop::{CancelReason, build_ack, build_cancel};
 pub use msg::{
-    FrameError, Header, HeaderName, Kind, Method, ParseError, Rng, SipMsg, parse,
+    FrameError, Header, HeaderName, Headers, Kind, Method, ParseError, Rng, SipMsg, parse,
     parse_for_error_reply, parse_http_request, tcp_frame_len,
 };
 pub use tx::{ReplyOrigin, ServerTx, TxAction, TxId, TxState};

@@ -215,6 +215,9 @@ pub struct Header {
     pub value: Rng,
     /// The whole line(s) including the final line break (for removal).
     pub line: Rng,
+    /// The value continues on folded lines (its line breaks are joined
+    /// when it is read); most values are one line and read as a slice.
+    pub folded: bool,
 }
 
 /// A parsed SIP message: the buffer and an index into it.
@@ -223,21 +226,72 @@ pub struct SipMsg {
     buf: Bytes,
     /// Request or response, with the start line's parts.
     pub kind: Kind,
-    /// Header lines in order.
-    pub headers: Vec<Header>,
+    /// Header lines in order, with the headers decoded from them; shared
+    /// by the message's clones (a transaction, its branches and the route
+    /// each keep one), so a clone costs two reference counts, not a copy.
+    pub headers: Headers,
     /// Where the headers end (the blank line starts here).
     pub headers_end: u32,
     /// The body.
     pub body: Rng,
-    /// The topmost Via value, decoded once: matching, reply routing and
-    /// transaction keys read it several times per message.
-    top_via: std::sync::OnceLock<Option<crate::Via>>,
-    /// From, To and CSeq, decoded once each: the transaction keys, the
-    /// To-tag, the script's `$fu`/`$tt` and the checks of every message read
-    /// them again and again.
-    from: std::sync::OnceLock<Option<crate::NameAddr>>,
-    to: std::sync::OnceLock<Option<crate::NameAddr>>,
-    cseq: std::sync::OnceLock<Option<crate::CSeq>>,
+}
+
+/// A message's header lines in order (a slice of [`Header`]s), and the
+/// headers every message's handling reads, decoded once.
+#[derive(Debug, Clone)]
+pub struct Headers(std::sync::Arc<Index>);
+
+#[derive(Debug)]
+struct Index {
+    list: Vec<Header>,
+    decoded: Decoded,
+}
+
+impl std::ops::Deref for Headers {
+    type Target = [Header];
+    fn deref(&self) -> &[Header] {
+        &self.0.list
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = &'a Header;
+    type IntoIter = std::slice::Iter<'a, Header>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.list.iter()
+    }
+}
+
+/// The headers every message's handling reads, decoded once when the
+/// message is parsed (each is needed for every SIP message: the checks,
+/// matching, reply routing, transaction keys, the To-tag, `$fu`/`$tt`).
+#[derive(Debug, Default)]
+struct Decoded {
+    /// The topmost Via value.
+    top_via: Option<crate::Via>,
+    from: Option<crate::NameAddr>,
+    to: Option<crate::NameAddr>,
+    cseq: Option<crate::CSeq>,
+}
+
+impl Decoded {
+    fn of(msg: &SipMsg) -> Decoded {
+        Decoded {
+            top_via: msg.value(HeaderName::Via).and_then(|v| {
+                let first = crate::views::first_item(&v);
+                crate::parse_via(&v.slice(first.range()))
+            }),
+            from: msg
+                .value(HeaderName::From)
+                .and_then(|v| crate::parse_name_addr(&v)),
+            to: msg
+                .value(HeaderName::To)
+                .and_then(|v| crate::parse_name_addr(&v)),
+            cseq: msg
+                .value(HeaderName::CSeq)
+                .and_then(|v| crate::parse_cseq(&v)),
+        }
+    }
 }
 
 fn trim(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
@@ -356,6 +410,7 @@ fn parse_start(buf: Bytes, http: bool, one_content_length: bool) -> Result<SipMs
             let (_, e) = trim(b, pos, content_end);
             if e > pos {
                 h.value.end = e as u32;
+                h.folded = true;
             }
             h.line.end = line_end as u32;
             pos = line_end;
@@ -374,6 +429,7 @@ fn parse_start(buf: Bytes, http: bool, one_content_length: bool) -> Result<SipMs
             name_rng: Rng::new(ns, ne),
             value: Rng::new(vs, ve.max(vs)),
             line: Rng::new(pos, line_end),
+            folded: false,
         });
         pos = line_end;
     }
@@ -403,17 +459,21 @@ fn parse_start(buf: Bytes, http: bool, one_content_length: bool) -> Result<SipMs
         }
         None => available,
     };
-    Ok(SipMsg {
+    let mut msg = SipMsg {
         kind,
-        headers,
+        headers: Headers(std::sync::Arc::new(Index {
+            list: headers,
+            decoded: Decoded::default(),
+        })),
         headers_end,
         body: Rng::new(pos, pos + body_len),
         buf,
-        top_via: std::sync::OnceLock::new(),
-        from: std::sync::OnceLock::new(),
-        to: std::sync::OnceLock::new(),
-        cseq: std::sync::OnceLock::new(),
-    })
+    };
+    let decoded = Decoded::of(&msg);
+    if let Some(index) = std::sync::Arc::get_mut(&mut msg.headers.0) {
+        index.decoded = decoded;
+    }
+    Ok(msg)
 }
 
 impl SipMsg {
@@ -471,10 +531,10 @@ impl SipMsg {
     }
     /// A header's value; folded lines are joined with one space (a copy only then).
     pub fn header_value(&self, h: &Header) -> Bytes {
-        let v = self.get(h.value);
-        if memchr(b'\n', v).is_none() {
+        if !h.folded {
             return self.slice(h.value);
         }
+        let v = self.get(h.value);
         let mut out = Vec::with_capacity(v.len());
         let mut i = 0;
         while i < v.len() {
@@ -508,31 +568,19 @@ impl SipMsg {
     }
     /// The CSeq.
     pub fn cseq(&self) -> Option<crate::CSeq> {
-        self.cseq
-            .get_or_init(|| crate::parse_cseq(&self.value(HeaderName::CSeq)?))
-            .clone()
+        self.headers.0.decoded.cseq.clone()
     }
     /// The topmost Via (the first value of the first Via header).
     pub fn top_via(&self) -> Option<&crate::Via> {
-        self.top_via
-            .get_or_init(|| {
-                let v = self.value(HeaderName::Via)?;
-                let first = crate::views::first_item(&v);
-                crate::parse_via(&v.slice(first.range()))
-            })
-            .as_ref()
+        self.headers.0.decoded.top_via.as_ref()
     }
     /// The From header.
     pub fn from(&self) -> Option<crate::NameAddr> {
-        self.from
-            .get_or_init(|| crate::parse_name_addr(&self.value(HeaderName::From)?))
-            .clone()
+        self.headers.0.decoded.from.clone()
     }
     /// The To header.
     pub fn to(&self) -> Option<crate::NameAddr> {
-        self.to
-            .get_or_init(|| crate::parse_name_addr(&self.value(HeaderName::To)?))
-            .clone()
+        self.headers.0.decoded.to.clone()
     }
     /// Max-Forwards, if present and numeric.
     pub fn max_forwards(&self) -> Option<u32> {
@@ -551,14 +599,11 @@ impl SipMsg {
         if self.top_via().is_none() {
             return Err(ParseError::MissingHeader("Via"));
         }
-        let decoded = |h: &std::sync::OnceLock<Option<crate::NameAddr>>, name| {
-            h.get_or_init(|| crate::parse_name_addr(&self.value(name)?))
-                .is_some()
-        };
-        if !decoded(&self.from, HeaderName::From) {
+        let decoded = &self.headers.0.decoded;
+        if decoded.from.is_none() {
             return Err(ParseError::MissingHeader("From"));
         }
-        if !decoded(&self.to, HeaderName::To) {
+        if decoded.to.is_none() {
             return Err(ParseError::MissingHeader("To"));
         }
         if self
@@ -567,11 +612,7 @@ impl SipMsg {
         {
             return Err(ParseError::MissingHeader("Call-ID"));
         }
-        if self
-            .cseq
-            .get_or_init(|| crate::parse_cseq(&self.value(HeaderName::CSeq)?))
-            .is_none()
-        {
+        if decoded.cseq.is_none() {
             return Err(ParseError::MissingHeader("CSeq"));
         }
         Ok(())

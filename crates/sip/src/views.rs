@@ -206,11 +206,20 @@ pub fn parse_via(v: &Bytes) -> Option<Via> {
             } else if name.eq_ignore_ascii_case(b"maddr") {
                 via.maddr = val;
             } else if name.eq_ignore_ascii_case(b"rport") {
-                via.rport = Some(val.and_then(|x| std::str::from_utf8(&x).ok()?.parse().ok()));
+                via.rport = Some(val.and_then(|x| port_number(&x)));
             }
         }
     }
     Some(via)
+}
+
+/// A port: 1 to 5 digits that fit 16 bits (no sign, no spaces).
+fn port_number(p: &[u8]) -> Option<u16> {
+    if p.is_empty() || p.len() > 5 || !p.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    u16::try_from(n).ok()
 }
 
 /// `host[:port]` or `[v6][:port]` inside `v[a..z]`.
@@ -225,14 +234,14 @@ pub(crate) fn split_host_port(v: &Bytes, a: usize, z: usize) -> Option<(Bytes, O
         let rest = &s[close + 1..];
         let port = match rest {
             [] => None,
-            [b':', p @ ..] => Some(std::str::from_utf8(p).ok()?.parse().ok()?),
+            [b':', p @ ..] => Some(port_number(p)?),
             _ => return None,
         };
         return Some((host, port));
     }
     match s.iter().rposition(|&c| c == b':') {
         Some(c) => {
-            let port = std::str::from_utf8(&s[c + 1..]).ok()?.parse().ok()?;
+            let port = port_number(&s[c + 1..])?;
             Some((v.slice(a..a + c), Some(port)))
         }
         None => Some((v.slice(a..z), None)),
@@ -360,6 +369,15 @@ mod tests {
         assert_eq!((&v.host[..], v.port), (&b"host.example"[..], None));
         assert!(parse_via(&b("SIP/3.0/UDP h")).is_none());
         assert!(parse_via(&b("garbage")).is_none());
+    }
+
+    #[test]
+    fn ports_are_digits_that_fit() {
+        assert_eq!(port_number(b"5060"), Some(5060));
+        assert_eq!(port_number(b"65535"), Some(65535));
+        for bad in [&b""[..], b"65536", b"+5060", b" 5060", b"50a", b"000005060"] {
+            assert_eq!(port_number(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -51,8 +51,8 @@ pub fn parse_branch(b: &[u8]) -> Option<(TxId, u32, u16)> {
     if parts.next().is_some() || mid.len() != 16 || index > 0xffff || branch > u16::MAX as u32 {
         return None;
     }
-    let label = u32::from_str_radix(std::str::from_utf8(&mid[..8]).ok()?, 16).ok()?;
-    let salt = u32::from_str_radix(std::str::from_utf8(&mid[8..]).ok()?, 16).ok()?;
+    let label = from_hex(&mid[..8])?;
+    let salt = from_hex(&mid[8..])?;
     Some((TxId { index, label }, salt, branch as u16))
 }
 
@@ -65,6 +65,12 @@ fn rev_hex(out: &mut String, mut v: u32) {
             break;
         }
     }
+}
+
+/// Eight hex digits, most significant first.
+fn from_hex(s: &[u8]) -> Option<u32> {
+    s.iter()
+        .try_fold(0u32, |v, &c| Some((v << 4) | (c as char).to_digit(16)?))
 }
 
 fn from_rev_hex(s: &[u8]) -> Option<u32> {

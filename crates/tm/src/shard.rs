@@ -375,7 +375,9 @@ struct Branch<S: Shell> {
     flags: u64,
     /// The request and edits it was built from, and where else it may go
     /// (kept only when there is somewhere else).
-    failover: Option<(SipMsg, Edits, Vec<Alternate<S>>)>,
+    /// Boxed: rare, and a request with its edits is large (every branch
+    /// of every transaction would carry the room for it).
+    failover: Option<Box<(SipMsg, Edits, Vec<Alternate<S>>)>>,
     /// The final this branch contributes: received (`reply`) or made up here.
     code: u16,
     reply: Option<(SipMsg, Edits)>,
@@ -956,7 +958,7 @@ impl<S: Shell> TxShard<S> {
         });
         let failover = (self.cfg.use_dns_failover && !spec.failover.is_empty()).then(|| {
             edits.push_via = None;
-            (spec.msg, edits, spec.failover)
+            Box::new((spec.msg, edits, spec.failover))
         });
         t.branches.push(Branch {
             client,
@@ -987,10 +989,10 @@ impl<S: Shell> TxShard<S> {
         if t.canceled || t.uas.is_final() || now >= t.end_of_life {
             return false;
         }
-        let Some((msg, edits, mut rest)) = t.branches.get_mut(i).and_then(|b| b.failover.take())
-        else {
+        let Some(kept) = t.branches.get_mut(i).and_then(|b| b.failover.take()) else {
             return false;
         };
+        let (msg, edits, mut rest) = *kept;
         if rest.is_empty() {
             return false;
         }
