@@ -365,6 +365,10 @@ impl OwnedReason {
     }
 }
 
+/// What a branch keeps to try its destination's next address: the request,
+/// its edits and the addresses left.
+type Failover<S> = (SipMsg, Edits, Vec<Alternate<S>>);
+
 struct Branch<S: Shell> {
     client: ClientTx,
     /// Where it went (`None`: it never went, e.g. its name did not resolve).
@@ -377,7 +381,7 @@ struct Branch<S: Shell> {
     /// (kept only when there is somewhere else).
     /// Boxed: rare, and a request with its edits is large (every branch
     /// of every transaction would carry the room for it).
-    failover: Option<Box<(SipMsg, Edits, Vec<Alternate<S>>)>>,
+    failover: Option<Box<Failover<S>>>,
     /// The final this branch contributes: received (`reply`) or made up here.
     code: u16,
     reply: Option<(SipMsg, Edits)>,
