@@ -273,6 +273,7 @@ pub fn lex_config(
         sources,
         defines: HashMap::new(),
         substs: vec![],
+        subst_budget: MAX_SUBST_TOTAL,
         diags: vec![],
         stack: vec![],
         names: vec![],
@@ -331,6 +332,9 @@ struct Pre<'a> {
     sources: &'a mut SourceMap,
     defines: HashMap<String, Define>,
     substs: Vec<Subst>,
+    /// Bytes `#!subst` rules may still produce in this configuration
+    /// ([`MAX_SUBST_TOTAL`] in all).
+    subst_budget: usize,
     diags: Vec<Diagnostic>,
     /// Identities of the files being read, for cycle detection.
     stack: Vec<PathBuf>,
@@ -772,6 +776,7 @@ impl Pre<'_> {
             sources: &mut sm,
             defines: HashMap::new(),
             substs: vec![],
+            subst_budget: MAX_SUBST_TOTAL,
             diags: vec![],
             stack: vec![],
             names: vec![],
@@ -848,7 +853,13 @@ impl Pre<'_> {
     /// string (a pattern that matches the empty string inserts at every
     /// position; several such rules multiply): past [`MAX_SUBST_LEN`] the
     /// rewriting stops with an error instead of eating memory and time.
+    /// Over the whole configuration the rules may produce [`MAX_SUBST_TOTAL`]
+    /// bytes: many strings each grown to just under the limit would
+    /// otherwise take minutes; past it the strings are left as written.
     fn apply_substs(&mut self, s: String, at: Span) -> String {
+        if self.substs.is_empty() || self.subst_budget == 0 {
+            return s;
+        }
         let mut s = s;
         for sub in &self.substs {
             let mut out = String::with_capacity(s.len());
@@ -858,6 +869,16 @@ impl Pre<'_> {
                 out.push_str(&s[last..m.start()]);
                 caps.expand(&sub.repl, &mut out);
                 last = m.end();
+                if out.len() > self.subst_budget {
+                    self.subst_budget = 0;
+                    self.diags.push(Diagnostic::error(
+                        at,
+                        format!(
+                            "`#!subst` rules produce more than {MAX_SUBST_TOTAL} bytes in this configuration"
+                        ),
+                    ));
+                    return s;
+                }
                 if out.len() > MAX_SUBST_LEN {
                     self.diags.push(Diagnostic::error(
                         at,
@@ -872,6 +893,7 @@ impl Pre<'_> {
                 }
             }
             out.push_str(&s[last..]);
+            self.subst_budget = self.subst_budget.saturating_sub(out.len());
             s = out;
         }
         s
@@ -880,6 +902,9 @@ impl Pre<'_> {
 
 /// The longest string literal `#!subst` rules may produce.
 const MAX_SUBST_LEN: usize = 1 << 20;
+
+/// What `#!subst` rules may produce over a whole configuration.
+const MAX_SUBST_TOTAL: usize = 4 << 20;
 
 fn memchr_nl(b: &[u8], from: usize) -> usize {
     b[from..]

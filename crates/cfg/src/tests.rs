@@ -224,3 +224,18 @@ fn subst_rules_that_grow_a_string_without_bound_stop_with_an_error() {
     // A rule that only rewrites still works.
     ok("#!subst \"/a/b/g\"\nrequest_route { xlog(\"aaa\"); }\n");
 }
+
+#[test]
+fn subst_rules_have_a_budget_for_the_whole_configuration() {
+    // Each string grows 64x to 640 KiB, under the per-string limit; 20 of
+    // them would be 12.5 MiB of rewriting (a fuzzer's config took minutes).
+    let rules = "#!subst \"/./yyyyyyyy/g\"\n".repeat(2);
+    let strings = format!("xlog(\"{}\");\n", "a".repeat(10 << 10)).repeat(20);
+    let e = errs(&format!("{rules}request_route {{\n{strings}}}\n"));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("produce more than 4194304 bytes in this configuration")),
+        "{e:?}"
+    );
+    assert!(!e.iter().any(|m| m.contains("longer than")), "{e:?}");
+}
