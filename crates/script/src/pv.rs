@@ -95,6 +95,14 @@ impl Fmt {
             _ => None,
         }
     }
+    /// The pseudo-variable when the format is exactly one (`"$avp(x)"`):
+    /// a module parameter naming a PV to write (dispatcher's `setid_pvname`).
+    pub fn as_pv(&self) -> Option<&Pv> {
+        match self.parts.as_slice() {
+            [FmtPart::Pv(p)] => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// A transformation step.

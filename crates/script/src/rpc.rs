@@ -218,9 +218,9 @@ pub fn builtin_commands() -> Vec<RpcSpec> {
     .collect()
 }
 
-/// `secs` since the epoch as C's `ctime` writes them, without its newline
-/// (`Tue Dec  1 16:05:02 2026`), in UTC: what Kamailio's `core.uptime` shows.
-fn ctime(secs: u64) -> String {
+/// `secs` since the epoch as a UTC civil date: (year, month 1-12, day
+/// 1-31, seconds into the day), for the dates Kamailio's RPCs write.
+pub fn civil_utc(secs: u64) -> (i64, i64, i64, u64) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Days to a civil date (Howard Hinnant's algorithm).
@@ -233,6 +233,14 @@ fn ctime(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, rem)
+}
+
+/// `secs` since the epoch as C's `ctime` writes them, without its newline
+/// (`Tue Dec  1 16:05:02 2026`), in UTC: what Kamailio's `core.uptime` shows.
+fn ctime(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (year, month, day, rem) = civil_utc(secs);
     const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

@@ -13,7 +13,11 @@
 //! `one_time_nonce` accepts each nonce once (-6). Return codes are
 //! Kamailio's: 1 ok, -1 error, -2 wrong password, -4 stale nonce (expired,
 //! not ours, or an nc already seen), -5 no credentials for the realm, -6
-//! nonce reused (`one_time_nonce`), -8 auth user mismatch (`pv_auth_check`).
+//! nonce reused (`one_time_nonce`), -8 auth user mismatch (`pv_auth_check`,
+//! once the credentials are good). As Kamailio 5.6.3, a realm or password
+//! that reads nothing (a PV that is `$null` or empty) is an error (-1)
+//! before the credentials are looked at, and `pv_auth_check` lets ACK and
+//! CANCEL through (1).
 
 pub mod digest;
 pub mod nonce;
@@ -185,11 +189,15 @@ impl Module for Auth {
                 &[ArgKind::Str, ArgKind::Str, ArgKind::Int, ArgKind::Int],
                 check_auth_flags,
                 move |ex, a| {
-                    let is_reg = ex
-                        .ctx
-                        .ext
-                        .get::<SipCtx>()
-                        .is_some_and(|s| s.msg.method() == siphon_sip::Method::Register);
+                    let method = ex.ctx.ext.get::<SipCtx>().map(|s| s.msg.method());
+                    // Kamailio lets ACK and CANCEL through unchecked.
+                    if matches!(
+                        method,
+                        Some(siphon_sip::Method::Ack | siphon_sip::Method::Cancel)
+                    ) {
+                        return rc::OK.into();
+                    }
+                    let is_reg = method == Some(siphon_sip::Method::Register);
                     let hdr = if is_reg { HdrType::Www } else { HdrType::Proxy };
                     let checks = a.int(3, ex).unwrap_or(0);
                     m3.authenticate_call(ex, a, hdr, None, checks).into()
@@ -235,6 +243,58 @@ impl Module for Auth {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// Argument `i`: a PV alone (`"$sht(users=>$fU)"`, `$avp(pw)`) is read as
+/// the PV, so that `$null` shows (Kamailio's parameter of PV type); else
+/// the expanded value.
+fn param_value(a: &Args, i: usize, ex: &mut Exec<'_>) -> siphon_script::Value {
+    use siphon_script::interp::CExpr;
+    let pv = match a.items.get(i) {
+        Some(Arg::Expr(CExpr::Pv(p))) | Some(Arg::Pv(p)) => Some(p),
+        Some(Arg::Expr(CExpr::Fmt(f))) => f.as_pv(),
+        _ => None,
+    };
+    match pv {
+        Some(p) => ex.get_pv(p),
+        None => a.value(i, ex),
+    }
+}
+
+/// `pv_auth_check`'s checks flag 1, once the credentials are good (as
+/// Kamailio): the credentials' user (before any `@`) is the To user for
+/// REGISTER and PUBLISH, the From user otherwise; for REGISTER and PUBLISH
+/// the From user is the To user too, and for PUBLISH the R-URI user.
+fn identity_matches(s: &SipCtx, username: &str) -> bool {
+    let user_of = |uri: Option<bytes::Bytes>| {
+        uri.and_then(|u| {
+            siphon_sip::parse_uri(&u)
+                .ok()
+                .map(|p| p.user.unwrap_or_default().to_vec())
+        })
+    };
+    let auth_user = username.split('@').next().unwrap_or_default().as_bytes();
+    let method = s.msg.method();
+    let from = user_of(s.msg.from().map(|n| n.uri));
+    let (Some(from), reg_or_pub) = (
+        from,
+        matches!(
+            method,
+            siphon_sip::Method::Register | siphon_sip::Method::Publish
+        ),
+    ) else {
+        return false;
+    };
+    if !reg_or_pub {
+        return from == auth_user;
+    }
+    let Some(to) = user_of(s.msg.to().map(|n| n.uri)) else {
+        return false;
+    };
+    if to != auth_user || from != to {
+        return false;
+    }
+    method != siphon_sip::Method::Publish || user_of(Some(s.ruri())).is_some_and(|r| r == from)
 }
 
 /// The realm to use: the one given, or the From host when empty (the To
@@ -305,8 +365,17 @@ impl Inner {
         method: Option<String>,
         checks: i64,
     ) -> i32 {
-        let realm = a.text(0, ex);
-        let passwd = a.text(1, ex);
+        let realm = param_value(a, 0, ex);
+        let passwd = param_value(a, 1, ex);
+        // As Kamailio 5.6.3 (checked): an empty realm or password — a PV
+        // that reads nothing, `$null` — is an error, credentials or not.
+        for (what, v) in [("realm", &realm), ("password", &passwd)] {
+            if v.is_null() || v.to_bytes().is_empty() {
+                tracing::error!(target: "script", "auth: invalid {what} value - empty content");
+                return rc::ERROR;
+            }
+        }
+        let (realm, passwd) = (realm.to_text().into_owned(), passwd.to_text().into_owned());
         let flags = a.int(2, ex).unwrap_or(0);
         let code = self.authenticate(
             ex.ctx,
@@ -417,20 +486,6 @@ impl Inner {
             tracing::info!(target: "script", "auth: nonce reused (nc {})", c.nc);
             return rc::STALE_NONCE;
         }
-        if checks & 1 != 0 {
-            let is_reg = s.msg.method() == siphon_sip::Method::Register;
-            let na = if is_reg { s.msg.to() } else { s.msg.from() };
-            let user = na
-                .and_then(|n| {
-                    siphon_sip::parse_uri(&n.uri)
-                        .ok()
-                        .map(|u| String::from_utf8_lossy(u.user.unwrap_or_default()).into_owned())
-                })
-                .unwrap_or_default();
-            if user != c.username {
-                return rc::USER_MISMATCH;
-            }
-        }
         let method = method.map_or_else(
             || String::from_utf8_lossy(&s.msg.method_bytes()).into_owned(),
             str::to_string,
@@ -455,7 +510,11 @@ impl Inner {
         if !ok {
             return rc::INVALID_PASSWORD;
         }
+        let mismatch = checks & 1 != 0 && !identity_matches(s, &c.username);
         ctx.ext.insert(Authorized(idx));
+        if mismatch {
+            return rc::USER_MISMATCH;
+        }
         rc::OK
     }
 
@@ -608,5 +667,76 @@ pub fn def_auth_db() -> ModuleDef {
         instantiate: Arc::new(|_| {
             Err("auth_db is not available in siphon (there is no database layer): load auth and check passwords with pv_www_authenticate/pv_proxy_authenticate/pv_auth_check, taking the password from $sht(...) or an AVP".into())
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use siphon_script::net::{Peer, Transport};
+    use siphon_script::{Registry, Value, load_str};
+
+    fn msg(start: &str, from: &str, to: &str) -> SipCtx {
+        let raw = format!(
+            "{start} SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:{from}@h>;tag=1\r\nTo: <sip:{to}@h>\r\nCall-ID: c\r\nCSeq: 1 X\r\nContent-Length: 0\r\n\r\n"
+        );
+        SipCtx::new(
+            siphon_sip::parse(bytes::Bytes::from(raw)).unwrap(),
+            Peer {
+                transport: Transport::Udp,
+                src: "127.0.0.1:5999".parse().unwrap(),
+                local: "127.0.0.1:5060".parse().unwrap(),
+                conn: None,
+            },
+        )
+    }
+
+    /// Checks flag 1 as Kamailio 5.6.3's `pv_auth_check`.
+    #[test]
+    fn identity_checks_by_method() {
+        let m = |s: &str, f: &str, t: &str, u: &str| identity_matches(&msg(s, f, t), u);
+        // REGISTER: the To user, and From = To.
+        assert!(m("REGISTER sip:h", "alice", "alice", "alice"));
+        assert!(m("REGISTER sip:h", "alice", "alice", "alice@h"));
+        assert!(!m("REGISTER sip:h", "bob", "alice", "alice"));
+        assert!(!m("REGISTER sip:h", "alice", "bob", "alice"));
+        // Other requests: the From user.
+        assert!(m("INVITE sip:carol@h", "alice", "carol", "alice"));
+        assert!(!m("INVITE sip:carol@h", "carol", "alice", "alice"));
+        // PUBLISH: as REGISTER, and the R-URI user is the From user.
+        assert!(m("PUBLISH sip:alice@h", "alice", "alice", "alice"));
+        assert!(!m("PUBLISH sip:bob@h", "alice", "alice", "alice"));
+    }
+
+    /// A PV alone is read as the PV: `$null` is no password (-1), as is an
+    /// empty one; a format around it expands as text.
+    #[test]
+    fn a_password_pv_that_reads_nothing_is_an_error() {
+        let mut reg = Registry::new();
+        reg.add(def());
+        let cfg = "loadmodule \"auth.so\"\nrequest_route {\n\
+                   pv_auth_check(\"r\", \"$avp(none)\", \"0\", \"0\"); $var(a) = $rc;\n\
+                   $var(e) = \"\"; pv_www_authenticate(\"r\", $var(e), \"0\"); $var(b) = $rc;\n\
+                   pv_proxy_authenticate(\"$var(e)\", \"pw\", \"0\"); $var(c) = $rc;\n\
+                   pv_www_authenticate(\"r\", \"x$avp(none)\", \"0\"); $var(d) = $rc;\n\
+                   }\n";
+        let l = load_str("t.cfg", cfg, &Default::default(), &reg);
+        let p = l
+            .program
+            .unwrap_or_else(|| panic!("{}", siphon_cfg::diag::render_all(&l.diags, &l.sources)));
+        let mut ctx = p.new_ctx(RouteType::REQUEST);
+        ctx.ext.insert(msg("REGISTER sip:h", "alice", "alice"));
+        p.run(p.request_route().unwrap(), &mut ctx);
+        let v = |n: &str| ctx.vars[p.var_slot(n).unwrap()].clone();
+        assert_eq!(
+            [v("a"), v("b"), v("c"), v("d")],
+            // The last has a password ("x<null>"), but no credentials: -5.
+            [
+                Value::Int(-1),
+                Value::Int(-1),
+                Value::Int(-1),
+                Value::Int(-5)
+            ]
+        );
     }
 }

@@ -17,10 +17,20 @@
 //!   As in Kamailio 5.6.3 (checked), marking runs no event route:
 //!   `event_route[dispatcher:dst-down|dst-up]` run on probing only.
 //! - `ds_is_from_list([set[, mode[, uri]]])`: whether the source (or `uri`)
-//!   is a destination of `set` (-1: any); mode bits 1 ignore the port,
-//!   2 ignore the protocol (the default without mode), 4 only active ones.
-//! - `ds_count(set, states, pv)`: how many destinations of `set` are in one
-//!   of `states` (`a`, `i`, `d`, `p`).
+//!   is a destination of `set` (-1: any, searched in Kamailio's AVL order);
+//!   mode bits 1 ignore the port, 2 ignore the protocol (the default
+//!   without mode), 4 only active ones. As Kamailio: a destination written
+//!   without a port matches any port, one without `transport` only a `uri`
+//!   without one. `setid_pvname` gets the set (any-set searches only),
+//!   `attrs_pvname` the destination's attributes.
+//! - `ds_count(set, states, pv)` (OpenSIPS's; Kamailio has none): how many
+//!   destinations of `set` are in one of `states` (`a`, `i`, `d`, `p`).
+//! - `ds_list_exists(set)`, `ds_is_active(set[, uri])`, `ds_reload()`;
+//!   `ds_dsg_fetch(set)` and `$dsg(count|active|inactive|pactive|pinactive)`
+//!   (Kamailio 5.8's). `ds_select`/`ds_select_routes` are refused at load
+//!   (they leave the selection in XAVPs only).
+//! - `use_default`: a set's last destination is kept for when every other
+//!   is down, and ends every failover list.
 //! - Algorithms, Kamailio's: 0 Call-ID hash, 1 From URI, 2 To URI, 3 R-URI,
 //!   4 round robin, 5 the credentials' user name (round robin without
 //!   credentials), 6 random, 7 `hash_pvar` expanded, 8 priority, 9 weight,
@@ -61,6 +71,9 @@ pub struct DsCtx {
     pub current: Option<Arc<Dest>>,
     /// The ones still to try, in order.
     pub remaining: Vec<Arc<Dest>>,
+    /// The last of `remaining` is the set's default destination
+    /// (`use_default`): tried whatever its state, as Kamailio.
+    pub default_last: bool,
     /// Algorithm 10 counts this call in the set (Kamailio's `dstid` in the
     /// destination records): a failover moves the call's load.
     pub load_set: Option<i64>,
@@ -117,10 +130,18 @@ pub struct Inner {
     force_dst: bool,
     ping_active: AtomicI64,
     probing: Arc<probe::Probing>,
-    /// `hash_pvar` is set (its format is the module's only one).
+    /// `hash_pvar` is set.
     hash_pvar: bool,
-    /// `hash_pvar` as written, compiled by the program ([`Module::formats`]).
-    hash_pvar_text: Option<String>,
+    /// The module's format strings as written, compiled by the program
+    /// ([`Module::formats`]): `hash_pvar`, `setid_pvname`, `attrs_pvname`,
+    /// those set, in this order.
+    formats: Vec<String>,
+    /// Where `setid_pvname`'s PV is in [`Inner::formats`].
+    setid_pv: Option<usize>,
+    /// Where `attrs_pvname`'s PV is in [`Inner::formats`].
+    attrs_pv: Option<usize>,
+    /// `use_default`: the last destination of a set is its default.
+    use_default: bool,
     /// Calls in progress for algorithm 10 (`ds_hash_size` > 0).
     load: Option<Mutex<CallLoad>>,
     /// `ds_hash_check_interval` (s): how often expired calls are swept.
@@ -469,7 +490,8 @@ fn select(m: &Inner, ex: &mut Exec<'_>, set_id: i64, alg: i64, limit: i64, domai
         Alg::RelWeight => Start::RelWeight,
         Alg::Latency => Start::Latency,
     };
-    let Some(sel) = list::select(set, start, usize::try_from(limit).unwrap_or(0)) else {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let Some(sel) = list::select(set, start, limit, m.use_default) else {
         return -1;
     };
     let mut picked = sel.dests;
@@ -503,6 +525,7 @@ fn select(m: &Inner, ex: &mut Exec<'_>, set_id: i64, alg: i64, limit: i64, domai
     }
     ex.ctx.ext.insert(DsCtx {
         current: Some(first),
+        default_last: sel.default_last && !picked.is_empty(),
         remaining: picked,
         load_set,
     });
@@ -518,10 +541,12 @@ fn next(m: &Inner, ex: &mut Exec<'_>, domain: bool) -> i32 {
     let Some(st) = ex.ctx.ext.get_mut::<DsCtx>() else {
         return -1;
     };
-    // Destinations marked down since the selection are passed over.
+    // Destinations marked down since the selection are passed over (not
+    // the default: it is tried whatever its state).
     while !st.remaining.is_empty() {
         let d = st.remaining.remove(0);
-        if d.skip() {
+        let default = st.default_last && st.remaining.is_empty();
+        if d.skip() && !default {
             continue;
         }
         if let Some(set) = st.load_set {
@@ -636,6 +661,42 @@ fn mark(m: &Inner, ex: &mut Exec<'_>, state: u32) -> i32 {
     }
 }
 
+/// What `ds_is_from_list` looks for: an address, a port (0: none, any
+/// port matches) and a protocol (`None`: none written, as Kamailio's
+/// PROTO_NONE: it equals only a destination without `transport`).
+struct Wanted {
+    ip: std::net::IpAddr,
+    port: u16,
+    proto: Option<String>,
+}
+
+/// The destination of `set` that `w` matches under `mode` (bits 1: any
+/// port, 2: any protocol, 4: active ones only), as Kamailio compares: a
+/// destination written without a port matches every port, one without
+/// `transport` only a `w` without one.
+fn matching<'a>(set: &'a list::Set, w: &Wanted, mode: i64) -> Option<&'a Arc<Dest>> {
+    set.dests.iter().find(|d| {
+        d.addrs.contains(&w.ip)
+            && (mode & 1 != 0 || d.port.unwrap_or(0) == 0 || d.port == Some(w.port))
+            && (mode & 2 != 0 || d.proto == w.proto)
+            && (mode & 4 == 0 || !d.skip())
+    })
+}
+
+/// The PV a `*_pvname` parameter names (`index` in the module's formats).
+fn named_pv(ex: &Exec<'_>, index: Option<usize>) -> Option<siphon_script::pv::Pv> {
+    ex.prog
+        .module_formats("dispatcher")
+        .get(index?)
+        .and_then(|f| f.as_pv())
+        .cloned()
+}
+
+/// `ds_is_from_list`: 1 when the source (or `uri`) is a destination of
+/// `set` (-1: any set, searched in Kamailio's order); then `setid_pvname`
+/// gets the set (only when searching every set, as Kamailio) and
+/// `attrs_pvname` the destination's attributes (when it has some). -2 or
+/// -3 when one of them cannot be written.
 fn is_from_list(
     m: &Inner,
     ex: &mut Exec<'_>,
@@ -644,53 +705,117 @@ fn is_from_list(
     uri: Option<bytes::Bytes>,
 ) -> i32 {
     let Some(s) = sip(ex) else { return -1 };
-    let (ip, port, proto) = match uri {
+    let w = match uri {
         Some(u) => {
             let Ok(p) = siphon_sip::parse_uri(&u) else {
+                tracing::error!(target: "script", "ds_is_from_list: bad uri `{}`", String::from_utf8_lossy(&u));
                 return -1;
             };
-            let Ok(ip) = String::from_utf8_lossy(p.host).parse::<std::net::IpAddr>() else {
+            let host = String::from_utf8_lossy(p.host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+                tracing::error!(target: "script", "ds_is_from_list: `{host}` is not an IP address (siphon resolves no names here)");
                 return -1;
             };
-            (ip, p.port.unwrap_or(5060), None)
+            let proto = p
+                .param(b"transport")
+                .map(|t| String::from_utf8_lossy(t).to_ascii_lowercase());
+            Wanted {
+                ip,
+                port: p.port.unwrap_or(0),
+                proto,
+            }
         }
-        None => (
-            s.peer.src.ip(),
-            s.peer.src.port(),
-            Some(format!("{:?}", s.peer.transport).to_ascii_lowercase()),
-        ),
+        None => Wanted {
+            ip: s.peer.src.ip(),
+            port: s.peer.src.port(),
+            proto: Some(s.peer.transport.name().to_ascii_lowercase()),
+        },
     };
     let lists = m.lists();
-    for st in lists.sets.iter().filter(|x| set < 0 || x.id == set) {
-        for d in &st.dests {
-            if !d.addrs.contains(&ip) {
-                continue;
-            }
-            if mode & 1 == 0 && d.port_or_default() != port {
-                continue;
-            }
-            if mode & 2 == 0
-                && let Some(p) = &proto
-            {
-                let want = d.proto.clone().unwrap_or_else(|| {
-                    if d.uri.starts_with("sips:") {
-                        "tls"
-                    } else {
-                        "udp"
-                    }
-                    .into()
-                });
-                if &want != p {
-                    continue;
-                }
-            }
-            if mode & 4 != 0 && d.skip() {
-                continue;
-            }
-            return 1;
-        }
+    let found = if set < 0 {
+        lists
+            .searched()
+            .find_map(|st| matching(st, &w, mode).map(|d| (Some(st.id), d)))
+    } else {
+        lists
+            .set(set)
+            .and_then(|st| matching(st, &w, mode).map(|d| (None, d)))
+    };
+    let Some((id, d)) = found else {
+        return -1;
+    };
+    let attrs = (!d.attrs.is_empty()).then(|| d.attrs.clone());
+    drop(lists);
+    if let (Some(id), Some(pv)) = (id, named_pv(ex, m.setid_pv))
+        && let Err(e) = ex.set_pv(&pv, Value::Int(id), false)
+    {
+        tracing::error!(target: "script", "ds_is_from_list: setid_pvname {}: {e}", pv.text());
+        return -2;
     }
-    -1
+    if let (Some(attrs), Some(pv)) = (attrs, named_pv(ex, m.attrs_pv))
+        && let Err(e) = ex.set_pv(&pv, Value::from(attrs), false)
+    {
+        tracing::error!(target: "script", "ds_is_from_list: attrs_pvname {}: {e}", pv.text());
+        return -3;
+    }
+    1
+}
+
+/// `setid_pvname`/`attrs_pvname` name one pseudo-variable to write.
+fn one_pv(v: &ParamValue) -> Result<(), String> {
+    let ParamValue::Str(s) = v else {
+        return Err("expected a pseudo-variable name ($avp(x), $var(x))".into());
+    };
+    let t = s.trim();
+    let simple = t.strip_prefix('$').is_some_and(|r| {
+        let name_end = r
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(r.len());
+        name_end > 0
+            && (name_end == r.len() || (r[name_end..].starts_with('(') && r.ends_with(')')))
+    });
+    if simple || (t.starts_with("$(") && t.ends_with(')')) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not one pseudo-variable: give the PV to write, e.g. \"$avp(dsid)\""
+        ))
+    }
+}
+
+/// The set `$dsg(...)` reads (`ds_dsg_fetch`; set 1 until then).
+#[derive(Debug, Clone, Copy)]
+struct DsgSet(i64);
+
+/// `$dsg(count|active|inactive|pactive|pinactive)` (Kamailio 5.8's):
+/// the destinations of the set `ds_dsg_fetch` chose, and how many are
+/// active or not (in percent for the `p` forms); `$null` for a set that
+/// does not exist.
+struct DsgPv {
+    m: Arc<Inner>,
+    key: &'static str,
+}
+
+impl PvAccess for DsgPv {
+    fn get(&self, ex: &mut Exec<'_>, _idx: PvIdx) -> Value {
+        let id = ex.ctx.ext.get::<DsgSet>().map_or(1, |s| s.0);
+        let lists = self.m.lists();
+        let Some(set) = lists.set(id) else {
+            return Value::Null;
+        };
+        let count = set.dests.len() as i64;
+        let inactive = set.dests.iter().filter(|d| d.skip()).count() as i64;
+        let active = count - inactive;
+        let percent = |n: i64| if count == 0 { 0 } else { n * 100 / count };
+        Value::Int(match self.key {
+            "count" => count,
+            "active" => active,
+            "inactive" => inactive,
+            "pactive" => percent(active),
+            _ => percent(inactive),
+        })
+    }
 }
 
 fn count(m: &Inner, set: i64, states: &str) -> i64 {
@@ -871,14 +996,92 @@ impl Module for Dispatcher {
                 }
             },
         ));
+        let m = me();
+        v.push(FunctionSpec::new("ds_list_exists", &[Any], move |ex, a| {
+            let Some(set) = a.int(0, ex) else {
+                tracing::error!(target: "script", "ds_list_exists: the set id is not a number");
+                return (-2).into();
+            };
+            if m.lists().set(set).is_some() { 1 } else { -1 }.into()
+        }));
+        let m = me();
+        v.push(
+            FunctionSpec::new("ds_is_active", &[Any, Str], move |ex, a| {
+                let Some(set) = a.int(0, ex) else {
+                    tracing::error!(target: "script", "ds_is_active: the set id is not a number");
+                    return (-1).into();
+                };
+                let uri = (a.len() > 1)
+                    .then(|| a.text(1, ex))
+                    .filter(|u| !u.is_empty());
+                let lists = m.lists();
+                let active = lists.set(set).is_some_and(|s| {
+                    s.dests
+                        .iter()
+                        .any(|d| !d.skip() && uri.as_ref().is_none_or(|u| *u == d.uri))
+                });
+                if active { 1 } else { -1 }.into()
+            })
+            .min_args(1),
+        );
+        let m = me();
+        v.push(FunctionSpec::new("ds_reload", &[], move |_, _| {
+            match m.reload() {
+                Ok(()) => 1,
+                Err(e) => {
+                    tracing::error!(target: "script", "ds_reload: {e}");
+                    -1
+                }
+            }
+            .into()
+        }));
+        for name in ["ds_select", "ds_select_routes"] {
+            v.push(
+                FunctionSpec::with_bind(
+                    name,
+                    &[Any, Any, Any],
+                    Arc::new(move |_| {
+                        Err(format!(
+                            "{name} is not available in siphon: it leaves the selection in XAVPs only, and siphon keeps it with the transaction; use ds_select_dst or ds_select_domain (ds_next_dst/ds_next_domain fail over)"
+                        ))
+                    }),
+                )
+                .min_args(2),
+            );
+        }
+        v.push(FunctionSpec::new("ds_dsg_fetch", &[Any], |ex, a| {
+            let Some(set) = a.int(0, ex) else {
+                tracing::error!(target: "script", "ds_dsg_fetch: the set id is not a number");
+                return (-1).into();
+            };
+            ex.ctx.ext.insert(DsgSet(set));
+            1.into()
+        }));
         v
     }
 
     fn formats(&self) -> Vec<String> {
-        self.hash_pvar_text.iter().cloned().collect()
+        self.formats.clone()
     }
 
     fn start(&self, cx: &StartCx) -> Result<(), String> {
+        let formats = cx.program.module_formats("dispatcher");
+        for (name, index) in [
+            ("setid_pvname", self.setid_pv),
+            ("attrs_pvname", self.attrs_pv),
+        ] {
+            let Some(i) = index else { continue };
+            if !formats
+                .get(i)
+                .and_then(|f| f.as_pv())
+                .is_some_and(|p| p.writable())
+            {
+                return Err(format!(
+                    "{name} `{}` is not a pseudo-variable that can be written",
+                    self.formats[i]
+                ));
+            }
+        }
         let stop = cx.host.shutdown();
         if self.load.is_some() {
             // Calls whose BYE never came end after ds_hash_expire.
@@ -940,22 +1143,45 @@ impl Module for Dispatcher {
     }
 
     fn pv_classes(&self) -> Vec<PvClassSpec> {
-        vec![PvClassSpec::new(
-            "dsv",
+        let m = self.0.clone();
+        let dsg = PvClassSpec::new(
+            "dsg",
             PvInner::Required,
-            Arc::new(|name| {
+            Arc::new(move |name| {
                 let key = match name.unwrap_or_default() {
-                    "code" => "code",
-                    "reason" => "reason",
-                    "flags" => "flags",
-                    "uri" => "uri",
+                    "count" => "count",
+                    "active" => "active",
+                    "inactive" => "inactive",
+                    "pactive" => "pactive",
+                    "pinactive" => "pinactive",
                     other => {
-                        return Err(format!("$dsv({other}): code, reason, flags or uri"));
+                        return Err(format!(
+                            "$dsg({other}): count, active, inactive, pactive or pinactive"
+                        ));
                     }
                 };
-                Ok(Arc::new(DsvPv(key)) as Arc<dyn PvAccess>)
+                Ok(Arc::new(DsgPv { m: m.clone(), key }) as Arc<dyn PvAccess>)
             }),
-        )]
+        );
+        vec![
+            dsg,
+            PvClassSpec::new(
+                "dsv",
+                PvInner::Required,
+                Arc::new(|name| {
+                    let key = match name.unwrap_or_default() {
+                        "code" => "code",
+                        "reason" => "reason",
+                        "flags" => "flags",
+                        "uri" => "uri",
+                        other => {
+                            return Err(format!("$dsv({other}): code, reason, flags or uri"));
+                        }
+                    };
+                    Ok(Arc::new(DsvPv(key)) as Arc<dyn PvAccess>)
+                }),
+            ),
+        ]
     }
 
     fn event_routes(&self) -> Vec<&'static str> {
@@ -1134,6 +1360,9 @@ pub fn def() -> ModuleDef {
             ParamSpec::int("ds_ping_latency_stats"),
             ParamSpec::int("ds_latency_estimator_alpha"),
             ParamSpec::str("hash_pvar"),
+            ParamSpec::str("setid_pvname").check(one_pv),
+            ParamSpec::str("attrs_pvname").check(one_pv),
+            ParamSpec::int("use_default"),
             ParamSpec::int("ds_hash_size"),
             ParamSpec::int("ds_hash_expire"),
             ParamSpec::int("ds_hash_initexpire"),
@@ -1208,7 +1437,15 @@ pub fn def() -> ModuleDef {
                 )))
             });
             let load = load.transpose()?;
-            let hash_pvar_text = cfg.str("hash_pvar").filter(|s| !s.is_empty());
+            let mut formats = Vec::new();
+            let mut format = |name: &str| {
+                let v = cfg.str(name).filter(|s| !s.is_empty())?;
+                formats.push(v);
+                Some(formats.len() - 1)
+            };
+            let hash_pvar = format("hash_pvar").is_some();
+            let setid_pv = format("setid_pvname");
+            let attrs_pv = format("attrs_pvname");
             let seed = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
@@ -1221,8 +1458,11 @@ pub fn def() -> ModuleDef {
                 force_dst: cfg.int("force_dst").unwrap_or(1) != 0,
                 ping_active: AtomicI64::new(1),
                 probing: Arc::new(probing),
-                hash_pvar: hash_pvar_text.is_some(),
-                hash_pvar_text,
+                hash_pvar,
+                formats,
+                setid_pv,
+                attrs_pv,
+                use_default: cfg.int("use_default").unwrap_or(0) != 0,
                 load,
                 load_sweep: number("ds_hash_check_interval", 30, 1)?,
                 epoch: Instant::now(),

@@ -126,6 +126,12 @@ pub struct Set {
 pub struct Lists {
     /// Sets, the last to appear in the file first (Kamailio's order).
     pub sets: Vec<Set>,
+    /// The order `ds_is_from_list` searches every set in (indexes into
+    /// `sets`): Kamailio keeps the sets in an AVL tree by id, built in the
+    /// order they first appear in the file, and walks it children first
+    /// (left, right, then the node) — which set a source in several sets
+    /// is reported in (`setid_pvname`).
+    pub search: Vec<usize>,
 }
 
 impl Lists {
@@ -133,6 +139,74 @@ impl Lists {
     pub fn set(&self, id: i64) -> Option<&Set> {
         self.sets.iter().find(|s| s.id == id)
     }
+    /// Every set, in the order "any set" is searched ([`Lists::search`]).
+    pub fn searched(&self) -> impl Iterator<Item = &Set> {
+        self.search.iter().map(|&i| &self.sets[i])
+    }
+}
+
+/// The ids of an AVL tree built by inserting `ids` in order, children
+/// first (left subtree, right subtree, node).
+pub fn avl_postorder(ids: &[i64]) -> Vec<i64> {
+    struct Node {
+        id: i64,
+        height: i32,
+        kids: [Option<Box<Node>>; 2],
+    }
+    fn height(n: &Option<Box<Node>>) -> i32 {
+        n.as_ref().map_or(0, |n| n.height)
+    }
+    fn fix(n: &mut Node) {
+        n.height = 1 + height(&n.kids[0]).max(height(&n.kids[1]));
+    }
+    /// Rotates `n` so that its child on side `dir` becomes the root.
+    fn rotate(mut n: Box<Node>, dir: usize) -> Box<Node> {
+        let mut up = n.kids[dir].take().expect("a child to rotate up");
+        n.kids[dir] = up.kids[1 - dir].take();
+        fix(&mut n);
+        up.kids[1 - dir] = Some(n);
+        fix(&mut up);
+        up
+    }
+    fn insert(n: Option<Box<Node>>, id: i64) -> Box<Node> {
+        let Some(mut n) = n else {
+            return Box::new(Node {
+                id,
+                height: 1,
+                kids: [None, None],
+            });
+        };
+        if id == n.id {
+            return n;
+        }
+        let dir = usize::from(id > n.id);
+        n.kids[dir] = Some(insert(n.kids[dir].take(), id));
+        fix(&mut n);
+        if height(&n.kids[dir]) - height(&n.kids[1 - dir]) > 1 {
+            let kid = n.kids[dir].as_mut().expect("the taller child");
+            if height(&kid.kids[1 - dir]) > height(&kid.kids[dir]) {
+                // The inner grandchild is taller: a double rotation.
+                let k = n.kids[dir].take().expect("the taller child");
+                n.kids[dir] = Some(rotate(k, 1 - dir));
+            }
+            n = rotate(n, dir);
+        }
+        n
+    }
+    fn walk(n: &Option<Box<Node>>, out: &mut Vec<i64>) {
+        if let Some(n) = n {
+            walk(&n.kids[0], out);
+            walk(&n.kids[1], out);
+            out.push(n.id);
+        }
+    }
+    let mut root = None;
+    for &id in ids {
+        root = Some(insert(root, id));
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    walk(&root, &mut out);
+    out
 }
 
 /// Parses the list file text; errors name the line.
@@ -171,8 +245,14 @@ pub fn parse(text: &str, file: &str) -> Result<Lists, String> {
             None => sets.push((set, vec![d])),
         }
     }
+    let first_seen: Vec<i64> = sets.iter().map(|(id, _)| *id).collect();
     sets.reverse();
+    let search = avl_postorder(&first_seen)
+        .into_iter()
+        .filter_map(|id| sets.iter().position(|(x, _)| *x == id))
+        .collect();
     Ok(Lists {
+        search,
         sets: sets
             .into_iter()
             .map(|(id, mut v)| {
@@ -473,34 +553,48 @@ pub struct Selection {
     pub index: usize,
     /// The chosen destination first, then the ones to fail over to.
     pub dests: Vec<Arc<Dest>>,
+    /// The last of `dests` is the set's default destination (`use_default`),
+    /// tried last whatever its state, as Kamailio.
+    pub default_last: bool,
 }
 
 /// Picks from `set`: the chosen destination first, then the others to fail
 /// over to (active ones, in the set's order after the chosen, then those
 /// before it; by adjusted priority for [`Start::Latency`]), at most `limit`
 /// in all (`0`: no limit). `None` when every destination is down (or full).
-pub fn select(set: &Set, start: Start<'_>, limit: usize) -> Option<Selection> {
+///
+/// `use_default` (Kamailio's `use_default`): the set's last destination is
+/// its default: the algorithms choose among the others (a hash or slot
+/// modulo their number), the default is chosen only when every other is
+/// down, and it ends the failover list, whatever its state.
+pub fn select(set: &Set, start: Start<'_>, limit: usize, use_default: bool) -> Option<Selection> {
     let n = set.dests.len();
     if n == 0 {
         return None;
     }
+    // The destinations the algorithms choose among: 0..pool.
+    let pool = if use_default && n > 1 { n - 1 } else { n };
+    let default = (use_default && n > 1).then_some(n - 1);
     let full = |d: &Dest| match start {
         Start::LeastLoaded(load) => d.maxload != 0 && load(d) >= d.maxload,
         _ => false,
     };
+    let usable = |i: usize| !set.dests[i].skip() && !full(&set.dests[i]);
+    let fallback = || default.filter(|&d| usable(d));
     let first_active = |from: usize| {
-        (0..n)
-            .map(|k| (from + k) % n)
+        (0..pool)
+            .map(|k| (from % pool + k) % pool)
             .find(|&i| !set.dests[i].skip())
+            .or_else(fallback)
     };
     let index = match start {
-        Start::Key(k) => first_active(k as usize % n)?,
+        Start::Key(k) => first_active(k as usize)?,
         Start::RoundRobin => {
             // The next turn goes to the one after the destination chosen
             // (Kamailio 5.6: a skipped one does not give its turn to the next).
             let mut cur = set.last.load(Ordering::Relaxed);
             loop {
-                let chosen = first_active(cur % n)?;
+                let chosen = first_active(cur)?;
                 match set.last.compare_exchange_weak(
                     cur,
                     (chosen + 1) % n,
@@ -532,43 +626,61 @@ pub fn select(set: &Set, start: Start<'_>, limit: usize) -> Option<Selection> {
         Start::LeastLoaded(load) => {
             // The first of the least loaded, in the set's order.
             let mut best: Option<(usize, u32)> = None;
-            for (i, d) in set.dests.iter().enumerate() {
-                if d.skip() || full(d) {
-                    continue;
-                }
-                let l = load(d);
+            for i in (0..pool).filter(|&i| usable(i)) {
+                let l = load(&set.dests[i]);
                 if best.is_none_or(|(_, b)| l < b) {
                     best = Some((i, l));
                 }
             }
-            best?.0
+            best.map(|(i, _)| i).or_else(fallback)?
         }
-        Start::Latency => return by_latency(set, limit),
+        Start::Latency => return by_latency(set, limit, pool, default),
     };
     let mut dests = vec![set.dests[index].clone()];
     dests.extend(
-        (index + 1..n)
-            .chain(0..index)
-            .map(|i| &set.dests[i])
-            .filter(|d| !d.skip() && !full(d))
-            .cloned(),
+        (index + 1..pool)
+            .chain(0..index.min(pool))
+            .filter(|&i| usable(i))
+            .map(|i| set.dests[i].clone()),
     );
+    Some(with_default(set, index, dests, limit, default))
+}
+
+/// The selection of `index` with the failover list `dests` cut to
+/// `limit`, then the default destination (when there is one, not chosen,
+/// and the limit leaves room).
+fn with_default(
+    set: &Set,
+    index: usize,
+    mut dests: Vec<Arc<Dest>>,
+    limit: usize,
+    default: Option<usize>,
+) -> Selection {
     if limit > 0 {
         dests.truncate(limit);
     }
-    Some(Selection { index, dests })
+    let default = default.filter(|&d| d != index && (limit == 0 || dests.len() < limit));
+    if let Some(d) = default {
+        dests.push(set.dests[d].clone());
+    }
+    Selection {
+        index,
+        dests,
+        default_last: default.is_some(),
+    }
 }
 
 /// Algorithm 13: from the set's round-robin turn on, each active
-/// destination's priority lowered by one point per `priority` ms of
-/// latency (not below 1), sorted by it (stable: the turn order among
-/// equals); the first is chosen and the next turn starts after it.
-fn by_latency(set: &Set, limit: usize) -> Option<Selection> {
+/// destination of the first `pool` (all but the default) has its priority
+/// lowered by one point per `priority` ms of latency (not below 1), sorted
+/// by it (stable: the turn order among equals); the first is chosen and
+/// the next turn starts after it. With every one down, the default.
+fn by_latency(set: &Set, limit: usize, pool: usize, default: Option<usize>) -> Option<Selection> {
     let n = set.dests.len();
-    let from = set.last.load(Ordering::Relaxed) % n;
+    let from = set.last.load(Ordering::Relaxed) % pool;
     // (index, adjusted priority); an inactive one sorts as priority -1.
-    let mut order: Vec<(Option<usize>, i32)> = (0..n)
-        .map(|k| (from + k) % n)
+    let mut order: Vec<(Option<usize>, i32)> = (0..pool)
+        .map(|k| (from + k) % pool)
         .map(|i| {
             let d = &set.dests[i];
             if d.skip() {
@@ -587,15 +699,18 @@ fn by_latency(set: &Set, limit: usize) -> Option<Selection> {
         })
         .collect();
     order.sort_by_key(|(_, p)| std::cmp::Reverse(*p));
-    let index = order[0].0?;
+    let index = match order[0].0 {
+        Some(i) => i,
+        None => default.filter(|&d| !set.dests[d].skip())?,
+    };
     set.last.store((index + 1) % n, Ordering::Relaxed);
     let mut dests: Vec<Arc<Dest>> = order
         .iter()
         .filter_map(|(i, _)| *i)
         .map(|i| set.dests[i].clone())
         .collect();
-    if limit > 0 {
-        dests.truncate(limit);
+    if dests.is_empty() {
+        dests.push(set.dests[index].clone());
     }
-    Some(Selection { index, dests })
+    Some(with_default(set, index, dests, limit, default))
 }

@@ -356,14 +356,221 @@ fn is_from_list_matches_source_address() {
     let t = setup(
         LIST,
         "",
-        "if (ds_is_from_list()) { out(\"any\"); } if (ds_is_from_list(2)) { out(\"2\"); } if (ds_is_from_list(1, 1)) { out(\"1noport\"); } if (ds_is_from_list(\"1\", \"0\", \"sip:127.0.0.1:5073\")) { out(\"uri\"); }",
+        "if (ds_is_from_list()) { out(\"any\"); } if (ds_is_from_list(2)) { out(\"2\"); } if (ds_is_from_list(1, 1)) { out(\"1noport\"); } if (ds_is_from_list(1, 3)) { out(\"1any\"); } if (ds_is_from_list(\"1\", \"0\", \"sip:127.0.0.1:5073\")) { out(\"uri\"); }",
     );
+    // Set 1's destinations name no transport: with the protocol compared
+    // (mode 1), a UDP source is not one of them (Kamailio's PROTO_NONE).
     t.run_with(request("a", "sip:a@b", "127.0.0.1:5072"));
-    assert_eq!(t.out(), ["any", "1noport", "uri"]);
+    assert_eq!(t.out(), ["any", "1any", "uri"]);
     t.run_with(request("a", "sip:a@b", "127.0.0.1:6000"));
-    assert_eq!(t.out(), ["1noport", "uri"]);
+    assert_eq!(t.out(), ["1any", "uri"]);
     t.run_with(request("a", "sip:a@b", "10.0.0.3:5060"));
     assert_eq!(t.out(), ["any", "2", "uri"]);
+}
+
+/// Sets first seen in the order 1..5 form Kamailio's AVL tree 2(1, 4(3,
+/// 5)), walked children first; other orders as Kamailio 5.6.3 built them.
+#[test]
+fn sets_are_searched_in_kamailio_avl_order() {
+    assert_eq!(list::avl_postorder(&[1, 2, 3, 4, 5]), [1, 3, 5, 4, 2]);
+    assert_eq!(list::avl_postorder(&[1, 2, 3]), [1, 3, 2]);
+    assert_eq!(list::avl_postorder(&[3, 2, 1]), [1, 3, 2]);
+    // A double rotation: 1, 3, 2 makes 2(1, 3).
+    assert_eq!(list::avl_postorder(&[1, 3, 2]), [1, 3, 2]);
+    assert_eq!(list::avl_postorder(&[5, 1, 9, 3]), [3, 1, 9, 5]);
+    assert_eq!(list::avl_postorder(&[7]), [7]);
+    assert!(list::avl_postorder(&[]).is_empty());
+    let l = list::parse("2 sip:a\n1 sip:b\n3 sip:c\n2 sip:d\n", "f").unwrap();
+    let ids: Vec<i64> = l.searched().map(|s| s.id).collect();
+    assert_eq!(ids, [1, 3, 2]);
+}
+
+/// `setid_pvname` gets the set of the first match when every set is
+/// searched (Kamailio's AVL order), `attrs_pvname` the destination's
+/// attributes when it has some; port-less destinations match any port,
+/// ones without `transport` only a URI without one (as Kamailio 5.6.3,
+/// compared in tests/integration/dispatcher.rs).
+#[test]
+fn is_from_list_exports_the_set_and_attributes() {
+    let list = "1 sip:127.0.0.2:5999\n2 sip:127.0.0.1 0 0 a=two\n3 sip:127.0.0.1:5999;transport=udp 0 0 a=three\n4 sip:127.0.0.1:5999\n5 sip:127.0.0.1:5999;transport=tcp 0 0 a=five\n";
+    let t = setup(
+        list,
+        "modparam(\"dispatcher\", \"setid_pvname\", \"$var(set)\")\nmodparam(\"dispatcher\", \"attrs_pvname\", \"$avp(attrs)\")",
+        "$var(set) = \"none\";\n\
+         if ($var(u) == \"any\") { ds_is_from_list(); }\n\
+         if ($var(u) == \"set2\") { ds_is_from_list(2); }\n\
+         if ($var(u) == \"set4\") { ds_is_from_list(4, 0); }\n\
+         if ($var(u) == \"nouri\") { ds_is_from_list(-1, 0, \"sip:127.0.0.1\"); }\n\
+         if ($var(u) == \"tcp\") { ds_is_from_list(-1, 0, \"sip:127.0.0.1:5999;transport=TCP\"); }\n\
+         out($rc); out($var(set)); out($avp(attrs));",
+    );
+    let ask = |user: &str| {
+        let mut ctx = t.p.new_ctx(RouteType::REQUEST);
+        ctx.ext.insert(request("x", "sip:a@b", "127.0.0.1:5999"));
+        ctx.vars[t.p.var_slot("u").unwrap()] = Value::from(user.to_string());
+        t.p.run(t.p.request_route().unwrap(), &mut ctx);
+        t.out()
+    };
+    assert_eq!(ask("any"), ["1", "3", "a=three"]);
+    // A given set: no set exported (Kamailio's), the attributes are.
+    assert_eq!(ask("set2"), ["1", "none", "a=two"]);
+    // No transport on the destination, UDP received: not it with mode 0.
+    assert_eq!(ask("set4"), ["-1", "none", "<null>"]);
+    assert_eq!(ask("nouri"), ["1", "2", "a=two"]);
+    assert_eq!(ask("tcp"), ["1", "5", "a=five"]);
+    // Not a PV: refused at its modparam, with where.
+    let e = refused(
+        LIST,
+        "modparam(\"dispatcher\", \"setid_pvname\", \"set\")",
+        "",
+    );
+    assert!(
+        e.contains("is not one pseudo-variable") && e.contains("t.cfg:3:"),
+        "{e}"
+    );
+}
+
+/// `$dsg(...)` (Kamailio 5.8's) counts the destinations of the set
+/// `ds_dsg_fetch` chose (set 1 before), active or not.
+#[test]
+fn dsg_counts_the_fetched_set() {
+    let t = setup(
+        LIST,
+        "",
+        "out($dsg(count)); ds_dsg_fetch(2); out($dsg(count)); out($dsg(active)); out($dsg(inactive)); out($dsg(pactive)); out($dsg(pinactive)); ds_dsg_fetch(\"9\"); out($dsg(count));",
+    );
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["ip", 2, "sip:10.0.0.1:5060"]),
+    )
+    .unwrap();
+    t.rpc("dispatcher.set_state", json!(["t", 2, "sip:10.0.0.2:5060"]))
+        .unwrap();
+    t.run("a");
+    // Trying is still active; an unknown set reads $null.
+    assert_eq!(t.out(), ["3", "3", "2", "1", "66", "33", "<null>"]);
+    let e = refused(LIST, "", "$var(x) = $dsg(total);");
+    assert!(
+        e.contains("count, active, inactive, pactive or pinactive"),
+        "{e}"
+    );
+}
+
+/// `use_default`: the set's last destination (by priority, the file's
+/// first among equals) is chosen only when every other is down, and ends
+/// every failover list whatever its state (Kamailio's order, compared in
+/// tests/integration/dispatcher.rs).
+#[test]
+fn use_default_keeps_the_last_destination_for_last() {
+    let t = setup(
+        LIST,
+        "modparam(\"dispatcher\", \"use_default\", 1)",
+        "if (ds_select_dst(1, 4)) { out_du(); while (ds_next_dst()) { out_du(); } } else { out(\"none\"); }",
+    );
+    // Set 1 is 5073, 5072, 5071: 5071 is the default.
+    for c in ["a", "b", "c"] {
+        t.run(c);
+    }
+    assert_eq!(
+        t.out(),
+        [
+            "sip:127.0.0.1:5073",
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5071",
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5073",
+            "sip:127.0.0.1:5071",
+            "sip:127.0.0.1:5073",
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5071",
+        ]
+    );
+    // The default down: still last in the list.
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["ip", 1, "sip:127.0.0.1:5071"]),
+    )
+    .unwrap();
+    t.run("d");
+    assert_eq!(
+        t.out(),
+        [
+            "sip:127.0.0.1:5072",
+            "sip:127.0.0.1:5073",
+            "sip:127.0.0.1:5071"
+        ]
+    );
+    // The others down: the default alone; then nothing.
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["a", 1, "sip:127.0.0.1:5071"]),
+    )
+    .unwrap();
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["d", 1, "sip:127.0.0.1:5072"]),
+    )
+    .unwrap();
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["i", 1, "sip:127.0.0.1:5073"]),
+    )
+    .unwrap();
+    t.run("e");
+    assert_eq!(t.out(), ["sip:127.0.0.1:5071"]);
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["i", 1, "sip:127.0.0.1:5071"]),
+    )
+    .unwrap();
+    t.run("f");
+    assert_eq!(t.out(), ["none"]);
+}
+
+#[test]
+fn use_default_with_limit_hash_and_priority() {
+    let t = setup(
+        LIST,
+        "modparam(\"dispatcher\", \"use_default\", 1)",
+        "if ($var(alg) == 0) { ds_select_dst(1, 4, 2); } else { ds_select_dst(2, $var(alg), $var(limit)); }\n\
+         out_du(); while (ds_next_dst()) { out_du(); }",
+    );
+    let run = |alg: i64, limit: i64| {
+        let mut ctx = t.p.new_ctx(RouteType::REQUEST);
+        ctx.ext
+            .insert(request("h", "sip:alice@example.com", "127.0.0.1:5999"));
+        ctx.vars[t.p.var_slot("alg").unwrap()] = Value::Int(alg);
+        ctx.vars[t.p.var_slot("limit").unwrap()] = Value::Int(limit);
+        t.p.run(t.p.request_route().unwrap(), &mut ctx);
+        t.out()
+    };
+    // Limit 2: the chosen one and the next; no room for the default.
+    assert_eq!(run(0, 0), ["sip:127.0.0.1:5073", "sip:127.0.0.1:5072"]);
+    // Set 2 by priority: 10.0.0.2 (5), 10.0.0.3 (3), 10.0.0.1 (1, the default).
+    assert_eq!(
+        run(8, 0),
+        [
+            "sip:10.0.0.2:5060",
+            "sip:10.0.0.3:5060",
+            "sip:10.0.0.1:5060"
+        ]
+    );
+    // Limit 3 with the default: two chosen, then the default.
+    assert_eq!(
+        run(8, 3),
+        [
+            "sip:10.0.0.2:5060",
+            "sip:10.0.0.3:5060",
+            "sip:10.0.0.1:5060"
+        ]
+    );
+    // Weight 9: the default's 20 slots of 100 go to the others by index.
+    let mut picks = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        *picks.entry(run(9, 1).remove(0)).or_insert(0) += 1;
+    }
+    assert!(!picks.contains_key("sip:10.0.0.1:5060"), "{picks:?}");
+    assert_eq!(picks.values().sum::<i32>(), 100);
 }
 
 #[test]
@@ -885,4 +1092,31 @@ fn list_shows_latency_with_latency_stats() {
     assert_eq!(d["LATENCY"]["AVG"], json!(40.0), "{d}");
     assert_eq!(d["LATENCY"]["MAX"], json!(40), "{d}");
     assert!(d.get("RUNTIME").is_none(), "{d}");
+}
+
+#[test]
+fn list_exists_is_active_reload_and_ds_select_refused() {
+    let t = setup(
+        LIST,
+        "",
+        "ds_list_exists(2); out($rc); ds_list_exists(\"9\"); out($rc);\n\
+         ds_is_active(1); out($rc); ds_is_active(1, \"sip:127.0.0.1:5073\"); out($rc); ds_is_active(2, \"sip:127.0.0.1:5073\"); out($rc);\n\
+         ds_reload(); out($rc);",
+    );
+    t.rpc(
+        "dispatcher.set_state",
+        json!(["ip", 1, "sip:127.0.0.1:5073"]),
+    )
+    .unwrap();
+    t.run("a");
+    assert_eq!(t.out(), ["1", "-1", "1", "-1", "-1", "1"]);
+    // The reload read the file again: 5073 is active.
+    assert_eq!(t.module().lists().set(1).unwrap().dests[0].state(), "AX");
+    std::fs::write(&t.file, "x\n").unwrap();
+    t.run("b");
+    assert_eq!(t.out(), ["1", "-1", "1", "1", "-1", "-1"]);
+    let e = refused(LIST, "", "ds_select(1, 4);");
+    assert!(e.contains("ds_select is not available in siphon"), "{e}");
+    let e = refused(LIST, "", "ds_select_routes(\"1=4\", \"2\");");
+    assert!(e.contains("ds_select_routes is not available"), "{e}");
 }

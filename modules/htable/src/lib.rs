@@ -7,8 +7,9 @@
 //!   see an expired item, swept or not).
 //! - `$sht(t=>key)` read/write (`= $null` deletes), `$shtex(t=>key)` (seconds
 //!   left; write sets them), `$shtcn(t=>exp)` (items whose name matches:
-//!   `~~re`, `~%prefix`, `%~suffix`, `==name`, `**`, else a regex),
-//!   `$shtcv(t=>exp)` (same over values), `$shtinc(t=>key)`/`$shtdec(t=>key)`
+//!   `~~re`, `~%suffix`, `%~prefix`, `==name`, `**`, else a regex; regexes
+//!   case-insensitive), `$shtcv(t=>exp)` (same over string values; `eqN`
+//!   integer values equal to N), `$shtinc(t=>key)`/`$shtdec(t=>key)`
 //!   (atomic; the new value). The key may hold PVs (`$sht(ipban=>$si)`).
 //! - `sht_rm(t, key)`, `sht_rm_name_re("t=>re")`, `sht_rm_value_re("t=>re")`,
 //!   `sht_rm_name(t, op, val)`/`sht_rm_value(t, op, val)` (op `re`, `sw`),
@@ -19,7 +20,10 @@
 //! - `sht_lock("t=>key")`/`sht_unlock("t=>key")`: the script's lock on the
 //!   key's slot ([`lock`]: re-entrant per worker, `$sht…` accesses of other
 //!   workers wait for it, released when the route ends or suspends, a
-//!   lock-order cycle refused instead of waited on).
+//!   lock-order cycle refused instead of waited on). Whole-table work —
+//!   `sht_reset`, the `sht_rm_*` removals, `$shtcn`/`$shtcv`, the RPCs —
+//!   goes slot by slot as Kamailio's: the slots others hold are done once
+//!   each is given back, the rest at once.
 //! - `sht_iterator_start(i, t)`, `sht_iterator_next(i)`,
 //!   `sht_iterator_end(i)`, `sht_iterator_rm(i)`, `sht_iterator_sets(i, s)`,
 //!   `sht_iterator_seti(i, n)`, `sht_iterator_setex(i, secs)`,
@@ -28,7 +32,8 @@
 //!   `htable.dump`, `htable.listTables`, `htable.stats`, `htable.flush`,
 //!   with Kamailio's answers (the texts, the slots `core_hash` puts items in,
 //!   tables newest first); `htable.reload` answers Kamailio's "No htable
-//!   db_url" (no database backend).
+//!   db_url" (no database backend: `db_url`, the column parameters and
+//!   `dbtable` are refused where they are written).
 
 pub mod iter;
 pub mod lock;
@@ -76,16 +81,62 @@ impl Tables {
         let size = lock(self.tables.get(name)?).def.size;
         Some((id, slot_of(key, size)))
     }
-    /// Before an access to `key`'s slot: waits while another worker holds
-    /// it with `sht_lock` (a refused wait, a deadlock, is logged and the
-    /// access goes ahead).
-    fn pass(&self, id: usize, size: u32, key: &[u8]) {
+    /// Table `id` (`table`) for an access to `key`: once no other worker
+    /// holds `key`'s slot with `sht_lock` (a refused wait, a deadlock, is
+    /// logged and the access goes ahead). Whether a slot is held is read
+    /// with the table's mutex held ([`lock`]'s order).
+    fn access<'a>(&self, id: usize, table: &'a Mutex<Store>, key: &[u8]) -> MutexGuard<'a, Store> {
+        let g = lock(table);
         if !self.locks.any_held(id) {
+            return g;
+        }
+        let slot = (id, slot_of(key, g.def.size));
+        drop(g);
+        loop {
+            if self.locks.pass(slot).is_err() {
+                tracing::error!(target: "script", "htable {}: waiting for the slot of `{}` would deadlock (two routes locking slots in opposite orders): accessed without waiting", self.order[id], String::from_utf8_lossy(key));
+                return lock(table);
+            }
+            let g = lock(table);
+            if !self.locks.held_by_other(slot) {
+                return g;
+            }
+        }
+    }
+
+    /// Runs `op` over table `id` as Kamailio's whole-table operations go
+    /// (`sht_reset`, the `*_re` removals, `$shtcn`, the RPCs), slot by slot
+    /// under each slot's lock: the slots other workers hold with `sht_lock`
+    /// are done each once it is given back (in slot order), all the others
+    /// at once. `op` gets the store and which items (by name) are its to
+    /// touch this time.
+    fn walk(&self, id: usize, mut op: impl FnMut(&mut Store, &dyn Fn(&[u8]) -> bool)) {
+        let table = &self.tables[&self.order[id]];
+        let mut g = lock(table);
+        if !self.locks.any_held(id) {
+            op(&mut g, &|_| true);
             return;
         }
-        if self.locks.pass((id, slot_of(key, size))).is_err() {
-            tracing::error!(target: "script", "htable {}: waiting for the slot of `{}` would deadlock (two routes locking slots in opposite orders): accessed without waiting", self.order[id], String::from_utf8_lossy(key));
+        let size = g.def.size;
+        let held = self.locks.held_by_others(id);
+        op(&mut g, &|k| held.binary_search(&slot_of(k, size)).is_err());
+        drop(g);
+        let me = std::thread::current().id();
+        for s in held {
+            let took = self.locks.lock((id, s)).is_ok();
+            if !took {
+                tracing::error!(target: "script", "htable {}: waiting for slot {s} would deadlock (a route holding a lock waits for this one): done without waiting", self.order[id]);
+            }
+            op(&mut lock(table), &|k| slot_of(k, size) == s);
+            if took {
+                self.locks.unlock_for(me, (id, s));
+            }
         }
+    }
+
+    /// Table `name` and its index.
+    fn named(&self, name: &str) -> Option<(usize, &Arc<Mutex<Store>>)> {
+        Some((self.id(name)?, self.tables.get(name)?))
     }
 }
 
@@ -106,6 +157,24 @@ fn check_def(v: &ParamValue) -> Result<(), String> {
     }
 }
 
+/// htable's database parameters: refused, there is no database backend.
+fn no_database(_: &ParamValue) -> Result<(), String> {
+    Err(
+        "siphon's htable has no database backend: tables live in memory only and \
+         are not loaded from, reloaded from (htable.reload) or stored to a database"
+            .into(),
+    )
+}
+
+/// `event_callback`: refused, siphon runs no KEMI script functions.
+fn no_kemi(_: &ParamValue) -> Result<(), String> {
+    Err(
+        "siphon runs no KEMI scripts: use event_route[htable:mod-init] and \
+         event_route[htable:expired:NAME] instead"
+            .into(),
+    )
+}
+
 /// `loadmodule "htable.so"`.
 pub fn def() -> ModuleDef {
     ModuleDef {
@@ -113,6 +182,22 @@ pub fn def() -> ModuleDef {
         params: vec![
             ParamSpec::str("htable").multi().check(check_def),
             ParamSpec::int("timer_interval"),
+            // DMQ replication is the next issue's, as `dmqreplicate`.
+            ParamSpec::int("enable_dmq").no_effect(),
+            ParamSpec::int("dmq_init_sync").no_effect(),
+            // One task sweeps every table.
+            ParamSpec::int("timer_procs").no_effect(),
+            ParamSpec::str("db_url").check(no_database),
+            ParamSpec::str("key_name_column").check(no_database),
+            ParamSpec::str("key_type_column").check(no_database),
+            ParamSpec::str("value_type_column").check(no_database),
+            ParamSpec::str("key_value_column").check(no_database),
+            ParamSpec::str("expires_column").check(no_database),
+            ParamSpec::str("array_size_suffix").check(no_database),
+            ParamSpec::int("fetch_rows").check(no_database),
+            ParamSpec::int("db_expires").check(no_database),
+            ParamSpec::str("event_callback").check(no_kemi),
+            ParamSpec::int("event_callback_mode").check(no_kemi),
         ],
         instantiate: Arc::new(|cfg| {
             let mut tables = HashMap::new();
@@ -164,9 +249,8 @@ enum PvKind {
 struct HtPv {
     tables: Arc<Tables>,
     table: Arc<Mutex<Store>>,
-    /// The table's index and size, for the slot locks.
+    /// The table's index, for the slot locks.
     id: usize,
-    size: u32,
     key: Fmt,
     kind: PvKind,
 }
@@ -183,29 +267,32 @@ impl HtPv {
 impl PvAccess for HtPv {
     fn get(&self, ex: &mut Exec<'_>, _idx: PvIdx) -> Value {
         let key = self.key(ex);
-        if matches!(
-            self.kind,
-            PvKind::Val | PvKind::Ex | PvKind::Inc | PvKind::Dec
-        ) {
-            self.tables.pass(self.id, self.size, &key);
-        }
         let now = self.tables.now();
-        let mut t = lock(&self.table);
+        if let PvKind::CountNames | PvKind::CountValues = self.kind {
+            let m = match Matcher::parse_exp(&key) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!("$shtcn/$shtcv: {e}");
+                    return Value::Null;
+                }
+            };
+            let mut n = 0;
+            self.tables.walk(self.id, |t, keep| {
+                n += if self.kind == PvKind::CountNames {
+                    t.count_names_in(&m, now, keep)
+                } else {
+                    t.count_values_in(&m, now, keep)
+                };
+            });
+            return Value::Int(n as i64);
+        }
+        let mut t = self.tables.access(self.id, &self.table, &key);
         match self.kind {
             PvKind::Val => t.get(&key, now),
             PvKind::Ex => t
                 .expire_left(&key, now)
                 .map_or(Value::Null, |n| Value::Int(n as i64)),
-            PvKind::CountNames | PvKind::CountValues => match Matcher::parse_exp(&key) {
-                Ok(m) if self.kind == PvKind::CountNames => {
-                    Value::Int(t.count_names(&m, now) as i64)
-                }
-                Ok(m) => Value::Int(t.count_values(&m, now) as i64),
-                Err(e) => {
-                    tracing::error!("$shtcn/$shtcv: {e}");
-                    Value::Null
-                }
-            },
+            PvKind::CountNames | PvKind::CountValues => Value::Null,
             PvKind::Inc | PvKind::Dec => {
                 let d = if self.kind == PvKind::Inc { 1 } else { -1 };
                 t.add(key, d, now).map_or(Value::Null, Value::Int)
@@ -214,9 +301,8 @@ impl PvAccess for HtPv {
     }
     fn set(&self, ex: &mut Exec<'_>, _idx: PvIdx, v: Value) -> Result<(), String> {
         let key = self.key(ex);
-        self.tables.pass(self.id, self.size, &key);
         let now = self.tables.now();
-        let mut t = lock(&self.table);
+        let mut t = self.tables.access(self.id, &self.table, &key);
         match self.kind {
             PvKind::Val => {
                 t.set(key, v, now);
@@ -259,12 +345,10 @@ fn pv_class(name: &'static str, kind: PvKind, tables: &Arc<Tables>) -> PvClassSp
                 Matcher::parse_exp(&c)?;
             }
             let id = tables.id(t.trim()).unwrap_or_default();
-            let size = lock(&table).def.size;
             Ok(Arc::new(HtPv {
                 tables: tables.clone(),
                 table,
                 id,
-                size,
                 key,
                 kind,
             }) as Arc<dyn PvAccess>)
@@ -358,9 +442,15 @@ impl PvAccess for ItemPv {
 const ROUTES: RouteType = RouteType::ANY;
 
 impl Htable {
-    fn table_of(&self, ex: &mut Exec<'_>, args: &Args, i: usize) -> Option<Arc<Mutex<Store>>> {
+    /// The table argument `i` names, and its index.
+    fn table_of(
+        &self,
+        ex: &mut Exec<'_>,
+        args: &Args,
+        i: usize,
+    ) -> Option<(usize, Arc<Mutex<Store>>)> {
         let name = args.text(i, ex);
-        let t = self.tables.get(&name).cloned();
+        let t = self.tables.named(&name).map(|(id, t)| (id, t.clone()));
         if t.is_none() {
             tracing::error!("htable: no table `{name}`");
         }
@@ -386,15 +476,11 @@ impl Htable {
             &[ArgKind::Str, ArgKind::Str],
             move |a| chk.check_table(a, 0),
             move |ex, a| {
-                let Some(t) = me.table_of(ex, a, 0) else {
+                let Some((id, t)) = me.table_of(ex, a, 0) else {
                     return FnResult::Code(-1);
                 };
                 let key = a.bytes(1, ex);
-                let size = lock(&t).def.size;
-                if let Some(id) = me.tables.id(&a.text(0, ex)) {
-                    me.tables.pass(id, size, &key);
-                }
-                lock(&t).del(&key);
+                me.tables.access(id, &t, &key).del(&key);
                 FnResult::Code(1)
             },
         ));
@@ -405,10 +491,10 @@ impl Htable {
             &[ArgKind::Str],
             move |a| chk.check_table(a, 0),
             move |ex, a| {
-                let Some(t) = me.table_of(ex, a, 0) else {
+                let Some((id, _)) = me.table_of(ex, a, 0) else {
                     return FnResult::Code(-1);
                 };
-                lock(&t).reset();
+                me.tables.walk(id, |t, keep| t.reset_in(keep));
                 FnResult::Code(1)
             },
         ));
@@ -420,7 +506,7 @@ impl Htable {
                     tracing::error!("{name}: expected `table=>regexp`, got `{spec}`");
                     return FnResult::Code(-1);
                 };
-                let Some(t) = me.tables.get(t.trim()).cloned() else {
+                let Some(id) = me.tables.id(t.trim()) else {
                     tracing::error!("{name}: no htable `{t}`");
                     return FnResult::Code(-1);
                 };
@@ -431,12 +517,13 @@ impl Htable {
                         return FnResult::Code(-1);
                     }
                 };
-                let mut t = lock(&t);
-                if by_value {
-                    t.rm_values(&m)
-                } else {
-                    t.rm_names(&m)
-                };
+                me.tables.walk(id, |t, keep| {
+                    if by_value {
+                        t.rm_values_in(&m, keep);
+                    } else {
+                        t.rm_names_in(&m, keep);
+                    }
+                });
                 FnResult::Code(1)
             }));
         }
@@ -457,7 +544,7 @@ impl Htable {
                     Ok(())
                 },
                 move |ex, a| {
-                    let Some(t) = me.table_of(ex, a, 0) else {
+                    let Some((id, _)) = me.table_of(ex, a, 0) else {
                         return FnResult::Code(-1);
                     };
                     let op = a.text(1, ex);
@@ -473,12 +560,13 @@ impl Htable {
                         "sw" => Matcher::Prefix(val),
                         _ => return FnResult::Code(-1),
                     };
-                    let mut t = lock(&t);
-                    if by_value {
-                        t.rm_values(&m)
-                    } else {
-                        t.rm_names(&m)
-                    };
+                    me.tables.walk(id, |t, keep| {
+                        if by_value {
+                            t.rm_values_in(&m, keep);
+                        } else {
+                            t.rm_names_in(&m, keep);
+                        }
+                    });
                     FnResult::Code(1)
                 },
             ));
@@ -531,6 +619,9 @@ impl Htable {
                     tracing::error!(target: "script", "sht_lock(\"{what}\"): its holder waits for a slot this route holds: refused (it would deadlock); lock slots in one order");
                     return FnResult::Code(-1);
                 }
+                // An access that saw the slot free, under the table's
+                // mutex, ends before this route goes on ([`lock`]'s order).
+                drop(lock(&me.tables.tables[&me.tables.order[slot.0]]));
                 if ex.ctx.ext.get::<RunLocks>().is_none() {
                     ex.ctx.ext.insert(RunLocks::new(me.tables.locks.clone()));
                     ex.ctx.at_run_end(lock::release_at_run_end);
@@ -675,7 +766,7 @@ impl Htable {
         ex: &mut Exec<'_>,
         fname: &str,
         name: &str,
-    ) -> Option<(Arc<Mutex<Store>>, u32, usize, Bytes)> {
+    ) -> Option<(Arc<Mutex<Store>>, usize, Bytes)> {
         let Some(it) = ex.ctx.ext.get::<Iterators>().and_then(|its| its.get(name)) else {
             tracing::error!(target: "script", "{fname}: no iterator `{name}`");
             return None;
@@ -685,8 +776,7 @@ impl Htable {
             return None;
         };
         let t = self.tables.get(&self.tables.order[it.table])?.clone();
-        let size = lock(&t).def.size;
-        Some((t, size, it.table, key))
+        Some((t, it.table, key))
     }
 
     /// `sht_iterator_next` (`remove` false) or `sht_iterator_rm` (removes
@@ -694,9 +784,8 @@ impl Htable {
     /// `None` for no iterator (or, to remove, no current item).
     fn iterator_step(&self, ex: &mut Exec<'_>, name: &str, remove: bool) -> Option<bool> {
         if remove {
-            let (t, size, id, key) = self.iterator_item(ex, "sht_iterator_rm", name)?;
-            self.tables.pass(id, size, &key);
-            lock(&t).del(&key);
+            let (t, id, key) = self.iterator_item(ex, "sht_iterator_rm", name)?;
+            self.tables.access(id, &t, &key).del(&key);
         }
         let now = self.tables.now();
         let Some(it) = ex
@@ -721,12 +810,11 @@ impl Htable {
         kind: ItSet,
         v: Value,
     ) -> i32 {
-        let Some((t, size, id, key)) = self.iterator_item(ex, fname, name) else {
+        let Some((t, id, key)) = self.iterator_item(ex, fname, name) else {
             return -1;
         };
-        self.tables.pass(id, size, &key);
         let now = self.tables.now();
-        let mut st = lock(&t);
+        let mut st = self.tables.access(id, &t, &key);
         let done = match kind {
             ItSet::Str => st.replace(&key, Value::Str(v.to_bytes()), now),
             ItSet::Int => match v.to_int() {
@@ -785,6 +873,27 @@ pub fn core_hash(name: &[u8]) -> u32 {
         .wrapping_add((h >> 13).wrapping_add(h >> 23))
 }
 
+/// When an item `secs` from now expires, as `htable.get` writes it:
+/// `YYYY-MM-DD HH:MM:SS`, in UTC (Kamailio writes local time: the same on
+/// a machine that keeps UTC).
+pub fn expire_date(secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    date_of(now + secs)
+}
+
+/// A Unix time as `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn date_of(at: u64) -> String {
+    let (year, month, day, rem) = siphon_script::rpc::civil_utc(at);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn ok_text(s: &str) -> Result<serde_json::Value, RpcFailure> {
     Ok(json!(s))
 }
@@ -803,14 +912,19 @@ fn json_value(v: &Value) -> serde_json::Value {
     }
 }
 
-fn rpc_table(tables: &Tables, c: &RpcCall) -> Result<Arc<Mutex<Store>>, RpcFailure> {
+/// The table the first parameter names, and its index. The RPCs wait
+/// for the slots `sht_lock` holds, as Kamailio's take the slot locks.
+fn rpc_table(tables: &Tables, c: &RpcCall) -> Result<(usize, Arc<Mutex<Store>>), RpcFailure> {
     let name = c
         .str(0)
         .ok_or_else(|| fail500("Not enough parameters (htable name)"))?;
-    tables.get(&name).cloned().ok_or_else(|| RpcFailure {
-        code: 500,
-        message: "No such htable".into(),
-    })
+    tables
+        .named(&name)
+        .map(|(id, t)| (id, t.clone()))
+        .ok_or_else(|| RpcFailure {
+            code: 500,
+            message: "No such htable".into(),
+        })
 }
 
 fn rpc_key(c: &RpcCall) -> Result<Bytes, RpcFailure> {
@@ -826,13 +940,29 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
         "htable.get",
         "Get one key from a hash table.",
         move |c| {
-            let tb = rpc_table(&t, c)?;
+            let (id, tb) = rpc_table(&t, c)?;
             let key = rpc_key(c)?;
-            let val = lock(&tb).lookup(&key, t.now()).ok_or(RpcFailure {
+            let now = t.now();
+            let (val, left) = {
+                let st = t.access(id, &tb, &key);
+                (st.lookup(&key, now), st.expire_left(&key, now))
+            };
+            let val = val.ok_or(RpcFailure {
                 code: 500,
                 message: "Key name doesn't exist in htable.".into(),
             })?;
-            Ok(json!({"item": {"name": String::from_utf8_lossy(&key), "value": json_value(&val)}}))
+            // Kamailio's cell flags: 2 (AVP_VAL_STR) for a string.
+            let flags = if matches!(val, Value::Int(_)) { 0 } else { 2 };
+            let expire = match left {
+                Some(secs) if secs > 0 => expire_date(secs),
+                _ => "NEVER".to_string(),
+            };
+            Ok(json!({"item": {
+                "name": String::from_utf8_lossy(&key),
+                "value": json_value(&val),
+                "flags": flags,
+                "expire": expire,
+            }}))
         },
     ));
     for (name, int) in [("htable.sets", false), ("htable.seti", true)] {
@@ -848,8 +978,9 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
                 } else {
                     Value::Str(Bytes::from(c.str(2).ok_or_else(missing)?))
                 };
-                let tb = rpc_table(&t, c)?;
-                lock(&tb).set(key, val, t.now());
+                let (id, tb) = rpc_table(&t, c)?;
+                let now = t.now();
+                t.access(id, &tb, &key).set(key.clone(), val, now);
                 ok_text("Ok. Key set to new value.")
             },
         ));
@@ -859,9 +990,9 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
         "htable.delete",
         "Delete one key from a hash table.",
         move |c| {
-            let tb = rpc_table(&t, c)?;
+            let (id, tb) = rpc_table(&t, c)?;
             let key = rpc_key(c)?;
-            if !lock(&tb).del(&key) {
+            if !t.access(id, &tb, &key).del(&key) {
                 return Err(RpcFailure {
                     code: 404,
                     message: "Key not found in htable.".into(),
@@ -875,8 +1006,8 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
         "htable.flush",
         "Empty a hash table.",
         move |c| {
-            let tb = rpc_table(&t, c)?;
-            lock(&tb).reset();
+            let (id, _) = rpc_table(&t, c)?;
+            t.walk(id, |st, keep| st.reset_in(keep));
             ok_text("Ok. Htable flushed.")
         },
     ));
@@ -890,19 +1021,19 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
         "htable.dump",
         "Dump the items of a hash table.",
         move |c| {
-            let tb = rpc_table(&t, c)?;
-            let tb = lock(&tb);
+            let (id, tb) = rpc_table(&t, c)?;
+            let size = lock(&tb).def.size;
+            let now = t.now();
+            let mut items = Vec::new();
+            t.walk(id, |st, keep| items.extend(st.items_in(now, keep)));
             let mut by_slot: std::collections::BTreeMap<u32, Vec<serde_json::Value>> =
                 Default::default();
-            for (k, val) in tb.items(t.now()) {
-                by_slot
-                    .entry(slot_of(&k, tb.def.size))
-                    .or_default()
-                    .push(json!({
-                        "name": String::from_utf8_lossy(&k),
-                        "value": json_value(&val),
-                        "type": if matches!(val, Value::Int(_)) { "int" } else { "str" },
-                    }));
+            for (k, val) in items {
+                by_slot.entry(slot_of(&k, size)).or_default().push(json!({
+                    "name": String::from_utf8_lossy(&k),
+                    "value": json_value(&val),
+                    "type": if matches!(val, Value::Int(_)) { "int" } else { "str" },
+                }));
             }
             Ok(serde_json::Value::Array(
                 by_slot
@@ -946,19 +1077,32 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
                 t.order
                     .iter()
                     .rev()
-                    .map(|n| {
-                        let tb = lock(&t.tables[n]);
-                        let slots = 1usize << tb.def.size;
-                        let mut per = vec![0u64; slots];
-                        for (k, _) in tb.items(t.now()) {
-                            per[slot_of(&k, tb.def.size) as usize] += 1;
-                        }
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let size = lock(&t.tables[n]).def.size;
+                        let slots = 1u64 << size;
+                        // Items per slot that holds any (a table may have
+                        // 2^31 slots).
+                        let mut per: HashMap<u32, u64> = HashMap::new();
+                        let now = t.now();
+                        // The table's index: `order` is walked newest first.
+                        let id = t.order.len() - 1 - i;
+                        t.walk(id, |st, keep| {
+                            for (k, _) in st.items_in(now, keep) {
+                                *per.entry(slot_of(&k, size)).or_default() += 1;
+                            }
+                        });
+                        let min = if (per.len() as u64) < slots {
+                            0
+                        } else {
+                            per.values().copied().min().unwrap_or(0)
+                        };
                         json!({
                             "name": n,
                             "slots": slots,
-                            "all": per.iter().sum::<u64>(),
-                            "min": per.iter().min(),
-                            "max": per.iter().max(),
+                            "all": per.values().sum::<u64>(),
+                            "min": min,
+                            "max": per.values().copied().max().unwrap_or(0),
                         })
                     })
                     .collect(),

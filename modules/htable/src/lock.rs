@@ -20,6 +20,12 @@
 //!   worker's other tasks move to another thread meanwhile.
 //!
 //! A slot no route holds costs one atomic load per `$sht` access.
+//!
+//! The order between a lock and the table: an access reads whether the
+//! table has held slots while it holds the table's mutex, and `sht_lock`,
+//! once it has its slot, takes and gives back the table's mutex: an access
+//! that saw no held slot has ended before the lock holder goes on. The lock
+//! state is only ever taken inside a table's mutex, never the other way.
 
 use siphon_script::{Ctx, RunEnd};
 use std::collections::HashMap;
@@ -161,6 +167,26 @@ impl SlotLocks {
             self.freed.notify_all();
         }
         true
+    }
+
+    /// The slots of `table` other threads hold, sorted.
+    pub fn held_by_others(&self, table: usize) -> Vec<u32> {
+        let me = std::thread::current().id();
+        let mut held: Vec<u32> = self
+            .state()
+            .held
+            .iter()
+            .filter(|(slot, h)| slot.0 == table && h.owner != me)
+            .map(|(slot, _)| slot.1)
+            .collect();
+        held.sort_unstable();
+        held
+    }
+
+    /// Whether another thread holds `slot`.
+    pub fn held_by_other(&self, slot: SlotId) -> bool {
+        let me = std::thread::current().id();
+        self.state().held.get(&slot).is_some_and(|h| h.owner != me)
     }
 
     /// Threads waiting now (for tests: a wait is observed, not slept on).

@@ -87,10 +87,13 @@ impl Cell {
     }
 }
 
-/// How `$shtcn`, `sht_rm_name`, `sht_rm_value` match.
+/// How `$shtcn`/`$shtcv`, `sht_rm_name*`, `sht_rm_value*` match, as
+/// Kamailio's: a value matches only when it is a string, except for
+/// [`Matcher::IntEq`], which matches integer values only (and no name).
 #[derive(Debug, Clone)]
 pub enum Matcher {
-    /// A regular expression.
+    /// A regular expression (POSIX extended, case-insensitive, `^`/`$` at
+    /// line ends: Kamailio's `REG_EXTENDED|REG_ICASE|REG_NEWLINE`).
     Re(regex::bytes::Regex),
     /// Starts with.
     Prefix(Bytes),
@@ -98,20 +101,27 @@ pub enum Matcher {
     Suffix(Bytes),
     /// Equal.
     Eq(Bytes),
+    /// An integer value equal to this one (`$shtcv(t=>eqN)`).
+    IntEq(i64),
     /// Everything.
     All,
 }
 
 impl Matcher {
-    /// `$shtcn`'s expression: `~~re`, `~%prefix`, `%~suffix`, `==val`,
-    /// `eqval`, `**`; anything else is a regular expression.
+    /// `$shtcn`'s expression, as Kamailio reads it: `~~re`, `~%suffix`
+    /// (the end of the text is it), `%~prefix`, `==text`, `eqN` (integer
+    /// values equal to N; no name), `**` (all); anything else is a
+    /// regular expression.
     pub fn parse_exp(e: &[u8]) -> Result<Matcher, String> {
         let rest = Bytes::copy_from_slice(e.get(2..).unwrap_or(b""));
         Ok(match e.get(..2) {
             Some(b"~~") => Matcher::re(&rest)?,
-            Some(b"~%") => Matcher::Prefix(rest),
-            Some(b"%~") => Matcher::Suffix(rest),
-            Some(b"==") | Some(b"eq") => Matcher::Eq(rest),
+            Some(b"~%") => Matcher::Suffix(rest),
+            Some(b"%~") => Matcher::Prefix(rest),
+            Some(b"==") => Matcher::Eq(rest),
+            Some(b"eq") => {
+                Matcher::IntEq(String::from_utf8_lossy(&rest).trim().parse().unwrap_or(0))
+            }
             Some(b"**") => Matcher::All,
             _ => Matcher::re(e)?,
         })
@@ -119,18 +129,32 @@ impl Matcher {
     /// A regular expression.
     pub fn re(e: &[u8]) -> Result<Matcher, String> {
         let s = String::from_utf8_lossy(e);
-        regex::bytes::Regex::new(&s)
+        regex::bytes::RegexBuilder::new(&s)
+            .case_insensitive(true)
+            .multi_line(true)
+            .build()
             .map(Matcher::Re)
             .map_err(|x| format!("bad regular expression `{s}`: {x}"))
     }
-    /// Whether `b` matches.
+    /// Whether the text `b` matches.
     pub fn is_match(&self, b: &[u8]) -> bool {
         match self {
             Matcher::Re(r) => r.is_match(b),
             Matcher::Prefix(p) => b.starts_with(p),
             Matcher::Suffix(p) => b.ends_with(p),
             Matcher::Eq(p) => b == &p[..],
+            Matcher::IntEq(_) => false,
             Matcher::All => true,
+        }
+    }
+    /// Whether an item's value matches (a string, or an integer for
+    /// [`Matcher::IntEq`]).
+    pub fn value_matches(&self, v: &Value) -> bool {
+        match (self, v) {
+            (Matcher::All, _) => true,
+            (Matcher::IntEq(n), Value::Int(i)) => n == i,
+            (Matcher::IntEq(_), _) | (_, Value::Int(_) | Value::Null) => false,
+            (m, v) => m.is_match(&v.to_bytes()),
         }
     }
 }
@@ -274,33 +298,55 @@ impl Store {
     }
     /// How many live items' names match.
     pub fn count_names(&self, m: &Matcher, now: u64) -> usize {
+        self.count_names_in(m, now, &|_| true)
+    }
+    /// How many live items among those `keep` takes (by name) have a
+    /// matching name.
+    pub fn count_names_in(&self, m: &Matcher, now: u64, keep: &dyn Fn(&[u8]) -> bool) -> usize {
         self.cells
             .iter()
-            .filter(|(k, c)| c.live(now) && m.is_match(k))
+            .filter(|(k, c)| c.live(now) && keep(k) && m.is_match(k))
             .count()
     }
     /// How many live items' values match.
     pub fn count_values(&self, m: &Matcher, now: u64) -> usize {
+        self.count_values_in(m, now, &|_| true)
+    }
+    /// How many live items among those `keep` takes have a matching value.
+    pub fn count_values_in(&self, m: &Matcher, now: u64, keep: &dyn Fn(&[u8]) -> bool) -> usize {
         self.cells
-            .values()
-            .filter(|c| c.live(now) && m.is_match(&c.value.to_bytes()))
+            .iter()
+            .filter(|(k, c)| c.live(now) && keep(k) && m.value_matches(&c.value))
             .count()
     }
     /// Removes the items whose name matches; how many.
     pub fn rm_names(&mut self, m: &Matcher) -> usize {
+        self.rm_names_in(m, &|_| true)
+    }
+    /// Removes the items `keep` takes whose name matches; how many.
+    pub fn rm_names_in(&mut self, m: &Matcher, keep: &dyn Fn(&[u8]) -> bool) -> usize {
         let before = self.cells.len();
-        self.cells.retain(|k, _| !m.is_match(k));
+        self.cells.retain(|k, _| !(keep(k) && m.is_match(k)));
         before - self.cells.len()
     }
     /// Removes the items whose value matches; how many.
     pub fn rm_values(&mut self, m: &Matcher) -> usize {
+        self.rm_values_in(m, &|_| true)
+    }
+    /// Removes the items `keep` takes whose value matches; how many.
+    pub fn rm_values_in(&mut self, m: &Matcher, keep: &dyn Fn(&[u8]) -> bool) -> usize {
         let before = self.cells.len();
-        self.cells.retain(|_, c| !m.is_match(&c.value.to_bytes()));
+        self.cells
+            .retain(|k, c| !(keep(k) && m.value_matches(&c.value)));
         before - self.cells.len()
     }
     /// Empties the table.
     pub fn reset(&mut self) {
         self.cells.clear();
+    }
+    /// Removes the items `keep` takes.
+    pub fn reset_in(&mut self, keep: &dyn Fn(&[u8]) -> bool) {
+        self.cells.retain(|k, _| !keep(k));
     }
     /// Drops the expired items and returns them (name, value).
     pub fn sweep(&mut self, now: u64) -> Vec<(Bytes, Value)> {
@@ -317,10 +363,14 @@ impl Store {
     }
     /// The live items, sorted by name.
     pub fn items(&self, now: u64) -> Vec<(Bytes, Value)> {
+        self.items_in(now, &|_| true)
+    }
+    /// The live items `keep` takes, sorted by name.
+    pub fn items_in(&self, now: u64, keep: &dyn Fn(&[u8]) -> bool) -> Vec<(Bytes, Value)> {
         let mut v: Vec<_> = self
             .cells
             .iter()
-            .filter(|(_, c)| c.live(now))
+            .filter(|(k, c)| c.live(now) && keep(k))
             .map(|(k, c)| (k.clone(), c.value.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -427,11 +477,24 @@ mod tests {
         }
         let m = |e: &str| Matcher::parse_exp(e.as_bytes()).unwrap();
         assert_eq!(s.count_names(&m("~~^u:"), 0), 2);
-        assert_eq!(s.count_names(&m("~%u:"), 0), 2);
-        assert_eq!(s.count_names(&m("%~ol"), 0), 1);
+        // Kamailio's: `~%` is the end of the name, `%~` its start.
+        assert_eq!(s.count_names(&m("%~u:"), 0), 2);
+        assert_eq!(s.count_names(&m("~%ol"), 0), 1);
+        assert_eq!(s.count_names(&m("~%u:"), 0), 0);
         assert_eq!(s.count_names(&m("==u:bob"), 0), 1);
         assert_eq!(s.count_names(&m("**"), 0), 3);
         assert_eq!(s.count_names(&m("bo"), 0), 1);
+        // Case-insensitive regular expressions, as Kamailio's REG_ICASE.
+        assert_eq!(s.count_names(&m("~~^U:B"), 0), 1);
+        // `eq`: integer values only, never a name.
+        assert_eq!(s.count_names(&m("eq1"), 0), 0);
+        s.set(k("n"), Value::Int(1), 0);
+        assert_eq!(s.count_values(&m("eq1"), 0), 1);
+        // Integer values match nothing else.
+        assert_eq!(s.count_values(&m("==1"), 0), 2);
+        assert_eq!(s.count_values(&m("~~1"), 0), 2);
+        assert_eq!(s.count_values(&m("**"), 0), 4);
+        assert!(s.del(b"n"));
         assert_eq!(s.rm_values(&Matcher::re(b"^1$").unwrap()), 2);
         assert_eq!(s.items(0), vec![(k("u:bob"), Value::str("2"))]);
         assert!(Matcher::re(b"(").is_err());

@@ -52,7 +52,7 @@ fn script_reads_writes_counts_and_removes() {
     let get = |t: &str, k: &str| rpc(&p, "htable.get", &[json!(t), json!(k)]);
     assert_eq!(
         get("a", "x"),
-        Ok(json!({"item": {"name": "x", "value": 5}}))
+        Ok(json!({"item": {"name": "x", "value": 5, "flags": 0, "expire": "NEVER"}}))
     );
     assert_eq!(get("a", "s").unwrap()["item"]["value"], json!("str"));
     assert!(get("a", "gone").is_err());
@@ -111,6 +111,39 @@ fn rpcs_set_get_delete_dump_list() {
 }
 
 #[test]
+fn expiry_dates_are_civil_utc() {
+    assert_eq!(date_of(0), "1970-01-01 00:00:00");
+    assert_eq!(date_of(951_782_400), "2000-02-29 00:00:00");
+    assert_eq!(date_of(1_798_749_323), "2026-12-31 20:35:23");
+    assert_eq!(date_of(4_102_444_799), "2099-12-31 23:59:59");
+}
+
+/// `htable.get` as Kamailio 5.6.3 answers it: the cell flags (2: a
+/// string) and the expiry (`NEVER`, or the date).
+#[test]
+fn rpc_get_shows_flags_and_expiry() {
+    let p = program(
+        "modparam(\"htable\", \"htable\", \"a=>size=4\")\nmodparam(\"htable\", \"htable\", \"e=>autoexpire=300\")",
+        "",
+    )
+    .unwrap();
+    rpc(&p, "htable.sets", &[json!("a"), json!("s"), json!("v")]).unwrap();
+    rpc(&p, "htable.seti", &[json!("e"), json!("n"), json!(1)]).unwrap();
+    assert_eq!(
+        rpc(&p, "htable.get", &[json!("a"), json!("s")]),
+        Ok(json!({"item": {"name": "s", "value": "v", "flags": 2, "expire": "NEVER"}}))
+    );
+    let e = rpc(&p, "htable.get", &[json!("e"), json!("n")]).unwrap();
+    assert_eq!(e["item"]["flags"], json!(0));
+    let date = e["item"]["expire"].as_str().unwrap().to_string();
+    // 300 s from now (the second may turn meanwhile).
+    assert!(
+        [299, 300, 301].iter().any(|s| expire_date(*s) == date),
+        "{date}"
+    );
+}
+
+#[test]
 fn config_errors_are_reported() {
     let e = program("modparam(\"htable\", \"htable\", \"a=>dbtable=x\")", "").unwrap_err();
     assert!(e.contains("database"), "{e}");
@@ -118,6 +151,36 @@ fn config_errors_are_reported() {
     assert!(e.contains("no htable `nope`"), "{e}");
     let e = program(T, "sht_reset(\"nope\");").unwrap_err();
     assert!(e.contains("no htable"), "{e}");
+    // The database and KEMI parameters are refused where they are written.
+    let e = program(
+        &format!("{T}\nmodparam(\"htable\", \"db_url\", \"mysql://k@localhost/k\")"),
+        "",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("has no database backend") && e.contains("t.cfg:4:"),
+        "{e}"
+    );
+    let e = program(
+        &format!("{T}\nmodparam(\"htable\", \"fetch_rows\", 100)"),
+        "",
+    )
+    .unwrap_err();
+    assert!(e.contains("has no database backend"), "{e}");
+    let e = program(
+        &format!("{T}\nmodparam(\"htable\", \"event_callback\", \"ksr_htable_event\")"),
+        "",
+    )
+    .unwrap_err();
+    assert!(e.contains("no KEMI"), "{e}");
+    // DMQ and the timer processes: accepted, no effect.
+    program(
+        &format!(
+            "{T}\nmodparam(\"htable\", \"enable_dmq\", 1)\nmodparam(\"htable\", \"timer_procs\", 2)"
+        ),
+        "",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -278,61 +341,178 @@ fn locks_are_released_when_the_route_ends_or_suspends() {
     );
 }
 
-/// One worker holds `a=>k` across a read-modify-write while it waits in
-/// `gate()`; another worker's `$shtinc(a=>k)` waits for the unlock (seen as
-/// a waiter, not slept on) and lands after the write: 2, not 1. The second
-/// worker is a task on the multi-threaded runtime (its wait is
-/// `block_in_place`).
-#[test]
-fn sht_lock_serialises_a_read_modify_write_across_workers() {
+/// Runs the request route with `$var(w)` 1 on a thread until it reaches
+/// `gate()` (holding a lock there), then `second` on the multi-threaded
+/// runtime (its waits are `block_in_place`); checks that `second` waits
+/// (seen as a waiter, not slept on), runs `meanwhile`, opens the gate and
+/// returns what `meanwhile` and `second` gave.
+fn while_gated<M, R: Send + 'static>(
+    params: &str,
+    body: &str,
+    meanwhile: impl FnOnce(&Arc<Program>) -> M,
+    second: impl FnOnce(Arc<Program>) -> R + Send + 'static,
+) -> (Arc<Program>, M, R) {
     let (open_tx, open_rx) = std::sync::mpsc::channel::<()>();
     let open_rx = Arc::new(std::sync::Mutex::new(open_rx));
     let (in_tx, in_rx) = std::sync::mpsc::channel::<()>();
-    let p = program_with(
+    let p = program_with(params, body, move |reg| {
+        reg.core_functions
+            .push(FunctionSpec::new("gate", &[], move |_, _| {
+                in_tx.send(()).unwrap();
+                open_rx.lock().unwrap().recv().unwrap();
+                FnResult::Code(1)
+            }));
+    })
+    .unwrap();
+    let locks = p.module::<Htable>().unwrap().tables.locks.clone();
+    let p1 = Arc::clone(&p);
+    let a = std::thread::spawn(move || run_as(&p1, 1));
+    // Until worker 1 is at the gate (or failed before it).
+    while in_rx
+        .recv_timeout(std::time::Duration::from_millis(50))
+        .is_err()
+    {
+        assert!(!a.is_finished(), "worker 1 ended before gate()");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let p2 = Arc::clone(&p);
+    let b = rt.spawn(async move { second(p2) });
+    while locks.waiters() != 1 && !b.is_finished() {
+        std::thread::yield_now();
+    }
+    assert!(!b.is_finished(), "it did not wait for the lock");
+    let m = meanwhile(&p);
+    open_tx.send(()).unwrap();
+    a.join().unwrap();
+    let r = rt.block_on(b).unwrap();
+    assert!(!locks.any_held(0));
+    (p, m, r)
+}
+
+/// Runs the request route with `$var(w)` set; `$var(r)` after it.
+fn run_as(p: &Arc<Program>, w: i64) -> Value {
+    let mut ctx = p.new_ctx(RouteType::REQUEST);
+    if let Some(i) = p.var_slot("w") {
+        ctx.vars[i] = Value::Int(w);
+    }
+    p.run(p.request_route().unwrap(), &mut ctx);
+    p.var_slot("r").map_or(Value::Null, |i| ctx.vars[i].clone())
+}
+
+/// One worker holds `a=>k` across a read-modify-write while it waits in
+/// `gate()`; another worker's `$shtinc(a=>k)` waits for the unlock and
+/// lands after the write: 2, not 1.
+#[test]
+fn sht_lock_serialises_a_read_modify_write_across_workers() {
+    let (p, (), _) = while_gated(
         "modparam(\"htable\", \"htable\", \"a=>size=4;initval=0\")",
         "if ($var(w) == 1) {\n\
            sht_lock(\"a=>k\"); $var(x) = $sht(a=>k); gate(); $sht(a=>k) = $var(x) + 1; sht_unlock(\"a=>k\");\n\
          } else {\n\
            $var(y) = $shtinc(a=>k);\n\
          }",
-        move |reg| {
-            reg.core_functions
-                .push(FunctionSpec::new("gate", &[], move |_, _| {
-                    in_tx.send(()).unwrap();
-                    open_rx.lock().unwrap().recv().unwrap();
-                    FnResult::Code(1)
-                }));
-        },
-    )
-    .unwrap();
-    let h = p.module::<Htable>().unwrap();
-    let locks = h.tables.locks.clone();
-    let worker = |w: i64| {
-        let p = Arc::clone(&p);
-        move || {
-            let mut ctx = p.new_ctx(RouteType::REQUEST);
-            ctx.vars[p.var_slot("w").unwrap()] = Value::Int(w);
-            p.run(p.request_route().unwrap(), &mut ctx);
-        }
-    };
-    let (first, second) = (worker(1), worker(2));
-    let a = std::thread::spawn(first);
-    in_rx.recv().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let b = rt.spawn(async move { second() });
-    while locks.waiters() != 1 && !b.is_finished() {
-        std::thread::yield_now();
-    }
-    assert!(!b.is_finished(), "$shtinc did not wait for the lock");
-    open_tx.send(()).unwrap();
-    a.join().unwrap();
-    rt.block_on(b).unwrap();
+        |_| (),
+        |p| run_as(&p, 2),
+    );
     assert_eq!(
         rpc(&p, "htable.get", &[json!("a"), json!("k")]).unwrap()["item"]["value"],
         json!(2)
     );
-    assert!(!locks.any_held(0));
+}
+
+/// Worker 1 holds `a=>boot`'s slot (10 of 16) between writing `one` and
+/// `two` there, parked in `gate()`. Worker 2 runs `op` (a whole-table
+/// operation): it waits for the slot — meanwhile item `i` (slot 4) is done
+/// already — and sees `two` once worker 1 unlocks. Returns worker 2's
+/// `$var(r)` and what the table holds then.
+fn whole_table_op_waits(op: &str) -> (Value, serde_json::Value) {
+    assert_eq!(slot_of(b"boot", 4), 10);
+    assert_eq!(slot_of(b"i", 4), 4);
+    let (p, i_now, r) = while_gated(
+        "modparam(\"htable\", \"htable\", \"a=>size=4\")",
+        &format!(
+            "if ($var(w) == 1) {{\n\
+               $sht(a=>i) = \"two\"; sht_lock(\"a=>boot\"); $sht(a=>boot) = \"one\"; gate(); $sht(a=>boot) = \"two\"; sht_unlock(\"a=>boot\");\n\
+             }} else {{\n\
+               {op}\n\
+             }}"
+        ),
+        // The other slot was done without waiting.
+        |p| rpc(p, "htable.get", &[json!("a"), json!("i")]),
+        |p| run_as(&p, 2),
+    );
+    let dump = rpc(&p, "htable.dump", &[json!("a")]).unwrap();
+    let items: serde_json::Value = dump
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["slot"].as_array().unwrap().clone())
+        .map(|i| json!([i["name"], i["value"]]))
+        .collect();
+    (r, json!({"i_meanwhile": i_now.is_ok(), "after": items}))
+}
+
+#[test]
+fn whole_table_operations_wait_for_sht_lock_slot_by_slot() {
+    // Removals: `two` (written after the wait) is removed; `i` is gone
+    // before worker 1 unlocks.
+    for op in [
+        "sht_rm_value_re(\"a=>^two$\"); $var(r) = $rc;",
+        "sht_rm_value(\"a\", \"re\", \"^two$\"); $var(r) = $rc;",
+    ] {
+        assert_eq!(
+            whole_table_op_waits(op),
+            (Value::Int(1), json!({"i_meanwhile": false, "after": []})),
+            "{op}"
+        );
+    }
+    assert_eq!(
+        whole_table_op_waits("sht_rm_name_re(\"a=>^(boot|i)$\"); $var(r) = $rc;"),
+        (Value::Int(1), json!({"i_meanwhile": false, "after": []}))
+    );
+    assert_eq!(
+        whole_table_op_waits("sht_reset(\"a\"); $var(r) = $rc;"),
+        (Value::Int(1), json!({"i_meanwhile": false, "after": []}))
+    );
+    // Counting: both items hold `two` once the lock is given back.
+    assert_eq!(
+        whole_table_op_waits("$var(r) = $shtcv(a=>==two);"),
+        (
+            Value::Int(2),
+            json!({"i_meanwhile": true, "after": [["i", "two"], ["boot", "two"]]})
+        )
+    );
+}
+
+/// The RPCs wait for a held slot too (Kamailio's take the slot locks).
+#[test]
+fn rpcs_wait_for_sht_lock() {
+    for (method, params, want) in [
+        (
+            "htable.get",
+            vec![json!("a"), json!("boot")],
+            json!({"item": {"name": "boot", "value": "two", "flags": 2, "expire": "NEVER"}}),
+        ),
+        (
+            "htable.dump",
+            vec![json!("a")],
+            json!([{"entry": 10, "size": 1, "slot": [{"name": "boot", "value": "two", "type": "str"}]}]),
+        ),
+        (
+            "htable.stats",
+            vec![],
+            json!([{"name": "a", "slots": 16, "all": 1, "min": 0, "max": 1}]),
+        ),
+    ] {
+        let (_, (), got) = while_gated(
+            "modparam(\"htable\", \"htable\", \"a=>size=4\")",
+            "sht_lock(\"a=>boot\"); $sht(a=>boot) = \"one\"; gate(); $sht(a=>boot) = \"two\"; sht_unlock(\"a=>boot\");",
+            |_| (),
+            move |p| rpc(&p, method, &params),
+        );
+        assert_eq!(got, Ok(want), "{method}");
+    }
 }

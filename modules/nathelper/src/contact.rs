@@ -80,6 +80,169 @@ pub fn first_contact(msg: &SipMsg) -> Option<ContactAt> {
     })
 }
 
+/// One contact of a Contact header, as offsets into the message buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactSpan {
+    /// The whole contact: display name, URI and parameters (Kamailio's
+    /// `name.s`, `len`), without the white space around it.
+    pub whole: Range<usize>,
+    /// Its URI (between `<` and `>` when bracketed).
+    pub uri: Range<usize>,
+}
+
+/// The contacts of a Contact header value `v` (offsets into `v`), split
+/// at the commas outside quotes and brackets; `None` when one has no URI.
+fn split_contacts(v: &[u8]) -> Option<Vec<ContactSpan>> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut start) = (false, false, 0);
+    let mut ends = Vec::new();
+    for (i, &c) in v.iter().enumerate() {
+        match c {
+            b'"' if !angle => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b',' if !quoted && !angle => {
+                ends.push((start, i));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    ends.push((start, v.len()));
+    for (a, b) in ends {
+        let piece = &v[a..b];
+        let lead = piece.len() - piece.trim_ascii_start().len();
+        let piece = piece.trim_ascii();
+        if piece.is_empty() {
+            return None;
+        }
+        let whole = a + lead..a + lead + piece.len();
+        let lt = {
+            let mut q = false;
+            piece.iter().position(|&c| {
+                if c == b'"' {
+                    q = !q;
+                }
+                !q && c == b'<'
+            })
+        };
+        let uri = match lt {
+            Some(lt) => {
+                let gt = lt + piece[lt..].iter().position(|&c| c == b'>')?;
+                whole.start + lt + 1..whole.start + gt
+            }
+            None => {
+                let z = piece.iter().position(|&c| c == b';').unwrap_or(piece.len());
+                whole.start..whole.start + piece[..z].trim_ascii_end().len()
+            }
+        };
+        if uri.is_empty() {
+            return None;
+        }
+        out.push(ContactSpan { whole, uri });
+    }
+    Some(out)
+}
+
+/// Every contact of every Contact header, in order (Kamailio's
+/// `contact_iterator`): none for a `*` header (nor for what follows it);
+/// `None` when a contact does not parse.
+pub fn all_contacts(msg: &SipMsg) -> Option<Vec<ContactSpan>> {
+    let mut out = Vec::new();
+    for h in msg.headers.iter().filter(|h| h.name == HeaderName::Contact) {
+        let value = h.value.range();
+        let v = &msg.buf()[value.clone()];
+        if v.trim_ascii() == b"*" {
+            break;
+        }
+        for c in split_contacts(v)? {
+            out.push(ContactSpan {
+                whole: value.start + c.whole.start..value.start + c.whole.end,
+                uri: value.start + c.uri.start..value.start + c.uri.end,
+            });
+        }
+    }
+    Some(out)
+}
+
+/// The only contact of the first Contact header (`set_alias_to_pv`'s);
+/// `None` without one, for `*`, or with several.
+pub fn only_contact(msg: &SipMsg) -> Option<ContactSpan> {
+    let h = msg.headers.iter().find(|h| h.name == HeaderName::Contact)?;
+    let value = h.value.range();
+    let v = &msg.buf()[value.clone()];
+    if v.trim_ascii() == b"*" {
+        return None;
+    }
+    let mut all = split_contacts(v)?;
+    if all.len() != 1 {
+        return None;
+    }
+    let c = all.remove(0);
+    Some(ContactSpan {
+        whole: value.start + c.whole.start..value.start + c.whole.end,
+        uri: value.start + c.uri.start..value.start + c.uri.end,
+    })
+}
+
+/// `set_alias_to_pv`'s URI from a contact's text: the first
+/// `;NAME=host~port~proto` in it (display name, URI and parameters alike,
+/// as Kamailio searches) as `sip:host:port;transport=proto` (the protocol
+/// by Kamailio's number: 1 udp, 2 tcp, 3 tls, 4 sctp, 5 and 6 ws, others
+/// nothing). `Err` says what is missing.
+pub fn alias_to_uri(contact: &[u8], name: &str) -> Result<String, &'static str> {
+    let key = format!(";{name}=");
+    let key = key.as_bytes();
+    // Kamailio looks for the start of the parameter before the contact's
+    // last `len(;NAME=) + 5` bytes (room for `a~b~c`).
+    let last = contact.len().saturating_sub(key.len() + 5);
+    let at = (0..last)
+        .find(|&i| contact[i..].starts_with(key))
+        .ok_or("no alias parameter in the Contact")?;
+    let rest = &contact[at + key.len()..];
+    let t1 = rest
+        .iter()
+        .position(|&c| c == b'~')
+        .ok_or("the alias has no host~port")?;
+    let host = &rest[..t1];
+    let after = &rest[t1 + 1..];
+    let t2 = after
+        .iter()
+        .position(|&c| c == b'~')
+        .ok_or("the alias has no port~protocol")?;
+    let port = &after[..t2];
+    let proto = match atoi(&after[t2 + 1..]) {
+        1 => "udp",
+        2 => "tcp",
+        3 => "tls",
+        4 => "sctp",
+        5 | 6 => "ws",
+        _ => "",
+    };
+    Ok(format!(
+        "sip:{}:{};transport={proto}",
+        String::from_utf8_lossy(host),
+        String::from_utf8_lossy(port)
+    ))
+}
+
+/// C's `atoi`: leading white space, a sign, the digits that follow.
+fn atoi(b: &[u8]) -> i64 {
+    let b = b.trim_ascii_start();
+    let (neg, b) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        Some(b'+') => (false, &b[1..]),
+        _ => (false, b),
+    };
+    let n = b
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .fold(0i64, |n, c| {
+            n.saturating_mul(10).saturating_add(i64::from(c - b'0'))
+        });
+    if neg { -n } else { n }
+}
+
 /// The parts of a SIP URI nathelper rewrites, as offsets into it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UriParts {

@@ -20,6 +20,11 @@
 //! - `fix_nated_register()`: `received_avp` (shared with the registrar) gets
 //!   `sip:ip:port[;transport=…]` of the source; `save()` stores it as the
 //!   contact's `received`, and `lookup()` sends there.
+//! - `add_rcv_param([uri_param])`: `;received="sip:ip:port"` of the source
+//!   after every contact (or, with `uri_param`, `;received=sip:ip:port` in
+//!   each contact URI, UDP only), for a REGISTER relayed to a registrar.
+//!   `set_alias_to_pv(pv)`: `sip:host:port;transport=proto` from the only
+//!   contact's `;alias=host~port~proto`.
 //! - `is_rfc1918(ip)`.
 //! - NAT keepalives ([`keepalive`]): `natping_interval`, `ping_nated_only`,
 //!   `sipping_bflag`, `sipping_from`, `sipping_method`,
@@ -481,6 +486,90 @@ fn source_uri(s: &SipCtx) -> String {
     u
 }
 
+/// `add_rcv_param([uri_param])`: `;received="sip:ip:port"` (the source,
+/// Kamailio's `get_src_uri`) after every contact of every Contact header,
+/// or with `uri_param` `;received=sip:ip:port` at the end of each contact
+/// URI (UDP only, as Kamailio). 1, also without a Contact or for `*`.
+fn add_rcv_param(ex: &mut Exec<'_>, uri_param: bool) -> i32 {
+    let Some(s) = ex.ctx.ext.get::<SipCtx>() else {
+        return -1;
+    };
+    // A Contact nathelper rewrote stays rewritten for its checks.
+    let was_changed =
+        ex.ctx.ext.get::<ContactChanged>().is_some_and(|c| {
+            c.0.as_ptr() == s.msg.buf().as_ptr() && c.0.len() == s.msg.buf().len()
+        });
+    let Some(s) = sip(ex) else { return -1 };
+    if uri_param && s.peer.transport != siphon_script::net::Transport::Udp {
+        tracing::error!(target: "script", "add_rcv_param: adding received parameter to Contact URI works only for UDP");
+        return -1;
+    }
+    let Some(contacts) = contact::all_contacts(&s.msg) else {
+        tracing::error!(target: "script", "add_rcv_param: error while parsing Contact");
+        return -1;
+    };
+    if contacts.is_empty() {
+        return 1;
+    }
+    let uri = source_uri(s);
+    let splices: Vec<(Range<usize>, Vec<u8>)> = contacts
+        .iter()
+        .map(|c| {
+            if uri_param {
+                (
+                    c.uri.end..c.uri.end,
+                    format!(";received={uri}").into_bytes(),
+                )
+            } else {
+                (
+                    c.whole.end..c.whole.end,
+                    format!(";received=\"{uri}\"").into_bytes(),
+                )
+            }
+        })
+        .collect();
+    let out = Bytes::from(splice(s.msg.buf(), &splices));
+    match siphon_sip::parse(out) {
+        Ok(m) => {
+            s.msg = m;
+            if was_changed {
+                let buf = s.msg.buf().clone();
+                ex.ctx.ext.insert(ContactChanged(buf));
+            }
+            1
+        }
+        Err(e) => {
+            tracing::error!(target: "script", "add_rcv_param: the message with the received parameters does not parse: {e}");
+            -1
+        }
+    }
+}
+
+/// `set_alias_to_pv(pv)`: `pv` gets `sip:host:port;transport=proto` from
+/// the `;alias=host~port~proto` of the message's only contact (-1 without
+/// one, with several, or without an alias).
+fn set_alias_to_pv(ex: &mut Exec<'_>, cfg: &NhConfig, pv: &siphon_script::pv::Pv) -> i32 {
+    let Some(s) = sip(ex) else { return -1 };
+    let Some(c) = contact::only_contact(&s.msg) else {
+        tracing::error!(target: "script", "set_alias_to_pv: no Contact header with one contact");
+        return -1;
+    };
+    let uri = match contact::alias_to_uri(&s.msg.buf()[c.whole], &cfg.alias) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(target: "script", "set_alias_to_pv: {e}");
+            return -1;
+        }
+    };
+    match ex.set_pv(pv, Value::from(uri), false) {
+        Ok(()) => 1,
+        Err(e) => {
+            tracing::error!(target: "script", "set_alias_to_pv: {}: {e}", pv.text());
+            -1
+        }
+    }
+}
+
 /// `fix_nated_register()`.
 fn fix_nated_register(ex: &mut Exec<'_>, cfg: &NhConfig) -> i32 {
     let Some(name) = &cfg.received_avp else {
@@ -707,6 +796,19 @@ impl Module for Nathelper {
             }
             code(nat::is_private_text(&ip, reserved) == Some(true))
         });
+        let rcv_param = FunctionSpec::new("add_rcv_param", &[Int], |ex, a| {
+            let uri_param = !a.is_empty() && a.int(0, ex).unwrap_or(0) != 0;
+            add_rcv_param(ex, uri_param).into()
+        })
+        .min_args(0)
+        .routes(RouteType::REQUEST);
+        let c = self.cfg.clone();
+        let alias_to_pv = FunctionSpec::new("set_alias_to_pv", &[PvWritable], move |ex, a| {
+            let Some(pv) = a.pv(0).cloned() else {
+                return (-1).into();
+            };
+            set_alias_to_pv(ex, &c, &pv).into()
+        });
         let fix_sdp = FunctionSpec::with_bind(
             "fix_nated_sdp",
             &[Int, Str],
@@ -721,6 +823,8 @@ impl Module for Nathelper {
             handle_alias,
             fix_register,
             is_rfc1918,
+            rcv_param,
+            alias_to_pv,
             fix_sdp,
         ]
     }

@@ -426,6 +426,163 @@ fn handle_ruri_alias_sets_the_destination() {
     assert_eq!(r.sip().du, None);
 }
 
+/// Every Contact header's values, as the route left the message.
+fn contacts(r: &Ran) -> Vec<String> {
+    let m = &r.sip().msg;
+    m.headers
+        .iter()
+        .filter(|h| h.name == HeaderName::Contact)
+        .map(|h| String::from_utf8_lossy(&m.header_value(h)).into_owned())
+        .collect()
+}
+
+#[test]
+fn add_rcv_param_marks_every_contact() {
+    let two = "Contact: \"A, B\" <sip:alice@192.168.1.10:5062;ob>;expires=60, sip:a2@192.168.1.10;q=0.5\r\nContact: <sip:a3@10.0.0.1>\r\n";
+    // As a header parameter (quoted), after each contact's parameters.
+    let r = run(
+        &req("192.168.1.10:5062", two, ""),
+        SRC,
+        "add_rcv_param(); out($rc);",
+    );
+    assert_eq!(r.out, ["1"]);
+    assert_eq!(
+        contacts(&r),
+        [
+            "\"A, B\" <sip:alice@192.168.1.10:5062;ob>;expires=60;received=\"sip:127.0.0.1:40000\", sip:a2@192.168.1.10;q=0.5;received=\"sip:127.0.0.1:40000\"",
+            "<sip:a3@10.0.0.1>;received=\"sip:127.0.0.1:40000\"",
+        ]
+    );
+    // As a URI parameter, at the end of each URI (a bare one's too).
+    let r = run(
+        &req("192.168.1.10:5062", two, ""),
+        SRC,
+        "add_rcv_param(1); out($rc);",
+    );
+    assert_eq!(
+        contacts(&r),
+        [
+            "\"A, B\" <sip:alice@192.168.1.10:5062;ob;received=sip:127.0.0.1:40000>;expires=60, sip:a2@192.168.1.10;received=sip:127.0.0.1:40000;q=0.5",
+            "<sip:a3@10.0.0.1;received=sip:127.0.0.1:40000>",
+        ]
+    );
+    // Over TCP: a transport in the URI; as a URI parameter: UDP only.
+    let one = "Contact: <sip:alice@192.168.1.10:5062>\r\n";
+    let body = "add_rcv_param(); out($rc); add_rcv_param(1); out($rc);";
+    let r = run_as(
+        &req("192.168.1.10:5062", one, ""),
+        SRC,
+        Transport::Tcp,
+        "",
+        RouteType::REQUEST,
+        body,
+    );
+    assert_eq!(r.out, ["1", "-1"]);
+    assert_eq!(
+        r.contact(),
+        "<sip:alice@192.168.1.10:5062>;received=\"sip:127.0.0.1:40000;transport=tcp\""
+    );
+    // No Contact, or `*`: nothing to do, 1.
+    for c in ["", "Contact: *\r\n"] {
+        let r = run(
+            &req("192.168.1.10:5062", c, ""),
+            SRC,
+            "add_rcv_param(); out($rc);",
+        );
+        assert_eq!(r.out, ["1"], "{c:?}");
+        assert_eq!(
+            r.sip().msg.buf().len(),
+            req("192.168.1.10:5062", c, "").len()
+        );
+    }
+    // After fix_nated_contact the Contact still counts as rewritten.
+    let r = run(
+        &req("192.168.1.10:5062", one, ""),
+        SRC,
+        "fix_nated_contact(); add_rcv_param(); out($rc); fix_nated_contact(); out($rc);",
+    );
+    assert_eq!(r.out, ["1", "-1"]);
+    assert_eq!(
+        r.contact(),
+        "<sip:alice@127.0.0.1:40000>;received=\"sip:127.0.0.1:40000\""
+    );
+    // Request routes only.
+    let e = load_errors("loadmodule \"nathelper.so\"\nonreply_route[R] { add_rcv_param(); }\n");
+    assert!(!e.is_empty(), "{e:?}");
+}
+
+#[test]
+fn set_alias_to_pv_reads_the_contact_alias() {
+    let run_one = |contact: &str, params: &str| {
+        run_as(
+            &req("192.168.1.10:5062", contact, ""),
+            SRC,
+            Transport::Udp,
+            params,
+            RouteType::REQUEST,
+            "set_alias_to_pv(\"$avp(dst)\"); out($rc); out($avp(dst));",
+        )
+        .out
+    };
+    assert_eq!(
+        run_one(
+            "Contact: <sip:alice@192.168.1.10:5062;alias=198.51.100.7~40312~1>\r\n",
+            ""
+        ),
+        ["1", "sip:198.51.100.7:40312;transport=udp"]
+    );
+    // Anywhere in the contact (a header parameter too); TLS; WSS is `ws`.
+    assert_eq!(
+        run_one(
+            "Contact: <sip:alice@h>;expires=60;alias=10.1.1.1~5061~3\r\n",
+            ""
+        ),
+        ["1", "sip:10.1.1.1:5061;transport=tls"]
+    );
+    assert_eq!(
+        run_one("Contact: <sip:a@h;alias=10.1.1.1~443~6;ob>\r\n", ""),
+        ["1", "sip:10.1.1.1:443;transport=ws"]
+    );
+    // Another name with alias_name.
+    assert_eq!(
+        run_one(
+            "Contact: <sip:a@h;nat=10.1.1.1~7~2>\r\n",
+            "modparam(\"nathelper\", \"alias_name\", \"nat\")"
+        ),
+        ["1", "sip:10.1.1.1:7;transport=tcp"]
+    );
+    // No alias, no second `~`, two contacts, no Contact: -1.
+    for c in [
+        "Contact: <sip:alice@192.168.1.10:5062>\r\n",
+        "Contact: <sip:a@h;alias=10.1.1.1~5060>;expires=3600\r\n",
+        "Contact: <sip:a@h;alias=1.1.1.1~1~1>, <sip:b@h>\r\n",
+        "",
+    ] {
+        assert_eq!(run_one(c, ""), ["-1", "<null>"], "{c:?}");
+    }
+    // The PV must be writable.
+    let e =
+        load_errors("loadmodule \"nathelper.so\"\nrequest_route { set_alias_to_pv(\"$rc\"); }\n");
+    assert!(!e.is_empty(), "{e:?}");
+}
+
+#[test]
+fn alias_to_uri_as_kamailio_reads_it() {
+    use contact::alias_to_uri;
+    assert_eq!(
+        alias_to_uri(b"<sip:a@h;alias=1.2.3.4~5~1>", "alias"),
+        Ok("sip:1.2.3.4:5;transport=udp".into())
+    );
+    // An unknown protocol number: an empty transport, as Kamailio.
+    assert_eq!(
+        alias_to_uri(b"<sip:a@h;alias=1.2.3.4~5~9>", "alias"),
+        Ok("sip:1.2.3.4:5;transport=".into())
+    );
+    // Too near the end to hold `a~b~c`: not looked at.
+    assert!(alias_to_uri(b"<sip:a@h;alias=1~", "alias").is_err());
+    assert!(alias_to_uri(b"<sip:a@h>", "alias").is_err());
+}
+
 #[test]
 fn fix_nated_register_fills_the_received_avp() {
     let reg = "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.10:5062;branch=z9hG4bK1;rport\r\nFrom: <sip:alice@h>;tag=1\r\nTo: <sip:alice@h>\r\nCall-ID: r\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@192.168.1.10:5062>\r\nContent-Length: 0\r\n\r\n";

@@ -6,7 +6,8 @@
 //! nc: rc -4 and a new challenge, as Kamailio 5.6), the next nc on the same
 //! nonce (accepted), a forged nonce (-4), `one_time_nonce` (-6),
 //! consume_credentials (the relayed INVITE has no Proxy-Authorization),
-//! SHA-256 challenges, auth_db refused at load.
+//! SHA-256 challenges, auth_db refused at load; `pv_auth_check` with the
+//! password in `$sht(...)` or an AVP, as Kamailio answers.
 
 use super::harness::{Server, SippUas, UdpUac, sipp_uac};
 use siphon_mod_auth::digest::{self, Alg, Credentials};
@@ -595,5 +596,150 @@ request_route {
         let k =
             super::sanity_maxfwd::start_with(CFG, "kamailio", &super::sanity_maxfwd::KAMAILIO_ARGS);
         assert_eq!(run(&k), ours, "Kamailio 5.6 builds the same challenge");
+    }
+}
+
+/// `pv_auth_check` with the password from a PV: `$sht(users=>$fU)` (filled
+/// by `event_route[htable:mod-init]`) or an AVP; the rc in the reason.
+const PV_PASSWORDS: &str = r#"#!KAMAILIO
+children=1
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "pv.so"
+loadmodule "htable.so"
+loadmodule "auth.so"
+modparam("htable", "htable", "users=>size=4")
+event_route[htable:mod-init] {
+  $sht(users=>alice) = "secret";
+  $sht(users=>bob) = "b0b";
+}
+request_route {
+  if ($rU == "avp") {
+    $avp(pw) = "secret";
+    pv_auth_check("127.0.0.1", "$avp(pw)", "0", "0");
+  } else if ($rU == "norealm") {
+    $var(e) = "";
+    pv_auth_check("$var(e)", "secret", "0", "0");
+  } else if ($rU == "check") {
+    pv_auth_check("127.0.0.1", "$sht(users=>$tU)", "0", "1");
+  } else {
+    pv_auth_check("127.0.0.1", "$sht(users=>$fU)", "0", "0");
+  }
+  $var(rc) = $rc;
+  if ($var(rc) == -5) { www_challenge("127.0.0.1", "1"); exit; }
+  if ($var(rc) < 0) { sl_send_reply("403", "rc=$var(rc)"); exit; }
+  sl_send_reply("200", "OK");
+}
+"#;
+
+/// The replies to REGISTERs from `from` to `sip:{ruser}@127.0.0.1` with
+/// credentials for `from`/`password` (none for the first).
+fn pv_password_exchange(to: SocketAddr) -> Vec<String> {
+    let uac = UdpUac::new(to);
+    let a = uac.addr();
+    let send_to = |cseq: u32, ruser: &str, from: &str, to: &str, auth: Option<String>| {
+        let auth = auth.map_or(String::new(), |v| format!("Authorization: {v}\r\n"));
+        uac.send(&format!(
+            "REGISTER sip:{ruser}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKpv{cseq}x{}\r\nFrom: <sip:{from}@127.0.0.1>;tag=pv\r\nTo: <sip:{to}@127.0.0.1>\r\nCall-ID: auth-pv-{}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{from}@{a}>\r\n{auth}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            a.port(),
+            a.port()
+        ));
+        reply(&uac)
+    };
+    let send = |cseq: u32, ruser: &str, from: &str, auth: Option<String>| {
+        send_to(cseq, ruser, from, from, auth)
+    };
+    let line = |m: &SipMsg| format!("{} {}", m.status().unwrap_or(0), reason(m));
+    let r = send(1, "sht", "alice", None);
+    let nonce =
+        param(&hdr(&r, "WWW-Authenticate").unwrap_or_default(), "nonce").unwrap_or_default();
+    let mut out = vec![line(&r)];
+    let signed = |user: &str, ruser: &str, nc: &str, password: &str| {
+        let uri = format!("sip:{ruser}@127.0.0.1");
+        let c = Credentials {
+            username: user.into(),
+            realm: "127.0.0.1".into(),
+            nonce: nonce.clone(),
+            uri: uri.clone(),
+            qop: "auth".into(),
+            nc: nc.into(),
+            cnonce: "0a4f113b".into(),
+            ..Default::default()
+        };
+        let ha1 = digest::ha1(Alg::Md5, user, "127.0.0.1", password);
+        let resp = digest::response(Alg::Md5, false, &ha1, &c, "REGISTER", b"");
+        format!(
+            "Digest username=\"{user}\", realm=\"127.0.0.1\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"0a4f113b\""
+        )
+    };
+    for (cseq, ruser, from, nc, password) in [
+        (2, "sht", "alice", "00000001", "secret"),
+        (3, "sht", "alice", "00000002", "wrong"),
+        (4, "sht", "bob", "00000003", "b0b"),
+        (5, "sht", "bob", "00000004", "secret"),
+        (6, "avp", "alice", "00000005", "secret"),
+        // Not in the table: $sht reads $null.
+        (7, "sht", "carol", "00000006", ""),
+        (8, "sht", "carol", "00000007", "x"),
+    ] {
+        let r = send(cseq, ruser, from, Some(signed(from, ruser, nc, password)));
+        out.push(line(&r));
+    }
+    // Without credentials: an empty password is an error before anything.
+    out.push(line(&send(9, "sht", "carol", None)));
+    // An empty realm from a PV: an error too.
+    out.push(line(&send(
+        10,
+        "norealm",
+        "alice",
+        Some(signed("alice", "norealm", "00000008", "secret")),
+    )));
+    // Checks: the To user is the credentials', the From user is not.
+    let cred = signed("alice", "check", "00000009", "secret");
+    out.push(line(&send_to(11, "check", "bob", "alice", Some(cred))));
+    let cred = signed("alice", "check", "0000000a", "secret");
+    out.push(line(&send_to(12, "check", "alice", "alice", Some(cred))));
+    // A wrong password is -2 before any check.
+    let cred = signed("alice", "check", "0000000b", "wrong");
+    out.push(line(&send_to(13, "check", "bob", "alice", Some(cred))));
+    out
+}
+
+#[test]
+fn pv_auth_check_with_the_password_in_sht_or_an_avp_as_kamailio() {
+    let p = super::sanity_maxfwd::start_with(PV_PASSWORDS, env!("CARGO_BIN_EXE_siphon"), &[]);
+    let ours = pv_password_exchange(p.addr);
+    // Kamailio 5.6.3's answers (checked below when it is installed): a
+    // user missing from the table reads $null, an error (-1), with or
+    // without credentials; so is an empty realm.
+    assert_eq!(
+        ours,
+        [
+            "401 Unauthorized",
+            "200 OK",
+            "403 rc=-2",
+            "200 OK",
+            "403 rc=-2",
+            "200 OK",
+            "403 rc=-1",
+            "403 rc=-1",
+            "403 rc=-1",
+            "403 rc=-1",
+            "403 rc=-8",
+            "200 OK",
+            "403 rc=-2",
+        ]
+    );
+    if super::sanity_maxfwd::have_kamailio() {
+        let k = super::sanity_maxfwd::start_with(
+            PV_PASSWORDS,
+            "kamailio",
+            &super::sanity_maxfwd::KAMAILIO_ARGS,
+        );
+        assert_eq!(
+            pv_password_exchange(k.addr),
+            ours,
+            "Kamailio 5.6 answers the same"
+        );
     }
 }

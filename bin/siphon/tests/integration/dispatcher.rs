@@ -12,7 +12,11 @@
 //! load (10) counts calls until their BYE, refuses a full destination
 //! (`maxload`) and forgets a failed call (`ds_load_unset`) on both.
 //! Probing: modes 1 (with TCP destinations), 2 and 3 change the states the
-//! same on both.
+//! same on both; a dead UAS probed out while the live ones split the calls
+//! and a 503 fails over. `ds_is_from_list` (modes, `uri`, `setid_pvname`,
+//! `attrs_pvname`), `use_default`, `ds_select_domain`/`ds_next_domain`,
+//! `ds_mark_dst`, `ds_list_exists`, `ds_is_active` and `ds_reload` answer
+//! the same on both; `$dsg` (Kamailio 5.8's) on siphon.
 
 use super::harness::{Server, SippUas, free_port, sipp_uac, terminate, wait_bound};
 use super::jsonrpcs::{rpc_udp, udp_addr};
@@ -69,9 +73,9 @@ failure_route[DS] {
 "#;
 
 /// A proxy under test: where it takes SIP and jsonrpcs datagrams.
-struct Proxy {
-    name: &'static str,
-    sip: SocketAddr,
+pub(super) struct Proxy {
+    pub(super) name: &'static str,
+    pub(super) sip: SocketAddr,
     rpc: SocketAddr,
     _srv: Option<Server>,
     kam: Option<Child>,
@@ -95,7 +99,12 @@ fn siphon(cfg: &str, dir: super::cli::Scratch) -> Proxy {
     Proxy {
         name: "siphon",
         sip: srv.udp,
-        rpc: udp_addr(&srv),
+        // No jsonrpcs: no RPC socket (never asked then).
+        rpc: if cfg.contains("jsonrpcs.so") {
+            udp_addr(&srv)
+        } else {
+            srv.udp
+        },
         _srv: Some(srv),
         kam: None,
         _dir: dir,
@@ -130,7 +139,9 @@ fn kamailio(cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn kamailio");
-        if wait_bound(sip, "u1", &mut child) && wait_bound(rpc, "u1", &mut child) {
+        // A configuration without jsonrpcs has no RPC socket to wait for.
+        let rpc_up = !cfg.contains("jsonrpcs.so") || wait_bound(rpc, "u1", &mut child);
+        if wait_bound(sip, "u1", &mut child) && rpc_up {
             return Some(Proxy {
                 name: "kamailio",
                 sip,
@@ -149,14 +160,14 @@ fn kamailio(cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
 const NEEDS_TCP: &str = "# needs a TCP listener";
 
 /// siphon or Kamailio on `cfg`; `None` when Kamailio is not installed.
-fn start(server: &str, cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
+pub(super) fn start(server: &str, cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
     match server {
         "siphon" => Some(siphon(cfg, dir)),
         _ => kamailio(cfg, dir),
     }
 }
 
-fn rpc(p: &Proxy, method: &str, params: Value) -> Value {
+pub(super) fn rpc(p: &Proxy, method: &str, params: Value) -> Value {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let doc = json!({"jsonrpc":"2.0","method":method,"params":params,"id":1});
@@ -314,6 +325,7 @@ request_route {
     else if ($rU == "auth") { ds_select_dst("1", "5"); }
     else if ($rU == "pvar") { ds_select_dst("1", "7"); }
     else if ($rU == "from") { ds_select_dst("1", "1"); }
+    else if ($rU == "to") { ds_select_dst("1", "2"); }
     else if ($rU == "ruri") {
         # The proxy's own port is in the R-URI: a key the same on both.
         $ru = "sip:" + $fU + "@example.com";
@@ -326,7 +338,7 @@ request_route {
 "#;
 
 /// The reason phrases of `n` OPTIONS to `user` at `to`, Call-ID, From
-/// user and credentials' user name varying.
+/// user, To user and credentials' user name varying.
 fn picks(to: SocketAddr, user: &str, n: usize) -> Vec<String> {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -334,7 +346,7 @@ fn picks(to: SocketAddr, user: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let m = format!(
-                "OPTIONS sip:{user}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{user}{i}\r\nFrom: <sip:u{i}@example.com>;tag=1\r\nTo: <sip:{user}@x>\r\nCall-ID: {i}-{user}@h\r\nCSeq: 1 OPTIONS\r\nProxy-Authorization: Digest username=\"p{i}@example.com\", realm=\"x\", nonce=\"n\", uri=\"sip:x\", response=\"0\"\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+                "OPTIONS sip:{user}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{user}{i}\r\nFrom: <sip:u{i}@example.com>;tag=1\r\nTo: <sip:{user}{i}@x>\r\nCall-ID: {i}-{user}@h\r\nCSeq: 1 OPTIONS\r\nProxy-Authorization: Digest username=\"p{i}@example.com\", realm=\"x\", nonce=\"n\", uri=\"sip:x\", response=\"0\"\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             );
             s.send_to(m.as_bytes(), to).unwrap();
             let mut buf = [0u8; 4000];
@@ -360,7 +372,7 @@ fn hash_and_weight_picks_match_kamailio() {
         }
         m
     };
-    let ours: Vec<Vec<String>> = ["callid", "from", "ruri", "auth", "pvar"]
+    let ours: Vec<Vec<String>> = ["callid", "from", "to", "ruri", "auth", "pvar"]
         .iter()
         .map(|u| picks(srv.udp, u, 20))
         .collect();
@@ -405,7 +417,7 @@ fn hash_and_weight_picks_match_kamailio() {
         terminate(&mut child);
     }
     let (sip, mut child) = started.expect("kamailio started");
-    let theirs: Vec<Vec<String>> = ["callid", "from", "ruri", "auth", "pvar"]
+    let theirs: Vec<Vec<String>> = ["callid", "from", "to", "ruri", "auth", "pvar"]
         .iter()
         .map(|u| picks(sip, u, 20))
         .collect();
@@ -464,6 +476,16 @@ fn answer_200(
     sock: UdpSocket,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
+    answer_with(sock, stop, |req| Some(ok_for(req)))
+}
+
+/// Answers each request on `sock` with what `reply` makes of it (`None`:
+/// nothing), replies received ignored, until `stop` is set.
+fn answer_with(
+    sock: UdpSocket,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    reply: fn(&str) -> Option<String>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -476,7 +498,9 @@ fn answer_200(
             if text.starts_with("SIP/2.0") {
                 continue;
             }
-            let _ = sock.send_to(ok_for(&text).as_bytes(), from);
+            if let Some(r) = reply(&text) {
+                let _ = sock.send_to(r.as_bytes(), from);
+            }
         }
     })
 }
@@ -1052,4 +1076,441 @@ failure_route[DS] {{
     let run = spare.finish();
     assert_eq!(run.successful, 3, "{}", run.tail());
     drop(silent);
+}
+
+/// `ds_is_from_list` with `setid_pvname` and `attrs_pvname`: which set
+/// (and which destination's attributes) a source matches, by mode. The
+/// R-URI user picks the call; the reason phrase is `rc=…/set=…/attrs=…`
+/// (`/`, not spaces: Kamailio 5.6.3 ended this reason phrase at its first
+/// space).
+const FROM_LIST: &str = r#"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "dispatcher.so"
+modparam("dispatcher", "list_file", "LIST_FILE")
+modparam("dispatcher", "setid_pvname", "$avp(setid)")
+modparam("dispatcher", "attrs_pvname", "$avp(attrs)")
+request_route {
+    $avp(setid) = "none";
+    $avp(attrs) = "none";
+    if ($rU == "any") { ds_is_from_list(); }
+    else if ($rU == "any-strict") { ds_is_from_list("-1", "0"); }
+    else if ($rU == "any-noport") { ds_is_from_list("-1", "3"); }
+    else if ($rU == "set2") { ds_is_from_list("2"); }
+    else if ($rU == "set2-strict") { ds_is_from_list("2", "0"); }
+    else if ($rU == "set4-strict") { ds_is_from_list("4", "0"); }
+    else if ($rU == "set5") { ds_is_from_list("5", "2"); }
+    else if ($rU == "set5-strict") { ds_is_from_list("5", "0"); }
+    else if ($rU == "uri") { ds_is_from_list("-1", "2", "sip:127.0.0.1:$sp"); }
+    else if ($rU == "uri-noport") { ds_is_from_list("-1", "2", "sip:127.0.0.1"); }
+    else if ($rU == "uri-strict") { ds_is_from_list("-1", "0", "sip:127.0.0.1"); }
+    else if ($rU == "uri-tcp") { ds_is_from_list("-1", "0", "sip:127.0.0.1:$sp;transport=tcp"); }
+    else if ($rU == "active") { ds_is_from_list("3", "6"); }
+    $var(rc) = $rc;
+    sl_send_reply("200", "rc=$var(rc)/set=$avp(setid)/attrs=$avp(attrs)");
+}
+"#;
+
+/// The reason phrase of the answer to an OPTIONS for `user` sent from
+/// `sock` (Call-ID `{user}@x`, the same on every server).
+fn ask(sock: &UdpSocket, to: SocketAddr, user: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let m = format!(
+        "OPTIONS sip:{user}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKask{n}\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:{user}@{to}>\r\nCall-ID: {user}@x\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(m.as_bytes(), to).unwrap();
+    let mut buf = [0u8; 4000];
+    let (k, _) = sock.recv_from(&mut buf).expect("a reply");
+    let text = String::from_utf8_lossy(&buf[..k]);
+    let first = text.lines().next().unwrap_or_default();
+    first.splitn(3, ' ').nth(2).unwrap_or_default().to_string()
+}
+
+fn from_list(server: &str) -> Option<Vec<(String, String)>> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let c = sock.local_addr().unwrap().port();
+    let dir = super::cli::Scratch::new(&format!("ds-fromlist-{server}"));
+    // Sets 1..5 in this order: Kamailio's AVL tree of sets is searched
+    // 1, 3, 5, 4, 2 for "any set".
+    let f = dir.write(
+        "d.list",
+        &format!(
+            "1 sip:127.0.0.2:{c}\n2 sip:127.0.0.1 0 0 a=two\n3 sip:127.0.0.1:{c};transport=udp 0 0 a=three\n3 sip:127.0.0.9:{c} 1\n4 sip:127.0.0.1:{c} 0 0 a=four\n5 sip:127.0.0.1:{c};transport=tcp 0 0 a=five\n"
+        ),
+    );
+    let p = start(server, &FROM_LIST.replace("LIST_FILE", &f), dir)?;
+    let users = [
+        "any",
+        "any-strict",
+        "any-noport",
+        "set2",
+        "set2-strict",
+        "set4-strict",
+        "set5",
+        "set5-strict",
+        "uri",
+        "uri-noport",
+        "uri-strict",
+        "uri-tcp",
+        "active",
+    ];
+    Some(
+        users
+            .iter()
+            .map(|u| (u.to_string(), ask(&sock, p.sip, u)))
+            .collect(),
+    )
+}
+
+#[test]
+fn is_from_list_sets_setid_and_attrs_as_kamailio() {
+    let ours = from_list("siphon").unwrap();
+    // Set 3 is the first of 1, 3, 5, 4, 2 that has the source.
+    assert_eq!(
+        ours[0],
+        ("any".to_string(), "rc=1/set=3/attrs=a=three".to_string())
+    );
+    if let Some(theirs) = from_list("kamailio") {
+        assert_eq!(ours, theirs);
+    }
+}
+
+/// What the configurations of the script-function comparisons start with
+/// (jsonrpcs to change and list the states).
+const WITH_RPC: &str = r#"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "jsonrpcs.so"
+loadmodule "dispatcher.so"
+modparam("jsonrpcs", "transport", 4)
+modparam("dispatcher", "list_file", "LIST_FILE")
+"#;
+
+/// `use_default`: the selection and the whole failover list of each call
+/// (the reason phrase: `$du` then each `ds_next_dst()`'s, comma-separated).
+const USE_DEFAULT: &str = r#"
+modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "use_default", 1)
+request_route {
+    $var(s) = "none";
+    if ($rU =~ "^rr") { if (ds_select_dst("1", "4")) { route(LIST); } }
+    else if ($rU == "limit") { if (ds_select_dst("1", "4", "2")) { route(LIST); } }
+    else if ($rU =~ "^hash") { if (ds_select_dst("1", "0")) { route(LIST); } }
+    else if ($rU == "prio") { if (ds_select_dst("2", "8")) { route(LIST); } }
+    else if ($rU == "prio3") { if (ds_select_dst("2", "8", "3")) { route(LIST); } }
+    else if ($rU =~ "^weight") { if (ds_select_dst("2", "9")) { route(LIST); } }
+    else if ($rU =~ "^rweight") { if (ds_select_dst("2", "11")) { route(LIST); } }
+    sl_send_reply("200", "$var(s)");
+}
+route[LIST] {
+    $var(s) = $du;
+    while (ds_next_dst()) { $var(s) = $var(s) + "," + $du; }
+}
+"#;
+
+fn use_default(server: &str) -> Option<Vec<(String, String)>> {
+    let dir = super::cli::Scratch::new(&format!("ds-default-{server}"));
+    let f = dir.write(
+        "d.list",
+        "1 sip:127.0.0.1:5071\n1 sip:127.0.0.1:5072\n1 sip:127.0.0.1:5073\n2 sip:127.0.11.1 0 1 weight=20;rweight=20\n2 sip:127.0.11.2 0 5 weight=50;rweight=50\n2 sip:127.0.11.3 0 3 weight=30;rweight=30\n",
+    );
+    let cfg = format!("{WITH_RPC}{USE_DEFAULT}");
+    let p = start(server, &cfg.replace("LIST_FILE", &f), dir)?;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seen = Vec::new();
+    let go = |seen: &mut Vec<(String, String)>, users: Vec<String>| {
+        for u in users {
+            let r = ask(&sock, p.sip, &u);
+            seen.push((u, r));
+        }
+    };
+    let names = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    };
+    go(&mut seen, names("rr", 4));
+    go(
+        &mut seen,
+        vec!["limit".into(), "prio".into(), "prio3".into()],
+    );
+    go(&mut seen, names("hash", 6));
+    // Weights: Kamailio shuffles its 100 slots at random, so 100 picks
+    // are compared by how many lists of each kind came out (the
+    // default's slots go to the first destination: 70/30).
+    for prefix in ["weight", "rweight"] {
+        let mut lists = std::collections::BTreeMap::new();
+        for u in names(prefix, 100) {
+            *lists.entry(ask(&sock, p.sip, &u)).or_insert(0) += 1;
+        }
+        seen.push((prefix.to_string(), format!("{lists:?}")));
+    }
+    let state = |st: &str, uri: &str| {
+        let r = rpc(&p, "dispatcher.set_state", json!([st, 1, uri]));
+        assert!(r.get("error").is_none(), "{}: {r}", p.name);
+    };
+    // The default down: still the last resort of every list.
+    state("ip", "sip:127.0.0.1:5071");
+    go(&mut seen, names("rr-default-down", 3));
+    // Every other down: the default alone.
+    state("a", "sip:127.0.0.1:5071");
+    state("ip", "sip:127.0.0.1:5072");
+    state("d", "sip:127.0.0.1:5073");
+    go(&mut seen, names("rr-others-down", 2));
+    go(&mut seen, vec!["hash-others-down".into()]);
+    // All down: nothing.
+    state("ip", "sip:127.0.0.1:5071");
+    go(&mut seen, names("rr-all-down", 1));
+    drop(p);
+    Some(seen)
+}
+
+#[test]
+fn use_default_keeps_the_last_destination_as_kamailio() {
+    let ours = use_default("siphon").unwrap();
+    eprintln!("siphon: {ours:#?}");
+    // The default (5071, the file's first line) is never chosen while
+    // another is up, and ends each list.
+    assert_eq!(
+        ours[0].1,
+        "sip:127.0.0.1:5073,sip:127.0.0.1:5072,sip:127.0.0.1:5071"
+    );
+    if let Some(theirs) = use_default("kamailio") {
+        assert_eq!(ours, theirs);
+    }
+}
+
+/// Answers every INVITE on `sock` with 503 (its ACK ignored) and every
+/// other request with 200, until `stop` is set.
+fn answer_503(
+    sock: UdpSocket,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    answer_with(sock, stop, |req| {
+        if req.starts_with("ACK ") {
+            return None;
+        }
+        let ok = ok_for(req);
+        if !req.starts_with("INVITE ") {
+            return Some(ok);
+        }
+        // The 503 with a To tag.
+        let lines: Vec<String> = ok
+            .replace("SIP/2.0 200 OK", "SIP/2.0 503 Service Unavailable")
+            .split("\r\n")
+            .map(|l| {
+                if l.starts_with("To:") || l.starts_with("t:") {
+                    format!("{l};tag=busy")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        Some(lines.join("\r\n"))
+    })
+}
+
+/// The issue's scenario: three UAS in set 1, one of them down (a socket
+/// that never answers); probing every second marks it inactive
+/// (`dispatcher.list`: `IP`), and 30 calls round robin reach the two live
+/// sipp UAS 15/15; set 2's first destination answers 503, and its calls
+/// fail over to the next. Only the destinations flagged probing (`8`) are
+/// probed (mode 3): a sipp UAS that auto-answers OPTIONS (`-aa`) no longer
+/// stops when asked, so the live ones are not probed.
+fn probed_spread(server: &str) {
+    let uas_at = || SippUas::start_on("127.0.0.1", "uas_ack_bye.xml", "u1", &["-nr"]);
+    let uas: Vec<SippUas> = (0..2).map(|_| uas_at()).collect();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let busy = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (down, busy_at) = (silent.local_addr().unwrap(), busy.local_addr().unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let responder = answer_503(busy, stop.clone());
+    let dir = super::cli::Scratch::new(&format!("ds-probed-{server}"));
+    let list = format!(
+        "1 sip:{}\n1 sip:{down} 8\n1 sip:{}\n2 sip:{busy_at} 8 10\n2 sip:{} 0 5\n",
+        uas[0].addr, uas[1].addr, uas[0].addr
+    );
+    let f = dir.write("d.list", &list);
+    let cfg = routes_with(
+        &[(
+            "modparam(\"dispatcher\", \"flags\", 2)",
+            "modparam(\"dispatcher\", \"flags\", 2)\nmodparam(\"dispatcher\", \"ds_ping_interval\", 1)\nmodparam(\"dispatcher\", \"ds_probing_mode\", 3)\nmodparam(\"dispatcher\", \"ds_ping_from\", \"sip:ds@127.0.0.1\")",
+        )],
+        "",
+    );
+    let Some(p) = start(server, &cfg.replace("LIST_FILE", &f), dir) else {
+        return;
+    };
+    let name = p.name;
+    // Set 1 as listed: the file's last line first.
+    let want = ["AX", "IP", "AX"];
+    assert_eq!(wait_flags(&p, &want), want, "{name}");
+    sipp_uac("uac_invite_bye.xml", p.sip, "u1", 30, &[]);
+    // Set 2: the 503 fails over to the first UAS.
+    sipp_uac("uac_invite_bye.xml", p.sip, "u1", 3, &["-s", "fail"]);
+    let l = rpc(&p, "dispatcher.list", json!([]));
+    let t2: Vec<Value> = targets(&l, 2)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["DEST"]["FLAGS"].clone())
+        .collect();
+    // The busy one answers its probes: active.
+    assert_eq!(t2, [json!("AP"), json!("AX")], "{name}: {l}");
+    let counts: Vec<u64> = uas
+        .into_iter()
+        .map(|u| {
+            let run = u.finish();
+            assert_eq!(run.failed, 0, "{name}: {}", run.tail());
+            run.successful
+        })
+        .collect();
+    eprintln!("{name}: per live UAS {counts:?}");
+    assert_eq!(counts, [18, 15], "{name}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = responder.join();
+    drop(p);
+    drop(silent);
+}
+
+#[test]
+fn probing_takes_a_dead_uas_out_and_calls_split_over_the_live_on_siphon() {
+    probed_spread("siphon");
+}
+
+#[test]
+fn probing_takes_a_dead_uas_out_and_calls_split_over_the_live_on_kamailio() {
+    probed_spread("kamailio");
+}
+
+/// `$dsg(...)` and `ds_dsg_fetch` (Kamailio 5.8's; 5.6.3 has neither, so
+/// siphon only): the destinations of a set and how many are active,
+/// following `dispatcher.set_state` at once.
+#[test]
+fn dsg_reads_a_sets_destinations_and_states() {
+    let dir = super::cli::Scratch::new("ds-dsg");
+    let f = dir.write(
+        "d.list",
+        "1 sip:127.0.0.1:5071\n2 sip:127.0.0.1:5072\n2 sip:127.0.0.1:5073\n2 sip:127.0.0.1:5074\n2 sip:127.0.0.1:5075\n",
+    );
+    let cfg = WITH_RPC.replace("LIST_FILE", &f)
+        + r#"
+request_route {
+    $var(s) = "set1=" + $dsg(count);
+    ds_dsg_fetch("$rU");
+    $var(s) = $var(s) + "/count=" + $dsg(count) + "/active=" + $dsg(active) + "/inactive=" + $dsg(inactive) + "/pactive=" + $dsg(pactive) + "/pinactive=" + $dsg(pinactive);
+    sl_send_reply("200", "$var(s)");
+}
+"#;
+    let p = siphon(&cfg, dir);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(
+        ask(&sock, p.sip, "2"),
+        "set1=1/count=4/active=4/inactive=0/pactive=100/pinactive=0"
+    );
+    for (st, port) in [("ip", 5072), ("d", 5073), ("t", 5074)] {
+        let r = rpc(
+            &p,
+            "dispatcher.set_state",
+            json!([st, 2, format!("sip:127.0.0.1:{port}")]),
+        );
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    // Trying still counts as active.
+    assert_eq!(
+        ask(&sock, p.sip, "2"),
+        "set1=1/count=4/active=2/inactive=2/pactive=50/pinactive=50"
+    );
+    // A set that does not exist: $null, which the + turns into nothing.
+    let r = ask(&sock, p.sip, "7");
+    assert!(r.starts_with("set1=1/count=/active="), "{r}");
+}
+
+/// The other script functions, one call per R-URI user (the reason
+/// phrase says what came out): `ds_select_domain` + `ds_next_domain`,
+/// `ds_mark_dst` (with and without a state), `ds_list_exists`,
+/// `ds_is_active`, `ds_reload`.
+const FUNCTIONS: &str = r#"
+modparam("dispatcher", "flags", 2)
+request_route {
+    $var(s) = "none";
+    if ($rU == "domain") {
+        if (ds_select_domain("1", "8")) {
+            $var(s) = $ru;
+            while (ds_next_domain()) { $var(s) = $var(s) + "," + $ru; }
+        }
+    } else if ($rU == "mark") {
+        if (ds_select_dst("1", "8")) { ds_mark_dst("ip"); $var(s) = "marked=" + $du + "/rc=" + $rc; }
+    } else if ($rU == "mark-default") {
+        if (ds_select_dst("1", "8")) { ds_mark_dst(); $var(s) = "marked=" + $du + "/rc=" + $rc; }
+    } else if ($rU == "exists") {
+        ds_list_exists("1");
+        $var(a) = $rc;
+        ds_list_exists("7");
+        $var(s) = "set1=" + $var(a) + "/set7=" + $rc;
+    } else if ($rU == "active") {
+        ds_is_active("1");
+        $var(a) = $rc;
+        ds_is_active("1", "sip:127.0.0.1:5073");
+        $var(b) = $rc;
+        ds_is_active("2");
+        $var(s) = "set1=" + $var(a) + "/5073=" + $var(b) + "/set2=" + $rc;
+    } else if ($rU == "reload") {
+        ds_reload();
+        $var(s) = "rc=" + $rc;
+    }
+    sl_send_reply("200", "$var(s)");
+}
+"#;
+
+fn functions(server: &str) -> Option<Vec<String>> {
+    let dir = super::cli::Scratch::new(&format!("ds-functions-{server}"));
+    let f = dir.write(
+        "d.list",
+        "1 sip:127.0.0.1:5071\n1 sip:127.0.0.1:5072\n1 sip:127.0.0.1:5073\n2 sip:127.0.0.1:5074 1\n",
+    );
+    let cfg = format!("{WITH_RPC}{FUNCTIONS}");
+    let p = start(server, &cfg.replace("LIST_FILE", &f), dir)?;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let flags = |p: &Proxy| -> String {
+        let l = rpc(p, "dispatcher.list", json!([]));
+        let t: Vec<String> = targets(&l, 1)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["DEST"]["FLAGS"].as_str().unwrap_or_default().to_string())
+            .collect();
+        t.join(",")
+    };
+    let mut seen = Vec::new();
+    for user in [
+        "domain",
+        "exists",
+        "active",
+        "mark",
+        "active",
+        "mark-default",
+        "active",
+    ] {
+        seen.push(format!("{user}: {}", ask(&sock, p.sip, user)));
+    }
+    seen.push(format!("flags: {}", flags(&p)));
+    for user in ["reload", "active"] {
+        seen.push(format!("{user}: {}", ask(&sock, p.sip, user)));
+    }
+    seen.push(format!("flags: {}", flags(&p)));
+    Some(seen)
+}
+
+#[test]
+fn select_domain_mark_and_set_queries_as_kamailio() {
+    let ours = functions("siphon").unwrap();
+    assert_eq!(
+        ours[0],
+        "domain: sip:domain@127.0.0.1:5073,sip:domain@127.0.0.1:5072,sip:domain@127.0.0.1:5071"
+    );
+    if let Some(theirs) = functions("kamailio") {
+        assert_eq!(ours, theirs);
+    }
 }

@@ -5,7 +5,8 @@
 //! same on siphon and Kamailio; a lock the route leaves held, or holds
 //! across an asynchronous call, blocks no other worker; pike blocking a
 //! flooder (127.0.0.2) while another source (127.0.0.1) is answered, and the
-//! shipped kamailio.cfg with WITH_ANTIFLOOD.
+//! shipped kamailio.cfg with WITH_ANTIFLOOD. The htable RPCs' answers and
+//! the PVs and removal functions, the same on siphon and Kamailio.
 
 use super::harness::{Server, UdpUac, request};
 use super::jsonrpcs::rpc_doc;
@@ -83,7 +84,7 @@ request_route {{
     assert_eq!(flood(&sock, srv.udp, 10_000, 64, "inc"), 10_000);
     assert_eq!(
         rpc_doc(&srv, "htable.get", json!(["c", "n"]))["result"],
-        json!({"item": {"name": "n", "value": 10000}})
+        json!({"item": {"name": "n", "value": 10000, "flags": 0, "expire": "NEVER"}})
     );
     assert_eq!(
         rpc_doc(&srv, "htable.get", json!(["a", "boot"]))["result"]["item"]["value"],
@@ -595,4 +596,154 @@ route[RESUMED] {{
         assert_eq!(u.final_code(W), Some(200));
     }
     assert!(srv.log_soon("released: the route suspended"));
+}
+
+/// The htable RPCs' answers over jsonrpcs, results and errors, on a
+/// table the script filled: the same on siphon and Kamailio 5.6.3.
+fn htable_rpcs(server: &str) -> Option<Vec<(String, serde_json::Value)>> {
+    use super::dispatcher::{rpc, start};
+    let cfg = r#"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "jsonrpcs.so"
+loadmodule "htable.so"
+modparam("jsonrpcs", "transport", 4)
+modparam("htable", "htable", "a=>size=4")
+modparam("htable", "htable", "c=>size=2;autoexpire=300;initval=0")
+request_route {
+    $sht(a=>boot) = "init";
+    $sht(a=>n) = 7;
+    $var(x) = $shtinc(c=>hits);
+    $var(x) = $shtinc(c=>hits);
+    sl_send_reply("200", "OK");
+}
+"#;
+    let dir = super::cli::Scratch::new(&format!("ht-rpc-{server}"));
+    let p = start(server, cfg, dir)?;
+    let uac = UdpUac::new(p.sip);
+    uac.send(&request("OPTIONS", uac.addr(), "fill", "fill", ""));
+    assert_eq!(uac.final_code(W), Some(200), "{}", p.name);
+    let calls: Vec<(&str, serde_json::Value)> = vec![
+        ("htable.get", json!(["a", "boot"])),
+        ("htable.get", json!(["c", "hits"])),
+        ("htable.get", json!(["a", "nope"])),
+        ("htable.get", json!(["zz", "x"])),
+        ("htable.get", json!(["a"])),
+        ("htable.sets", json!(["a", "s", "text"])),
+        ("htable.seti", json!(["a", "i", 42])),
+        ("htable.seti", json!(["a", "j"])),
+        ("htable.get", json!(["a", "i"])),
+        ("htable.delete", json!(["a", "s"])),
+        ("htable.delete", json!(["a", "s"])),
+        ("htable.dump", json!(["a"])),
+        ("htable.dump", json!(["zz"])),
+        ("htable.listTables", json!([])),
+        ("htable.stats", json!([])),
+        ("htable.flush", json!(["c"])),
+        ("htable.get", json!(["c", "hits"])),
+        ("htable.reload", json!(["a"])),
+    ];
+    Some(
+        calls
+            .into_iter()
+            .map(|(m, params)| {
+                let r = rpc(&p, m, params.clone());
+                let mut answer = r
+                    .get("result")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"error": r["error"]}));
+                // An expiry date (300 s from now): its shape only.
+                if let Some(e) = answer.pointer_mut("/item/expire")
+                    && e != "NEVER"
+                {
+                    let d = e.as_str().unwrap_or_default();
+                    let shape: String = d
+                        .chars()
+                        .map(|c| if c.is_ascii_digit() { 'D' } else { c })
+                        .collect();
+                    *e = json!(shape);
+                }
+                (format!("{m} {params}"), answer)
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn htable_rpcs_answer_as_kamailio() {
+    let ours = htable_rpcs("siphon").unwrap();
+    assert_eq!(
+        ours[1].1,
+        json!({"item": {"name": "hits", "value": 2, "flags": 0, "expire": "DDDD-DD-DD DD:DD:DD"}}),
+        "{ours:?}"
+    );
+    if let Some(theirs) = htable_rpcs("kamailio") {
+        for (o, t) in ours.iter().zip(&theirs) {
+            assert_eq!(o, t);
+        }
+    }
+}
+
+/// The PVs and removal functions, each result in the reason phrase
+/// (separated by `/`), on siphon and Kamailio 5.6.3.
+const HT_FUNCTIONS: &str = r#"#!KAMAILIO
+debug=2
+children=1
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "htable.so"
+modparam("htable", "htable", "a=>size=4;initval=0")
+modparam("htable", "htable", "e=>size=2;autoexpire=300")
+request_route {
+    $sht(a=>x1) = 1;
+    $sht(a=>x2) = "two";
+    $sht(a=>y) = 3;
+    $sht(a=>pre1) = "v";
+    $sht(a=>pre2) = "two";
+    $var(r) = "cn=" + $shtcn(a=>~~^x) + "/cnp=" + $shtcn(a=>%~pre) + "/cns=" + $shtcn(a=>~%2) + "/cne=" + $shtcn(a=>==y) + "/all=" + $shtcn(a=>**);
+    $var(r) = $var(r) + "/icase=" + $shtcn(a=>~~^X) + "/sfx=" + $shtcn(a=>~%pre) + "/cneq=" + $shtcn(a=>eq3);
+    $var(r) = $var(r) + "/cv=" + $shtcv(a=>==two) + "/cvre=" + $shtcv(a=>~~^t) + "/cvint=" + $shtcv(a=>==1) + "/cveq=" + $shtcv(a=>eq3);
+    $var(r) = $var(r) + "/dec=" + $shtdec(a=>y) + "/inc=" + $shtinc(a=>new) + "/miss=" + $sht(a=>missing);
+    $var(r) = $var(r) + "/ex0=" + $shtex(a=>y);
+    $sht(e=>k) = "v";
+    $var(r) = $var(r) + "/ex=" + $shtex(e=>k);
+    $shtex(e=>k) = 60;
+    $var(r) = $var(r) + "/ex60=" + $shtex(e=>k);
+    sht_rm_name_re("a=>^x1");
+    $var(r) = $var(r) + "/rmname=" + $shtcn(a=>**);
+    sht_rm_value_re("a=>^tw");
+    $var(r) = $var(r) + "/rmvalue=" + $shtcn(a=>**);
+    sht_rm_name("a", "sw", "pre");
+    $var(r) = $var(r) + "/rmsw=" + $shtcn(a=>**);
+    $sht(a=>z) = "zz";
+    sht_rm_value("a", "re", "^z");
+    $var(r) = $var(r) + "/rmre=" + $shtcn(a=>**);
+    sht_rm("a", "y");
+    $var(r) = $var(r) + "/rm=" + $shtcn(a=>**);
+    $sht(a=>gone) = 5;
+    $sht(a=>gone) = $null;
+    $var(r) = $var(r) + "/null=" + $shtcn(a=>==gone);
+    sht_reset("a");
+    $var(r) = $var(r) + "/reset=" + $shtcn(a=>**);
+    sl_send_reply("200", "$var(r)");
+}
+"#;
+
+#[test]
+fn sht_functions_as_kamailio() {
+    let ours = reason(
+        start_with(HT_FUNCTIONS, env!("CARGO_BIN_EXE_siphon"), &[]).addr,
+        "ops",
+    );
+    assert_eq!(
+        ours,
+        "cn=2/cnp=2/cns=2/cne=1/all=5/icase=2/sfx=0/cneq=0/cv=2/cvre=2/cvint=0/cveq=1/dec=2/inc=1/miss=0/ex0=0/ex=300/ex60=60/rmname=5/rmvalue=3/rmsw=2/rmre=2/rm=1/null=0/reset=0"
+    );
+    if have_kamailio() {
+        let theirs = reason(
+            start_with(HT_FUNCTIONS, "kamailio", &KAMAILIO_ARGS).addr,
+            "ops",
+        );
+        assert_eq!(theirs, ours);
+    }
 }

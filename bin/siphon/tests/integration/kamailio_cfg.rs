@@ -755,6 +755,16 @@ fn kamailio_cfg_cancel_while_ringing() {
     on_both(KAMAILIO_CFG, cancel_ringing);
 }
 
+/// Issue 15: with `-A WITH_ANTIFLOOD` (htable `ipban` and pike in REQINIT)
+/// the file still registers and calls as without it, on both.
+#[test]
+fn kamailio_cfg_with_antiflood_registers_and_calls() {
+    let args = ["-A", "WITH_ANTIFLOOD"];
+    on_both_with(KAMAILIO_CFG, &args, register_and_query);
+    on_both_with(KAMAILIO_CFG, &args, raw_call);
+    on_both_with(KAMAILIO_CFG, &args, sipp_call);
+}
+
 /// Runs `scenario` on `bin` alone (what the other does is not compared).
 fn on_one(bin: Bin, cfg: &str, scenario: fn(&Srv) -> Seen) {
     if let Some(srv) = Srv::start(bin, cfg) {

@@ -11,6 +11,9 @@
 //! only data in the headers: everything the servers send goes to the
 //! loopback port the REGISTER came from (the `received` the registrar
 //! stored, the `;alias=` of the dialog), which is where this UA listens.
+//!
+//! And `add_rcv_param` (the REGISTER a peer gets) and `set_alias_to_pv`
+//! on a small proxy configuration, the same on both.
 
 use super::cli::Scratch;
 use super::kamailio_cfg::{
@@ -306,4 +309,111 @@ fn nathelper_kamailio_cfg_with_nat_pings_with_four_zero_bytes() {
         return;
     };
     on_both_with(&cfg, &["-A", "WITH_NAT"], nated_ua_udp_ping);
+}
+
+/// `add_rcv_param` and `set_alias_to_pv` on a proxy that relays REGISTERs
+/// to `PEER`; the same configuration on both servers.
+const RCV_CFG: &str = r#"#!KAMAILIO
+debug=2
+children=2
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "textops.so"
+loadmodule "nathelper.so"
+request_route {
+    if (is_method("ACK")) { exit; }
+    if ($rU == "alias") {
+        $avp(dst) = "none";
+        set_alias_to_pv("$avp(dst)");
+        $var(rc) = $rc;
+        sl_send_reply("200", "rc=$var(rc)/dst=$avp(dst)");
+        exit;
+    }
+    if ($rU == "header") { add_rcv_param(); }
+    else if ($rU == "uri") { add_rcv_param("1"); }
+    $du = "sip:PEER";
+    t_relay();
+}
+"#;
+
+/// What each request came out as: the Contact lines of the REGISTER the
+/// peer got (the UA's port written `UA`), or the reason phrase.
+fn rcv_and_alias(bin: &str, extra: &[&str]) -> Vec<String> {
+    use std::net::UdpSocket;
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let cfg = RCV_CFG.replace("PEER", &peer.local_addr().unwrap().to_string());
+    let srv = super::sanity_maxfwd::start_with(&cfg, bin, extra);
+    let ua = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ua.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = ua.local_addr().unwrap();
+    let contacts = [
+        "Contact: \"A, B\" <sip:alice@192.168.1.10:5062;ob>;expires=60, sip:a2@192.168.1.10;q=0.5\r\nContact: <sip:a3@10.0.0.1>\r\n",
+        "Contact: <sip:alice@192.168.1.10:5062;alias=198.51.100.7~40312~1>;expires=60\r\n",
+        "Contact: <sip:alice@h>;alias=10.1.1.1~5061~3\r\n",
+        "Contact: <sip:a@h;alias=1.1.1.1~1~1>, <sip:b@h>\r\n",
+        "Contact: <sip:alice@192.168.1.10:5062>\r\n",
+    ];
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65535];
+    let mut n = 0;
+    let mut send = |user: &str, contact: &str| {
+        n += 1;
+        let text = format!(
+            "REGISTER sip:{user}@{} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKrcv{n};rport\r\nFrom: <sip:alice@127.0.0.1>;tag=r{n}\r\nTo: <sip:alice@127.0.0.1>\r\nCall-ID: rcv-{n}-{me}\r\nCSeq: {n} REGISTER\r\n{contact}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            srv.addr
+        );
+        ua.send_to(text.as_bytes(), srv.addr).unwrap();
+    };
+    for (user, contact) in [("header", contacts[0]), ("uri", contacts[0])] {
+        send(user, contact);
+        let (k, from) = peer.recv_from(&mut buf).expect("the relayed REGISTER");
+        let got = String::from_utf8_lossy(&buf[..k]).into_owned();
+        let lines: Vec<String> = got
+            .split("\r\n")
+            .filter(|l| l.to_ascii_lowercase().starts_with("contact:"))
+            .map(|l| l.replace(&format!("127.0.0.1:{}", me.port()), "127.0.0.1:UA"))
+            .collect();
+        seen.push(lines.join(" | "));
+        // The peer's 200, which the proxy relays back.
+        let keep: String = got
+            .split("\r\n")
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                ["via:", "from:", "to:", "call-id:", "cseq:"]
+                    .iter()
+                    .any(|h| l.starts_with(h))
+            })
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        let ok = format!("SIP/2.0 200 OK\r\n{keep}Content-Length: 0\r\n\r\n");
+        peer.send_to(ok.as_bytes(), from).unwrap();
+        let (k, _) = ua.recv_from(&mut buf).expect("the relayed 200");
+        assert!(buf[..k].starts_with(b"SIP/2.0 200"), "{bin}");
+    }
+    for contact in &contacts[1..] {
+        send("alias", contact);
+        let (k, _) = ua.recv_from(&mut buf).expect("a reply");
+        let text = String::from_utf8_lossy(&buf[..k]).into_owned();
+        seen.push(text.lines().next().unwrap_or_default().to_string());
+    }
+    seen
+}
+
+#[test]
+fn add_rcv_param_and_set_alias_to_pv_as_kamailio() {
+    let ours = rcv_and_alias(env!("CARGO_BIN_EXE_siphon"), &[]);
+    assert_eq!(
+        ours[0],
+        "Contact: \"A, B\" <sip:alice@192.168.1.10:5062;ob>;expires=60;received=\"sip:127.0.0.1:UA\", sip:a2@192.168.1.10;q=0.5;received=\"sip:127.0.0.1:UA\" | Contact: <sip:a3@10.0.0.1>;received=\"sip:127.0.0.1:UA\""
+    );
+    assert_eq!(
+        ours[2],
+        "SIP/2.0 200 rc=1/dst=sip:198.51.100.7:40312;transport=udp"
+    );
+    if super::sanity_maxfwd::have_kamailio() {
+        let theirs = rcv_and_alias("kamailio", &super::sanity_maxfwd::KAMAILIO_ARGS);
+        assert_eq!(ours, theirs);
+    }
 }
