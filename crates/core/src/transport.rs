@@ -57,6 +57,31 @@ pub(crate) fn max_datagram(to: SocketAddr) -> usize {
     if to.is_ipv4() { 65_507 } else { 65_527 }
 }
 
+/// The environment variable that keeps every SIP message on this machine:
+/// when it is set (to anything but `0`), a destination outside 127.0.0.0/8
+/// and `::1` is refused, logged and counted in `core:send_failures`. The
+/// test suite sets it for every server it starts, so a bug that picks a
+/// private or public address (a NATed Contact, a Via) fails a test instead
+/// of sending there.
+pub const ONLY_LOOPBACK_ENV: &str = "SIPHON_SEND_ONLY_LOOPBACK";
+
+/// Whether [`ONLY_LOOPBACK_ENV`] refuses `to`.
+fn off_machine(to: SocketAddr) -> bool {
+    static ONLY_LOOPBACK: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| only_loopback(std::env::var_os(ONLY_LOOPBACK_ENV).as_deref()));
+    *ONLY_LOOPBACK && !on_machine(to)
+}
+
+/// [`ONLY_LOOPBACK_ENV`]'s value switches the check on unless empty or `0`.
+fn only_loopback(v: Option<&std::ffi::OsStr>) -> bool {
+    v.is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// 127.0.0.0/8, `::1`, or an IPv4 loopback address mapped into IPv6.
+fn on_machine(to: SocketAddr) -> bool {
+    to.ip().to_canonical().is_loopback()
+}
+
 /// Why bytes could not be sent. The first group is returned by
 /// [`Outbound::send_to`] at once; the second reaches the sender later
 /// through its [`FailNotice`].
@@ -74,6 +99,9 @@ pub enum SendError {
         /// What the system said.
         reason: String,
     },
+    /// Sending off the machine is switched off ([`ONLY_LOOPBACK_ENV`]).
+    #[error("{0} is not a loopback address and {ONLY_LOOPBACK_ENV} is set")]
+    NotLoopback(SocketAddr),
     /// The connection's queue holds [`TCP_QUEUE`] messages already.
     #[error("the queue of the connection to {0} is full")]
     QueueFull(SocketAddr),
@@ -350,6 +378,13 @@ impl Outbound {
         bytes: Bytes,
         on_fail: Option<FailNotice>,
     ) -> Result<(), SendError> {
+        if off_machine(to.addr) {
+            tracing::error!(
+                "refusing to send to {}: {ONLY_LOOPBACK_ENV} is set",
+                to.addr
+            );
+            return Err(SendError::NotLoopback(to.addr));
+        }
         match to.transport {
             Transport::Udp => self.udp_socket(opts.from, to.addr).and_then(|s| {
                 udp_send(&s, &bytes, to.addr)
@@ -485,6 +520,10 @@ impl Outbound {
 
     /// Sends a datagram from the socket bound to `from`, or any socket of the right family.
     pub(crate) fn send_udp(&self, from: Option<SocketAddr>, to: SocketAddr, bytes: Bytes) -> bool {
+        if off_machine(to) {
+            tracing::error!("refusing to send to {to}: {ONLY_LOOPBACK_ENV} is set");
+            return false;
+        }
         // Never wait on the SIP path: a full kernel buffer drops the datagram (the
         // caller counts it) and SIP's retransmissions recover.
         self.udp_socket(from, to)

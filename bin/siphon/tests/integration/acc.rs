@@ -73,6 +73,7 @@ fn start(bin: &str, extra: &[&str]) -> Proc {
     for _ in 0..5 {
         let addr = free_port("u1");
         let mut child = Command::new(bin)
+            .env(crate::harness::ONLY_LOOPBACK, "1")
             .args(["-f", &cfg, "-l", &format!("udp:{addr}")])
             .args(extra)
             .stdout(Stdio::piped())

@@ -323,7 +323,7 @@ fn auth_db_is_refused_at_load() {
         "a.cfg",
         "loadmodule \"auth_db.so\"\nrequest_route { exit; }\n",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
+    let out = crate::harness::siphon_command()
         .args(["-c", "-f", &f])
         .output()
         .unwrap();

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 fn siphon(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siphon"))
+    crate::harness::siphon_command()
         .args(args)
         .output()
         .expect("run siphon")
@@ -103,7 +103,7 @@ fn bad_listen_on_the_command_line() {
 fn runs_startup_route_and_stops_on_sigterm() {
     let s = Scratch::new("run");
     let f = s.write("run.cfg", "debug=2\nstartup_route { $shv(x) = 41; xinfo(\"startup ran, answer=$(shv(x){s.int})\\n\"); }\nrequest_route { exit; }\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
+    let mut child = crate::harness::siphon_command()
         .args(["-f", &f, "-E", "-DD"])
         .stderr(Stdio::piped())
         .spawn()
@@ -418,6 +418,7 @@ fn drops_privileges_like_kamailio() {
         let addr = super::harness::free_port("u1");
         let listen = format!("udp:127.0.0.1:{}", addr.port());
         let mut child = Command::new(server)
+            .env(crate::harness::ONLY_LOOPBACK, "1")
             .args(["-f", &f, "-l", &listen, "-u", "nobody", "-g", "nogroup"])
             .args([
                 "-P", "srv.pid", "-w", &dir, "-m", "16", "-M", "4", "-DD", "-E",

@@ -3,7 +3,6 @@
 //! to rewrite the expected files (then read every change).
 
 use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn diagnostics_match_golden_files() {
@@ -24,7 +23,7 @@ fn diagnostics_match_golden_files() {
     let mut mismatches = Vec::new();
     for cfg in &cfgs {
         let rel = cfg.strip_prefix(root).expect("under the crate");
-        let out = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        let out = crate::harness::siphon_command()
             .current_dir(root)
             .arg("-c")
             .arg("-f")

@@ -65,8 +65,22 @@ pub(crate) type Log = Arc<Mutex<Vec<String>>>;
 
 /// Spawns siphon with `args` and waits for "siphon started" (panics if it exits
 /// or 20 s pass first); the UDP and TCP addresses it printed, if any.
+/// The server binary with `SIPHON_SEND_ONLY_LOOPBACK` set: a bug that
+/// picks an address off this machine (a NATed Contact, a Via) fails the test
+/// instead of sending there. Every test starts siphon through this or sets
+/// the variable itself ([`ONLY_LOOPBACK`]).
+pub(crate) fn siphon_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_siphon"));
+    c.env(ONLY_LOOPBACK, "1");
+    c
+}
+
+/// The variable that keeps a server's sends on loopback (set for Kamailio
+/// too, which ignores it).
+pub(crate) const ONLY_LOOPBACK: &str = "SIPHON_SEND_ONLY_LOOPBACK";
+
 pub(crate) fn spawn_started(args: &[&str]) -> (Child, Log, Option<SocketAddr>, Option<SocketAddr>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
+    let mut child = crate::harness::siphon_command()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

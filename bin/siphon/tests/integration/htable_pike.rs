@@ -263,7 +263,7 @@ fn shipped_kamailio_cfg_with_antiflood_loads() {
         eprintln!("skipped: no {cfg}");
         return;
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
+    let out = crate::harness::siphon_command()
         .args(["-c", "-f", cfg, "-A", "WITH_ANTIFLOOD"])
         .output()
         .unwrap();
@@ -355,6 +355,7 @@ impl Antiflood {
             std::fs::create_dir_all(&run).unwrap();
             let addr = free_port("u1");
             let mut cmd = std::process::Command::new(bin);
+            cmd.env(crate::harness::ONLY_LOOPBACK, "1");
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             if name == "kamailio" {
                 cmd.args(["-m", "64", "-M", "16"]);

@@ -406,7 +406,7 @@ fn fifo_replies_default_to_the_run_dir_and_ctl_says_what_to_pass() {
     let fifo = format!("{d}/run/rpc.fifo");
     assert!(srv.log_contains(&format!("jsonrpcs listening on fifo:{fifo}")));
     let ctl = |reply_dir: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
+        crate::harness::siphon_command()
             .args([
                 "ctl",
                 "--fifo",

@@ -66,7 +66,7 @@ impl Srv {
             let log = dir.0.join("log");
             let addr = free_port("u1");
             let mut cmd = match bin {
-                Bin::Siphon => Command::new(env!("CARGO_BIN_EXE_siphon")),
+                Bin::Siphon => crate::harness::siphon_command(),
                 Bin::Kamailio => {
                     let mut c = Command::new("kamailio");
                     c.args(["-m", "64", "-M", "16"]);

@@ -62,7 +62,7 @@ fn without_rtpproxy(dir: &Scratch) -> Option<String> {
 
 /// `siphon -c` on the shipped file with `defines`: (exit code, stderr).
 fn check(defines: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siphon"));
+    let mut cmd = crate::harness::siphon_command();
     cmd.args(["-c", "-f", KAMAILIO_CFG]);
     for d in defines {
         cmd.args(["-A", d]);
@@ -108,7 +108,7 @@ fn nathelper_shipped_cfg_with_nat_refuses_only_the_media_relay() {
         &["-A", "WITH_NAT"][..],
         &["-A", "WITH_NAT", "-A", "WITH_NATSIPPING"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        let out = crate::harness::siphon_command()
             .args(["-c", "-f", &cfg])
             .args(defines)
             .output()

@@ -29,7 +29,7 @@ fn siphon(uas: SocketAddr, uas2: SocketAddr) -> Option<Kamailio> {
     for _ in 0..5 {
         let addr = free_port("u1");
         let define = |name: &str, port: u16| ["-A".to_string(), format!("{name}={port}")];
-        let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        let mut child = crate::harness::siphon_command()
             .args(["-f", &cfg])
             .args(define("PROXY_PORT", addr.port()))
             .args(define("UAS_PORT", uas.port()))

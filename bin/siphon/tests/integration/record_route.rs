@@ -51,6 +51,7 @@ fn start(server: Server, uas: SocketAddr, uas_tcp: bool) -> Option<Proxy> {
     for _ in 0..5 {
         let addr = free_port("u1");
         let mut cmd = Command::new(program);
+        cmd.env(crate::harness::ONLY_LOOPBACK, "1");
         cmd.args(["-f", &cfg]);
         if let Server::Kamailio = server {
             cmd.args(["-DD", "-E", "-m", "64", "-M", "8"]);

@@ -47,7 +47,7 @@ impl Registrar {
         for _ in 0..5 {
             let (sip, rpc) = (free_port("u1"), free_port("u1"));
             let mut cmd = match which {
-                Which::Siphon => Command::new(env!("CARGO_BIN_EXE_siphon")),
+                Which::Siphon => crate::harness::siphon_command(),
                 Which::Kamailio => {
                     let mut c = Command::new("kamailio");
                     c.args(["-DD", "-E", "-m", "64", "-M", "16"]);
@@ -620,7 +620,7 @@ fn usrloc_refuses_a_database_mode() {
         "db.cfg",
         "loadmodule \"usrloc.so\"\nmodparam(\"usrloc\", \"db_mode\", 2)\nrequest_route { exit; }\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_siphon"))
+    let out = crate::harness::siphon_command()
         .args(["-c", "-f", &f])
         .output()
         .unwrap();

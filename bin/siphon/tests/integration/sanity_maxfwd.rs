@@ -87,6 +87,7 @@ pub(crate) fn start_with(text: &str, bin: &str, extra: &[&str]) -> Proc {
     for _ in 0..5 {
         let addr = free_port("u1");
         let mut child = Command::new(bin)
+            .env(crate::harness::ONLY_LOOPBACK, "1")
             .args(["-f", &cfg, "-l", &format!("udp:{addr}")])
             .args(extra)
             .stdout(Stdio::null())

@@ -29,7 +29,7 @@ fn default_config_answers_options_and_rejects_the_rest() {
         })
         .unwrap();
     let ctl = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_siphon"))
+        crate::harness::siphon_command()
             .arg("ctl")
             .args(args)
             .output()

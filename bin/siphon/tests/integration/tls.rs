@@ -132,7 +132,7 @@ fn sip_over_tls_and_https_json_rpc_on_one_listener() {
 fn tls_listener_without_the_tls_module_is_an_error() {
     let dir = super::cli::Scratch::new("tls-missing");
     let f = dir.write("t.cfg", "listen=tls:127.0.0.1:0\nrequest_route { drop; }\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_siphon"))
+    let out = crate::harness::siphon_command()
         .args(["-f", &f])
         .output()
         .unwrap();
@@ -141,7 +141,7 @@ fn tls_listener_without_the_tls_module_is_an_error() {
     assert!(err.contains("tls.so"), "{err}");
     // A missing certificate is a configuration error at loadmodule.
     let f = dir.write("u.cfg", "loadmodule \"tls.so\"\nmodparam(\"tls\", \"certificate\", \"/nonexistent.pem\")\nmodparam(\"tls\", \"private_key\", \"/nonexistent.key\")\nrequest_route { drop; }\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_siphon"))
+    let out = crate::harness::siphon_command()
         .args(["-c", "-f", &f])
         .output()
         .unwrap();
