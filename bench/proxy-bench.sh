@@ -14,19 +14,25 @@
 # unexpected message. Kamailio gets 1 GB of shared memory: every transaction
 # lives on for wt_timer (5 s) after it completed.
 #
-# Usage: bench/proxy-bench.sh [calls] [in-flight]
+# With a third argument, each server first completes that many calls
+# unmeasured and idles 6 s (past wt_timer, 5 s, on both), so the measured
+# calls run on memory the server already has (steady state); without it the
+# measured calls include the first touch of that memory (page faults).
+#
+# Usage: bench/proxy-bench.sh [calls] [in-flight] [warm-up calls]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 CALLS=${1:-20000}
 INFLIGHT=${2:-100}
+WARMUP=${3:-0}
 MAXSECS=60
 UAS_PORT=5095
 SIPHON=target/release/siphon
 command -v sipp >/dev/null || { echo "sipp is not installed (apt-get install sip-tester)"; exit 1; }
 TICKS=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
 # The server ($SERVER_PID, named $1) listening on 127.0.0.1:$2: waits for the
 # port, runs the calls, appends "name ok failed calls/s CPU-s/10k" to results.
@@ -43,6 +49,12 @@ run_proxy() { # name port
     return
   fi
   sleep 1
+  if [ "$WARMUP" -gt 0 ]; then
+    (cd "$WORK" && timeout $((MAXSECS + 10)) sipp -sn uac "127.0.0.1:$2" -t u1 -i 127.0.0.1 \
+        -m "$WARMUP" -l "$INFLIGHT" -r 1000000 -buff_size 8388608 -nostdin \
+        -timeout "${MAXSECS}s" > "$WORK/$1.warmup" 2>&1) || true
+    sleep 6
+  fi
   t0=$(cpu_ticks "$SERVER_PID")
   start=$(date +%s.%N)
   (cd "$WORK" && timeout $((MAXSECS + 10)) sipp -sn uac "127.0.0.1:$2" -t u1 -i 127.0.0.1 \
@@ -66,9 +78,16 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
 }
 
-echo "calls: $CALLS, in flight: $INFLIGHT, UAS: sipp -sn uas on 127.0.0.1:$UAS_PORT ($(nproc) cores)"
+echo "calls: $CALLS (after $WARMUP unmeasured), in flight: $INFLIGHT, UAS: sipp -sn uas on 127.0.0.1:$UAS_PORT ($(nproc) cores)"
+# A UAS of an earlier run may still be going away: wait for its port.
+for i in $(seq 50); do
+  ss -Hlun "sport = :$UAS_PORT" | grep -q . || break
+  sleep 0.1
+done
 (cd "$WORK" && exec sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -t u1 -buff_size 8388608 -nostdin > "$WORK/uas.out" 2>&1) &
 UAS_PID=$!
+sleep 0.5
+kill -0 "$UAS_PID" 2>/dev/null || { echo "the UAS did not start:"; tail -5 "$WORK/uas.out"; exit 1; }
 : > "$WORK/results"
 
 if [ -x "$SIPHON" ] || cargo build --release -p siphon; then
