@@ -457,13 +457,9 @@ impl Core {
         let Some(via) = msg.top_via() else {
             return Some(first);
         };
-        // Kamailio compares the address, not its spelling (`check_via_address`).
         let src = peer.src.ip();
-        let same_host = std::str::from_utf8(&via.host)
-            .ok()
-            .and_then(|h| h.parse::<IpAddr>().ok())
-            .is_some_and(|h| h == src);
-        let received = !same_host || via.rport.is_some() || via.received.is_some();
+        let received =
+            !via_host_is(&via.host, src) || via.rport.is_some() || via.received.is_some();
         let rport = via.rport.map(|_| peer.src.port());
         if !received && rport.is_none() {
             // Nothing to fill in: the value as it came, not a copy.
@@ -529,6 +525,32 @@ impl Core {
             .rev()
             .map(|i| b"0123456789abcdef"[((x >> (i * 4)) & 0xf) as usize])
             .collect()
+    }
+}
+
+/// Whether a Via's sent-by host names `src` as Kamailio's
+/// `check_via_address` decides it: the address as text, IPv4 exactly,
+/// IPv6 (without brackets) in either case; another spelling of the same
+/// address counts as different. IPv4 is formatted without `fmt` (every
+/// request asks).
+fn via_host_is(host: &[u8], src: IpAddr) -> bool {
+    match src {
+        IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[n] = b'.';
+                    n += 1;
+                }
+                let mut buf = itoa::Buffer::new();
+                let digits = buf.format(octet).as_bytes();
+                text[n..n + digits.len()].copy_from_slice(digits);
+                n += digits.len();
+            }
+            host == &text[..n]
+        }
+        IpAddr::V6(v6) => host.eq_ignore_ascii_case(v6.to_string().as_bytes()),
     }
 }
 
@@ -657,4 +679,26 @@ pub(crate) fn via_destination(v: &siphon_sip::Via) -> Option<SocketAddr> {
     let ip: std::net::IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
     let port = v.rport.flatten().or(v.port).unwrap_or(5060);
     Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod via_host_tests {
+    use super::via_host_is;
+
+    #[test]
+    fn a_via_host_names_the_source_as_kamailio_compares_it() {
+        let v4 = "127.0.0.1".parse().unwrap();
+        assert!(via_host_is(b"127.0.0.1", v4));
+        assert!(!via_host_is(b"127.0.0.2", v4));
+        assert!(!via_host_is(b"127.0.0.10", v4));
+        assert!(!via_host_is(b"localhost", v4));
+        let v4 = "10.200.3.45".parse().unwrap();
+        assert!(via_host_is(b"10.200.3.45", v4));
+        let v6 = "::1".parse().unwrap();
+        assert!(via_host_is(b"::1", v6));
+        let v6 = "2001:db8::a".parse().unwrap();
+        assert!(via_host_is(b"2001:DB8::A", v6));
+        // Another spelling of the same address is another host to Kamailio.
+        assert!(!via_host_is(b"2001:db8:0:0::a", v6));
+    }
 }

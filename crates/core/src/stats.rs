@@ -27,6 +27,8 @@ pub struct Stats {
     pub sl_filtered_acks: AtomicU64,
     /// Messages that could not be sent (connection gone, queue full, socket error).
     pub send_failures: AtomicU64,
+    /// Messages whose handling panicked (a bug): dropped, the reader goes on.
+    pub panics: AtomicU64,
     /// TCP connections closed for bad framing or oversized messages.
     pub tcp_bad_frames: AtomicU64,
     /// TCP connections refused over `tcp_max_connections`.
@@ -77,6 +79,7 @@ impl Stats {
             ("core:bad_msg_hdr".into(), g(&self.bad_msgs)),
             ("core:err_requests".into(), g(&self.err_requests)),
             ("core:send_failures".into(), g(&self.send_failures)),
+            ("core:panics".into(), g(&self.panics)),
             ("core:tcp_bad_frames".into(), g(&self.tcp_bad_frames)),
             ("core:tcp_refused".into(), g(&self.tcp_refused)),
             ("core:http_connections".into(), g(&self.http_conns)),
@@ -125,6 +128,7 @@ impl Stats {
             "core:bad_msg_hdr" => z(&self.bad_msgs),
             "core:err_requests" => z(&self.err_requests),
             "core:send_failures" => z(&self.send_failures),
+            "core:panics" => z(&self.panics),
             "core:tcp_bad_frames" => z(&self.tcp_bad_frames),
             "core:tcp_refused" => z(&self.tcp_refused),
             "core:http_connections" => z(&self.http_conns),

@@ -71,6 +71,27 @@ struct Shard {
 /// waking a task for every transaction.
 const TICK: Duration = Duration::from_millis(10);
 
+/// Publishes a shard's next deadline for the timer task when dropped, so
+/// also when the closure given to [`Tm::with`] panics (a timer it set must
+/// not wait for the shard's next use).
+struct NoteDeadline<'a, 'b> {
+    tm: &'a Tm,
+    shard: usize,
+    table: &'b mut TxShard<CoreShell>,
+}
+
+impl Drop for NoteDeadline<'_, '_> {
+    fn drop(&mut self) {
+        let due = self
+            .table
+            .next_deadline()
+            .map_or(u64::MAX, |d| self.tm.since_epoch(d));
+        self.tm.shards[self.shard]
+            .next_due
+            .store(due, Ordering::Release);
+    }
+}
+
 thread_local! {
     /// [`Tm::with`]'s buffer of actions, kept between calls on this thread.
     static SPARE_ACTIONS: std::cell::Cell<Vec<Action<CoreShell>>> =
@@ -154,20 +175,25 @@ impl Tm {
         let mut actions = SPARE_ACTIONS.with(|s| s.take());
         let r = {
             let mut t = self.lock(i);
-            let r = f(&mut t, now);
-            while let Some(a) = t.poll_action() {
+            let t = NoteDeadline {
+                tm: self,
+                shard: i,
+                table: &mut t,
+            };
+            let r = f(t.table, now);
+            while let Some(a) = t.table.poll_action() {
                 actions.push(a);
             }
-            self.shards[i].next_due.store(
-                t.next_deadline().map_or(u64::MAX, |d| self.since_epoch(d)),
-                Ordering::Release,
-            );
             r
         };
         for a in actions.drain(..) {
             core.perform(a);
         }
-        SPARE_ACTIONS.with(|s| s.set(actions));
+        // A burst (a timer visit with many retransmissions) does not keep
+        // its room on the thread.
+        if actions.capacity() <= 64 {
+            SPARE_ACTIONS.with(|s| s.set(actions));
+        }
         r
     }
 

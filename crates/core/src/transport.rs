@@ -57,30 +57,7 @@ pub(crate) fn max_datagram(to: SocketAddr) -> usize {
     if to.is_ipv4() { 65_507 } else { 65_527 }
 }
 
-/// The environment variable that keeps every SIP message on this machine:
-/// when it is set (to anything but `0`), a destination outside 127.0.0.0/8
-/// and `::1` is refused, logged and counted in `core:send_failures`. The
-/// test suite sets it for every server it starts, so a bug that picks a
-/// private or public address (a NATed Contact, a Via) fails a test instead
-/// of sending there.
-pub const ONLY_LOOPBACK_ENV: &str = "SIPHON_SEND_ONLY_LOOPBACK";
-
-/// Whether [`ONLY_LOOPBACK_ENV`] refuses `to`.
-fn off_machine(to: SocketAddr) -> bool {
-    static ONLY_LOOPBACK: std::sync::LazyLock<bool> =
-        std::sync::LazyLock::new(|| only_loopback(std::env::var_os(ONLY_LOOPBACK_ENV).as_deref()));
-    *ONLY_LOOPBACK && !on_machine(to)
-}
-
-/// [`ONLY_LOOPBACK_ENV`]'s value switches the check on unless empty or `0`.
-fn only_loopback(v: Option<&std::ffi::OsStr>) -> bool {
-    v.is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-/// 127.0.0.0/8, `::1`, or an IPv4 loopback address mapped into IPv6.
-fn on_machine(to: SocketAddr) -> bool {
-    to.ip().to_canonical().is_loopback()
-}
+use siphon_script::api::{ONLY_LOOPBACK_ENV, off_machine};
 
 /// Why bytes could not be sent. The first group is returned by
 /// [`Outbound::send_to`] at once; the second reaches the sender later
@@ -320,6 +297,11 @@ pub(crate) struct Outbound {
 impl Outbound {
     /// Sends to a peer: over the connection it came on, or from the UDP socket it arrived on.
     pub(crate) fn send(&self, core: &Core, peer: &Peer, to: SocketAddr, bytes: Bytes) {
+        if off_machine(to) {
+            tracing::error!("refusing to send to {to}: {ONLY_LOOPBACK_ENV} is set");
+            crate::stats::Stats::inc(&core.stats.send_failures);
+            return;
+        }
         let ok = match (peer.transport, peer.conn) {
             (Transport::Tcp | Transport::Tls, Some(id)) => {
                 let tx = self
@@ -937,15 +919,24 @@ fn udp_receive(
                 if data.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
                     continue; // keep-alive
                 }
-                core.on_message(
-                    Bytes::copy_from_slice(data),
-                    Peer {
-                        transport: Transport::Udp,
-                        src,
-                        local,
-                        conn: None,
-                    },
-                );
+                let peer = Peer {
+                    transport: Transport::Udp,
+                    src,
+                    local,
+                    conn: None,
+                };
+                let bytes = Bytes::copy_from_slice(data);
+                // A bug that panics on one message must not stop this socket's
+                // reader: the kernel keeps giving it its share of the peers.
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    core.on_message(bytes, peer);
+                }));
+                if handled.is_err() {
+                    crate::stats::Stats::inc(&core.stats.panics);
+                    tracing::error!(
+                        "handling a message from {src} on {local} panicked; it is dropped"
+                    );
+                }
             }
             Err(e)
                 if matches!(

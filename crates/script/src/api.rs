@@ -1000,3 +1000,61 @@ impl std::fmt::Debug for PvClassSpec {
             .finish()
     }
 }
+
+/// The environment variable that keeps every SIP message on this machine:
+/// when it is set (to anything but `0`), a destination outside 127.0.0.0/8
+/// and `::1` is refused, logged and counted (the core's `core:send_failures`;
+/// a module's own way). The test suite sets it for every server it starts,
+/// so a bug that picks a private or public address (a NATed Contact, a Via,
+/// a dispatcher list) fails a test instead of sending there. The core checks
+/// every SIP send; a module that sends on sockets of its own (the
+/// dispatcher's probes) asks [`off_machine`] first.
+pub const ONLY_LOOPBACK_ENV: &str = "SIPHON_SEND_ONLY_LOOPBACK";
+
+/// Whether [`ONLY_LOOPBACK_ENV`] refuses sending to `to`.
+pub fn off_machine(to: std::net::SocketAddr) -> bool {
+    static ONLY_LOOPBACK: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| only_loopback(std::env::var_os(ONLY_LOOPBACK_ENV).as_deref()));
+    *ONLY_LOOPBACK && !on_machine(to)
+}
+
+/// [`ONLY_LOOPBACK_ENV`]'s value switches the check on unless empty or `0`.
+fn only_loopback(v: Option<&std::ffi::OsStr>) -> bool {
+    v.is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// 127.0.0.0/8, `::1`, or an IPv4 loopback address mapped into IPv6.
+fn on_machine(to: std::net::SocketAddr) -> bool {
+    to.ip().to_canonical().is_loopback()
+}
+
+#[cfg(test)]
+mod only_loopback_tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_keeps_every_destination_on_the_machine() {
+        use std::ffi::OsStr;
+        assert!(!only_loopback(None));
+        assert!(!only_loopback(Some(OsStr::new(""))));
+        assert!(!only_loopback(Some(OsStr::new("0"))));
+        assert!(only_loopback(Some(OsStr::new("1"))));
+        for ok in [
+            "127.0.0.1:5060",
+            "127.0.0.3:5060",
+            "[::1]:5060",
+            "[::ffff:127.0.0.2]:5060",
+        ] {
+            assert!(on_machine(ok.parse().unwrap()), "{ok}");
+        }
+        // Parsed only, never sent to.
+        for off in [
+            "192.168.1.10:5062",
+            "10.0.0.1:5060",
+            "[2001:db8::1]:5060",
+            "[::ffff:10.0.0.1]:5060",
+        ] {
+            assert!(!on_machine(off.parse().unwrap()), "{off}");
+        }
+    }
+}

@@ -179,6 +179,9 @@ pub async fn probe(p: &Probing, d: &Dest, n: u64) -> Option<(u16, String)> {
 }
 
 async fn probe_udp(p: &Probing, d: &Dest, to: SocketAddr, n: u64) -> Option<(u16, String)> {
+    if refused_off_machine(to) {
+        return None;
+    }
     let bind: SocketAddr = if to.ip().is_loopback() {
         SocketAddr::new(to.ip(), 0)
     } else if to.is_ipv4() {
@@ -208,10 +211,27 @@ async fn probe_udp(p: &Probing, d: &Dest, to: SocketAddr, n: u64) -> Option<(u16
     }
 }
 
+/// The probe sockets are the module's own: the core's loopback-only switch
+/// (`SIPHON_SEND_ONLY_LOOPBACK`, set by the tests) is checked here. A refused
+/// probe counts as unanswered.
+fn refused_off_machine(to: SocketAddr) -> bool {
+    let refused = siphon_script::api::off_machine(to);
+    if refused {
+        tracing::error!(
+            "dispatcher: not probing {to}: {} is set",
+            siphon_script::api::ONLY_LOOPBACK_ENV
+        );
+    }
+    refused
+}
+
 /// Over TCP: a connection of its own, the request, replies framed by
 /// Content-Length until the final one.
 async fn probe_tcp(p: &Probing, d: &Dest, to: SocketAddr, n: u64) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if refused_off_machine(to) {
+        return None;
+    }
     let mut conn = tokio::net::TcpStream::connect(to).await.ok()?;
     let msg = request(p, d, conn.local_addr().ok()?, "TCP", n);
     conn.write_all(msg.as_bytes()).await.ok()?;

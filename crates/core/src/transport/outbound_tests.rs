@@ -815,29 +815,3 @@ fn a_queued_message_reports_once_and_only_when_lost() {
         ]
     );
 }
-
-#[test]
-fn only_loopback_keeps_every_destination_on_the_machine() {
-    use std::ffi::OsStr;
-    assert!(!only_loopback(None));
-    assert!(!only_loopback(Some(OsStr::new(""))));
-    assert!(!only_loopback(Some(OsStr::new("0"))));
-    assert!(only_loopback(Some(OsStr::new("1"))));
-    for ok in [
-        "127.0.0.1:5060",
-        "127.0.0.3:5060",
-        "[::1]:5060",
-        "[::ffff:127.0.0.2]:5060",
-    ] {
-        assert!(on_machine(ok.parse().unwrap()), "{ok}");
-    }
-    // Parsed only, never sent to.
-    for off in [
-        "192.168.1.10:5062",
-        "10.0.0.1:5060",
-        "[2001:db8::1]:5060",
-        "[::ffff:10.0.0.1]:5060",
-    ] {
-        assert!(!on_machine(off.parse().unwrap()), "{off}");
-    }
-}
