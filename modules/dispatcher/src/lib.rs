@@ -1111,17 +1111,34 @@ impl Module for Dispatcher {
             return Ok(());
         }
         let m = self.0.clone();
-        let program = cx.program.clone();
+        let host = cx.host.clone();
+        // The routes the configuration has, looked up once.
+        let routes: Vec<_> = self
+            .event_routes()
+            .into_iter()
+            .filter_map(|n| Some((n, host.find_route(&format!("event_route[{n}]"))?)))
+            .collect();
         let event: probe::OnChange = Arc::new(move |name, d, code, reason| {
-            if let Some(route) = program.event_route(name) {
-                let mut ctx = program.new_ctx(RouteType::EVENT);
-                ctx.ext.insert(DsEvent {
-                    code,
-                    reason: reason.to_string(),
-                    flags: d.flags.load(Ordering::Relaxed),
-                    uri: d.uri.clone(),
-                });
-                program.run(route, &mut ctx);
+            let Some(&(_, route)) = routes.iter().find(|(n, _)| *n == name) else {
+                return;
+            };
+            let ev = DsEvent {
+                code,
+                reason: reason.to_string(),
+                flags: d.flags.load(Ordering::Relaxed),
+                uri: d.uri.clone(),
+            };
+            // As Kamailio: an async call in it cannot suspend (no transaction).
+            let run = host.run_event_route(
+                route.into(),
+                EventSuspend::Refuse,
+                Box::new(move |ctx| {
+                    ctx.ext.insert(ev);
+                    Ok(())
+                }),
+            );
+            if let Err(e) = run {
+                tracing::error!(target: "dispatcher", "event_route[{name}] does not run: {e}");
             }
         });
         tokio::spawn(async move {

@@ -1152,10 +1152,17 @@ impl Module for Htable {
         rpcs(&self.tables)
     }
     fn start(&self, cx: &StartCx) -> Result<(), String> {
-        let program = cx.program.clone();
-        if let Some(route) = program.event_route("htable:mod-init") {
-            let mut ctx = program.new_ctx(RouteType::EVENT);
-            program.run(route, &mut ctx);
+        let host = cx.host.clone();
+        // As Kamailio: an async call in these routes cannot suspend (no
+        // transaction), so mod-init has ended when the run returns, before
+        // the server takes traffic.
+        match host.run_event_route(
+            "event_route[htable:mod-init]".into(),
+            EventSuspend::Refuse,
+            Box::new(|_| Ok(())),
+        ) {
+            Ok(_) | Err(RunError::NoRoute(_)) => {}
+            Err(e) => tracing::error!("event_route[htable:mod-init] does not run: {e}"),
         }
         let tables = self.tables.clone();
         let every = std::time::Duration::from_secs(self.timer_interval);
@@ -1164,8 +1171,7 @@ impl Module for Htable {
             .order
             .iter()
             .filter_map(|n| {
-                program
-                    .event_route(&format!("htable:expired:{n}"))
+                host.find_route(&format!("event_route[htable:expired:{n}]"))
                     .map(|r| (n.clone(), r))
             })
             .collect();
@@ -1182,9 +1188,19 @@ impl Module for Htable {
                     let gone = lock(&tables.tables[n]).sweep(now);
                     if let Some(route) = expired_routes.get(n) {
                         for (k, v) in gone {
-                            let mut ctx = program.new_ctx(RouteType::EVENT);
-                            ctx.ext.insert(Expired(k, v));
-                            program.run(*route, &mut ctx);
+                            let run = host.run_event_route(
+                                (*route).into(),
+                                EventSuspend::Refuse,
+                                Box::new(move |ctx| {
+                                    ctx.ext.insert(Expired(k, v));
+                                    Ok(())
+                                }),
+                            );
+                            if let Err(e) = run {
+                                tracing::error!(
+                                    "event_route[htable:expired:{n}] does not run: {e}"
+                                );
+                            }
                         }
                     }
                 }

@@ -5,9 +5,9 @@
 
 use crate::store::{ALL_METHODS, Contact, Matching, Q_UNSPECIFIED, Table};
 use serde_json::{Value as Json, json};
-use siphon_script::api::{Location, LocationContact, Module, ModuleConfig, StartCx};
+use siphon_script::api::{EventSuspend, Location, LocationContact, Module, ModuleConfig, StartCx};
 use siphon_script::rpc::{RpcCall, RpcFailure, RpcSpec, StatSource};
-use siphon_script::{ModuleDef, ParamSpec, RouteType};
+use siphon_script::{ModuleDef, ParamSpec};
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -220,7 +220,7 @@ impl Module for UsrlocModule {
     }
     fn start(&self, cx: &StartCx) -> Result<(), String> {
         let ul = self.ul.clone();
-        let program = cx.program.clone();
+        let host = cx.host.clone();
         let shutdown = cx.host.shutdown();
         let every = Duration::from_secs(ul.cfg.timer_interval);
         tokio::spawn(async move {
@@ -233,16 +233,21 @@ impl Module for UsrlocModule {
                     _ = tick.tick() => {}
                 }
                 let gone = ul.expire_all(now());
-                let route = program.event_route(EXPIRED_ROUTE);
+                let route = host.find_route(&format!("event_route[{EXPIRED_ROUTE}]"));
                 for (aor, contact) in gone {
                     tracing::debug!("usrloc: contact {} of {aor} expired", contact.uri);
                     if let Some(route) = route {
-                        let mut ctx = program.new_ctx(RouteType::EVENT);
-                        ctx.ext.insert(ExpiredContact { aor, contact });
-                        if let siphon_script::Outcome::Suspended(_) = program.run(route, &mut ctx) {
-                            tracing::error!(
-                                "event_route[{EXPIRED_ROUTE}]: cannot suspend, there is no transaction"
-                            );
+                        // As Kamailio: an async call in it cannot suspend (no transaction).
+                        let run = host.run_event_route(
+                            route.into(),
+                            EventSuspend::Refuse,
+                            Box::new(move |ctx| {
+                                ctx.ext.insert(ExpiredContact { aor, contact });
+                                Ok(())
+                            }),
+                        );
+                        if let Err(e) = run {
+                            tracing::error!("event_route[{EXPIRED_ROUTE}] does not run: {e}");
                         }
                     }
                 }
