@@ -47,6 +47,7 @@ pub fn registry_with_core() -> (Registry, Arc<Core>) {
     reg.add(siphon_mod_sanity::def());
     reg.add(siphon_mod_dispatcher::def());
     reg.add(siphon_mod_htable::def());
+    reg.add(siphon_mod_htable::db_text_def());
     reg.add(siphon_mod_pike::def());
     reg.add(siphon_mod_auth::def());
     reg.add(siphon_mod_auth::def_auth_db());

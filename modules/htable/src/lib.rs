@@ -2,7 +2,9 @@
 //!
 //! - `modparam("htable", "htable", "name=>size=8;autoexpire=300;initval=0;updateexpire=1")`
 //!   (several); `dmqreplicate` is accepted with a warning (no effect yet),
-//!   `dbtable`/`dbmode` are refused (no database backend); `timer_interval`
+//!   `dbtable=T` loads the table at start from the db_text file `T` in
+//!   `db_url`'s directory ([`dbtext`]; `dbmode=1`, saving it back, and
+//!   `cols` are refused); `timer_interval`
 //!   (seconds, default 20) is how often expired items are swept (reads never
 //!   see an expired item, swept or not).
 //! - `$sht(t=>key)` read/write (`= $null` deletes), `$shtex(t=>key)` (seconds
@@ -31,10 +33,13 @@
 //! - RPC `htable.get`, `htable.sets`, `htable.seti`, `htable.delete`,
 //!   `htable.dump`, `htable.listTables`, `htable.stats`, `htable.flush`,
 //!   with Kamailio's answers (the texts, the slots `core_hash` puts items in,
-//!   tables newest first); `htable.reload` answers Kamailio's "No htable
-//!   db_url" (no database backend: `db_url`, the column parameters and
-//!   `dbtable` are refused where they are written).
+//!   tables newest first); `htable.reload` reloads a table from its db_text
+//!   file (replacing its items). `db_url` takes `text:///dir` only (no SQL
+//!   backend); `key_name_column`, `key_type_column`, `value_type_column`,
+//!   `key_value_column`, `expires_column` (read with `db_expires=1` for
+//!   tables with `autoexpire`), `array_size_suffix` as Kamailio's.
 
+pub mod dbtext;
 pub mod iter;
 pub mod lock;
 pub mod store;
@@ -61,6 +66,16 @@ pub struct Tables {
     epoch: Instant,
     /// `sht_lock`'s slot locks.
     locks: Arc<SlotLocks>,
+    /// Where tables with `dbtable` are loaded from (`db_url`).
+    db: Option<Db>,
+}
+
+/// `db_url` (`text:///dir`, db_text files) and the column parameters.
+struct Db {
+    dir: std::path::PathBuf,
+    cols: dbtext::Columns,
+    /// `db_expires`: the expires column is read (tables with `autoexpire`).
+    expires: bool,
 }
 
 impl Tables {
@@ -134,6 +149,35 @@ impl Tables {
         }
     }
 
+    /// (Re)loads table `id` from its db_text file, replacing its items
+    /// (slot by slot, as the other whole-table operations); on an error
+    /// the table is left as it was.
+    fn load(&self, id: usize) -> Result<usize, String> {
+        let name = &self.order[id];
+        let (dbtable, autoexpire) = {
+            let t = lock(&self.tables[name]);
+            (t.def.dbtable.clone(), t.def.autoexpire)
+        };
+        let (Some(db), Some(dbtable)) = (&self.db, dbtable) else {
+            return Ok(0);
+        };
+        let path = db.dir.join(&dbtable);
+        let data = std::fs::read(&path)
+            .map_err(|e| format!("htable {name}: reading {}: {e}", path.display()))?;
+        let table =
+            dbtext::parse(&data).map_err(|e| format!("htable {name}: {}: {e}", path.display()))?;
+        let unix = (autoexpire > 0 && db.expires).then(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        });
+        let items = dbtext::items(&table, &db.cols, unix)
+            .map_err(|e| format!("htable {name}: {}: {e}", path.display()))?;
+        let now = self.now();
+        self.walk(id, |st, keep| st.load_in(&items, keep, now));
+        Ok(items.len())
+    }
+
     /// Table `name` and its index.
     fn named(&self, name: &str) -> Option<(usize, &Arc<Mutex<Store>>)> {
         Some((self.id(name)?, self.tables.get(name)?))
@@ -157,13 +201,16 @@ fn check_def(v: &ParamValue) -> Result<(), String> {
     }
 }
 
-/// htable's database parameters: refused, there is no database backend.
-fn no_database(_: &ParamValue) -> Result<(), String> {
-    Err(
-        "siphon's htable has no database backend: tables live in memory only and \
-         are not loaded from, reloaded from (htable.reload) or stored to a database"
-            .into(),
-    )
+/// `db_url`: db_text files only (`text:///dir`).
+fn check_db_url(v: &ParamValue) -> Result<(), String> {
+    match v {
+        ParamValue::Str(s) if s.strip_prefix("text://").is_some_and(|d| !d.is_empty()) => Ok(()),
+        _ => Err(
+            "siphon's htable loads tables only from db_text files (`text:///dir`): \
+             it has no SQL database backend (mysql://, postgres://, ...)"
+                .into(),
+        ),
+    }
 }
 
 /// `event_callback`: refused, siphon runs no KEMI script functions.
@@ -187,15 +234,16 @@ pub fn def() -> ModuleDef {
             ParamSpec::int("dmq_init_sync").no_effect(),
             // One task sweeps every table.
             ParamSpec::int("timer_procs").no_effect(),
-            ParamSpec::str("db_url").check(no_database),
-            ParamSpec::str("key_name_column").check(no_database),
-            ParamSpec::str("key_type_column").check(no_database),
-            ParamSpec::str("value_type_column").check(no_database),
-            ParamSpec::str("key_value_column").check(no_database),
-            ParamSpec::str("expires_column").check(no_database),
-            ParamSpec::str("array_size_suffix").check(no_database),
-            ParamSpec::int("fetch_rows").check(no_database),
-            ParamSpec::int("db_expires").check(no_database),
+            ParamSpec::str("db_url").check(check_db_url),
+            ParamSpec::str("key_name_column"),
+            ParamSpec::str("key_type_column"),
+            ParamSpec::str("value_type_column"),
+            ParamSpec::str("key_value_column"),
+            ParamSpec::str("expires_column"),
+            ParamSpec::str("array_size_suffix"),
+            // A db_text file is read whole.
+            ParamSpec::int("fetch_rows").no_effect(),
+            ParamSpec::int("db_expires"),
             ParamSpec::str("event_callback").check(no_kemi),
             ParamSpec::int("event_callback_mode").check(no_kemi),
         ],
@@ -221,17 +269,77 @@ pub fn def() -> ModuleDef {
             if timer_interval <= 0 {
                 return Err("timer_interval must be positive".into());
             }
+            let db = cfg.str("db_url").map(|url| {
+                let mut cols = dbtext::Columns::default();
+                for (p, c) in [
+                    ("key_name_column", &mut cols.name),
+                    ("key_type_column", &mut cols.key_type),
+                    ("value_type_column", &mut cols.value_type),
+                    ("key_value_column", &mut cols.value),
+                    ("expires_column", &mut cols.expires),
+                    ("array_size_suffix", &mut cols.size_suffix),
+                ] {
+                    if let Some(v) = cfg.str(p).filter(|v| !v.is_empty()) {
+                        *c = v;
+                    }
+                }
+                Db {
+                    dir: url.trim_start_matches("text://").into(),
+                    cols,
+                    expires: cfg.int("db_expires").unwrap_or(0) != 0,
+                }
+            });
+            if db.is_none()
+                && let Some(t) = tables.values().find(|t| lock(t).def.dbtable.is_some())
+            {
+                return Err(format!(
+                    "htable {}: dbtable without modparam(\"htable\", \"db_url\", \"text:///dir\")",
+                    lock(t).def.name
+                ));
+            }
+            let tables = Arc::new(Tables {
+                tables,
+                locks: Arc::new(SlotLocks::new(order.len())),
+                order,
+                epoch: Instant::now(),
+                db,
+            });
+            // As Kamailio: a table that cannot be loaded stops the start.
+            for id in 0..tables.order.len() {
+                tables.load(id)?;
+            }
             Ok(Arc::new(Htable {
-                tables: Arc::new(Tables {
-                    tables,
-                    locks: Arc::new(SlotLocks::new(order.len())),
-                    order,
-                    epoch: Instant::now(),
-                }),
+                tables,
                 timer_interval: timer_interval as u64,
             }) as Arc<dyn Module>)
         }),
     }
+}
+
+/// `loadmodule "db_text.so"`: the database htable's `db_url` `text://`
+/// reads ([`dbtext`]); it has no functions of its own. Its parameters that
+/// change how a file reads are refused unless left as they are.
+pub fn db_text_def() -> ModuleDef {
+    siphon_script::core::core_module(
+        "db_text",
+        vec![
+            // siphon only reads the files (htable), never writes them.
+            ParamSpec::int("db_mode").no_effect(),
+            ParamSpec::int("file_buffer_size").no_effect(),
+            ParamSpec::int("max_result_rows").no_effect(),
+            ParamSpec::int("emptystring").check(|v| match v {
+                ParamValue::Int(0) => Ok(()),
+                _ => Err(
+                    "siphon reads db_text files with an empty field as NULL only (emptystring=0)"
+                        .into(),
+                ),
+            }),
+            ParamSpec::str("db_delim").check(|v| match v {
+                ParamValue::Str(s) if s == ":" => Ok(()),
+                _ => Err("siphon reads db_text files with the `:` delimiter only".into()),
+            }),
+        ],
+    )
 }
 
 // ---------- pseudo-variables ----------
@@ -1011,10 +1119,26 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
             ok_text("Ok. Htable flushed.")
         },
     ));
+    let t = tables.clone();
     v.push(RpcSpec::new(
         "htable.reload",
-        "Reload a hash table from its database table (siphon has no database backend).",
-        |_c| Err(fail500("No htable db_url")),
+        "Reload a hash table from its database table (a db_text file).",
+        move |c| {
+            // Kamailio 5.6's checks, in its order.
+            if t.db.is_none() {
+                return Err(fail500("No htable db_url"));
+            }
+            let name = c.str(0).ok_or_else(|| fail500("No htable name given"))?;
+            let (id, tb) = t.named(&name).ok_or_else(|| fail500("No such htable"))?;
+            if lock(tb).def.dbtable.is_none() {
+                return Err(fail500("No database htable"));
+            }
+            t.load(id).map_err(|e| {
+                tracing::error!("htable.reload: {e}");
+                fail500("Htable reload failed")
+            })?;
+            ok_text("Ok. Htable reloaded.")
+        },
     ));
     let t = tables.clone();
     v.push(RpcSpec::new(
@@ -1056,7 +1180,7 @@ fn rpcs(tables: &Arc<Tables>) -> Vec<RpcSpec> {
                         let tb = lock(&t.tables[n]);
                         json!({
                             "name": n,
-                            "dbtable": "",
+                            "dbtable": tb.def.dbtable.as_deref().unwrap_or_default(),
                             "dbmode": 0,
                             "expire": tb.def.autoexpire,
                             "updateexpire": tb.def.updateexpire as i64,

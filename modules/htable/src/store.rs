@@ -20,6 +20,8 @@ pub struct TableDef {
     pub updateexpire: bool,
     /// Accepted (DMQ replication is the next issue's): no effect yet.
     pub dmqreplicate: i64,
+    /// The database (db_text file) table it is loaded from (`dbtable`).
+    pub dbtable: Option<String>,
 }
 
 /// Parses a definition; the error says which attribute is wrong.
@@ -38,6 +40,7 @@ pub fn parse_def(s: &str) -> Result<TableDef, String> {
         initval: None,
         updateexpire: true,
         dmqreplicate: 0,
+        dbtable: None,
     };
     for part in rest.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = part
@@ -58,14 +61,18 @@ pub fn parse_def(s: &str) -> Result<TableDef, String> {
             "initval" => d.initval = Some(int()?),
             "updateexpire" => d.updateexpire = int()? != 0,
             "dmqreplicate" => d.dmqreplicate = int()?,
-            "dbtable" | "dbmode" => {
-                return Err(format!(
-                    "`{k}`: siphon's htable has no database backend (load/save from a DB table is not supported)"
-                ));
+            "dbtable" if !v.is_empty() => d.dbtable = Some(v.to_string()),
+            "dbtable" => {}
+            "dbmode" => {
+                if int()? != 0 {
+                    return Err(format!(
+                        "`{k}={v}`: siphon's htable does not write a table back to its database (dbmode=0 only: loaded at start and by htable.reload)"
+                    ));
+                }
             }
-            "coldelim" | "colnull" => {
+            "cols" | "coldelim" | "colnull" => {
                 return Err(format!(
-                    "`{k}`: only used with dbtable, which siphon does not support"
+                    "`{k}`: siphon's htable does not pack several database columns into one value (cols): the table is read from key_name/key_type/value_type/key_value/expires"
                 ));
             }
             _ => return Err(format!("unknown htable attribute `{k}`")),
@@ -344,6 +351,23 @@ impl Store {
     pub fn reset(&mut self) {
         self.cells.clear();
     }
+    /// Replaces the items `keep` takes with those of `items` it takes
+    /// (`htable.reload`): each as set by the script, then its expiry when
+    /// it has one.
+    pub fn load_in(
+        &mut self,
+        items: &[crate::dbtext::Item],
+        keep: &dyn Fn(&[u8]) -> bool,
+        now: u64,
+    ) {
+        self.reset_in(keep);
+        for (k, v, ex) in items.iter().filter(|i| keep(&i.0)) {
+            self.set(k.clone(), v.clone(), now);
+            if let Some(secs) = ex {
+                self.set_expire(k, *secs, now);
+            }
+        }
+    }
     /// Removes the items `keep` takes.
     pub fn reset_in(&mut self, keep: &dyn Fn(&[u8]) -> bool) {
         self.cells.retain(|k, _| !keep(k));
@@ -405,7 +429,19 @@ mod tests {
         assert_eq!(d.autoexpire, 300);
         assert_eq!(d.initval, Some(0));
         assert!(d.updateexpire);
-        assert!(parse_def("a=>dbtable=x").unwrap_err().contains("database"));
+        assert_eq!(
+            parse_def("a=>dbtable=x;dbmode=0")
+                .unwrap()
+                .dbtable
+                .as_deref(),
+            Some("x")
+        );
+        assert!(
+            parse_def("a=>dbtable=x;dbmode=1")
+                .unwrap_err()
+                .contains("dbmode=0 only")
+        );
+        assert!(parse_def("a=>cols='a,b'").unwrap_err().contains("cols"));
         assert!(parse_def("a=>colour=1").unwrap_err().contains("unknown"));
         assert!(parse_def("a=>size=x").is_err());
         assert!(parse_def("nodef").is_err());
