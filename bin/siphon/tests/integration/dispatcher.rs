@@ -125,8 +125,10 @@ fn kamailio(cfg: &str, dir: super::cli::Scratch) -> Option<Proxy> {
         } else {
             String::new()
         };
+        // One UDP worker: with two, Kamailio's workers race and may relay a
+        // callee's 180 after its 200, which sipp's UAC counts as a failed call.
         let text = format!(
-            "debug=2\nlog_stderror=yes\nchildren=2\nlisten=udp:{sip}\n{tcp}mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules/\"\nloadmodule \"textops.so\"\n{}",
+            "debug=2\nlog_stderror=yes\nchildren=1\nlisten=udp:{sip}\n{tcp}mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules/\"\nloadmodule \"textops.so\"\n{}",
             cfg.replace(
                 "modparam(\"jsonrpcs\", \"transport\", 4)",
                 &format!("modparam(\"jsonrpcs\", \"transport\", 4)\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"udp:{rpc}\")"),
