@@ -1007,8 +1007,9 @@ impl std::fmt::Debug for PvClassSpec {
 /// a module's own way). The test suite sets it for every server it starts,
 /// so a bug that picks a private or public address (a NATed Contact, a Via,
 /// a dispatcher list) fails a test instead of sending there. The core checks
-/// every SIP send; a module that sends on sockets of its own (the
-/// dispatcher's probes) asks [`off_machine`] first.
+/// every SIP send; a module that sends on sockets of its own (dispatcher's
+/// probes, event_jsonrpc's subscribers, jsonrpcc's servers) asks
+/// [`off_machine`] first.
 pub const ONLY_LOOPBACK_ENV: &str = "SIPHON_SEND_ONLY_LOOPBACK";
 
 /// Whether [`ONLY_LOOPBACK_ENV`] refuses sending to `to`.

@@ -224,6 +224,18 @@ async fn read_replies(
 }
 
 /// The destination's task; ends when every subscriber using it is gone.
+/// A connection to a subscriber, unless the loopback-only switch the tests
+/// set (`siphon_script::api::ONLY_LOOPBACK_ENV`) refuses its address.
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    if siphon_script::api::off_machine(addr) {
+        return Err(std::io::Error::other(format!(
+            "{} is set",
+            siphon_script::api::ONLY_LOOPBACK_ENV
+        )));
+    }
+    TcpStream::connect(addr).await
+}
+
 pub(crate) async fn run(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, cfg: Arc<Config>) {
     let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
     let mut conn: Option<Conn> = None;
@@ -267,7 +279,7 @@ pub(crate) async fn run(addr: SocketAddr, mut rx: mpsc::Receiver<Job>, cfg: Arc<
                 jobs.iter_mut().for_each(fail);
                 continue;
             }
-            match tokio::time::timeout(cfg.timeout, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(cfg.timeout, connect(addr)).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     if retry_at.take().is_some() {

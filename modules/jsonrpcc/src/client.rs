@@ -419,7 +419,7 @@ async fn run(
         let target = (server.spec.host.clone(), server.spec.port);
         let connect = tokio::time::timeout(
             settings.timeout.max(Duration::from_secs(1)),
-            tokio::net::TcpStream::connect(target),
+            connect_to(target),
         )
         .await;
         match connect {
@@ -633,6 +633,22 @@ async fn serve(
         resolve(server, &mut pending, id, Outcome::Dropped);
     }
     why
+}
+
+/// A connection to a server's first address the loopback-only switch the
+/// tests set (`siphon_script::api::ONLY_LOOPBACK_ENV`) allows.
+async fn connect_to(target: (String, u16)) -> std::io::Result<tokio::net::TcpStream> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(target)
+        .await?
+        .filter(|a| !siphon_script::api::off_machine(*a))
+        .collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "no address to connect to ({} refuses addresses off this machine when set)",
+            siphon_script::api::ONLY_LOOPBACK_ENV
+        )));
+    }
+    tokio::net::TcpStream::connect(&addrs[..]).await
 }
 
 #[cfg(test)]
