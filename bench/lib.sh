@@ -40,3 +40,19 @@ run_sipp_with_app() { # name port
   awk -v n="$1" -v ok="${ok:-0}" -v f="${failed:-0}" -v a="$start" -v b="$end" -v c=$((t1 - t0)) -v app=$((a1 - a0)) -v tk="$TICKS" \
     'BEGIN { w = b - a; printf "%-9s %8d ok %5d failed %8.0f calls/s  server %6.3f CPU-s/10k  app %6.3f CPU-s/10k\n", n, ok, f, ok / w, (ok > 0 ? c / tk / ok * 10000 : 0), (ok > 0 ? app / tk / ok * 10000 : 0) }' | tee -a "$WORK/results"
 }
+
+# Waits until $SERVER_PID (named $1, logging to $WORK/$1.log) listens on UDP
+# port $2; fails, printing why, when the server ended first.
+wait_server() { # name port
+  local i
+  for i in $(seq 50); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    ss -Hlun "sport = :$2" | grep -q . && break
+    sleep 0.1
+  done
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "$1: did not start:"
+    grep -m 3 -i "error" "$WORK/$1.log" | sed 's/^/    /' || tail -3 "$WORK/$1.log"
+    return 1
+  fi
+}

@@ -37,17 +37,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"'
 # The server ($SERVER_PID, named $1) listening on 127.0.0.1:$2: waits for the
 # port, runs the calls, appends "name ok failed calls/s CPU-s/10k" to results.
 run_proxy() { # name port
-  local start end t0 t1 ok failed i
-  for i in $(seq 50); do
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    ss -Hlun "sport = :$2" | grep -q . && break
-    sleep 0.1
-  done
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    echo "$1: did not start:"
-    grep -m 3 -i "error" "$WORK/$1.log" | sed 's/^/    /' || tail -3 "$WORK/$1.log"
-    return
-  fi
+  local start end t0 t1 ok failed
+  wait_server "$1" "$2" || return
   sleep 1
   if [ "$WARMUP" -gt 0 ]; then
     (cd "$WORK" && timeout $((MAXSECS + 10)) sipp -sn uac "127.0.0.1:$2" -t u1 -i 127.0.0.1 \
