@@ -452,25 +452,8 @@ impl Core {
     /// where it came from or the Via asks for `rport` (RFC 3581 §4: even when
     /// equal; Kamailio's `received_test`), `rport` filled (RFC 3261 §18.2.1).
     pub(crate) fn reply_top_via(&self, msg: &SipMsg, peer: &Peer) -> Option<Bytes> {
-        let v = msg.value(siphon_sip::HeaderName::Via)?;
-        let first = v.slice(siphon_sip::first_and_rest(&v).0.range());
-        let Some(via) = msg.top_via() else {
-            return Some(first);
-        };
-        let src = peer.src.ip();
-        let received =
-            !via_host_is(&via.host, src) || via.rport.is_some() || via.received.is_some();
-        let rport = via.rport.map(|_| peer.src.port());
-        if !received && rport.is_none() {
-            // Nothing to fill in: the value as it came, not a copy.
-            return Some(first);
-        }
-        let src = src.to_string();
-        Some(Bytes::from(siphon_sip::via_with_received(
-            &first,
-            received.then_some(src.as_bytes()),
-            rport,
-        )))
+        let (first, filled) = self.fill_top_via(msg, peer)?;
+        Some(filled.unwrap_or(first))
     }
 
     /// The sender's Via as a relayed request carries it: `received` and
@@ -478,10 +461,33 @@ impl Core {
     /// that Via (statelessly, after the transaction) reaches it; `None` when
     /// nothing changes.
     pub(crate) fn received_via(&self, msg: &SipMsg, peer: &Peer) -> Option<Bytes> {
+        let (first, filled) = self.fill_top_via(msg, peer)?;
+        filled.filter(|f| *f != first)
+    }
+
+    /// The first Via value as it came, and the same with `received`/`rport`
+    /// written in when the rules ask for either (`None`: nothing to fill in,
+    /// so no copy is made).
+    fn fill_top_via(&self, msg: &SipMsg, peer: &Peer) -> Option<(Bytes, Option<Bytes>)> {
         let v = msg.value(siphon_sip::HeaderName::Via)?;
-        let first = siphon_sip::first_and_rest(&v).0;
-        let filled = self.reply_top_via(msg, peer)?;
-        (filled[..] != v[first.range()]).then_some(filled)
+        let first = v.slice(siphon_sip::first_and_rest(&v).0.range());
+        let Some(via) = msg.top_via() else {
+            return Some((first, None));
+        };
+        let src = peer.src.ip();
+        let received =
+            !via_host_is(&via.host, src) || via.rport.is_some() || via.received.is_some();
+        let rport = via.rport.map(|_| peer.src.port());
+        if !received && rport.is_none() {
+            return Some((first, None));
+        }
+        let src = src.to_string();
+        let filled = Bytes::from(siphon_sip::via_with_received(
+            &first,
+            received.then_some(src.as_bytes()),
+            rport,
+        ));
+        Some((first, Some(filled)))
     }
 
     /// Our listening address for a request going to `to`: the same transport
